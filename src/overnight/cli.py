@@ -1,0 +1,578 @@
+"""The command line: ``overnight run | demo | nights | report``.
+
+Exit codes: 0 every cycle that ran passed; 1 a product failure, an unrepaired infra
+error, a timeout or a harness error (or no cycle finished); 2 a usage or config error;
+130 / 143 the night was stopped by SIGINT / SIGTERM (resume it with ``--resume``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import LoadedConfig, find_config, load_config
+from .engine.orchestrator import Orchestrator
+from .engine.plan import Plan, new_seed
+from .engine.progress import make_sink
+from .errors import ConfigError, OvernightError, UsageError
+from .ledger import Ledger, queries
+from .redaction import redact
+from .report import REPORT_JSON, REPORT_MD, write_reports
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Run a night of end-to-end test cycles against real dependencies; read the report in the morning.",
+)
+
+DEFAULT_NIGHT_DIR = "night_tests"
+LEDGER_FILE = "overnight.db"
+
+DEMO_CONFIG: dict[str, Any] = {
+    "scenario": "overnight.scenarios.demo:cycle",
+    "run": {"cycles": 3},
+    "settings": {"min_sections": 8, "min_length": 2000},
+}
+
+err = Console(stderr=True, highlight=False)
+log = logging.getLogger("overnight")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"overnight: error: {redact(message)}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _setup_logging(verbose: bool, interactive: bool) -> None:
+    root = logging.getLogger("overnight")
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for h in list(root.handlers):
+        if getattr(h, "_overnight_console", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._overnight_console = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    # On a terminal the live view shows progress; the console log keeps to warnings.
+    handler.setLevel(
+        logging.DEBUG if verbose else (logging.WARNING if interactive else logging.INFO)
+    )
+    if not verbose:
+        # The progress sink prints one line per attempt already.
+        handler.addFilter(lambda r: not getattr(r, "attempt_line", False))
+    root.addHandler(handler)
+
+
+# -- locating the ledger ---------------------------------------------------------------
+
+
+def _config_for_location(config: Path | None) -> LoadedConfig | None:
+    path = config or find_config()
+    if path is None:
+        return None
+    return load_config(path)
+
+
+def _resolve_night_dir(night_dir: Path | None, loaded: LoadedConfig | None) -> Path:
+    if night_dir is not None:
+        return night_dir.expanduser().resolve()
+    if loaded is not None and loaded.config.run.night_dir:
+        p = Path(loaded.config.run.night_dir).expanduser()
+        return (p if p.is_absolute() else loaded.base_dir / p).resolve()
+    return (Path.cwd() / DEFAULT_NIGHT_DIR).resolve()
+
+
+def _resolve_ledger(ledger: str | None, night_dir: Path, loaded: LoadedConfig | None) -> str:
+    if ledger:
+        return ledger
+    if loaded is not None and loaded.config.run.ledger:
+        value = loaded.config.run.ledger
+        if "://" not in value and not Path(value).is_absolute():
+            return str((loaded.base_dir / value).resolve())
+        return value
+    return str(night_dir / LEDGER_FILE)
+
+
+def _open_ledger(url: str) -> Ledger:
+    return Ledger(url)
+
+
+# -- run / demo ------------------------------------------------------------------------
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="overnight.toml or pyproject.toml (default: ./overnight.toml)"
+    ),
+]
+CyclesOpt = Annotated[
+    int | None, typer.Option("--cycles", min=1, help="cycles in the night [default: 100]")
+]
+ParallelOpt = Annotated[
+    int | None,
+    typer.Option("--parallel", "-p", min=1, max=512, help="cycles run at once [default: 1]"),
+]
+MaxHoursOpt = Annotated[
+    float | None,
+    typer.Option("--max-hours", min=0.0, help="stop starting cycles after H hours [default: 8]"),
+]
+UntilOpt = Annotated[
+    str | None,
+    typer.Option("--until", help="stop starting cycles at local HH:MM (tomorrow if already past)"),
+]
+RetryOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--retry-attempts",
+        min=0,
+        max=20,
+        help="extra attempts for infra errors and timeouts [default: 2]",
+    ),
+]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--cycle-timeout", min=0.001, help="seconds before a cycle is cancelled [default: 600]"
+    ),
+]
+NightDirOpt = Annotated[
+    Path | None,
+    typer.Option("--night-dir", help="folder for nights and the ledger [default: ./night_tests]"),
+]
+LedgerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ledger", help="ledger: SQLite path or postgresql://… [default: <night-dir>/overnight.db]"
+    ),
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", min=0, help="night seed (inputs derive from it) [default: random]"),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="validate config and plan, run at most 3 cycles")
+]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+
+
+def _check_until(until: str | None) -> None:
+    if until is not None:
+        from .config import _HHMM
+
+        if not _HHMM.match(until):
+            raise UsageError(f"--until: expected local time as HH:MM, e.g. 06:30 (got {until!r})")
+
+
+@app.command()
+def run(
+    night_id: Annotated[
+        str | None,
+        typer.Argument(
+            help="with --resume: the night to continue (default: the last unfinished one)"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    cycles: CyclesOpt = None,
+    parallel: ParallelOpt = None,
+    max_hours: MaxHoursOpt = None,
+    until: UntilOpt = None,
+    retry_attempts: RetryOpt = None,
+    cycle_timeout: TimeoutOpt = None,
+    night_dir: NightDirOpt = None,
+    ledger: LedgerOpt = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue the last (or the named) unfinished night")
+    ] = False,
+    seed: SeedOpt = None,
+    dry_run: DryRunOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run a night of cycles (or continue one with --resume)."""
+    _guarded(
+        _run_command,
+        night_id=night_id,
+        config=config,
+        cycles=cycles,
+        parallel=parallel,
+        max_hours=max_hours,
+        until=until,
+        retry_attempts=retry_attempts,
+        cycle_timeout=cycle_timeout,
+        night_dir=night_dir,
+        ledger=ledger,
+        resume=resume,
+        seed=seed,
+        dry_run=dry_run,
+        verbose=verbose,
+        builtin=None,
+    )
+
+
+@app.command()
+def demo(
+    cycles: Annotated[
+        int | None, typer.Option("--cycles", min=1, help="cycles in the demo night [default: 3]")
+    ] = None,
+    parallel: ParallelOpt = None,
+    max_hours: MaxHoursOpt = None,
+    until: UntilOpt = None,
+    retry_attempts: RetryOpt = None,
+    cycle_timeout: TimeoutOpt = None,
+    night_dir: NightDirOpt = None,
+    ledger: LedgerOpt = None,
+    seed: SeedOpt = None,
+    dry_run: DryRunOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Run a short demo night of the built-in scenario: no servers, no credentials."""
+    _guarded(
+        _run_command,
+        night_id=None,
+        config=None,
+        cycles=cycles,
+        parallel=parallel,
+        max_hours=max_hours,
+        until=until,
+        retry_attempts=retry_attempts,
+        cycle_timeout=cycle_timeout,
+        night_dir=night_dir,
+        ledger=ledger,
+        resume=False,
+        seed=seed,
+        dry_run=dry_run,
+        verbose=verbose,
+        builtin=DEMO_CONFIG,
+    )
+
+
+def _guarded(fn: Any, **kwargs: Any) -> None:
+    try:
+        fn(**kwargs)
+    except typer.Exit:
+        raise
+    except (ConfigError, UsageError) as exc:
+        raise _fail(str(exc), 2) from None
+    except OvernightError as exc:
+        raise _fail(str(exc), 1) from None
+
+
+def _run_command(
+    *,
+    night_id: str | None,
+    config: Path | None,
+    cycles: int | None,
+    parallel: int | None,
+    max_hours: float | None,
+    until: str | None,
+    retry_attempts: int | None,
+    cycle_timeout: float | None,
+    night_dir: Path | None,
+    ledger: str | None,
+    resume: bool,
+    seed: int | None,
+    dry_run: bool,
+    verbose: bool,
+    builtin: dict[str, Any] | None,
+) -> None:
+    _check_until(until)
+    if night_id is not None and not resume:
+        raise UsageError(
+            f"unexpected argument {night_id!r}: a night id is only taken with --resume"
+        )
+    sink = make_sink()
+    interactive = sink.__class__.__name__ == "RichProgress"
+    _setup_logging(verbose, interactive)
+
+    if resume:
+        fixed = {
+            "--cycles": cycles,
+            "--seed": seed,
+            "--retry-attempts": retry_attempts,
+            "--cycle-timeout": cycle_timeout,
+            "--dry-run": dry_run or None,
+        }
+        given = [k for k, v in fixed.items() if v is not None]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)}: a resumed night keeps its original plan; "
+                "only --parallel, --max-hours and --until may change"
+            )
+        loaded = _config_for_location(config) if (ledger is None and night_dir is None) else None
+        ndir = _resolve_night_dir(night_dir, loaded)
+        url = _resolve_ledger(ledger, ndir, loaded)
+        led = _open_ledger(url)
+        try:
+            night = _find_resumable(led, night_id)
+            plan = Plan.from_json(night["plan"])
+            if parallel is not None:
+                plan.parallel = parallel
+            override = (max_hours, until) if (max_hours is not None or until is not None) else None
+            orch = Orchestrator(plan, led, progress=sink, resume=night, deadline_override=override)
+            _execute(orch, led)
+        finally:
+            led.close()
+        return
+
+    if builtin is not None:
+        from .config import validate_config
+
+        loaded = validate_config(builtin, None)
+    else:
+        loaded = load_config(config)
+    rc = loaded.config.run
+    ndir = _resolve_night_dir(night_dir, loaded if builtin is None else None)
+    url = _resolve_ledger(ledger, ndir, loaded if builtin is None else None)
+    plan = Plan(
+        scenario=loaded.config.scenario,
+        cycles=cycles if cycles is not None else rc.cycles,
+        parallel=parallel if parallel is not None else rc.parallel,
+        retry_attempts=retry_attempts if retry_attempts is not None else rc.retry_attempts,
+        cycle_timeout=cycle_timeout if cycle_timeout is not None else rc.cycle_timeout,
+        max_hours=max_hours if max_hours is not None else rc.max_hours,
+        until=until if until is not None else rc.until,
+        seed=seed if seed is not None else (rc.seed if rc.seed is not None else new_seed()),
+        night_dir=str(ndir),
+        retry_backoff=rc.retry_backoff,
+        dry_run=dry_run,
+        config_path=str(loaded.path) if loaded.path else None,
+        key_prefix=loaded.key_prefix,
+        config_raw=loaded.raw,
+    )
+    led = _open_ledger(url)
+    try:
+        orch = Orchestrator(plan, led, progress=sink)
+        if dry_run:
+            err.print(
+                f"config OK: scenario {plan.scenario}, {plan.cycles} cycles planned; "
+                f"dry run: running {plan.cycles_to_run}",
+                markup=False,
+            )
+        _execute(orch, led)
+    finally:
+        led.close()
+
+
+def _find_resumable(led: Ledger, night_id: str | None) -> dict[str, Any]:
+    with led.read() as conn:
+        if night_id is None:
+            night = queries.last_night(conn, resumable_only=True)
+            if night is None:
+                raise UsageError(f"no unfinished night to resume in {led.display_url}")
+            return night
+        matches = queries.find_nights(conn, night_id)
+        if not matches:
+            raise UsageError(f"no night {night_id!r} in {led.display_url}")
+        if len(matches) > 1:
+            raise UsageError(f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}")
+        night = queries.get_night(conn, matches[0])
+    assert night is not None
+    if night["status"] not in queries.RESUMABLE:
+        raise UsageError(
+            f"night {night['id']} is {night['status']}; only running or interrupted nights resume"
+        )
+    if night["status"] == "running":
+        _refuse_if_alive(led, night)
+    return night
+
+
+def _refuse_if_alive(led: Ledger, night: dict[str, Any]) -> None:
+    import os
+    import socket
+
+    with led.read() as conn:
+        sessions = queries.sessions_of(conn, night["id"])
+    if not sessions:
+        return
+    last = sessions[-1]
+    if (
+        last["ended_at"] is None
+        and last["hostname"] == socket.gethostname()
+        and last["pid"] != os.getpid()
+    ):
+        try:
+            os.kill(last["pid"], 0)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            pass
+        raise UsageError(
+            f"night {night['id']} is still running (pid {last['pid']}); not resuming it twice"
+        )
+
+
+def _execute(orch: Orchestrator, led: Ledger) -> None:
+    outcome = asyncio.run(orch.run())
+    report, folder = write_reports(led, outcome.night_id)
+    err.print(f"{report['verdict']}", markup=False, soft_wrap=True)
+    err.print(f"report: {folder / REPORT_MD}", markup=False, soft_wrap=True)
+    if outcome.status == "interrupted":
+        err.print(f"resume with: overnight run --resume {outcome.night_id}", markup=False)
+        raise typer.Exit(128 + (outcome.signal or 2))
+    raise typer.Exit(report["exit_code"])
+
+
+# -- nights / report -------------------------------------------------------------------
+
+
+@app.command()
+def nights(
+    config: ConfigOpt = None,
+    night_dir: NightDirOpt = None,
+    ledger: LedgerOpt = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="how many nights, newest first")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List the nights in the ledger: id, start, status, totals."""
+    _guarded(
+        _nights_command,
+        config=config,
+        night_dir=night_dir,
+        ledger=ledger,
+        limit=limit,
+        as_json=as_json,
+    )
+
+
+def _nights_command(
+    config: Path | None, night_dir: Path | None, ledger: str | None, limit: int, as_json: bool
+) -> None:
+    loaded = _config_for_location(config) if (ledger is None and night_dir is None) else None
+    url = _resolve_ledger(ledger, _resolve_night_dir(night_dir, loaded), loaded)
+    if "://" not in url and not Path(url).exists():
+        raise UsageError(f"no ledger at {url} (run a night first, or pass --ledger / --night-dir)")
+    led = _open_ledger(url)
+    try:
+        with led.read() as conn:
+            rows = queries.list_nights(conn, limit)
+    finally:
+        led.close()
+    from .report.model import iso
+
+    if as_json:
+        out = [
+            {
+                "night_id": r["id"],
+                "started_at": iso(r["started_at"]),
+                "ended_at": iso(r["ended_at"]),
+                "status": r["status"],
+                "scenario": r["scenario"],
+                "planned_cycles": r["planned_cycles"],
+                "done": r["done"] or 0,
+                "totals": {
+                    k: r[k] or 0
+                    for k in ("passed", "failed", "infra_error", "timeout", "harness_error")
+                },
+            }
+            for r in rows
+        ]
+        typer.echo(json.dumps(out, indent=2))
+        return
+    if not rows:
+        typer.echo("no nights in this ledger yet")
+        return
+    table = Table(title=f"nights in {led.display_url}", title_justify="left")
+    for col in (
+        "night",
+        "started",
+        "status",
+        "done/planned",
+        "passed",
+        "failed",
+        "infra",
+        "timeout",
+        "harness",
+    ):
+        text_col = col in ("night", "started", "status")
+        table.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
+    for r in rows:
+        started = (iso(r["started_at"]) or "")[:19].replace("T", " ")
+        table.add_row(
+            r["id"],
+            started,
+            r["status"],
+            f"{r['done'] or 0}/{r['planned_cycles']}",
+            str(r["passed"] or 0),
+            str(r["failed"] or 0),
+            str(r["infra_error"] or 0),
+            str(r["timeout"] or 0),
+            str(r["harness_error"] or 0),
+        )
+    Console(highlight=False, width=max(Console().width, 130)).print(table)
+
+
+@app.command()
+def report(
+    night_id: Annotated[
+        str | None, typer.Argument(help="night id (or a unique prefix); default: the last night")
+    ] = None,
+    config: ConfigOpt = None,
+    night_dir: NightDirOpt = None,
+    ledger: LedgerOpt = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="write the files here instead of the night's folder"),
+    ] = None,
+) -> None:
+    """Rebuild MORNING_REPORT.md and report.json of a night from the ledger alone."""
+    _guarded(
+        _report_command,
+        night_id=night_id,
+        config=config,
+        night_dir=night_dir,
+        ledger=ledger,
+        out=out,
+    )
+
+
+def _report_command(
+    night_id: str | None,
+    config: Path | None,
+    night_dir: Path | None,
+    ledger: str | None,
+    out: Path | None,
+) -> None:
+    loaded = _config_for_location(config) if (ledger is None and night_dir is None) else None
+    url = _resolve_ledger(ledger, _resolve_night_dir(night_dir, loaded), loaded)
+    if "://" not in url and not Path(url).exists():
+        raise UsageError(f"no ledger at {url} (pass --ledger / --night-dir)")
+    led = _open_ledger(url)
+    try:
+        with led.read() as conn:
+            if night_id is None:
+                night = queries.last_night(conn)
+                if night is None:
+                    raise UsageError(f"no nights in {led.display_url}")
+                nid = night["id"]
+            else:
+                matches = queries.find_nights(conn, night_id)
+                if not matches:
+                    raise UsageError(f"no night {night_id!r} in {led.display_url}")
+                if len(matches) > 1:
+                    raise UsageError(
+                        f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}"
+                    )
+                nid = matches[0]
+        rep, folder = write_reports(led, nid, out)
+    finally:
+        led.close()
+    typer.echo(rep["verdict"])
+    typer.echo(f"{folder / REPORT_MD}")
+    typer.echo(f"{folder / REPORT_JSON}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

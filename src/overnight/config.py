@@ -1,0 +1,294 @@
+"""Configuration: ``overnight.toml`` or ``[tool.overnight]`` in pyproject.toml.
+
+Validated with pydantic. ``${VAR}`` and ``${VAR:-default}`` are replaced from the
+environment after parsing; the raw text (with the references, never the values) is what
+the ledger stores, so a plan can be kept and resumed without writing a secret down.
+Every problem becomes one ``ConfigError`` line naming the file, the key and what was
+expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError, ProtectedSettingError
+from .redaction import register_secret
+
+CONFIG_FILE = "overnight.toml"
+_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
+_SECRETISH = re.compile(r"(?i)(pass|secret|token|key|credential|auth|dsn)")
+_SCENARIO = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+class RunConfig(BaseModel):
+    """Defaults for ``overnight run``; every one can be overridden by its CLI flag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycles: int = Field(100, ge=1, description="cycles in the night")
+    parallel: int = Field(1, ge=1, le=512, description="cycles run at once")
+    max_hours: float = Field(8.0, gt=0, le=24 * 7, description="wall-clock bound of the night")
+    until: str | None = Field(None, description="local HH:MM after which nothing new starts")
+    retry_attempts: int = Field(2, ge=0, le=20, description="extra attempts for infra errors")
+    cycle_timeout: float = Field(600.0, gt=0, description="seconds before a cycle is cancelled")
+    night_dir: str | None = Field(
+        None,
+        description="where nights, artifacts and the ledger live (relative to the config file)",
+    )
+    ledger: str | None = Field(
+        None, description="ledger URL or path; default <night_dir>/overnight.db"
+    )
+    retry_backoff: float = Field(
+        1.0, ge=0, le=600, description="seconds before the first retry of an infra error; doubles"
+    )
+    seed: int | None = Field(None, ge=0, description="night seed; random when absent")
+
+    @field_validator("until")
+    @classmethod
+    def _check_until(cls, value: str | None) -> str | None:
+        if value is not None and not _HHMM.match(value):
+            raise ValueError("expected local time as HH:MM, e.g. 06:30")
+        return value
+
+
+class ComponentConfig(BaseModel):
+    """A dependency the scenario uses. Keys beyond these belong to the component type."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="component type, built in or 'module:factory'")
+    critical: bool = Field(True, description="hold new cycles while it is unhealthy")
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scenario: str = Field(description="the cycle function, as 'module:function'")
+    run: RunConfig = Field(default_factory=RunConfig)
+    settings: dict[str, Any] = Field(
+        default_factory=dict, description="protected settings, frozen for the whole night"
+    )
+    components: dict[str, ComponentConfig] = Field(default_factory=dict)
+
+    @field_validator("scenario")
+    @classmethod
+    def _check_scenario(cls, value: str) -> str:
+        if not _SCENARIO.match(value):
+            raise ValueError("expected 'module:function', e.g. 'my_tests:cycle'")
+        return value
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    path: Path | None  # None for the built-in demo
+    raw: dict[str, Any]  # as written, with ${VAR} references intact
+    key_prefix: str = ""  # "tool.overnight." inside pyproject.toml
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.raw)
+
+
+def fingerprint(data: Any) -> str:
+    """A stable hash of JSON-able data (key order does not matter)."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def find_config(start: Path | None = None) -> Path | None:
+    """``overnight.toml`` in the folder, else a pyproject.toml with ``[tool.overnight]``."""
+    folder = start or Path.cwd()
+    candidate = folder / CONFIG_FILE
+    if candidate.is_file():
+        return candidate
+    pyproject = folder / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            return None
+        if isinstance(data.get("tool"), dict) and "overnight" in data["tool"]:
+            return pyproject
+    return None
+
+
+def load_config(path: Path | None = None) -> LoadedConfig:
+    """Read, interpolate and validate a config file. Raises ConfigError (one line)."""
+    if path is None:
+        path = find_config()
+        if path is None:
+            raise ConfigError(
+                f"no {CONFIG_FILE} here (nor [tool.overnight] in pyproject.toml); "
+                "pass --config FILE or run 'overnight demo'"
+            )
+    path = Path(path)
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{name}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: invalid TOML: {exc}") from None
+    prefix = ""
+    if path.name == "pyproject.toml":
+        tool = data.get("tool")
+        if not isinstance(tool, dict) or not isinstance(tool.get("overnight"), dict):
+            raise ConfigError(f"{name}: no [tool.overnight] table")
+        data = tool["overnight"]
+        prefix = "tool.overnight."
+    return validate_config(data, path.resolve(), prefix)
+
+
+def validate_config(raw: dict[str, Any], path: Path | None, prefix: str = "") -> LoadedConfig:
+    name = str(path) if path else "<built-in>"
+    resolved = interpolate(raw, name, prefix)
+    try:
+        config = Config.model_validate(resolved)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, name, prefix)) from None
+    return LoadedConfig(config=config, path=path, raw=raw, key_prefix=prefix)
+
+
+def interpolate(data: Any, file: str, prefix: str = "", _key: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string, recursively."""
+    if isinstance(data, dict):
+        return {
+            k: interpolate(v, file, prefix, f"{_key}.{k}" if _key else str(k))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [interpolate(v, file, prefix, f"{_key}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+
+    def _sub(match: re.Match[str]) -> str:
+        var, default = match.group("name"), match.group("default")
+        value = os.environ.get(var)
+        if value is None:
+            if default is None:
+                raise ConfigError(
+                    f"{file}: {prefix}{_key}: environment variable {var} is not set "
+                    f"(set it, or write ${{{var}:-default}})"
+                )
+            value = default
+        if _SECRETISH.search(var) or _SECRETISH.search(_key):
+            register_secret(value)
+        return value
+
+    return _ENV_REF.sub(_sub, data)
+
+
+def format_validation_error(exc: ValidationError, file: str, prefix: str = "") -> str:
+    errors = exc.errors()
+    first = errors[0]
+    key = prefix + ".".join(str(p) for p in first["loc"]) if first["loc"] else prefix.rstrip(".")
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        what = "unknown key"
+    elif kind == "missing":
+        what = "required key is missing"
+    else:
+        msg = first["msg"]
+        msg = msg.removeprefix("Value error, ")
+        what = f"{msg[0].lower()}{msg[1:]}" if msg else kind
+        if not isinstance(first.get("input"), dict | list):
+            what += f" (got {first.get('input')!r})"
+    line = f"{file}: {key or '<top>'}: {what}"
+    if len(errors) > 1:
+        others = ", ".join(prefix + ".".join(str(p) for p in e["loc"]) for e in errors[1:4])
+        line += f" [and {len(errors) - 1} more: {others}{', …' if len(errors) > 4 else ''}]"
+    return line
+
+
+class ProtectedSettings(Mapping[str, Any]):
+    """Read-only view of the night's protected settings (promise 2).
+
+    Nested tables become ProtectedSettings and lists become tuples, so nothing inside
+    can be changed either. Items read as ``settings["x"]`` or ``settings.x``.
+    """
+
+    __slots__ = ("_data", "_path")
+
+    def __init__(self, data: Mapping[str, Any], _path: str = "settings") -> None:
+        object.__setattr__(self, "_path", _path)
+        object.__setattr__(
+            self, "_data", {k: _freeze(v, f"{_path}.{k}") for k, v in dict(data).items()}
+        )
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._data[key]
+        except KeyError:
+            raise AttributeError(f"no protected setting {self._path}.{key}") from None
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise ProtectedSettingError(
+            f"{self._path}.{key} is a protected setting; it cannot change during a night"
+        )
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise ProtectedSettingError(
+            f"{self._path}.{key} is a protected setting; it cannot change during a night"
+        )
+
+    def __delitem__(self, key: str) -> None:
+        raise ProtectedSettingError(
+            f"{self._path}.{key} is a protected setting; it cannot be removed"
+        )
+
+    __delattr__ = __delitem__
+
+    def __repr__(self) -> str:
+        return f"ProtectedSettings({self.to_dict()!r})"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self._data.items()}
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.to_dict())
+
+
+def _freeze(value: Any, path: str) -> Any:
+    if isinstance(value, Mapping):
+        return ProtectedSettings(value, path)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v, f"{path}[{i}]") for i, v in enumerate(value))
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, ProtectedSettings):
+        return value.to_dict()
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value

@@ -1,0 +1,242 @@
+"""What a scenario sees: ``ctx``.
+
+The scenario gets its deterministic input, read-only protected settings, component
+handles, ``step()``, ``artifact()`` and ``fail()`` — nothing else of the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ..config import ProtectedSettings
+from ..errors import ProductFailure
+from ..ledger import ops
+from ..redaction import redact
+from ..verdicts import classify
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger
+
+
+@dataclass(frozen=True)
+class CycleInput:
+    """The deterministic input of one cycle: the same for every attempt and every resume."""
+
+    cycle: int
+    seed: int  # 64-bit, derived from the night seed and the cycle number
+
+    @classmethod
+    def derive(cls, night_seed: int, cycle: int) -> CycleInput:
+        digest = hashlib.sha256(f"overnight:{night_seed}:{cycle}".encode()).digest()
+        return cls(cycle=cycle, seed=int.from_bytes(digest[:8], "big"))
+
+    def random(self) -> random.Random:
+        """A fresh generator seeded with this input: same sequence on every attempt."""
+        return random.Random(self.seed)
+
+    def choice(self, options: list[Any] | tuple[Any, ...]) -> Any:
+        """Pick one of ``options`` deterministically for this cycle."""
+        return options[self.seed % len(options)]
+
+
+class Step:
+    """``async with ctx.step("writer"):`` (or plain ``with`` in a sync scenario).
+
+    Records start, end, duration, outcome and error of one stage in the ledger.
+    """
+
+    def __init__(self, ctx: CycleContext, name: str) -> None:
+        self._ctx = ctx
+        self.name = name
+        self.seq = 0
+        self._t0 = 0.0
+        self._wall0 = 0.0
+
+    # async form ----------------------------------------------------------------------
+    async def __aenter__(self) -> Step:
+        args = self._begin()
+        await self._ctx._ledger.write(ops.step_started, *args)
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        args = self._end(exc)
+        if exc is not None and not isinstance(exc, Exception):
+            # Cancelled (cycle timeout or stop): queue without waiting. The attempt's own
+            # record, written after it in order, settles the outcome.
+            self._ctx._ledger.submit(ops.step_finished, *args)
+        else:
+            await self._ctx._ledger.write(ops.step_finished, *args)
+        return False
+
+    # sync form (scenario running in a thread) -----------------------------------------
+    def __enter__(self) -> Step:
+        args = self._begin()
+        self._ctx._ledger.write_sync(ops.step_started, *args)
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if not self._ctx._closed:
+            self._ctx._ledger.write_sync(ops.step_finished, *self._end(exc))
+        return False
+
+    def _begin(self) -> tuple[Any, ...]:
+        ctx = self._ctx
+        ctx._step_seq += 1
+        self.seq = ctx._step_seq
+        self._t0 = time.perf_counter()
+        self._wall0 = time.time()
+        ctx._steps.append(self.name)
+        ctx._notify_step()
+        return (ctx.night_id, ctx.cycle, ctx.attempt, self.seq, self.name, self._wall0)
+
+    def _end(self, exc: BaseException | None) -> tuple[Any, ...]:
+        ctx = self._ctx
+        duration = time.perf_counter() - self._t0
+        if ctx._steps and ctx._steps[-1] == self.name:
+            ctx._steps.pop()
+        ctx._notify_step()
+        if exc is None:
+            outcome, etype, emsg = "passed", None, None
+        elif isinstance(exc, Exception):
+            outcome, etype, emsg = classify(exc).value, _type_name(exc), str(exc)
+            ctx._error_steps.setdefault(id(exc), self.name)
+        else:
+            # CancelledError: a cycle timeout or a stop; the attempt record decides which.
+            outcome, etype, emsg = "cancelled", type(exc).__name__, None
+            ctx._cancelled_step = ctx._cancelled_step or self.name
+        return (
+            ctx.night_id,
+            ctx.cycle,
+            ctx.attempt,
+            self.seq,
+            self._wall0 + duration,
+            duration,
+            outcome,
+            etype,
+            emsg,
+        )
+
+
+class CycleContext:
+    """The ``ctx`` passed to ``cycle(ctx)``."""
+
+    def __init__(
+        self,
+        *,
+        night_id: str,
+        cycle: int,
+        attempt: int,
+        input: CycleInput,
+        settings: ProtectedSettings,
+        components: Mapping[str, Any],
+        cycle_dir: Path,
+        ledger: Ledger,
+        logger: logging.Logger,
+        on_step: Any = None,
+    ) -> None:
+        self.night_id = night_id
+        self.cycle = cycle
+        self.attempt = attempt
+        self.input = input
+        self.settings = settings
+        self.components = components
+        self.log = logger
+        # Artifacts of a retry go beside the first attempt's, never over them.
+        self.artifacts_dir = cycle_dir if attempt == 1 else cycle_dir / f"attempt-{attempt}"
+        self._ledger = ledger
+        self._on_step = on_step
+        self._step_seq = 0
+        self._steps: list[str] = []
+        self._error_steps: dict[int, str] = {}
+        self._cancelled_step: str | None = None
+        self._closed = False
+
+    @property
+    def current_step(self) -> str | None:
+        return self._steps[-1] if self._steps else None
+
+    def step(self, name: str) -> Step:
+        """A named stage, timed and recorded: ``async with ctx.step("audit"): ...``."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("step name must be a non-empty string")
+        return Step(self, name)
+
+    def artifact(self, name: str, data: str | bytes | Any) -> Path:
+        """Save ``data`` under this cycle's folder and record it in the ledger.
+
+        ``str`` is written as UTF-8 text, ``bytes`` as is, anything else as JSON.
+        Text and JSON pass through secret redaction first.
+        """
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+            raise ValueError(
+                f"artifact name must be a relative path inside the cycle folder: {name!r}"
+            )
+        path = self.artifacts_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(data, bytes | bytearray | memoryview):
+            blob = bytes(data)
+        elif isinstance(data, str):
+            blob = (redact(data) or "").encode("utf-8")
+        else:
+            blob = (
+                redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)) or ""
+            ).encode()
+        path.write_bytes(blob)
+        if not self._closed:
+            # Queued, not awaited: the writer is FIFO, so it commits before this
+            # attempt's end record, and sync scenarios can call it from their thread.
+            self._ledger.submit(
+                ops.artifact_saved,
+                self.night_id,
+                self.cycle,
+                self.attempt,
+                rel.as_posix(),
+                str(path),
+                len(blob),
+                time.time(),
+            )
+        return path
+
+    def fail(self, reason: str) -> NoReturn:
+        """Declare a product failure. Final: the cycle is never retried."""
+        raise ProductFailure(reason)
+
+    def _notify_step(self) -> None:
+        if self._on_step is not None:
+            self._on_step(self.cycle, self.current_step)
+
+    def _step_for(self, exc: BaseException | None) -> str | None:
+        if exc is None:
+            return None
+        seen = exc
+        for _ in range(8):  # follow __context__ a little way: errors re-raised as others
+            if id(seen) in self._error_steps:
+                return self._error_steps[id(seen)]
+            nxt = seen.__cause__ or seen.__context__
+            if nxt is None:
+                break
+            seen = nxt
+        return self._cancelled_step or (self._steps[-1] if self._steps else None)
+
+
+def _type_name(exc: BaseException) -> str:
+    t = type(exc)
+    return (
+        t.__name__
+        if t.__module__ in ("builtins", "overnight.errors")
+        else f"{t.__module__}.{t.__qualname__}"
+    )

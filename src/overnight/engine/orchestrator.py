@@ -1,0 +1,584 @@
+"""The orchestrator: runs a night of cycles within its bounds and records all of it.
+
+Shape of a night: import the scenario, build components, open (or resume) the night in
+the ledger, start ``parallel`` workers that pull cycle numbers from a queue, and for each
+cycle run attempts until one is final. Bounds (cycle count, deadline, signal) stop new
+work from starting; a signal also cancels what is running. Every record is committed to
+the ledger before it is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..components import Component, ComponentSpec, resolve_factory
+from ..config import LoadedConfig, ProtectedSettings
+from ..errors import ConfigError, InfraError, UsageError
+from ..ledger import Ledger, ops, queries
+from ..redaction import redact
+from ..verdicts import RETRYABLE, Verdict, classify
+from .context import CycleContext, CycleInput
+from .gate import Gate
+from .plan import Plan, compute_deadline, new_night_id
+from .progress import LogProgress, ProgressSink
+
+log = logging.getLogger("overnight")
+
+_TRACEBACK_MAX = 20_000
+_CONNECT_TIMEOUT_S = 60.0
+_CLOSE_TIMEOUT_S = 30.0
+
+
+class CycleTimeout(TimeoutError):
+    """The cycle ran past its ``cycle_timeout`` and was cancelled."""
+
+
+@dataclass
+class NightOutcome:
+    night_id: str
+    status: str  # completed | stopped | interrupted
+    reason: str
+    night_path: Path
+    signal: int | None = None
+
+
+def import_scenario(spec: str, base_dir: Path, where: str) -> Callable[..., Any]:
+    """Import ``module:function``, with the config's folder first on the import path."""
+    module_name, _, func_name = spec.partition(":")
+    folder = str(base_dir)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module may raise anything at import
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise ConfigError(
+            f"{where}: scenario: cannot import module {module_name!r}: {detail}"
+        ) from None
+    fn = getattr(module, func_name, None)
+    if fn is None:
+        raise ConfigError(
+            f"{where}: scenario: module {module_name!r} has no attribute {func_name!r}"
+        )
+    if not callable(fn):
+        raise ConfigError(f"{where}: scenario: {spec!r} is not a function")
+    return fn
+
+
+def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Component]:
+    """Instantiate every ``[components.NAME]``. Bad options are config errors (exit 2)."""
+    where = str(loaded.path) if loaded.path else "<built-in>"
+    built: dict[str, Component] = {}
+    folder = str(loaded.base_dir)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    for name, cc in loaded.config.components.items():
+        key = f"{loaded.key_prefix}components.{name}"
+        factory = resolve_factory(cc.type, f"{where}: {key}.type")
+        spec = ComponentSpec(
+            name=name, options=dict(cc.model_extra or {}), night_dir=night_dir, critical=cc.critical
+        )
+        try:
+            built[name] = factory(spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+    return built
+
+
+class Orchestrator:
+    """Runs one night (new or resumed). Use ``await Orchestrator(...).run()``."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        ledger: Ledger,
+        *,
+        progress: ProgressSink | None = None,
+        resume: dict[str, Any] | None = None,
+        deadline_override: tuple[float | None, str | None] | None = None,
+        clock: Callable[[], float] = time.time,
+        handle_signals: bool = True,
+    ) -> None:
+        self.plan = plan
+        self.ledger = ledger
+        self.progress = progress or LogProgress()
+        self.resume = resume
+        self.deadline_override = deadline_override
+        self.clock = clock
+        self.handle_signals = handle_signals
+        self.gate = Gate()
+        self.loaded = plan.load_config()
+        where = str(self.loaded.path) if self.loaded.path else "<built-in>"
+        self.scenario = import_scenario(plan.scenario, self.loaded.base_dir, where)
+        self.is_async = inspect.iscoroutinefunction(self.scenario)
+        self.settings = ProtectedSettings(self.loaded.config.settings)
+        self.fingerprint = self.settings.fingerprint
+        self.night_dir = Path(plan.night_dir)
+        self.components = build_components(self.loaded, self.night_dir)
+        self.handles: Mapping[str, Any] = MappingProxyType(
+            {n: c.handle for n, c in self.components.items()}
+        )
+        self.night_id = resume["id"] if resume else new_night_id(clock())
+        self.night_path = self.night_dir / self.night_id
+        self._queue: deque[int] = deque()
+        self._stop_starting = False
+        self._interrupted = False
+        self._signal: int | None = None
+        self._stop_reason = ""
+        self._running: dict[int, tuple[asyncio.Task[Any], CycleContext]] = {}
+        self._attempts_used: dict[int, tuple[int, int]] = {}
+        self._session = 0
+        self._log_handler: logging.Handler | None = None
+        self.deadline: float | None = None
+
+    # -- the night --------------------------------------------------------------------
+
+    async def run(self) -> NightOutcome:
+        loop = asyncio.get_running_loop()
+        # Sync scenarios run in threads; give every parallel slot one so --parallel N
+        # really means N at once (the default pool is sized by CPU count).
+        loop.set_default_executor(
+            concurrent.futures.ThreadPoolExecutor(
+                max_workers=self.plan.parallel + 4, thread_name_prefix="overnight-cycle"
+            )
+        )
+        self.night_path.mkdir(parents=True, exist_ok=True)
+        self._attach_log()
+        try:
+            await self._open_night()
+            await self._connect_components()
+            self._install_signals(loop)
+            deadline_handle = self._arm_deadline(loop)
+            try:
+                done = len(await asyncio.to_thread(self._done_cycles))
+                self.progress.night_started(
+                    self.night_id,
+                    self.plan.cycles_to_run,
+                    self.plan.parallel,
+                    await asyncio.to_thread(self._verdict_counts),
+                    bool(self.resume),
+                )
+                log.debug("%d cycles already done", done)
+                workers = [asyncio.create_task(self._worker()) for _ in range(self.plan.parallel)]
+                await asyncio.gather(*workers)
+            finally:
+                if deadline_handle is not None:
+                    deadline_handle.cancel()
+                self._remove_signals(loop)
+                self.progress.close()
+            return await self._close_night()
+        finally:
+            await self._close_components()
+            self._detach_log()
+
+    async def _open_night(self) -> None:
+        now = self.clock()
+        plan = self.plan
+        if self.resume is None:
+            self.deadline = compute_deadline(now, plan.max_hours, plan.until)
+            row = {
+                "id": self.night_id,
+                "scenario": plan.scenario,
+                "started_at": now,
+                "status": "running",
+                "seed": plan.seed,
+                "planned_cycles": plan.cycles_to_run,
+                "parallel": plan.parallel,
+                "deadline": self.deadline,
+                "plan": plan.to_json(),
+                "config_path": plan.config_path,
+                "config_fingerprint": self.loaded.fingerprint,
+                "protected_fingerprint": self.fingerprint,
+                "night_dir": str(self.night_dir),
+                "hostname": socket.gethostname(),
+                "dry_run": plan.dry_run,
+            }
+            await self.ledger.write(ops.create_night, row)
+        else:
+            if self.resume["protected_fingerprint"] != self.fingerprint:
+                raise UsageError(
+                    f"night {self.night_id}: its protected settings differ from when it started "
+                    "(an environment variable changed?); refusing to resume a different night"
+                )
+            self.deadline = self.resume["deadline"]
+            if self.deadline_override is not None:
+                self.deadline = compute_deadline(now, *self.deadline_override)
+                await self.ledger.write(ops.set_deadline, self.night_id, self.deadline)
+            closed = await self.ledger.write(ops.recover_interrupted, self.night_id)
+            if closed:
+                log.info("closed %d attempt(s) left running by the previous session", closed)
+        self._session = await self.ledger.write(
+            ops.start_session, self.night_id, now, os.getpid(), socket.gethostname()
+        )
+        await self._event(
+            "night_resumed" if self.resume else "night_started",
+            f"session {self._session}, pid {os.getpid()}",
+            {
+                "cycles": self.plan.cycles_to_run,
+                "parallel": self.plan.parallel,
+                "deadline": self.deadline,
+                "dry_run": self.plan.dry_run,
+            },
+        )
+        done = await asyncio.to_thread(self._done_cycles)
+        self._attempts_used = await asyncio.to_thread(self._read_attempts_used)
+        self._queue = deque(c for c in range(1, self.plan.cycles_to_run + 1) if c not in done)
+        log.info(
+            "%s night %s (session %d): %d cycles planned, %d to run, parallel %d, deadline %s",
+            "resumed" if self.resume else "started",
+            self.night_id,
+            self._session,
+            self.plan.cycles_to_run,
+            len(self._queue),
+            self.plan.parallel,
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.deadline))
+            if self.deadline
+            else "none",
+        )
+        if self.deadline is not None and self.deadline <= now:
+            self._stop("time bound already reached")
+
+    async def _close_night(self) -> NightOutcome:
+        now = self.clock()
+        remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self._done_cycles))
+        if self._interrupted:
+            status = "interrupted"
+        elif remaining > 0 and self._stop_starting:
+            status = "stopped"
+        elif remaining > 0:
+            status = "stopped"
+            self._stop_reason = self._stop_reason or f"{remaining} cycles did not finish"
+        else:
+            status = "completed"
+        reason = self._stop_reason or "all planned cycles ran"
+        fp_end = self.settings.fingerprint
+        if fp_end != self.fingerprint:
+            await self._event(
+                "protected_fingerprint_mismatch",
+                "protected settings changed during the night",
+                {"start": self.fingerprint, "end": fp_end},
+            )
+        await self.ledger.write(ops.finish_night, self.night_id, now, status, reason, fp_end)
+        await self.ledger.write(ops.end_session, self.night_id, self._session, now, status)
+        await self._event("night_ended", f"{status}: {reason}", {"remaining_cycles": remaining})
+        log.info("night %s %s: %s", self.night_id, status, reason)
+        return NightOutcome(self.night_id, status, reason, self.night_path, self._signal)
+
+    # -- workers and cycles -----------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while not self._stop_starting and self._queue:
+            cycle = self._queue.popleft()
+            await self._run_cycle(cycle)
+
+    async def _run_cycle(self, cycle: int) -> None:
+        plan = self.plan
+        cycle_input = CycleInput.derive(plan.seed, cycle)
+        last_no, counted = self._attempts_used.get(cycle, (0, 0))
+        budget = 1 + plan.retry_attempts
+        await self.ledger.write(
+            ops.cycle_started,
+            self.night_id,
+            cycle,
+            str(cycle_input.seed),
+            self.clock(),
+            self.fingerprint,
+        )
+        while True:
+            await self._wait_gate()
+            if self._interrupted:
+                return
+            attempt = last_no = last_no + 1
+            verdict, result, error = await self._run_attempt(cycle, attempt, cycle_input)
+            if verdict is Verdict.INTERRUPTED:
+                await self.ledger.write(
+                    ops.attempt_finished, self.night_id, cycle, attempt, result, False
+                )
+                self.progress.attempt_finished(
+                    cycle, attempt, verdict.value, False, result["duration_s"], None
+                )
+                return
+            counted += 1
+            final = verdict not in RETRYABLE or counted >= budget or self._stop_starting
+            await self.ledger.write(
+                ops.attempt_finished,
+                self.night_id,
+                cycle,
+                attempt,
+                result,
+                final,
+                {"protected_fingerprint": self.fingerprint},
+            )
+            log.info(
+                "cycle %d attempt %d: %s in %.3fs%s%s",
+                cycle,
+                attempt,
+                verdict.value,
+                result["duration_s"],
+                "" if final else " (retrying)",
+                f" — {error}" if error else "",
+                extra={"attempt_line": True},
+            )
+            self.progress.attempt_finished(
+                cycle, attempt, verdict.value, final, result["duration_s"], error
+            )
+            if final:
+                return
+            await self._backoff(counted)
+
+    async def _run_attempt(
+        self, cycle: int, attempt: int, cycle_input: CycleInput
+    ) -> tuple[Verdict, dict[str, Any], str | None]:
+        started = self.clock()
+        await self.ledger.write(
+            ops.attempt_started, self.night_id, cycle, attempt, self._session, started
+        )
+        ctx = CycleContext(
+            night_id=self.night_id,
+            cycle=cycle,
+            attempt=attempt,
+            input=cycle_input,
+            settings=self.settings,
+            components=self.handles,
+            cycle_dir=self.night_path / "cycles" / f"{cycle:03d}",
+            ledger=self.ledger,
+            logger=logging.getLogger(f"overnight.scenario.c{cycle}"),
+            on_step=self.progress.step_changed,
+        )
+        self.progress.attempt_started(cycle, attempt)
+        t0 = time.perf_counter()
+        task = asyncio.create_task(
+            self._call_scenario(ctx), name=f"cycle-{cycle}-attempt-{attempt}"
+        )
+        self._running[cycle] = (task, ctx)
+        try:
+            await asyncio.wait({task})
+        finally:
+            self._running.pop(cycle, None)
+            ctx._closed = True
+        duration = time.perf_counter() - t0
+        exc: BaseException | None
+        if task.cancelled():
+            verdict, exc = Verdict.INTERRUPTED, None
+        else:
+            exc = task.exception()
+            verdict = Verdict.PASSED if exc is None else classify(exc)
+        result: dict[str, Any] = {
+            "ended_at": started + duration,
+            "duration_s": duration,
+            "verdict": verdict.value,
+            "step": ctx._step_for(exc)
+            if exc is not None
+            else (ctx._cancelled_step if task.cancelled() else None),
+        }
+        message = None
+        if verdict is Verdict.INTERRUPTED:
+            result["error_message"] = f"stopped: {self._stop_reason or 'interrupted'}"
+        elif exc is not None:
+            message = redact(str(exc)) or type(exc).__name__
+            result.update(
+                error_type=_type_name(exc),
+                error_message=message,
+                traceback="".join(traceback.format_exception(exc))[-_TRACEBACK_MAX:],
+            )
+            if isinstance(exc, InfraError):
+                result.update(fault_component=exc.component, fault_kind=exc.kind)
+        return verdict, result, message
+
+    async def _call_scenario(self, ctx: CycleContext) -> None:
+        timeout = self.plan.cycle_timeout
+        try:
+            async with asyncio.timeout(timeout) as cm:
+                if self.is_async:
+                    await self.scenario(ctx)
+                else:
+                    # A thread cannot be cancelled: on timeout the attempt ends here and
+                    # the thread is abandoned; ctx is closed so it records nothing more.
+                    result = await asyncio.to_thread(self.scenario, ctx)
+                    if inspect.isawaitable(result):
+                        await result
+        except TimeoutError:
+            if cm.expired():
+                raise CycleTimeout(f"cycle exceeded its timeout of {timeout:g} s") from None
+            raise
+
+    async def _wait_gate(self) -> None:
+        if not self.gate.is_open:
+            log.info(
+                "gate closed (%s); holding new attempts", "; ".join(self.gate.reasons.values())
+            )
+            waiter = asyncio.create_task(self.gate.wait())
+            stopper = asyncio.create_task(self._stopped.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _backoff(self, counted: int) -> None:
+        delay = min(self.plan.retry_backoff * (2 ** (counted - 1)), 60.0)
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
+
+    # -- stopping -------------------------------------------------------------------
+
+    @property
+    def _stopped(self) -> asyncio.Event:
+        ev = getattr(self, "_stopped_event", None)
+        if ev is None:
+            ev = self._stopped_event = asyncio.Event()
+            if self._interrupted:
+                ev.set()
+        return ev
+
+    def _stop(self, reason: str) -> None:
+        if not self._stop_starting:
+            self._stop_starting = True
+            self._stop_reason = reason
+            log.info("no new cycles will start: %s", reason)
+
+    def interrupt(self, reason: str, signum: int | None = None) -> None:
+        """Stop starting cycles and cancel the running ones (Ctrl-C, SIGTERM)."""
+        if self._interrupted:
+            return
+        self._stop_starting = True
+        self._interrupted = True
+        self._signal = signum
+        self._stop_reason = reason
+        self._stopped.set()
+        for task, _ctx in list(self._running.values()):
+            task.cancel()
+
+    def _arm_deadline(self, loop: asyncio.AbstractEventLoop) -> asyncio.TimerHandle | None:
+        if self.deadline is None:
+            return None
+        delay = max(self.deadline - self.clock(), 0.0)
+        return loop.call_later(delay, self._stop, "time bound reached (--max-hours / --until)")
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.handle_signals:
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.handle_signals:
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._interrupted:
+            # Second signal: the user means it. Everything committed is safe; resume
+            # closes what was left open.
+            self.progress.close()
+            os._exit(128 + signum)
+        self.progress.message(
+            f"{name} received: stopping — cancelling running cycles, writing the report "
+            "(send it again to quit at once; 'overnight run --resume' continues this night)"
+        )
+        self.interrupt(f"{name} received", signum)
+
+    # -- components -------------------------------------------------------------------
+
+    async def _connect_components(self) -> None:
+        async def one(name: str, comp: Component) -> None:
+            try:
+                await asyncio.wait_for(comp.connect(), _CONNECT_TIMEOUT_S)
+                await self._event("component_connected", None, component=name)
+            except Exception as exc:
+                # Not fatal: cycles that use it will fail as infra errors, and say so.
+                await self._event(
+                    "component_connect_failed", f"{type(exc).__name__}: {exc}", component=name
+                )
+                log.warning("component %s failed to connect: %s", name, redact(str(exc)))
+
+        await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
+
+    async def _close_components(self) -> None:
+        for name, comp in self.components.items():
+            try:
+                await asyncio.wait_for(comp.close(), _CLOSE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("component %s failed to close: %s", name, redact(str(exc)))
+
+    # -- helpers ---------------------------------------------------------------------
+
+    async def _event(
+        self,
+        kind: str,
+        message: str | None = None,
+        data: Any = None,
+        *,
+        component: str | None = None,
+    ) -> None:
+        await self.ledger.write(
+            ops.add_event, self.night_id, self.clock(), kind, message, data, None, None, component
+        )
+
+    def _done_cycles(self) -> set[int]:
+        with self.ledger.read() as conn:
+            return queries.done_cycles(conn, self.night_id)
+
+    def _read_attempts_used(self) -> dict[int, tuple[int, int]]:
+        with self.ledger.read() as conn:
+            return queries.attempts_used(conn, self.night_id)
+
+    def _verdict_counts(self) -> Counter:
+        with self.ledger.read() as conn:
+            return Counter(
+                c["verdict"]
+                for c in queries.cycles_of(conn, self.night_id)
+                if c["status"] == "done"
+            )
+
+    def _attach_log(self) -> None:
+        handler = logging.FileHandler(self.night_path / "orchestrator.log", encoding="utf-8")
+        handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        # The progress sink's lines repeat what the orchestrator logs; keep the file lean.
+        handler.addFilter(lambda r: not r.name.startswith("overnight.progress"))
+        root = logging.getLogger("overnight")
+        if root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
+        self._log_handler = handler
+
+    def _detach_log(self) -> None:
+        if self._log_handler is not None:
+            logging.getLogger("overnight").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record)) or ""
+
+
+def _type_name(exc: BaseException) -> str:
+    t = type(exc)
+    if t.__module__ in ("builtins", "overnight.errors", __name__):
+        return t.__name__
+    return f"{t.__module__}.{t.__qualname__}"

@@ -1,0 +1,91 @@
+"""The plan of a night: what to run and within which bounds. Stored in the ledger.
+
+A resumed night is rebuilt from its stored plan, not from whatever the config file says
+today, so "the same night" means the same scenario, seed, cycles and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..config import LoadedConfig, validate_config
+
+DRY_RUN_CYCLES = 3
+
+
+@dataclass
+class Plan:
+    scenario: str
+    cycles: int
+    parallel: int
+    retry_attempts: int
+    cycle_timeout: float
+    max_hours: float | None
+    until: str | None
+    seed: int
+    night_dir: str
+    retry_backoff: float = 1.0
+    dry_run: bool = False
+    config_path: str | None = None
+    key_prefix: str = ""
+    config_raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def load_config(self) -> LoadedConfig:
+        """Re-validate the stored config (re-reading ${VAR}s from today's environment)."""
+        path = Path(self.config_path) if self.config_path else None
+        return validate_config(self.config_raw, path, self.key_prefix)
+
+    @property
+    def cycles_to_run(self) -> int:
+        return min(self.cycles, DRY_RUN_CYCLES) if self.dry_run else self.cycles
+
+
+def new_seed() -> int:
+    return secrets.randbits(31)
+
+
+def new_night_id(now: float | None = None) -> str:
+    stamp = datetime.fromtimestamp(now if now is not None else time.time()).strftime(
+        "%Y%m%d-%H%M%S"
+    )
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def until_timestamp(start_ts: float, until: str) -> float:
+    """The first local ``HH:MM`` strictly after ``start_ts`` (tomorrow if already past).
+
+    Built with mktime so the local daylight-saving rules of that day apply.
+    """
+    hour, minute = (int(p) for p in until.split(":"))
+    start = datetime.fromtimestamp(start_ts)
+    for day_offset in (0, 1, 2):
+        base = datetime.fromordinal(start.toordinal() + day_offset)
+        ts = time.mktime((base.year, base.month, base.day, hour, minute, 0, 0, 0, -1))
+        if ts > start_ts:
+            return ts
+    raise AssertionError("unreachable: a HH:MM always occurs within two days")
+
+
+def compute_deadline(start_ts: float, max_hours: float | None, until: str | None) -> float | None:
+    """When nothing new may start: whichever of the two bounds comes first."""
+    candidates = []
+    if max_hours:
+        candidates.append(start_ts + max_hours * 3600.0)
+    if until:
+        candidates.append(until_timestamp(start_ts, until))
+    return min(candidates) if candidates else None

@@ -1,0 +1,6 @@
+"""The ledger: the one durable record every report is computed from."""
+
+from .schema import SCHEMA_VERSION
+from .store import Ledger, normalize_url
+
+__all__ = ["SCHEMA_VERSION", "Ledger", "normalize_url"]

@@ -1,0 +1,314 @@
+"""Write operations run by the ledger's writer thread: ``op(conn, ...)``.
+
+Each one is small and idempotent where a resume may repeat it. Free text goes through
+``redact`` here, at the single door into the ledger, so no caller can forget it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import Connection, and_, func, select, update
+
+from ..redaction import redact
+from . import schema as s
+
+
+def _json(data: Any) -> str | None:
+    if data is None:
+        return None
+    return redact(json.dumps(data, default=str, sort_keys=True))
+
+
+def create_night(conn: Connection, row: dict[str, Any]) -> None:
+    row = dict(row)
+    row["plan"] = redact(row["plan"])
+    conn.execute(s.nights.insert().values(**row))
+
+
+def start_session(conn: Connection, night_id: str, started_at: float, pid: int, host: str) -> int:
+    last = conn.execute(
+        select(func.max(s.sessions.c.seq)).where(s.sessions.c.night_id == night_id)
+    ).scalar()
+    seq = (last or 0) + 1
+    conn.execute(
+        s.sessions.insert().values(
+            night_id=night_id, seq=seq, started_at=started_at, pid=pid, hostname=host
+        )
+    )
+    conn.execute(
+        update(s.nights)
+        .where(s.nights.c.id == night_id)
+        .values(status="running", ended_at=None, end_reason=None)
+    )
+    return seq
+
+
+def end_session(conn: Connection, night_id: str, seq: int, ended_at: float, reason: str) -> None:
+    conn.execute(
+        update(s.sessions)
+        .where(and_(s.sessions.c.night_id == night_id, s.sessions.c.seq == seq))
+        .values(ended_at=ended_at, end_reason=reason)
+    )
+
+
+def recover_interrupted(conn: Connection, night_id: str) -> int:
+    """Close what a dead process left open: its running attempts and steps.
+
+    Their cycles stay ``pending`` and will run again on the same input.
+    Returns how many attempts were closed.
+    """
+    n = conn.execute(
+        update(s.attempts)
+        .where(and_(s.attempts.c.night_id == night_id, s.attempts.c.verdict.is_(None)))
+        .values(verdict="interrupted", error_message="the process stopped during this attempt")
+    ).rowcount
+    conn.execute(
+        update(s.steps)
+        .where(and_(s.steps.c.night_id == night_id, s.steps.c.outcome == "running"))
+        .values(outcome="interrupted")
+    )
+    return n or 0
+
+
+def cycle_started(
+    conn: Connection,
+    night_id: str,
+    cycle: int,
+    input_seed: str,
+    started_at: float,
+    fingerprint: str,
+) -> None:
+    exists = conn.execute(
+        select(s.cycles.c.status).where(
+            and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle)
+        )
+    ).first()
+    if exists is None:
+        conn.execute(
+            s.cycles.insert().values(
+                night_id=night_id,
+                cycle=cycle,
+                status="pending",
+                attempts=0,
+                input_seed=input_seed,
+                started_at=started_at,
+                protected_fingerprint=fingerprint,
+                fallback=False,
+            )
+        )
+    elif exists[0] == "done":
+        # A completed cycle must never run again; the caller checked, so this is a bug.
+        raise RuntimeError(f"cycle {cycle} of night {night_id} is already done")
+
+
+def attempt_started(
+    conn: Connection, night_id: str, cycle: int, attempt: int, session: int, started_at: float
+) -> None:
+    conn.execute(
+        s.attempts.insert().values(
+            night_id=night_id, cycle=cycle, attempt=attempt, session=session, started_at=started_at
+        )
+    )
+    conn.execute(
+        update(s.cycles)
+        .where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
+        .values(attempts=s.cycles.c.attempts + 1)
+    )
+
+
+def attempt_finished(
+    conn: Connection,
+    night_id: str,
+    cycle: int,
+    attempt: int,
+    result: dict[str, Any],
+    final: bool,
+    cycle_fields: dict[str, Any] | None = None,
+) -> None:
+    """Close an attempt; when ``final``, close its cycle in the same transaction.
+
+    One transaction for both is what makes resume exact: a cycle is either done with
+    its final attempt recorded, or not done at all.
+    """
+    values = dict(result)
+    for key in ("error_message", "traceback", "step"):
+        if values.get(key) is not None:
+            values[key] = redact(values[key])
+    conn.execute(
+        update(s.attempts)
+        .where(
+            and_(
+                s.attempts.c.night_id == night_id,
+                s.attempts.c.cycle == cycle,
+                s.attempts.c.attempt == attempt,
+            )
+        )
+        .values(**values)
+    )
+    # Steps cut short by cancellation learn why now: the cycle timed out, or we stopped.
+    conn.execute(
+        update(s.steps)
+        .where(
+            and_(
+                s.steps.c.night_id == night_id,
+                s.steps.c.cycle == cycle,
+                s.steps.c.attempt == attempt,
+                s.steps.c.outcome.in_(("cancelled", "running")),
+            )
+        )
+        .values(outcome=result["verdict"])
+    )
+    if final:
+        fields = dict(cycle_fields or {})
+        if "knobs" in fields and not isinstance(fields["knobs"], str | None):
+            fields["knobs"] = _json(fields["knobs"])
+        conn.execute(
+            update(s.cycles)
+            .where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
+            .values(
+                status="done",
+                verdict=result["verdict"],
+                ended_at=result["ended_at"],
+                duration_s=result["duration_s"],
+                **fields,
+            )
+        )
+
+
+def step_started(
+    conn: Connection,
+    night_id: str,
+    cycle: int,
+    attempt: int,
+    seq: int,
+    name: str,
+    started_at: float,
+) -> None:
+    conn.execute(
+        s.steps.insert().values(
+            night_id=night_id,
+            cycle=cycle,
+            attempt=attempt,
+            seq=seq,
+            name=name,
+            started_at=started_at,
+            outcome="running",
+        )
+    )
+
+
+def step_finished(
+    conn: Connection,
+    night_id: str,
+    cycle: int,
+    attempt: int,
+    seq: int,
+    ended_at: float,
+    duration_s: float,
+    outcome: str,
+    error_type: str | None,
+    error_message: str | None,
+) -> None:
+    conn.execute(
+        update(s.steps)
+        .where(
+            and_(
+                s.steps.c.night_id == night_id,
+                s.steps.c.cycle == cycle,
+                s.steps.c.attempt == attempt,
+                s.steps.c.seq == seq,
+            )
+        )
+        .values(
+            ended_at=ended_at,
+            duration_s=duration_s,
+            outcome=outcome,
+            error_type=error_type,
+            error_message=redact(error_message),
+        )
+    )
+
+
+def artifact_saved(
+    conn: Connection,
+    night_id: str,
+    cycle: int,
+    attempt: int,
+    name: str,
+    path: str,
+    size: int,
+    created_at: float,
+) -> None:
+    key = and_(
+        s.artifacts.c.night_id == night_id,
+        s.artifacts.c.cycle == cycle,
+        s.artifacts.c.attempt == attempt,
+        s.artifacts.c.name == name,
+    )
+    if conn.execute(select(s.artifacts.c.name).where(key)).first() is None:
+        conn.execute(
+            s.artifacts.insert().values(
+                night_id=night_id,
+                cycle=cycle,
+                attempt=attempt,
+                name=name,
+                path=path,
+                size=size,
+                created_at=created_at,
+            )
+        )
+    else:
+        conn.execute(
+            update(s.artifacts).where(key).values(path=path, size=size, created_at=created_at)
+        )
+
+
+def add_event(
+    conn: Connection,
+    night_id: str,
+    ts: float,
+    kind: str,
+    message: str | None = None,
+    data: Any = None,
+    cycle: int | None = None,
+    attempt: int | None = None,
+    component: str | None = None,
+) -> None:
+    conn.execute(
+        s.events.insert().values(
+            night_id=night_id,
+            ts=ts,
+            kind=kind,
+            cycle=cycle,
+            attempt=attempt,
+            component=component,
+            message=redact(message),
+            data=_json(data),
+        )
+    )
+
+
+def finish_night(
+    conn: Connection,
+    night_id: str,
+    ended_at: float,
+    status: str,
+    reason: str,
+    fingerprint_end: str,
+) -> None:
+    conn.execute(
+        update(s.nights)
+        .where(s.nights.c.id == night_id)
+        .values(
+            ended_at=ended_at,
+            status=status,
+            end_reason=redact(reason),
+            protected_fingerprint_end=fingerprint_end,
+        )
+    )
+
+
+def set_deadline(conn: Connection, night_id: str, deadline: float | None) -> None:
+    conn.execute(update(s.nights).where(s.nights.c.id == night_id).values(deadline=deadline))

@@ -1,0 +1,144 @@
+"""Read side of the ledger: plain dicts out, for the engine's resume and the reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, select
+
+from . import schema as s
+
+RESUMABLE = ("running", "interrupted")
+
+
+def _rows(result: Any) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in result]
+
+
+def get_night(conn: Connection, night_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(s.nights).where(s.nights.c.id == night_id)).first()
+    return dict(row._mapping) if row else None
+
+
+def find_nights(conn: Connection, prefix: str) -> list[str]:
+    """Night ids starting with ``prefix`` (so users can type a short id)."""
+    return [
+        r[0]
+        for r in conn.execute(
+            select(s.nights.c.id).where(s.nights.c.id.startswith(prefix, autoescape=True))
+        )
+    ]
+
+
+def last_night(conn: Connection, resumable_only: bool = False) -> dict[str, Any] | None:
+    q = select(s.nights).order_by(s.nights.c.started_at.desc(), s.nights.c.id.desc()).limit(1)
+    if resumable_only:
+        q = q.where(s.nights.c.status.in_(RESUMABLE))
+    row = conn.execute(q).first()
+    return dict(row._mapping) if row else None
+
+
+def list_nights(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
+    c = s.cycles.c
+    totals = (
+        select(
+            c.night_id,
+            func.count().label("cycles_total"),
+            func.sum(case((c.status == "done", 1), else_=0)).label("done"),
+            func.sum(case((c.verdict == "passed", 1), else_=0)).label("passed"),
+            func.sum(case((c.verdict == "failed", 1), else_=0)).label("failed"),
+            func.sum(case((c.verdict == "infra_error", 1), else_=0)).label("infra_error"),
+            func.sum(case((c.verdict == "timeout", 1), else_=0)).label("timeout"),
+            func.sum(case((c.verdict == "harness_error", 1), else_=0)).label("harness_error"),
+        )
+        .group_by(c.night_id)
+        .subquery()
+    )
+    q = (
+        select(s.nights, totals)
+        .select_from(s.nights.outerjoin(totals, totals.c.night_id == s.nights.c.id))
+        .order_by(s.nights.c.started_at.desc(), s.nights.c.id.desc())
+        .limit(limit)
+    )
+    return _rows(conn.execute(q))
+
+
+def done_cycles(conn: Connection, night_id: str) -> set[int]:
+    return {
+        r[0]
+        for r in conn.execute(
+            select(s.cycles.c.cycle).where(
+                and_(s.cycles.c.night_id == night_id, s.cycles.c.status == "done")
+            )
+        )
+    }
+
+
+def attempts_used(conn: Connection, night_id: str) -> dict[int, tuple[int, int]]:
+    """cycle -> (highest attempt number, attempts that counted toward the retry budget).
+
+    Interrupted attempts are kept but do not count: the cycle did not fail, the process
+    stopped under it.
+    """
+    a = s.attempts.c
+    q = (
+        select(
+            a.cycle,
+            func.max(a.attempt),
+            func.sum(case((a.verdict != "interrupted", 1), else_=0)),
+        )
+        .where(a.night_id == night_id)
+        .group_by(a.cycle)
+    )
+    return {r[0]: (int(r[1]), int(r[2] or 0)) for r in conn.execute(q)}
+
+
+def sessions_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
+    return _rows(
+        conn.execute(
+            select(s.sessions).where(s.sessions.c.night_id == night_id).order_by(s.sessions.c.seq)
+        )
+    )
+
+
+def cycles_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
+    return _rows(
+        conn.execute(
+            select(s.cycles).where(s.cycles.c.night_id == night_id).order_by(s.cycles.c.cycle)
+        )
+    )
+
+
+def attempts_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
+    a = s.attempts.c
+    return _rows(
+        conn.execute(select(s.attempts).where(a.night_id == night_id).order_by(a.cycle, a.attempt))
+    )
+
+
+def steps_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
+    t = s.steps.c
+    return _rows(
+        conn.execute(
+            select(s.steps).where(t.night_id == night_id).order_by(t.cycle, t.attempt, t.seq)
+        )
+    )
+
+
+def artifacts_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
+    t = s.artifacts.c
+    return _rows(
+        conn.execute(
+            select(s.artifacts).where(t.night_id == night_id).order_by(t.cycle, t.attempt, t.name)
+        )
+    )
+
+
+def events_of(
+    conn: Connection, night_id: str, kinds: tuple[str, ...] | None = None
+) -> list[dict[str, Any]]:
+    t = s.events.c
+    q = select(s.events).where(t.night_id == night_id)
+    if kinds:
+        q = q.where(t.kind.in_(kinds))
+    return _rows(conn.execute(q.order_by(t.ts, t.id)))

@@ -1,0 +1,162 @@
+"""The ledger's schema: one set of tables for SQLite and PostgreSQL.
+
+Times are seconds since the epoch (UTC) as doubles, so that durations are plain
+subtractions on both back ends. The schema is versioned in ``meta``; ``MIGRATIONS``
+brings an older ledger forward, one version at a time.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+nights = Table(
+    "nights",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("scenario", Text, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    # running | completed | stopped | interrupted | aborted
+    Column("status", String(16), nullable=False),
+    Column("end_reason", Text),
+    Column("seed", Integer, nullable=False),
+    Column("planned_cycles", Integer, nullable=False),
+    Column("parallel", Integer, nullable=False),
+    Column("deadline", Float),
+    # The plan as JSON: bounds, options, and the config as written (secrets stay as
+    # ${VAR} references, so the plan can be stored and re-read without leaking them).
+    Column("plan", Text, nullable=False),
+    Column("config_path", Text),
+    Column("config_fingerprint", String(64), nullable=False),
+    Column("protected_fingerprint", String(64), nullable=False),
+    Column("protected_fingerprint_end", String(64)),
+    Column("night_dir", Text, nullable=False),
+    Column("hostname", Text),
+    Column("dry_run", Boolean, nullable=False, default=False),
+)
+
+# One row per process that worked on a night: the first run and every resume.
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("night_id", String(64), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("pid", Integer, nullable=False),
+    Column("hostname", Text),
+    Column("end_reason", Text),
+    ForeignKeyConstraint(["night_id"], ["nights.id"]),
+)
+
+cycles = Table(
+    "cycles",
+    metadata,
+    Column("night_id", String(64), primary_key=True),
+    Column("cycle", Integer, primary_key=True),
+    # pending (started, not final) | done
+    Column("status", String(16), nullable=False),
+    Column("verdict", String(16)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("input_seed", String(32), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    # Duration of the final attempt, so that retries do not inflate the cycle's time.
+    Column("duration_s", Float),
+    Column("protected_fingerprint", String(64)),
+    Column("fallback", Boolean, nullable=False, default=False),
+    Column("knobs", Text),
+    ForeignKeyConstraint(["night_id"], ["nights.id"]),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("night_id", String(64), primary_key=True),
+    Column("cycle", Integer, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("session", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("duration_s", Float),
+    # NULL while running; interrupted when the process stopped under it.
+    Column("verdict", String(16)),
+    Column("step", Text),
+    Column("error_type", Text),
+    Column("error_message", Text),
+    Column("traceback", Text),
+    Column("fault_component", Text),
+    Column("fault_kind", Text),
+    ForeignKeyConstraint(["night_id", "cycle"], ["cycles.night_id", "cycles.cycle"]),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("night_id", String(64), primary_key=True),
+    Column("cycle", Integer, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+    Column("duration_s", Float),
+    # running | passed | failed | infra_error | timeout | harness_error | interrupted
+    Column("outcome", String(16), nullable=False),
+    Column("error_type", Text),
+    Column("error_message", Text),
+)
+
+artifacts = Table(
+    "artifacts",
+    metadata,
+    Column("night_id", String(64), primary_key=True),
+    Column("cycle", Integer, primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("path", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("night_id", String(64), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("cycle", Integer),
+    Column("attempt", Integer),
+    Column("component", Text),
+    Column("message", Text),
+    Column("data", Text),
+)
+
+Index("ix_events_night_ts", events.c.night_id, events.c.ts)
+Index("ix_nights_started", nights.c.started_at)
+
+# version -> callable(connection) that upgrades from version-1 to version.
+MIGRATIONS: dict[int, object] = {}

@@ -1,0 +1,248 @@
+"""The report's numbers, computed from the ledger alone (promise 6).
+
+``build_report`` reads one night and returns a plain dict: the same object is written as
+``report.json`` and rendered as ``MORNING_REPORT.md``, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..ledger import Ledger, queries
+from ..verdicts import CYCLE_VERDICTS
+
+REPORT_FORMAT = "overnight-report"
+REPORT_VERSION = 1
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolated percentile (q in 0..100); None for no data."""
+    if not values:
+        return None
+    data = sorted(values)
+    if len(data) == 1:
+        return data[0]
+    pos = (len(data) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def duration_stats(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": _round(percentile(values, 50)),
+        "p95": _round(percentile(values, 95)),
+        "max": _round(max(values)) if values else None,
+        "mean": _round(sum(values) / len(values)) if values else None,
+    }
+
+
+def _round(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def iso(ts: float | None) -> str | None:
+    return (
+        None
+        if ts is None
+        else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
+    )
+
+
+def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
+    with ledger.read() as conn:
+        night = queries.get_night(conn, night_id)
+        if night is None:
+            raise KeyError(night_id)
+        cycles = queries.cycles_of(conn, night_id)
+        attempts = queries.attempts_of(conn, night_id)
+        steps = queries.steps_of(conn, night_id)
+        artifacts = queries.artifacts_of(conn, night_id)
+        sessions = queries.sessions_of(conn, night_id)
+    return _assemble(night, cycles, attempts, steps, artifacts, sessions)
+
+
+def _assemble(
+    night: dict[str, Any],
+    cycles: list[dict[str, Any]],
+    attempts: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    artifacts: list[dict[str, Any]],
+    sessions: list[dict[str, Any]],
+) -> dict[str, Any]:
+    night_path = Path(night["night_dir"]) / night["id"]
+    by_cycle: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for a in attempts:
+        by_cycle[a["cycle"]].append(a)
+    arts: dict[tuple[int, int], list[str]] = defaultdict(list)
+    for art in artifacts:
+        arts[(art["cycle"], art["attempt"])].append(art["name"])
+
+    done = [c for c in cycles if c["status"] == "done"]
+    totals = Counter({v.value: 0 for v in CYCLE_VERDICTS})
+    totals.update(c["verdict"] for c in done)
+
+    cycle_objs = []
+    failures = []
+    for c in cycles:
+        atts = by_cycle.get(c["cycle"], [])
+        final = next((a for a in reversed(atts) if a["verdict"] not in (None, "interrupted")), None)
+        cycle_dir = night_path / "cycles" / f"{c['cycle']:03d}"
+        final_dir = (
+            cycle_dir
+            if not final or final["attempt"] == 1
+            else cycle_dir / f"attempt-{final['attempt']}"
+        )
+        obj = {
+            "cycle": c["cycle"],
+            "status": c["status"],
+            "verdict": c["verdict"] if c["status"] == "done" else None,
+            "input_seed": c["input_seed"],
+            "started_at": iso(c["started_at"]),
+            "ended_at": iso(c["ended_at"]),
+            "duration_s": _round(c["duration_s"]),
+            "fallback": bool(c["fallback"]),
+            "artifacts_dir": str(final_dir.relative_to(night_path)) if final else None,
+            "attempts": [
+                {
+                    "attempt": a["attempt"],
+                    "session": a["session"],
+                    "verdict": a["verdict"],
+                    "started_at": iso(a["started_at"]),
+                    "ended_at": iso(a["ended_at"]),
+                    "duration_s": _round(a["duration_s"]),
+                    "step": a["step"],
+                    "error_type": a["error_type"],
+                    "error_message": a["error_message"],
+                    "fault_component": a["fault_component"],
+                    "fault_kind": a["fault_kind"],
+                    "artifacts": arts.get((c["cycle"], a["attempt"]), []),
+                }
+                for a in atts
+            ],
+        }
+        cycle_objs.append(obj)
+        if c["status"] == "done" and c["verdict"] != "passed" and final is not None:
+            failures.append(
+                {
+                    "cycle": c["cycle"],
+                    "verdict": c["verdict"],
+                    "step": final["step"],
+                    "error_type": final["error_type"],
+                    "error_message": final["error_message"],
+                    "fault_component": final["fault_component"],
+                    "fault_kind": final["fault_kind"],
+                    "attempts": len([a for a in atts if a["verdict"] != "interrupted"]),
+                    "artifacts_dir": obj["artifacts_dir"],
+                    "traceback_tail": _tail(final["traceback"]),
+                }
+            )
+
+    # Durations: a cycle's time is its final attempt's; steps count every finished run.
+    cycle_durations = [c["duration_s"] for c in done if c["duration_s"] is not None]
+    step_durations: dict[str, list[float]] = defaultdict(list)
+    step_outcomes: dict[str, Counter] = defaultdict(Counter)
+    for st in steps:
+        if st["duration_s"] is not None:
+            step_durations[st["name"]].append(st["duration_s"])
+        step_outcomes[st["name"]][st["outcome"]] += 1
+
+    run = len(done)
+    retried = [
+        c
+        for c in cycle_objs
+        if len([a for a in c["attempts"] if a["verdict"] != "interrupted"]) > 1
+    ]
+    interrupted_attempts = sum(1 for a in attempts if a["verdict"] == "interrupted")
+    wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None
+    busy = sum((s["ended_at"] - s["started_at"]) for s in sessions if s["ended_at"] is not None)
+    fp_start, fp_end = night["protected_fingerprint"], night["protected_fingerprint_end"]
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "version": REPORT_VERSION,
+        "night_id": night["id"],
+        "status": night["status"],
+        "end_reason": night["end_reason"],
+        "scenario": night["scenario"],
+        "dry_run": bool(night["dry_run"]),
+        "seed": night["seed"],
+        "started_at": iso(night["started_at"]),
+        "ended_at": iso(night["ended_at"]),
+        "duration_s": _round(wall, 3),
+        "active_s": _round(busy, 3),
+        "sessions": [
+            {
+                "seq": s["seq"],
+                "started_at": iso(s["started_at"]),
+                "ended_at": iso(s["ended_at"]),
+                "pid": s["pid"],
+                "end_reason": s["end_reason"]
+                or ("process died" if s["ended_at"] is None else None),
+            }
+            for s in sessions
+        ],
+        "planned_cycles": night["planned_cycles"],
+        "cycles_run": run,
+        "cycles_not_run": night["planned_cycles"] - run,
+        "totals": dict(totals),
+        "success_rate": _round(totals["passed"] / run, 4) if run else None,
+        "retried_cycles": len(retried),
+        "attempts_total": len(attempts),
+        "interrupted_attempts": interrupted_attempts,
+        "durations": {
+            "cycle": duration_stats(cycle_durations),
+            "steps": {name: duration_stats(vals) for name, vals in step_durations.items()},
+        },
+        "step_outcomes": {name: dict(cnt) for name, cnt in step_outcomes.items()},
+        "protected_fingerprint": {
+            "start": fp_start,
+            "end": fp_end,
+            "match": None if fp_end is None else fp_start == fp_end,
+        },
+        "config_fingerprint": night["config_fingerprint"],
+        "failures": failures,
+        "cycles": cycle_objs,
+    }
+    report["verdict"], report["exit_code"] = night_verdict(report)
+    return report
+
+
+def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
+    """One line for the night, and the exit code that goes with it.
+
+    0 when cycles ran and every one passed (and protected settings held); 1 otherwise.
+    """
+    t = report["totals"]
+    fp = report["protected_fingerprint"]
+    if fp["match"] is False:
+        return "FAILED: protected settings changed during the night", 1
+    bad = {k: v for k, v in t.items() if k != "passed" and v}
+    run = report["cycles_run"]
+    not_run = report["cycles_not_run"]
+    tail = f"; {not_run} planned cycles did not run ({report['end_reason']})" if not_run else ""
+    if run == 0:
+        return f"NO RESULT: no cycle finished{tail}", 1
+    if not bad:
+        return f"PASSED: all {run} cycles passed{tail}", 0
+    parts = []
+    if t.get("failed"):
+        parts.append(f"{t['failed']} product failure{'s' if t['failed'] != 1 else ''}")
+    if t.get("infra_error"):
+        parts.append(
+            f"{t['infra_error']} unrepaired infra error{'s' if t['infra_error'] != 1 else ''}"
+        )
+    if t.get("timeout"):
+        parts.append(f"{t['timeout']} timeout{'s' if t['timeout'] != 1 else ''}")
+    if t.get("harness_error"):
+        parts.append(f"{t['harness_error']} harness error{'s' if t['harness_error'] != 1 else ''}")
+    return f"FAILED: {', '.join(parts)} in {run} cycles{tail}", 1
+
+
+def _tail(tb: str | None, lines: int = 12) -> str | None:
+    if not tb:
+        return None
+    return "\n".join(tb.rstrip().splitlines()[-lines:])

@@ -1,0 +1,43 @@
+"""Verdicts of cycles and attempts, and how an exception maps onto one."""
+
+from __future__ import annotations
+
+import asyncio
+from enum import StrEnum
+
+from .errors import InfraError
+
+
+class Verdict(StrEnum):
+    PASSED = "passed"
+    FAILED = "failed"
+    INFRA_ERROR = "infra_error"
+    TIMEOUT = "timeout"
+    HARNESS_ERROR = "harness_error"
+    # Attempt-only: the process stopped (signal or crash) before the attempt ended.
+    # An interrupted attempt does not end its cycle; the cycle reruns on resume.
+    INTERRUPTED = "interrupted"
+
+
+CYCLE_VERDICTS: tuple[Verdict, ...] = (
+    Verdict.PASSED,
+    Verdict.FAILED,
+    Verdict.INFRA_ERROR,
+    Verdict.TIMEOUT,
+    Verdict.HARNESS_ERROR,
+)
+
+# Only dependency trouble earns another attempt. A product failure is final (promise 1),
+# and so is our own bug: retrying a harness error would hide it.
+RETRYABLE: frozenset[Verdict] = frozenset({Verdict.INFRA_ERROR, Verdict.TIMEOUT})
+
+
+def classify(exc: BaseException) -> Verdict:
+    """Map an exception that ended an attempt onto its verdict."""
+    if isinstance(exc, InfraError):
+        return Verdict.INFRA_ERROR
+    if isinstance(exc, AssertionError):
+        return Verdict.FAILED
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return Verdict.TIMEOUT
+    return Verdict.HARNESS_ERROR
