@@ -62,9 +62,7 @@ def _setup_logging(verbose: bool, interactive: bool) -> None:
     handler._overnight_console = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     # On a terminal the live view shows progress; the console log keeps to warnings.
-    handler.setLevel(
-        logging.DEBUG if verbose else (logging.WARNING if interactive else logging.INFO)
-    )
+    handler.setLevel(logging.DEBUG if verbose else (logging.WARNING if interactive else logging.INFO))
     if not verbose:
         # The progress sink prints one line per attempt already.
         handler.addFilter(lambda r: not getattr(r, "attempt_line", False))
@@ -109,13 +107,9 @@ def _open_ledger(url: str) -> Ledger:
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option(
-        "--config", "-c", help="overnight.toml or pyproject.toml (default: ./overnight.toml)"
-    ),
+    typer.Option("--config", "-c", help="overnight.toml or pyproject.toml (default: ./overnight.toml)"),
 ]
-CyclesOpt = Annotated[
-    int | None, typer.Option("--cycles", min=1, help="cycles in the night [default: 100]")
-]
+CyclesOpt = Annotated[int | None, typer.Option("--cycles", min=1, help="cycles in the night [default: 100]")]
 ParallelOpt = Annotated[
     int | None,
     typer.Option("--parallel", "-p", min=1, max=512, help="cycles run at once [default: 1]"),
@@ -139,9 +133,7 @@ RetryOpt = Annotated[
 ]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option(
-        "--cycle-timeout", min=0.001, help="seconds before a cycle is cancelled [default: 600]"
-    ),
+    typer.Option("--cycle-timeout", min=0.001, help="seconds before a cycle is cancelled [default: 600]"),
 ]
 NightDirOpt = Annotated[
     Path | None,
@@ -157,9 +149,7 @@ SeedOpt = Annotated[
     int | None,
     typer.Option("--seed", min=0, help="night seed (inputs derive from it) [default: random]"),
 ]
-DryRunOpt = Annotated[
-    bool, typer.Option("--dry-run", help="validate config and plan, run at most 3 cycles")
-]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="validate config and plan, run at most 3 cycles")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
 
 
@@ -175,9 +165,7 @@ def _check_until(until: str | None) -> None:
 def run(
     night_id: Annotated[
         str | None,
-        typer.Argument(
-            help="with --resume: the night to continue (default: the last unfinished one)"
-        ),
+        typer.Argument(help="with --resume: the night to continue (default: the last unfinished one)"),
     ] = None,
     config: ConfigOpt = None,
     cycles: CyclesOpt = None,
@@ -284,9 +272,7 @@ def _run_command(
 ) -> None:
     _check_until(until)
     if night_id is not None and not resume:
-        raise UsageError(
-            f"unexpected argument {night_id!r}: a night id is only taken with --resume"
-        )
+        raise UsageError(f"unexpected argument {night_id!r}: a night id is only taken with --resume")
     sink = make_sink()
     interactive = sink.__class__.__name__ == "RichProgress"
     _setup_logging(verbose, interactive)
@@ -392,20 +378,14 @@ def _refuse_if_alive(led: Ledger, night: dict[str, Any]) -> None:
     if not sessions:
         return
     last = sessions[-1]
-    if (
-        last["ended_at"] is None
-        and last["hostname"] == socket.gethostname()
-        and last["pid"] != os.getpid()
-    ):
+    if last["ended_at"] is None and last["hostname"] == socket.gethostname() and last["pid"] != os.getpid():
         try:
             os.kill(last["pid"], 0)
         except ProcessLookupError:
             return
         except PermissionError:
             pass
-        raise UsageError(
-            f"night {night['id']} is still running (pid {last['pid']}); not resuming it twice"
-        )
+        raise UsageError(f"night {night['id']} is still running (pid {last['pid']}); not resuming it twice")
 
 
 def _execute(orch: Orchestrator, led: Ledger) -> None:
@@ -427,9 +407,7 @@ def nights(
     config: ConfigOpt = None,
     night_dir: NightDirOpt = None,
     ledger: LedgerOpt = None,
-    limit: Annotated[
-        int, typer.Option("--limit", min=1, help="how many nights, newest first")
-    ] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="how many nights, newest first")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """List the nights in the ledger: id, start, status, totals."""
@@ -469,8 +447,7 @@ def _nights_command(
                 "planned_cycles": r["planned_cycles"],
                 "done": r["done"] or 0,
                 "totals": {
-                    k: r[k] or 0
-                    for k in ("passed", "failed", "infra_error", "timeout", "harness_error")
+                    k: r[k] or 0 for k in ("passed", "failed", "infra_error", "timeout", "harness_error")
                 },
             }
             for r in rows
@@ -558,9 +535,7 @@ def _report_command(
                 if not matches:
                     raise UsageError(f"no night {night_id!r} in {led.display_url}")
                 if len(matches) > 1:
-                    raise UsageError(
-                        f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}"
-                    )
+                    raise UsageError(f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}")
                 nid = matches[0]
         rep, folder = write_reports(led, nid, out)
     finally:
@@ -571,7 +546,33 @@ def _report_command(
 
 
 def main() -> None:
-    app()
+    """Entry point. Usage errors become one line on stderr and exit code 2."""
+    usage_error, no_args_error = _click_errors()
+    try:
+        result = app(standalone_mode=False)
+    except no_args_error as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx is not None else "try --help", err=True)
+        sys.exit(2)
+    except usage_error as exc:
+        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
+        message = " ".join(exc.format_message().split())
+        err.print(f"overnight: error: {where}{message}", markup=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Abort:
+        err.print("overnight: aborted", markup=False)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _click_errors() -> tuple[type[Exception], type[Exception]]:
+    """Typer >= 0.22 vendors click as ``typer._click``; older versions use click itself."""
+    try:
+        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
+    return UsageError, NoArgsIsHelpError
 
 
 if __name__ == "__main__":

@@ -46,9 +46,7 @@ class RunConfig(BaseModel):
         None,
         description="where nights, artifacts and the ledger live (relative to the config file)",
     )
-    ledger: str | None = Field(
-        None, description="ledger URL or path; default <night_dir>/overnight.db"
-    )
+    ledger: str | None = Field(None, description="ledger URL or path; default <night_dir>/overnight.db")
     retry_backoff: float = Field(
         1.0, ge=0, le=600, description="seconds before the first retry of an infra error; doubles"
     )
@@ -172,10 +170,7 @@ def validate_config(raw: dict[str, Any], path: Path | None, prefix: str = "") ->
 def interpolate(data: Any, file: str, prefix: str = "", _key: str = "") -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string, recursively."""
     if isinstance(data, dict):
-        return {
-            k: interpolate(v, file, prefix, f"{_key}.{k}" if _key else str(k))
-            for k, v in data.items()
-        }
+        return {k: interpolate(v, file, prefix, f"{_key}.{k}" if _key else str(k)) for k, v in data.items()}
     if isinstance(data, list):
         return [interpolate(v, file, prefix, f"{_key}[{i}]") for i, v in enumerate(data)]
     if not isinstance(data, str) or "${" not in data:
@@ -231,9 +226,7 @@ class ProtectedSettings(Mapping[str, Any]):
 
     def __init__(self, data: Mapping[str, Any], _path: str = "settings") -> None:
         object.__setattr__(self, "_path", _path)
-        object.__setattr__(
-            self, "_data", {k: _freeze(v, f"{_path}.{k}") for k, v in dict(data).items()}
-        )
+        object.__setattr__(self, "_data", {k: _freeze(v, f"{_path}.{k}") for k, v in dict(data).items()})
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -261,9 +254,7 @@ class ProtectedSettings(Mapping[str, Any]):
         )
 
     def __delitem__(self, key: str) -> None:
-        raise ProtectedSettingError(
-            f"{self._path}.{key} is a protected setting; it cannot be removed"
-        )
+        raise ProtectedSettingError(f"{self._path}.{key} is a protected setting; it cannot be removed")
 
     __delattr__ = __delitem__
 

@@ -12,9 +12,7 @@ import threading
 
 MASK = "***"
 
-_URL_PASSWORD = re.compile(
-    r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?=@)"
-)
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?=@)")
 _KEYISH = re.compile(
     r"(?i)(?P<head>\b(?:password|passwd|pwd|secret|token|api[_-]?key|authorization)\b"
     r"\s*[=:]\s*['\"]?)(?P<val>(?:Bearer\s+|Basic\s+)?[^\s'\",;&]+)"

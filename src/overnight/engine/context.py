@@ -182,9 +182,7 @@ class CycleContext:
         """
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-            raise ValueError(
-                f"artifact name must be a relative path inside the cycle folder: {name!r}"
-            )
+            raise ValueError(f"artifact name must be a relative path inside the cycle folder: {name!r}")
         path = self.artifacts_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(data, bytes | bytearray | memoryview):
@@ -192,9 +190,7 @@ class CycleContext:
         elif isinstance(data, str):
             blob = (redact(data) or "").encode("utf-8")
         else:
-            blob = (
-                redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)) or ""
-            ).encode()
+            blob = (redact(json.dumps(data, indent=2, ensure_ascii=False, default=str)) or "").encode()
         path.write_bytes(blob)
         if not self._closed:
             # Queued, not awaited: the writer is FIFO, so it commits before this
@@ -236,7 +232,5 @@ class CycleContext:
 def _type_name(exc: BaseException) -> str:
     t = type(exc)
     return (
-        t.__name__
-        if t.__module__ in ("builtins", "overnight.errors")
-        else f"{t.__module__}.{t.__qualname__}"
+        t.__name__ if t.__module__ in ("builtins", "overnight.errors") else f"{t.__module__}.{t.__qualname__}"
     )

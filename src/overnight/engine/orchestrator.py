@@ -69,14 +69,10 @@ def import_scenario(spec: str, base_dir: Path, where: str) -> Callable[..., Any]
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module may raise anything at import
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise ConfigError(
-            f"{where}: scenario: cannot import module {module_name!r}: {detail}"
-        ) from None
+        raise ConfigError(f"{where}: scenario: cannot import module {module_name!r}: {detail}") from None
     fn = getattr(module, func_name, None)
     if fn is None:
-        raise ConfigError(
-            f"{where}: scenario: module {module_name!r} has no attribute {func_name!r}"
-        )
+        raise ConfigError(f"{where}: scenario: module {module_name!r} has no attribute {func_name!r}")
     if not callable(fn):
         raise ConfigError(f"{where}: scenario: {spec!r} is not a function")
     return fn
@@ -134,9 +130,7 @@ class Orchestrator:
         self.fingerprint = self.settings.fingerprint
         self.night_dir = Path(plan.night_dir)
         self.components = build_components(self.loaded, self.night_dir)
-        self.handles: Mapping[str, Any] = MappingProxyType(
-            {n: c.handle for n, c in self.components.items()}
-        )
+        self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
         self._queue: deque[int] = deque()
@@ -250,9 +244,7 @@ class Orchestrator:
             self.plan.cycles_to_run,
             len(self._queue),
             self.plan.parallel,
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.deadline))
-            if self.deadline
-            else "none",
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.deadline)) if self.deadline else "none",
         )
         if self.deadline is not None and self.deadline <= now:
             self._stop("time bound already reached")
@@ -310,9 +302,7 @@ class Orchestrator:
             attempt = last_no = last_no + 1
             verdict, result, error = await self._run_attempt(cycle, attempt, cycle_input)
             if verdict is Verdict.INTERRUPTED:
-                await self.ledger.write(
-                    ops.attempt_finished, self.night_id, cycle, attempt, result, False
-                )
+                await self.ledger.write(ops.attempt_finished, self.night_id, cycle, attempt, result, False)
                 self.progress.attempt_finished(
                     cycle, attempt, verdict.value, False, result["duration_s"], None
                 )
@@ -338,9 +328,7 @@ class Orchestrator:
                 f" — {error}" if error else "",
                 extra={"attempt_line": True},
             )
-            self.progress.attempt_finished(
-                cycle, attempt, verdict.value, final, result["duration_s"], error
-            )
+            self.progress.attempt_finished(cycle, attempt, verdict.value, final, result["duration_s"], error)
             if final:
                 return
             await self._backoff(counted)
@@ -349,9 +337,7 @@ class Orchestrator:
         self, cycle: int, attempt: int, cycle_input: CycleInput
     ) -> tuple[Verdict, dict[str, Any], str | None]:
         started = self.clock()
-        await self.ledger.write(
-            ops.attempt_started, self.night_id, cycle, attempt, self._session, started
-        )
+        await self.ledger.write(ops.attempt_started, self.night_id, cycle, attempt, self._session, started)
         ctx = CycleContext(
             night_id=self.night_id,
             cycle=cycle,
@@ -366,9 +352,7 @@ class Orchestrator:
         )
         self.progress.attempt_started(cycle, attempt)
         t0 = time.perf_counter()
-        task = asyncio.create_task(
-            self._call_scenario(ctx), name=f"cycle-{cycle}-attempt-{attempt}"
-        )
+        task = asyncio.create_task(self._call_scenario(ctx), name=f"cycle-{cycle}-attempt-{attempt}")
         self._running[cycle] = (task, ctx)
         try:
             await asyncio.wait({task})
@@ -423,9 +407,7 @@ class Orchestrator:
 
     async def _wait_gate(self) -> None:
         if not self.gate.is_open:
-            log.info(
-                "gate closed (%s); holding new attempts", "; ".join(self.gate.reasons.values())
-            )
+            log.info("gate closed (%s); holding new attempts", "; ".join(self.gate.reasons.values()))
             waiter = asyncio.create_task(self.gate.wait())
             stopper = asyncio.create_task(self._stopped.wait())
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -509,9 +491,7 @@ class Orchestrator:
                 await self._event("component_connected", None, component=name)
             except Exception as exc:
                 # Not fatal: cycles that use it will fail as infra errors, and say so.
-                await self._event(
-                    "component_connect_failed", f"{type(exc).__name__}: {exc}", component=name
-                )
+                await self._event("component_connect_failed", f"{type(exc).__name__}: {exc}", component=name)
                 log.warning("component %s failed to connect: %s", name, redact(str(exc)))
 
         await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
@@ -548,9 +528,7 @@ class Orchestrator:
     def _verdict_counts(self) -> Counter:
         with self.ledger.read() as conn:
             return Counter(
-                c["verdict"]
-                for c in queries.cycles_of(conn, self.night_id)
-                if c["status"] == "done"
+                c["verdict"] for c in queries.cycles_of(conn, self.night_id) if c["status"] == "done"
             )
 
     def _attach_log(self) -> None:

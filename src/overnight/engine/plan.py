@@ -60,9 +60,7 @@ def new_seed() -> int:
 
 
 def new_night_id(now: float | None = None) -> str:
-    stamp = datetime.fromtimestamp(now if now is not None else time.time()).strftime(
-        "%Y%m%d-%H%M%S"
-    )
+    stamp = datetime.fromtimestamp(now if now is not None else time.time()).strftime("%Y%m%d-%H%M%S")
     return f"{stamp}-{secrets.token_hex(2)}"
 
 

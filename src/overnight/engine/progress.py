@@ -65,9 +65,7 @@ class ProgressSink:
     def __init__(self) -> None:
         self.state = ProgressState()
 
-    def night_started(
-        self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool
-    ) -> None:
+    def night_started(self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool) -> None:
         s = self.state
         s.night_id, s.total, s.parallel = night_id, total, parallel
         s.counts = Counter(counts)
@@ -114,9 +112,7 @@ def _fmt_s(seconds: float | None) -> str:
 class LogProgress(ProgressSink):
     """One plain line per finished attempt: for cron, pipes and CI logs."""
 
-    def night_started(
-        self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool
-    ) -> None:
+    def night_started(self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool) -> None:
         super().night_started(night_id, total, parallel, counts, resumed)
         verb = "resuming" if resumed else "starting"
         log.info(
@@ -166,9 +162,7 @@ class RichProgress(ProgressSink):
         self.console = console or Console(stderr=True)
         self._live: Live | None = None
 
-    def night_started(
-        self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool
-    ) -> None:
+    def night_started(self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool) -> None:
         super().night_started(night_id, total, parallel, counts, resumed)
         self._live = Live(
             get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False
@@ -190,9 +184,7 @@ class RichProgress(ProgressSink):
             tail = "" if final else " (will retry)"
             msg = f" — {error[:160]}" if error else ""
             self._live.console.print(
-                Text.assemble(
-                    (f"cycle {cycle} attempt {attempt}: ", "bold"), (verdict, colour), tail + msg
-                )
+                Text.assemble((f"cycle {cycle} attempt {attempt}: ", "bold"), (verdict, colour), tail + msg)
             )
 
     def message(self, text: str) -> None:
@@ -234,9 +226,7 @@ class RichProgress(ProgressSink):
         table.add_column("elapsed", justify="right")
         now = time.monotonic()
         for cycle, run in sorted(s.running.items())[:20]:
-            table.add_row(
-                str(cycle), str(run.attempt), run.step or "-", f"{now - run.started:.1f}s"
-            )
+            table.add_row(str(cycle), str(run.attempt), run.step or "-", f"{now - run.started:.1f}s")
         if len(s.running) > 20:
             table.add_row("…", "", f"{len(s.running) - 20} more", "")
         return Group(head, table)

@@ -28,14 +28,10 @@ def create_night(conn: Connection, row: dict[str, Any]) -> None:
 
 
 def start_session(conn: Connection, night_id: str, started_at: float, pid: int, host: str) -> int:
-    last = conn.execute(
-        select(func.max(s.sessions.c.seq)).where(s.sessions.c.night_id == night_id)
-    ).scalar()
+    last = conn.execute(select(func.max(s.sessions.c.seq)).where(s.sessions.c.night_id == night_id)).scalar()
     seq = (last or 0) + 1
     conn.execute(
-        s.sessions.insert().values(
-            night_id=night_id, seq=seq, started_at=started_at, pid=pid, hostname=host
-        )
+        s.sessions.insert().values(night_id=night_id, seq=seq, started_at=started_at, pid=pid, hostname=host)
     )
     conn.execute(
         update(s.nights)
@@ -81,9 +77,7 @@ def cycle_started(
     fingerprint: str,
 ) -> None:
     exists = conn.execute(
-        select(s.cycles.c.status).where(
-            and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle)
-        )
+        select(s.cycles.c.status).where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
     ).first()
     if exists is None:
         conn.execute(
@@ -260,9 +254,7 @@ def artifact_saved(
             )
         )
     else:
-        conn.execute(
-            update(s.artifacts).where(key).values(path=path, size=size, created_at=created_at)
-        )
+        conn.execute(update(s.artifacts).where(key).values(path=path, size=size, created_at=created_at))
 
 
 def add_event(

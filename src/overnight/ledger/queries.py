@@ -24,9 +24,7 @@ def find_nights(conn: Connection, prefix: str) -> list[str]:
     """Night ids starting with ``prefix`` (so users can type a short id)."""
     return [
         r[0]
-        for r in conn.execute(
-            select(s.nights.c.id).where(s.nights.c.id.startswith(prefix, autoescape=True))
-        )
+        for r in conn.execute(select(s.nights.c.id).where(s.nights.c.id.startswith(prefix, autoescape=True)))
     ]
 
 
@@ -67,9 +65,7 @@ def done_cycles(conn: Connection, night_id: str) -> set[int]:
     return {
         r[0]
         for r in conn.execute(
-            select(s.cycles.c.cycle).where(
-                and_(s.cycles.c.night_id == night_id, s.cycles.c.status == "done")
-            )
+            select(s.cycles.c.cycle).where(and_(s.cycles.c.night_id == night_id, s.cycles.c.status == "done"))
         )
     }
 
@@ -95,48 +91,36 @@ def attempts_used(conn: Connection, night_id: str) -> dict[int, tuple[int, int]]
 
 def sessions_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
     return _rows(
-        conn.execute(
-            select(s.sessions).where(s.sessions.c.night_id == night_id).order_by(s.sessions.c.seq)
-        )
+        conn.execute(select(s.sessions).where(s.sessions.c.night_id == night_id).order_by(s.sessions.c.seq))
     )
 
 
 def cycles_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
     return _rows(
-        conn.execute(
-            select(s.cycles).where(s.cycles.c.night_id == night_id).order_by(s.cycles.c.cycle)
-        )
+        conn.execute(select(s.cycles).where(s.cycles.c.night_id == night_id).order_by(s.cycles.c.cycle))
     )
 
 
 def attempts_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
     a = s.attempts.c
-    return _rows(
-        conn.execute(select(s.attempts).where(a.night_id == night_id).order_by(a.cycle, a.attempt))
-    )
+    return _rows(conn.execute(select(s.attempts).where(a.night_id == night_id).order_by(a.cycle, a.attempt)))
 
 
 def steps_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
     t = s.steps.c
     return _rows(
-        conn.execute(
-            select(s.steps).where(t.night_id == night_id).order_by(t.cycle, t.attempt, t.seq)
-        )
+        conn.execute(select(s.steps).where(t.night_id == night_id).order_by(t.cycle, t.attempt, t.seq))
     )
 
 
 def artifacts_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
     t = s.artifacts.c
     return _rows(
-        conn.execute(
-            select(s.artifacts).where(t.night_id == night_id).order_by(t.cycle, t.attempt, t.name)
-        )
+        conn.execute(select(s.artifacts).where(t.night_id == night_id).order_by(t.cycle, t.attempt, t.name))
     )
 
 
-def events_of(
-    conn: Connection, night_id: str, kinds: tuple[str, ...] | None = None
-) -> list[dict[str, Any]]:
+def events_of(conn: Connection, night_id: str, kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
     t = s.events.c
     q = select(s.events).where(t.night_id == night_id)
     if kinds:

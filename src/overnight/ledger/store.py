@@ -72,9 +72,9 @@ class Ledger:
         except OperationalError as exc:
             self.engine.dispose()
             raise UsageError(f"ledger {self.display_url}: cannot open: {_first_line(exc)}") from exc
-        self._queue: queue.SimpleQueue[
-            tuple[Op, tuple[Any, ...], concurrent.futures.Future] | None
-        ] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Op, tuple[Any, ...], concurrent.futures.Future] | None] = (
+            queue.SimpleQueue()
+        )
         self._thread = threading.Thread(target=self._run, name="overnight-ledger", daemon=True)
         self._thread.start()
         self._closed = False
@@ -89,9 +89,7 @@ class Ledger:
             ).first()
             if row is None:
                 conn.execute(
-                    schema.meta.insert().values(
-                        key="schema_version", value=str(schema.SCHEMA_VERSION)
-                    )
+                    schema.meta.insert().values(key="schema_version", value=str(schema.SCHEMA_VERSION))
                 )
                 return
             version = int(row[0])

@@ -15,9 +15,7 @@ REPORT_MD = "MORNING_REPORT.md"
 REPORT_JSON = "report.json"
 
 
-def write_reports(
-    ledger: Ledger, night_id: str, out_dir: Path | None = None
-) -> tuple[dict[str, Any], Path]:
+def write_reports(ledger: Ledger, night_id: str, out_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
     """Build the report from the ledger and write both files. Returns (report, folder)."""
     report = build_report(ledger, night_id)
     if out_dir is None:

@@ -71,11 +71,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     rate = r["success_rate"]
     w(
         f"Cycles planned {r['planned_cycles']}, run {r['cycles_run']}, not run {r['cycles_not_run']}. "
-        + (
-            f"Success rate {rate * 100:.1f}%."
-            if rate is not None
-            else "No success rate: no cycle finished."
-        )
+        + (f"Success rate {rate * 100:.1f}%." if rate is not None else "No success rate: no cycle finished.")
     )
     w(
         f"Attempts {r['attempts_total']}; cycles retried {r['retried_cycles']}"
@@ -129,9 +125,7 @@ def render_markdown(r: dict[str, Any]) -> str:
 
 def _failure(w: Any, f: dict[str, Any]) -> None:
     step = f" in step `{f['step']}`" if f["step"] else ""
-    link = (
-        f" — artifacts: [{f['artifacts_dir']}]({f['artifacts_dir']}/)" if f["artifacts_dir"] else ""
-    )
+    link = f" — artifacts: [{f['artifacts_dir']}]({f['artifacts_dir']}/)" if f["artifacts_dir"] else ""
     n = f["attempts"]
     w(f"- **Cycle {f['cycle']}**{step}, after {n} attempt{'s' if n != 1 else ''}{link}")
     err = f"{f['error_type'] or ''}: {f['error_message'] or ''}".strip(": ")

@@ -46,11 +46,7 @@ def _round(x: float | None, digits: int = 4) -> float | None:
 
 
 def iso(ts: float | None) -> str | None:
-    return (
-        None
-        if ts is None
-        else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
-    )
+    return None if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
 
 def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
@@ -93,9 +89,7 @@ def _assemble(
         final = next((a for a in reversed(atts) if a["verdict"] not in (None, "interrupted")), None)
         cycle_dir = night_path / "cycles" / f"{c['cycle']:03d}"
         final_dir = (
-            cycle_dir
-            if not final or final["attempt"] == 1
-            else cycle_dir / f"attempt-{final['attempt']}"
+            cycle_dir if not final or final["attempt"] == 1 else cycle_dir / f"attempt-{final['attempt']}"
         )
         obj = {
             "cycle": c["cycle"],
@@ -152,11 +146,7 @@ def _assemble(
         step_outcomes[st["name"]][st["outcome"]] += 1
 
     run = len(done)
-    retried = [
-        c
-        for c in cycle_objs
-        if len([a for a in c["attempts"] if a["verdict"] != "interrupted"]) > 1
-    ]
+    retried = [c for c in cycle_objs if len([a for a in c["attempts"] if a["verdict"] != "interrupted"]) > 1]
     interrupted_attempts = sum(1 for a in attempts if a["verdict"] == "interrupted")
     wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None
     busy = sum((s["ended_at"] - s["started_at"]) for s in sessions if s["ended_at"] is not None)
@@ -180,8 +170,7 @@ def _assemble(
                 "started_at": iso(s["started_at"]),
                 "ended_at": iso(s["ended_at"]),
                 "pid": s["pid"],
-                "end_reason": s["end_reason"]
-                or ("process died" if s["ended_at"] is None else None),
+                "end_reason": s["end_reason"] or ("process died" if s["ended_at"] is None else None),
             }
             for s in sessions
         ],
@@ -232,9 +221,7 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     if t.get("failed"):
         parts.append(f"{t['failed']} product failure{'s' if t['failed'] != 1 else ''}")
     if t.get("infra_error"):
-        parts.append(
-            f"{t['infra_error']} unrepaired infra error{'s' if t['infra_error'] != 1 else ''}"
-        )
+        parts.append(f"{t['infra_error']} unrepaired infra error{'s' if t['infra_error'] != 1 else ''}")
     if t.get("timeout"):
         parts.append(f"{t['timeout']} timeout{'s' if t['timeout'] != 1 else ''}")
     if t.get("harness_error"):

@@ -1,0 +1,68 @@
+"""In-process night runner for engine tests: real ledger, real orchestrator, no CLI."""
+
+from __future__ import annotations
+
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+from overnight.config import load_config
+from overnight.engine.orchestrator import NightOutcome, Orchestrator
+from overnight.engine.plan import Plan
+from overnight.engine.progress import LogProgress
+from overnight.ledger import Ledger, queries
+from overnight.report import write_reports
+
+
+def write_project(folder: Path, code: str, config: str = "") -> tuple[Path, str]:
+    """A project folder with a uniquely named scenario module (imports are cached)."""
+    name = f"scn_{uuid.uuid4().hex[:10]}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(textwrap.dedent(code))
+    (folder / "overnight.toml").write_text(f'scenario = "{name}:cycle"\n' + textwrap.dedent(config))
+    return folder / "overnight.toml", name
+
+
+def make_plan(config_path: Path, night_dir: Path, **kw: Any) -> Plan:
+    loaded = load_config(config_path)
+    rc = loaded.config.run
+    values: dict[str, Any] = {
+        "scenario": loaded.config.scenario,
+        "cycles": rc.cycles,
+        "parallel": rc.parallel,
+        "retry_attempts": rc.retry_attempts,
+        "cycle_timeout": rc.cycle_timeout,
+        "max_hours": rc.max_hours,
+        "until": rc.until,
+        "seed": rc.seed if rc.seed is not None else 1234,
+        "night_dir": str(night_dir),
+        "retry_backoff": 0.0,
+        "config_path": str(loaded.path),
+        "key_prefix": loaded.key_prefix,
+        "config_raw": loaded.raw,
+    }
+    values.update(kw)
+    return Plan(**values)
+
+
+async def run_night(
+    tmp_path: Path, code: str, config: str = "", ledger_url: str | None = None, **plan_kw: Any
+) -> tuple[NightOutcome, dict[str, Any], Ledger]:
+    """Run one night in-process; returns (outcome, report, open ledger). Close the ledger."""
+    cfg, _ = write_project(tmp_path / "project", code, config)
+    night_dir = tmp_path / "nights"
+    plan = make_plan(cfg, night_dir, **plan_kw)
+    ledger = Ledger(ledger_url or str(night_dir / "overnight.db"))
+    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
+    outcome = await orch.run()
+    report, _ = write_reports(ledger, outcome.night_id)
+    return outcome, report, ledger
+
+
+def attempts_by_cycle(ledger: Ledger, night_id: str) -> dict[int, list[dict[str, Any]]]:
+    out: dict[int, list[dict[str, Any]]] = {}
+    with ledger.read() as conn:
+        for a in queries.attempts_of(conn, night_id):
+            out.setdefault(a["cycle"], []).append(a)
+    return out

@@ -1,0 +1,391 @@
+"""The orchestrator on a real SQLite ledger: verdicts, retries, timeouts, parallelism,
+inputs, settings, artifacts, bounds."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from overnight.config import ProtectedSettings
+from overnight.engine.context import CycleInput
+from overnight.errors import ProtectedSettingError
+from overnight.ledger import queries
+
+from .helpers import attempts_by_cycle, run_night
+
+VERDICT_SCENARIO = """
+import overnight
+
+async def cycle(ctx):
+    kind = ctx.cycle % 5
+    async with ctx.step("work"):
+        if kind == 1:
+            return
+        if kind == 2:
+            ctx.fail("summary section is missing")
+        if kind == 3:
+            assert 1 + 1 == 3, "arithmetic is broken"
+        if kind == 4:
+            raise overnight.InfraError("llm", "quota_exceeded", "429 Too Many Requests")
+        raise ValueError("bug in the scenario")
+"""
+
+
+async def test_each_verdict_and_only_infra_is_retried(tmp_path: Path) -> None:
+    outcome, report, ledger = await run_night(tmp_path, VERDICT_SCENARIO, cycles=5, retry_attempts=2)
+    try:
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+    finally:
+        ledger.close()
+    verdicts = {c["cycle"]: c["verdict"] for c in report["cycles"]}
+    assert verdicts == {1: "passed", 2: "failed", 3: "failed", 4: "infra_error", 5: "harness_error"}
+    # A product failure is final: one attempt. Our own bug is final too.
+    assert [len(atts[c]) for c in (1, 2, 3, 5)] == [1, 1, 1, 1]
+    # Infra errors get 1 + 2 attempts, all kept.
+    assert [a["verdict"] for a in atts[4]] == ["infra_error"] * 3
+    assert atts[4][0]["fault_component"] == "llm" and atts[4][0]["fault_kind"] == "quota_exceeded"
+    assert atts[2][0]["error_type"] == "ProductFailure"
+    assert "summary section is missing" in atts[2][0]["error_message"]
+    assert atts[3][0]["error_type"] == "AssertionError"
+    assert atts[5][0]["error_type"] == "ValueError"
+    assert "Traceback" in atts[5][0]["traceback"] and "bug in the scenario" in atts[5][0]["traceback"]
+    assert all(a["step"] == "work" for c in (2, 3, 4, 5) for a in atts[c])
+    assert report["totals"] == {"passed": 1, "failed": 2, "infra_error": 1, "timeout": 0, "harness_error": 1}
+    assert report["exit_code"] == 1
+    assert outcome.status == "completed"
+    # The report's per-cycle attempts mirror the ledger.
+    c4 = next(c for c in report["cycles"] if c["cycle"] == 4)
+    assert [a["verdict"] for a in c4["attempts"]] == ["infra_error"] * 3
+
+
+async def test_infra_error_then_pass_keeps_both_attempts(tmp_path: Path) -> None:
+    code = """
+    import overnight
+
+    async def cycle(ctx):
+        async with ctx.step("call"):
+            if ctx.attempt == 1:
+                raise overnight.InfraError("database", "connection_lost", "server closed the connection")
+    """
+    outcome, report, ledger = await run_night(tmp_path, code, cycles=3, retry_attempts=2)
+    try:
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 3
+    for c in (1, 2, 3):
+        assert [a["verdict"] for a in atts[c]] == ["infra_error", "passed"]
+    assert report["retried_cycles"] == 3
+    assert report["exit_code"] == 0
+
+
+async def test_product_failure_is_never_retried_even_with_budget(tmp_path: Path) -> None:
+    code = """
+    async def cycle(ctx):
+        ctx.fail("wrong answer")
+    """
+    _outcome, report, ledger = await run_night(tmp_path, code, cycles=2, retry_attempts=5)
+    ledger.close()
+    assert all(len(c["attempts"]) == 1 for c in report["cycles"])
+    assert report["totals"]["failed"] == 2
+
+
+async def test_cycle_timeout_is_enforced_by_cancellation(tmp_path: Path) -> None:
+    code = """
+    import asyncio
+
+    async def cycle(ctx):
+        async with ctx.step("prepare"):
+            pass
+        async with ctx.step("hang"):
+            await asyncio.sleep(3600)
+    """
+    t0 = time.monotonic()
+    outcome, report, ledger = await run_night(tmp_path, code, cycles=1, cycle_timeout=0.3, retry_attempts=1)
+    elapsed = time.monotonic() - t0
+    try:
+        with ledger.read() as conn:
+            steps = queries.steps_of(conn, outcome.night_id)
+    finally:
+        ledger.close()
+    assert elapsed < 10
+    cycle = report["cycles"][0]
+    assert cycle["verdict"] == "timeout"
+    assert [a["verdict"] for a in cycle["attempts"]] == ["timeout", "timeout"]
+    assert cycle["attempts"][0]["step"] == "hang"
+    assert "timeout of 0.3 s" in cycle["attempts"][0]["error_message"]
+    hang = [s for s in steps if s["name"] == "hang"]
+    assert [s["outcome"] for s in hang] == ["timeout", "timeout"]
+    assert all(0.25 < a["duration_s"] < 5 for a in cycle["attempts"])
+
+
+async def test_parallel_really_runs_n_cycles_at_once(tmp_path: Path) -> None:
+    # Cycles 1-4 each wait until four cycles are inside at the same time. With fewer
+    # than 4 running at once the wait times out and the cycle fails.
+    code = """
+    import asyncio
+
+    active = 0
+    peak = 0
+    all_in = asyncio.Event()
+
+    async def cycle(ctx):
+        global active, peak
+        active += 1
+        peak = max(peak, active)
+        if active >= 4:
+            all_in.set()
+        try:
+            async with ctx.step("wait-for-peers"):
+                await asyncio.wait_for(all_in.wait(), 10)
+            ctx.artifact("peak.txt", str(peak))
+        finally:
+            active -= 1
+    """
+    outcome, report, ledger = await run_night(tmp_path, code, cycles=8, parallel=4)
+    ledger.close()
+    assert report["totals"]["passed"] == 8, report["failures"]
+    peaks = [int((outcome.night_path / "cycles" / f"{c:03d}" / "peak.txt").read_text()) for c in range(1, 9)]
+    assert max(peaks) == 4  # never more than --parallel either
+
+
+async def test_sync_scenario_runs_in_threads_in_parallel(tmp_path: Path) -> None:
+    code = """
+    import threading
+
+    barrier = threading.Barrier(3, timeout=10)
+
+    def cycle(ctx):
+        with ctx.step("sync-step"):
+            if ctx.cycle <= 3:
+                barrier.wait()  # only passes if three threads are in at once
+        ctx.artifact("thread.txt", threading.current_thread().name)
+    """
+    outcome, report, ledger = await run_night(tmp_path, code, cycles=5, parallel=3)
+    try:
+        with ledger.read() as conn:
+            steps = queries.steps_of(conn, outcome.night_id)
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 5, report["failures"]
+    assert {s["name"] for s in steps} == {"sync-step"} and all(s["outcome"] == "passed" for s in steps)
+
+
+async def test_protected_settings_cannot_be_written(tmp_path: Path) -> None:
+    code = """
+    async def cycle(ctx):
+        assert ctx.settings.min_length == 15000
+        assert ctx.settings["thresholds"]["review"] == 7.0
+        ctx.settings["min_length"] = 10
+    """
+    config = """
+    [settings]
+    min_length = 15000
+    thresholds = { review = 7.0 }
+    """
+    _outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1)
+    ledger.close()
+    att = report["cycles"][0]["attempts"][0]
+    assert att["verdict"] == "harness_error"
+    assert att["error_type"] == "ProtectedSettingError"
+    fp = report["protected_fingerprint"]
+    assert fp["start"] == fp["end"] and fp["match"] is True
+
+
+def test_protected_settings_are_deeply_frozen() -> None:
+    s = ProtectedSettings({"a": 1, "nested": {"b": [1, 2]}})
+    for attempt in (
+        lambda: s.__setitem__("a", 2),
+        lambda: setattr(s, "a", 2),
+        lambda: s.nested.__setitem__("b", []),
+        lambda: s.__delitem__("a"),
+    ):
+        with pytest.raises(ProtectedSettingError):
+            attempt()
+    assert isinstance(s["nested"]["b"], tuple)
+    assert s.fingerprint == ProtectedSettings({"nested": {"b": [1, 2]}, "a": 1}).fingerprint
+    assert s.fingerprint != ProtectedSettings({"a": 2, "nested": {"b": [1, 2]}}).fingerprint
+
+
+async def test_inputs_are_deterministic_across_attempts_and_nights(tmp_path: Path) -> None:
+    code = """
+    import overnight
+
+    async def cycle(ctx):
+        ctx.artifact("input.json", {"seed": ctx.input.seed, "draw": ctx.input.random().random()})
+        if ctx.attempt == 1 and ctx.cycle == 2:
+            raise overnight.InfraError("websearch", "timeout", "read timed out")
+    """
+    out1, _r1, led1 = await run_night(tmp_path / "a", code, cycles=3, seed=42)
+    out2, _r2, led2 = await run_night(tmp_path / "b", code, cycles=3, seed=42)
+    out3, _r3, led3 = await run_night(tmp_path / "c", code, cycles=3, seed=43)
+    for led in (led1, led2, led3):
+        led.close()
+
+    def inputs(out, cycle, attempt=1):
+        folder = out.night_path / "cycles" / f"{cycle:03d}"
+        if attempt > 1:
+            folder = folder / f"attempt-{attempt}"
+        return json.loads((folder / "input.json").read_text())
+
+    for c in (1, 2, 3):
+        assert inputs(out1, c) == inputs(out2, c)
+        assert inputs(out1, c)["seed"] == CycleInput.derive(42, c).seed
+        assert inputs(out1, c) != inputs(out3, c)
+    assert inputs(out1, 2, attempt=2) == inputs(out1, 2, attempt=1)
+    assert len({inputs(out1, c)["seed"] for c in (1, 2, 3)}) == 3
+
+
+async def test_artifacts_and_steps_are_recorded(tmp_path: Path) -> None:
+    code = """
+    async def cycle(ctx):
+        async with ctx.step("interview"):
+            ctx.artifact("anketa.json", {"name": "Library", "cycle": ctx.cycle})
+        async with ctx.step("writer"):
+            ctx.artifact("application.md", "# Application\\n")
+            ctx.artifact("raw/blob.bin", b"\\x00\\x01")
+        try:
+            ctx.artifact("../escape.txt", "no")
+        except ValueError:
+            pass
+        else:
+            raise RuntimeError("artifact escaped its folder")
+    """
+    outcome, report, ledger = await run_night(tmp_path, code, cycles=2)
+    try:
+        with ledger.read() as conn:
+            arts = queries.artifacts_of(conn, outcome.night_id)
+            steps = queries.steps_of(conn, outcome.night_id)
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 2, report["failures"]
+    folder = outcome.night_path / "cycles" / "001"
+    assert json.loads((folder / "anketa.json").read_text()) == {"name": "Library", "cycle": 1}
+    assert (folder / "raw" / "blob.bin").read_bytes() == b"\x00\x01"
+    assert sorted(a["name"] for a in arts if a["cycle"] == 1) == [
+        "anketa.json",
+        "application.md",
+        "raw/blob.bin",
+    ]
+    assert [(s["name"], s["outcome"]) for s in steps if s["cycle"] == 1] == [
+        ("interview", "passed"),
+        ("writer", "passed"),
+    ]
+    assert all(s["duration_s"] is not None and s["ended_at"] >= s["started_at"] for s in steps)
+    assert set(report["durations"]["steps"]) == {"interview", "writer"}
+    assert (outcome.night_path / "orchestrator.log").read_text().count("attempt 1: passed") == 2
+
+
+async def test_time_bound_stops_new_cycles(tmp_path: Path) -> None:
+    code = """
+    import asyncio
+
+    async def cycle(ctx):
+        await asyncio.sleep(0.1)
+    """
+    t0 = time.monotonic()
+    outcome, report, ledger = await run_night(tmp_path, code, cycles=10_000, max_hours=1.0 / 3600)
+    ledger.close()
+    assert time.monotonic() - t0 < 15
+    assert outcome.status == "stopped"
+    assert "time bound" in outcome.reason
+    assert 3 <= report["cycles_run"] < 100
+    assert report["totals"]["passed"] == report["cycles_run"]
+    assert report["cycles_not_run"] == 10_000 - report["cycles_run"]
+    assert report["exit_code"] == 0
+    assert "did not run" in report["verdict"]
+
+
+async def test_ledger_backends_share_one_code_path(tmp_path: Path, ledger_url: str) -> None:
+    _outcome, report, ledger = await run_night(
+        tmp_path, VERDICT_SCENARIO, cycles=5, retry_attempts=1, ledger_url=ledger_url
+    )
+    try:
+        with ledger.read() as conn:
+            nights = queries.list_nights(conn)
+    finally:
+        ledger.close()
+    assert report["totals"] == {"passed": 1, "failed": 2, "infra_error": 1, "timeout": 0, "harness_error": 1}
+    assert len(nights) == 1 and nights[0]["done"] == 5 and nights[0]["passed"] == 1
+    assert ledger.dialect in ("sqlite", "postgresql")
+
+
+async def test_components_from_config_reach_the_scenario(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir(parents=True)
+    (tmp_path / "project" / "mycomp.py").write_text(
+        "import overnight\n"
+        "class Counter(overnight.Component):\n"
+        "    async def connect(self):\n"
+        "        self.connected = True\n"
+        "        self.start = int(self.spec.options['start'])\n"
+        "def make(spec):\n"
+        "    return Counter(spec)\n"
+        "class Broken(overnight.Component):\n"
+        "    async def connect(self):\n"
+        "        raise ConnectionRefusedError('connection refused')\n"
+    )
+    code = """
+    async def cycle(ctx):
+        c = ctx.components["counter"]
+        assert c.connected and c.start == 7
+        assert "broken" in ctx.components
+    """
+    config = """
+    [components.counter]
+    type = "mycomp:make"
+    start = 7
+
+    [components.broken]
+    type = "mycomp:Broken"
+    """
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1)
+    try:
+        with ledger.read() as conn:
+            events = queries.events_of(conn, outcome.night_id)
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 1, report["failures"]
+    kinds = {(e["kind"], e["component"]) for e in events}
+    assert ("component_connected", "counter") in kinds
+    assert ("component_connect_failed", "broken") in kinds
+
+
+async def test_secrets_never_reach_ledger_logs_or_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-live-9f8e7d6c5b4a"
+    monkeypatch.setenv("OVN_TEST_API_KEY", secret)
+    code = """
+    import overnight
+
+    async def cycle(ctx):
+        key = ctx.components["api"].key
+        ctx.artifact("request.txt", f"calling with {key} and postgresql://app:hunter2pw@db/x")
+        raise overnight.InfraError("api", "auth_expired", f"401 for key {key} at postgresql://app:hunter2pw@db/x")
+    """
+    (tmp_path / "project").mkdir(parents=True)
+    (tmp_path / "project" / "apicomp.py").write_text(
+        "import overnight\n"
+        "class Api(overnight.Component):\n"
+        "    def __init__(self, spec):\n"
+        "        super().__init__(spec)\n"
+        "        self.key = spec.options['api_key']\n"
+    )
+    config = """
+    [components.api]
+    type = "apicomp:Api"
+    api_key = "${OVN_TEST_API_KEY}"
+    """
+    _outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1, retry_attempts=0)
+    ledger.close()
+    assert report["totals"]["infra_error"] == 1
+    everything = b""
+    for path in (tmp_path / "nights").rglob("*"):
+        if path.is_file():
+            everything += path.read_bytes()
+    assert secret.encode() not in everything
+    assert b"hunter2pw" not in everything
+    assert b"${OVN_TEST_API_KEY}" in everything  # the plan keeps the reference, not the value
