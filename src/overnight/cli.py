@@ -2,7 +2,8 @@
 
 Exit codes: 0 every cycle that ran passed; 1 a product failure, an unrepaired infra
 error, a timeout or a harness error (or no cycle finished); 2 a usage or config error;
-130 / 143 the night was stopped by SIGINT / SIGTERM (resume it with ``--resume``).
+3 overnight itself failed (for example the ledger became unreachable); 130 / 143 the night
+was stopped by SIGINT / SIGTERM. Nights stopped by 3, 130 or 143 continue with ``--resume``.
 """
 
 from __future__ import annotations
@@ -389,7 +390,27 @@ def _refuse_if_alive(led: Ledger, night: dict[str, Any]) -> None:
 
 
 def _execute(orch: Orchestrator, led: Ledger) -> None:
-    outcome = asyncio.run(orch.run())
+    try:
+        outcome = asyncio.run(orch.run())
+    except OvernightError:
+        raise
+    except Exception as exc:
+        log.debug("internal error", exc_info=True)
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise _fail(
+            f"night {orch.night_id} stopped by an internal error: {detail} "
+            f"(details in {orch.night_path / 'orchestrator.log'}; "
+            f"'overnight run --resume {orch.night_id}' continues it)",
+            3,
+        ) from None
+    if orch.fatal is not None:
+        raise _fail(
+            f"night {orch.night_id} stopped by an internal error: {type(orch.fatal).__name__}: "
+            f"{str(orch.fatal).splitlines()[0] if str(orch.fatal) else ''} "
+            f"(details in {orch.night_path / 'orchestrator.log'}; "
+            f"'overnight run --resume {orch.night_id}' continues it)",
+            3,
+        )
     report, folder = write_reports(led, outcome.night_id)
     err.print(f"{report['verdict']}", markup=False, soft_wrap=True)
     err.print(f"report: {folder / REPORT_MD}", markup=False, soft_wrap=True)

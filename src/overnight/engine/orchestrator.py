@@ -143,6 +143,7 @@ class Orchestrator:
         self._session = 0
         self._log_handler: logging.Handler | None = None
         self.deadline: float | None = None
+        self.fatal: BaseException | None = None
 
     # -- the night --------------------------------------------------------------------
 
@@ -252,7 +253,9 @@ class Orchestrator:
     async def _close_night(self) -> NightOutcome:
         now = self.clock()
         remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self._done_cycles))
-        if self._interrupted:
+        if self.fatal is not None:
+            status = "aborted"
+        elif self._interrupted:
             status = "interrupted"
         elif remaining > 0 and self._stop_starting:
             status = "stopped"
@@ -280,7 +283,16 @@ class Orchestrator:
     async def _worker(self) -> None:
         while not self._stop_starting and self._queue:
             cycle = self._queue.popleft()
-            await self._run_cycle(cycle)
+            try:
+                await self._run_cycle(cycle)
+            except Exception as exc:
+                # Our own failure (most likely the ledger is unreachable). Stop cleanly:
+                # running cycles are cancelled and stay pending, so resume reruns them.
+                log.exception("internal error while running cycle %d", cycle)
+                if self.fatal is None:
+                    self.fatal = exc
+                self.interrupt(f"internal error: {type(exc).__name__}: {redact(str(exc))}")
+                return
 
     async def _run_cycle(self, cycle: int) -> None:
         plan = self.plan

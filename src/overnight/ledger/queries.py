@@ -8,7 +8,7 @@ from sqlalchemy import Connection, and_, case, func, select
 
 from . import schema as s
 
-RESUMABLE = ("running", "interrupted")
+RESUMABLE = ("running", "interrupted", "aborted")
 
 
 def _rows(result: Any) -> list[dict[str, Any]]:

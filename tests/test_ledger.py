@@ -1,0 +1,152 @@
+"""The ledger itself: schema versioning, the writer's isolation and retry, and what a
+night does when the ledger's connection is cut under it (real PostgreSQL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import select, update
+
+from overnight.errors import UsageError
+from overnight.ledger import SCHEMA_VERSION, Ledger, ops, queries, store
+from overnight.ledger import schema as s
+
+from .helpers import run_night
+
+
+def test_schema_is_versioned_and_newer_ledgers_are_refused(ledger_url: str) -> None:
+    led = Ledger(ledger_url)
+    with led.read() as conn:
+        version = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
+    assert int(version) == SCHEMA_VERSION
+    led.write_sync(lambda c: c.execute(update(s.meta).values(value=str(SCHEMA_VERSION + 1))))
+    led.close()
+    with pytest.raises(UsageError, match="upgrade overnight"):
+        Ledger(ledger_url)
+
+
+def test_one_bad_write_does_not_take_its_batch_down(tmp_path: Path) -> None:
+    led = Ledger(str(tmp_path / "l.db"))
+    try:
+        row = {
+            "id": "n1",
+            "scenario": "x:y",
+            "started_at": 1.0,
+            "status": "running",
+            "seed": 1,
+            "planned_cycles": 1,
+            "parallel": 1,
+            "plan": "{}",
+            "config_fingerprint": "f",
+            "protected_fingerprint": "p",
+            "night_dir": str(tmp_path),
+            "dry_run": False,
+        }
+        led.write_sync(ops.create_night, row)
+        futures = [
+            led.submit(ops.add_event, "n1", 2.0, "first"),
+            led.submit(ops.create_night, row),  # duplicate primary key: fails alone
+            led.submit(ops.add_event, "n1", 3.0, "second"),
+        ]
+        assert futures[0].result() is None and futures[2].result() is None
+        with pytest.raises(Exception, match=r"(?i)unique|duplicate"):
+            futures[1].result()
+        with led.read() as conn:
+            kinds = [e["kind"] for e in queries.events_of(conn, "n1")]
+        assert kinds == ["first", "second"]
+    finally:
+        led.close()
+
+
+def test_sqlite_ledger_is_in_wal_mode(tmp_path: Path) -> None:
+    led = Ledger(str(tmp_path / "wal.db"))
+    try:
+        with led.read() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+        assert mode == "wal"
+    finally:
+        led.close()
+
+
+async def test_ledger_connection_cut_mid_night_loses_nothing(tmp_path: Path, pg_url: str) -> None:
+    """The night's PostgreSQL ledger backends are terminated during cycle 3: the writer
+    reconnects and retries the batch, and every cycle is recorded exactly once."""
+    code = f"""
+    import asyncio, psycopg
+
+    async def cycle(ctx):
+        async with ctx.step("work"):
+            if ctx.cycle == 3:
+                def cut():
+                    with psycopg.connect({pg_url!r}, autocommit=True) as conn:
+                        return conn.execute(
+                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        ).fetchone()[0]
+                ctx.artifact("terminated.txt", str(await asyncio.to_thread(cut)))
+    """
+    outcome, report, ledger = await run_night(tmp_path, code, cycles=6, ledger_url=pg_url)
+    ledger.close()
+    assert int((outcome.night_path / "cycles" / "003" / "terminated.txt").read_text()) >= 1
+    assert outcome.status == "completed"
+    assert report["totals"]["passed"] == 6
+    assert [c["cycle"] for c in report["cycles"]] == [1, 2, 3, 4, 5, 6]
+    assert all(len(c["attempts"]) == 1 for c in report["cycles"])
+
+
+async def test_dead_ledger_stops_the_night_and_resume_finishes_it(
+    tmp_path: Path, pg_url: str, pg_admin_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ledger refuses connections from cycle 3 on: the night stops with an internal
+    error instead of running blind; once the ledger is back, --resume completes it."""
+    monkeypatch.setattr(store, "WRITE_RETRY_S", 1.0)
+    db = pg_url.rsplit("/", 1)[1]
+    code = f"""
+    import asyncio, psycopg
+
+    async def cycle(ctx):
+        if ctx.cycle == 3 and ctx.attempt == 1:
+            def block():
+                with psycopg.connect({pg_admin_url!r}, autocommit=True) as conn:
+                    conn.execute('ALTER DATABASE "{db}" ALLOW_CONNECTIONS false')
+                    conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                        ("{db}",),
+                    )
+            await asyncio.to_thread(block)
+    """
+    from overnight.engine.orchestrator import Orchestrator
+    from overnight.engine.progress import LogProgress
+
+    from .helpers import make_plan, write_project
+
+    cfg, _ = write_project(tmp_path / "project", code)
+    plan = make_plan(cfg, tmp_path / "nights", cycles=5)
+    ledger = Ledger(pg_url)
+    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises, the night must stop
+        await orch.run()
+    assert orch.fatal is not None
+    ledger.close()
+
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true')
+    ledger = Ledger(pg_url)
+    try:
+        with ledger.read() as conn:
+            night = queries.get_night(conn, orch.night_id)
+            assert night is not None and night["status"] == "running"
+            done_before = queries.done_cycles(conn, orch.night_id)
+        assert done_before == {1, 2}
+        resumed = Orchestrator(plan, ledger, progress=LogProgress(), resume=night, handle_signals=False)
+        outcome = await resumed.run()
+        assert outcome.status == "completed"
+        with ledger.read() as conn:
+            cycles = queries.cycles_of(conn, orch.night_id)
+        assert [(c["cycle"], c["status"], c["verdict"]) for c in cycles] == [
+            (i, "done", "passed") for i in range(1, 6)
+        ]
+    finally:
+        ledger.close()
