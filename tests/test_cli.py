@@ -268,3 +268,46 @@ def test_console_script_entry_point_matches_module() -> None:
         timeout=60,
     )
     assert res.returncode == 0 and "run" in res.stdout and "nights" in res.stdout
+
+
+def test_a_night_stopped_by_its_bound_resumes_only_by_id_with_a_new_bound(tmp_path: Path) -> None:
+    code = "import asyncio\n\nasync def cycle(ctx):\n    await asyncio.sleep(0.1)\n"
+    proj = make_project(tmp_path / "proj", code)
+    first = run_cli(["run", "--cycles", "30", "--max-hours", "0.0002"], cwd=proj)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(next((proj / "night_tests").glob("*/report.json")).read_text())
+    assert report["status"] == "stopped" and 0 < report["cycles_run"] < 30
+    night_id = report["night_id"]
+
+    bare = run_cli(["run", "--resume"], cwd=proj)
+    assert "no unfinished night to resume" in _one_line_error(bare)
+    no_bound = run_cli(["run", "--resume", night_id], cwd=proj)
+    assert "give --max-hours or --until" in _one_line_error(no_bound)
+
+    resumed = run_cli(["run", "--resume", night_id, "--max-hours", "1"], cwd=proj)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads((proj / "night_tests" / night_id / "report.json").read_text())
+    assert report["status"] == "completed" and report["totals"]["passed"] == 30
+    assert sorted(c["cycle"] for c in report["cycles"]) == list(range(1, 31))
+    assert all(len(c["attempts"]) == 1 for c in report["cycles"])
+
+
+def test_report_of_an_unfinished_night_never_says_passed(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "proj", SLOW)
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overnight", "run", "--cycles", "3"],
+        cwd=proj,
+        env={**os.environ, "OVN_MARKER": str(marker)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for(marker, proc)  # type: ignore[arg-type]
+    proc.kill()
+    proc.wait(timeout=30)
+    res = run_cli(["report"], cwd=proj)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("UNFINISHED: the night has not ended (1 of 3 cycles done)")
+    report = json.loads(next((proj / "night_tests").glob("*/report.json")).read_text())
+    assert report["exit_code"] == 1 and report["status"] == "running"

@@ -9,6 +9,7 @@ was stopped by SIGINT / SIGTERM. Nights stopped by 3, 130 or 143 continue with `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -73,11 +74,36 @@ def _setup_logging(verbose: bool, interactive: bool) -> None:
 # -- locating the ledger ---------------------------------------------------------------
 
 
-def _config_for_location(config: Path | None) -> LoadedConfig | None:
+def _config_for_location(config: Path | None, strict: bool = True) -> LoadedConfig | None:
+    """The config, read only to find the night dir and ledger.
+
+    Not strict (``nights``, ``report``, ``--resume`` without ``--config``): a broken or
+    absent config in this folder must not stop anyone from reading a ledger.
+    """
     path = config or find_config()
     if path is None:
         return None
-    return load_config(path)
+    try:
+        return load_config(path)
+    except ConfigError:
+        if strict or config is not None:
+            raise
+        return None
+
+
+def _locate(
+    config: Path | None, night_dir: Path | None, ledger: str | None, strict: bool
+) -> tuple[Path, str]:
+    """(night dir, ledger URL) the same way for every command: flag > config > default."""
+    loaded = _config_for_location(config, strict) if ledger is None or night_dir is None else None
+    ndir = _resolve_night_dir(night_dir, loaded)
+    return ndir, _resolve_ledger(ledger, ndir, loaded)
+
+
+def _require_ledger(url: str) -> None:
+    """Reading commands never create a ledger: a missing SQLite file is an error."""
+    if "://" not in url and not Path(url).exists():
+        raise UsageError(f"no ledger at {url} (run a night first, or pass --ledger / --night-dir)")
 
 
 def _resolve_night_dir(night_dir: Path | None, loaded: LoadedConfig | None) -> Path:
@@ -110,14 +136,16 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="overnight.toml or pyproject.toml (default: ./overnight.toml)"),
 ]
-CyclesOpt = Annotated[int | None, typer.Option("--cycles", min=1, help="cycles in the night [default: 100]")]
+CyclesOpt = Annotated[
+    int | None, typer.Option("--cycles", min=1, help="cycles in the night \\[default: 100]")
+]
 ParallelOpt = Annotated[
     int | None,
-    typer.Option("--parallel", "-p", min=1, max=512, help="cycles run at once [default: 1]"),
+    typer.Option("--parallel", "-p", min=1, max=512, help="cycles run at once \\[default: 1]"),
 ]
 MaxHoursOpt = Annotated[
     float | None,
-    typer.Option("--max-hours", min=0.0, help="stop starting cycles after H hours [default: 8]"),
+    typer.Option("--max-hours", help="stop starting cycles after H hours \\[default: 8]"),
 ]
 UntilOpt = Annotated[
     str | None,
@@ -129,26 +157,26 @@ RetryOpt = Annotated[
         "--retry-attempts",
         min=0,
         max=20,
-        help="extra attempts for infra errors and timeouts [default: 2]",
+        help="extra attempts for infra errors and timeouts \\[default: 2]",
     ),
 ]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--cycle-timeout", min=0.001, help="seconds before a cycle is cancelled [default: 600]"),
+    typer.Option("--cycle-timeout", min=0.001, help="seconds before a cycle is cancelled \\[default: 600]"),
 ]
 NightDirOpt = Annotated[
     Path | None,
-    typer.Option("--night-dir", help="folder for nights and the ledger [default: ./night_tests]"),
+    typer.Option("--night-dir", help="folder for nights and the ledger \\[default: ./night_tests]"),
 ]
 LedgerOpt = Annotated[
     str | None,
     typer.Option(
-        "--ledger", help="ledger: SQLite path or postgresql://… [default: <night-dir>/overnight.db]"
+        "--ledger", help="ledger: SQLite path or postgresql://… \\[default: <night-dir>/overnight.db]"
     ),
 ]
 SeedOpt = Annotated[
     int | None,
-    typer.Option("--seed", min=0, help="night seed (inputs derive from it) [default: random]"),
+    typer.Option("--seed", min=0, help="night seed (inputs derive from it) \\[default: random]"),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="validate config and plan, run at most 3 cycles")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
@@ -208,7 +236,7 @@ def run(
 @app.command()
 def demo(
     cycles: Annotated[
-        int | None, typer.Option("--cycles", min=1, help="cycles in the demo night [default: 3]")
+        int | None, typer.Option("--cycles", min=1, help="cycles in the demo night \\[default: 3]")
     ] = None,
     parallel: ParallelOpt = None,
     max_hours: MaxHoursOpt = None,
@@ -272,6 +300,8 @@ def _run_command(
     builtin: dict[str, Any] | None,
 ) -> None:
     _check_until(until)
+    if max_hours is not None and max_hours <= 0:
+        raise UsageError(f"--max-hours: must be greater than 0 (got {max_hours:g})")
     if night_id is not None and not resume:
         raise UsageError(f"unexpected argument {night_id!r}: a night id is only taken with --resume")
     sink = make_sink()
@@ -292,9 +322,8 @@ def _run_command(
                 f"{', '.join(given)}: a resumed night keeps its original plan; "
                 "only --parallel, --max-hours and --until may change"
             )
-        loaded = _config_for_location(config) if (ledger is None and night_dir is None) else None
-        ndir = _resolve_night_dir(night_dir, loaded)
-        url = _resolve_ledger(ledger, ndir, loaded)
+        _ndir, url = _locate(config, night_dir, ledger, strict=False)
+        _require_ledger(url)
         led = _open_ledger(url)
         try:
             night = _find_resumable(led, night_id)
@@ -361,9 +390,12 @@ def _find_resumable(led: Ledger, night_id: str | None) -> dict[str, Any]:
             raise UsageError(f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}")
         night = queries.get_night(conn, matches[0])
     assert night is not None
-    if night["status"] not in queries.RESUMABLE:
+    # A night stopped by its time bound resumes only when named: a bare --resume must
+    # not pick up last week's night.
+    if night["status"] not in queries.RESUMABLE and night["status"] != "stopped":
         raise UsageError(
-            f"night {night['id']} is {night['status']}; only running or interrupted nights resume"
+            f"night {night['id']} is {night['status']}; only running, interrupted or aborted "
+            "nights resume (and stopped ones, by id)"
         )
     if night["status"] == "running":
         _refuse_if_alive(led, night)
@@ -404,6 +436,8 @@ def _execute(orch: Orchestrator, led: Ledger) -> None:
             3,
         ) from None
     if orch.fatal is not None:
+        with contextlib.suppress(Exception):  # the ledger may be the very thing that failed
+            write_reports(led, orch.night_id)
         raise _fail(
             f"night {orch.night_id} stopped by an internal error: {type(orch.fatal).__name__}: "
             f"{str(orch.fatal).splitlines()[0] if str(orch.fatal) else ''} "
@@ -445,10 +479,8 @@ def nights(
 def _nights_command(
     config: Path | None, night_dir: Path | None, ledger: str | None, limit: int, as_json: bool
 ) -> None:
-    loaded = _config_for_location(config) if (ledger is None and night_dir is None) else None
-    url = _resolve_ledger(ledger, _resolve_night_dir(night_dir, loaded), loaded)
-    if "://" not in url and not Path(url).exists():
-        raise UsageError(f"no ledger at {url} (run a night first, or pass --ledger / --night-dir)")
+    _ndir, url = _locate(config, night_dir, ledger, strict=False)
+    _require_ledger(url)
     led = _open_ledger(url)
     try:
         with led.read() as conn:
@@ -539,10 +571,8 @@ def _report_command(
     ledger: str | None,
     out: Path | None,
 ) -> None:
-    loaded = _config_for_location(config) if (ledger is None and night_dir is None) else None
-    url = _resolve_ledger(ledger, _resolve_night_dir(night_dir, loaded), loaded)
-    if "://" not in url and not Path(url).exists():
-        raise UsageError(f"no ledger at {url} (pass --ledger / --night-dir)")
+    _ndir, url = _locate(config, night_dir, ledger, strict=False)
+    _require_ledger(url)
     led = _open_ledger(url)
     try:
         with led.read() as conn:
@@ -571,9 +601,8 @@ def main() -> None:
     usage_error, no_args_error = _click_errors()
     try:
         result = app(standalone_mode=False)
-    except no_args_error as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx is not None else "try --help", err=True)
-        sys.exit(2)
+    except no_args_error:
+        sys.exit(2)  # typer has printed the help already
     except usage_error as exc:
         where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
         message = " ".join(exc.format_message().split())

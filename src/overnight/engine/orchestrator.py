@@ -218,6 +218,12 @@ class Orchestrator:
             if self.deadline_override is not None:
                 self.deadline = compute_deadline(now, *self.deadline_override)
                 await self.ledger.write(ops.set_deadline, self.night_id, self.deadline)
+            elif self.deadline is not None and self.deadline <= now:
+                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.deadline))
+                raise UsageError(
+                    f"night {self.night_id}: its time bound passed at {when}; "
+                    "give --max-hours or --until to resume it with a new one"
+                )
             closed = await self.ledger.write(ops.recover_interrupted, self.night_id)
             if closed:
                 log.info("closed %d attempt(s) left running by the previous session", closed)

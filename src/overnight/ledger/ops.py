@@ -62,7 +62,7 @@ def recover_interrupted(conn: Connection, night_id: str) -> int:
     ).rowcount
     conn.execute(
         update(s.steps)
-        .where(and_(s.steps.c.night_id == night_id, s.steps.c.outcome == "running"))
+        .where(and_(s.steps.c.night_id == night_id, s.steps.c.outcome.in_(("running", "cancelled"))))
         .values(outcome="interrupted")
     )
     return n or 0

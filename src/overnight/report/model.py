@@ -200,33 +200,46 @@ def _assemble(
     return report
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     """One line for the night, and the exit code that goes with it.
 
-    0 when cycles ran and every one passed (and protected settings held); 1 otherwise.
+    0 when the night ended, cycles ran and every one passed (and protected settings
+    held); 1 otherwise. A night that has not ended is never reported as passed.
     """
     t = report["totals"]
     fp = report["protected_fingerprint"]
+    run = report["cycles_run"]
+    if report["status"] == "running":
+        return (
+            f"UNFINISHED: the night has not ended ({run} of {report['planned_cycles']} cycles done); "
+            "it is still running, or its process died — 'overnight run --resume' continues it",
+            1,
+        )
     if fp["match"] is False:
         return "FAILED: protected settings changed during the night", 1
     bad = {k: v for k, v in t.items() if k != "passed" and v}
-    run = report["cycles_run"]
     not_run = report["cycles_not_run"]
-    tail = f"; {not_run} planned cycles did not run ({report['end_reason']})" if not_run else ""
+    reason = report["end_reason"] or report["status"]
+    tail = f"; {not_run} planned cycles did not run ({reason})" if not_run else ""
     if run == 0:
         return f"NO RESULT: no cycle finished{tail}", 1
     if not bad:
-        return f"PASSED: all {run} cycles passed{tail}", 0
+        every = "the only cycle passed" if run == 1 else f"all {run} cycles passed"
+        return f"PASSED: {every}{tail}", 0
     parts = []
     if t.get("failed"):
-        parts.append(f"{t['failed']} product failure{'s' if t['failed'] != 1 else ''}")
+        parts.append(_n(t["failed"], "product failure"))
     if t.get("infra_error"):
-        parts.append(f"{t['infra_error']} unrepaired infra error{'s' if t['infra_error'] != 1 else ''}")
+        parts.append(_n(t["infra_error"], "unrepaired infra error"))
     if t.get("timeout"):
-        parts.append(f"{t['timeout']} timeout{'s' if t['timeout'] != 1 else ''}")
+        parts.append(_n(t["timeout"], "timeout"))
     if t.get("harness_error"):
-        parts.append(f"{t['harness_error']} harness error{'s' if t['harness_error'] != 1 else ''}")
-    return f"FAILED: {', '.join(parts)} in {run} cycles{tail}", 1
+        parts.append(_n(t["harness_error"], "harness error"))
+    return f"FAILED: {', '.join(parts)} in {_n(run, 'cycle')}{tail}", 1
 
 
 def _tail(tb: str | None, lines: int = 12) -> str | None:
