@@ -33,6 +33,7 @@ from ..config import LoadedConfig, ProtectedSettings
 from ..errors import ConfigError, InfraError, UsageError
 from ..ledger import Ledger, ops, queries
 from ..redaction import redact
+from ..runtime import CallScope, current_call
 from ..verdicts import RETRYABLE, Verdict, classify
 from .context import CycleContext, CycleInput
 from .gate import Gate
@@ -407,6 +408,9 @@ class Orchestrator:
         return verdict, result, message
 
     async def _call_scenario(self, ctx: CycleContext) -> None:
+        # Component handles read this to attribute usage and faults to cycle and step;
+        # the list is ctx's own step stack, so it follows the scenario as it moves on.
+        current_call.set(CallScope(self.night_id, ctx.cycle, ctx.attempt, ctx._steps))
         timeout = self.plan.cycle_timeout
         try:
             async with asyncio.timeout(timeout) as cm:
@@ -503,6 +507,11 @@ class Orchestrator:
     # -- components -------------------------------------------------------------------
 
     async def _connect_components(self) -> None:
+        recorder = LedgerRecorder(self.ledger, self.night_id, self.clock)
+        for name, comp in self.components.items():
+            comp.bind(recorder)
+            await self._event("component_declared", comp.type_name, comp.describe(), component=name)
+
         async def one(name: str, comp: Component) -> None:
             try:
                 await asyncio.wait_for(comp.connect(), _CONNECT_TIMEOUT_S)
@@ -566,6 +575,32 @@ class Orchestrator:
             logging.getLogger("overnight").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+class LedgerRecorder:
+    """Components write their observations here: queued to the ledger in order, never
+    awaited, so a handle never waits on the ledger and works from scenario threads too."""
+
+    def __init__(self, ledger: Ledger, night_id: str, clock: Callable[[], float]) -> None:
+        self.ledger = ledger
+        self.night_id = night_id
+        self.clock = clock
+
+    def event(
+        self, kind: str, message: str | None = None, data: Any = None, *, component: str | None = None
+    ) -> None:
+        scope = current_call.get()
+        self.ledger.submit(
+            ops.add_event,
+            self.night_id,
+            self.clock(),
+            kind,
+            message,
+            data,
+            scope.cycle if scope else None,
+            scope.attempt if scope else None,
+            component,
+        )
 
 
 class _RedactingFormatter(logging.Formatter):

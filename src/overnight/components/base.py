@@ -1,0 +1,336 @@
+"""The component protocol: a dependency with a handle, a probe, a classifier and knobs.
+
+A component's *handle* is what the scenario calls. Every call goes through
+``Component.call``, which turns the client's exceptions into ``InfraError`` with a
+diagnosed fault kind and tells whoever listens (the repair agent) at once, so detection
+does not wait for the next probe. Anything the classifier does not recognise as a
+dependency failure propagates unchanged: a bug stays a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from ..errors import InfraError, OvernightError
+from ..redaction import redact
+from ..runtime import NullRecorder, Recorder, current_call
+
+T = TypeVar("T")
+
+FAULT_KINDS: tuple[str, ...] = (
+    "connection_lost",
+    "quota_exceeded",
+    "rate_limited",
+    "auth_expired",
+    "timeout",
+    "server_error",
+    "unavailable",
+    "resource_low",
+    "bad_response",
+)
+
+
+# Options every component accepts; they configure the repair agent, not the client.
+COMMON_OPTIONS: frozenset[str] = frozenset(
+    {
+        "probe_period",
+        "probe_timeout",
+        "failure_threshold",
+        "success_threshold",
+        "startup_grace",
+        "escalation",
+        "fallback",
+        "repairs",
+        "max_repairs_per_hour",
+        "cooldown",
+    }
+)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What a factory receives: the component's name, its config table, where things live."""
+
+    name: str
+    options: dict[str, Any]
+    night_dir: Path
+    critical: bool = True
+
+
+@dataclass
+class ProbeResult:
+    """One bounded health check. ``healthy`` is only ever True after a real check passed."""
+
+    healthy: bool
+    latency_s: float
+    fault_kind: str | None = None
+    detail: str = ""
+    checked_at: float = field(default_factory=time.time)
+
+
+class KnobRefused(OvernightError):
+    """A knob change outside its declared bounds (or of an unknown knob)."""
+
+
+@dataclass
+class Knob:
+    """An operational setting a repair may change, within declared bounds."""
+
+    name: str
+    value: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+    unit: str = ""
+
+    def refusal(self, value: Any) -> str | None:
+        """Why ``value`` is not allowed, or None when it is."""
+        if self.choices is not None:
+            if value not in self.choices:
+                return f"{self.name}={value!r} is not one of the allowed {list(self.choices)!r}"
+            return None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"{self.name}={value!r} is not a number"
+        if self.minimum is not None and value < self.minimum:
+            return f"{self.name}={value!r} is below its bound {self.minimum!r}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{self.name}={value!r} is above its bound {self.maximum!r}"
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"value": self.value}
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        else:
+            out["min"], out["max"] = self.minimum, self.maximum
+        return out
+
+
+class Knobs:
+    """A component's knobs. ``set`` refuses anything outside the declared bounds."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._knobs: dict[str, Knob] = {}
+
+    def declare(self, knob: Knob) -> Knob:
+        reason = knob.refusal(knob.value)
+        if reason is not None:
+            raise ValueError(f"initial value out of bounds: {reason}")
+        self._knobs[knob.name] = knob
+        return knob
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._knobs
+
+    def __getitem__(self, name: str) -> Knob:
+        return self._knobs[name]
+
+    def get(self, name: str) -> Any:
+        return self._knobs[name].value
+
+    def values(self) -> dict[str, Any]:
+        return {k: v.value for k, v in self._knobs.items()}
+
+    def describe(self) -> dict[str, Any]:
+        return {k: v.describe() for k, v in self._knobs.items()}
+
+    def set(self, name: str, value: Any) -> Any:
+        """Change a knob; returns the previous value. Raises KnobRefused out of bounds."""
+        knob = self._knobs.get(name)
+        if knob is None:
+            raise KnobRefused(f"{self.owner}: no knob {name!r} (knobs: {', '.join(self._knobs) or 'none'})")
+        reason = knob.refusal(value)
+        if reason is not None:
+            raise KnobRefused(f"{self.owner}: {reason}")
+        old, knob.value = knob.value, value
+        return old
+
+
+ErrorListener = Callable[["Component", str, BaseException], None]
+
+
+class Component:
+    """Base class of every component, built in or the user's.
+
+    Override ``connect``, ``close``, ``probe`` and ``classify`` as needed; expose a
+    ``handle`` whose methods wrap their client calls in ``await self.call(op, fn, ...)``.
+    """
+
+    type_name: ClassVar[str] = "custom"
+
+    def __init__(self, spec: ComponentSpec) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.critical = spec.critical
+        self.knobs = Knobs(spec.name)
+        self.recorder: Recorder = NullRecorder()
+        self.sandbox = False  # True when it talks to overnight's own sandbox services
+        self._listeners: list[ErrorListener] = []
+
+    def reject_unknown(self, leftover: dict[str, Any]) -> None:
+        """Raise a ConfigError naming options this component does not know."""
+        unknown = sorted(k for k in leftover if k not in COMMON_OPTIONS)
+        if unknown:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+
+    # -- what subclasses provide ---------------------------------------------------
+
+    @property
+    def handle(self) -> Any:
+        """What the scenario gets as ``ctx.components[name]``."""
+        return self
+
+    @property
+    def target(self) -> str:
+        """Where it points (URL, path), secrets masked; shown in reports."""
+        return ""
+
+    async def connect(self) -> None:
+        """Open clients and pools. Called once when the night starts."""
+
+    async def close(self) -> None:
+        """Release everything. Called once when the night ends, even on errors."""
+
+    async def probe(self) -> ProbeResult:
+        """A bounded, real health check. Components without one say so."""
+        raise NotImplementedError(f"component {self.name!r} ({self.type_name}) has no probe")
+
+    @property
+    def has_probe(self) -> bool:
+        return type(self).probe is not Component.probe
+
+    def classify(self, exc: BaseException) -> str | None:
+        """The fault kind of a client exception, or None if it is not a dependency failure."""
+        return classify_common(exc)
+
+    async def reconnect(self) -> None:
+        """Drop clients and connect again (the simplest repair)."""
+        await self.close()
+        await self.connect()
+
+    # -- wiring --------------------------------------------------------------------
+
+    def bind(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+
+    def on_error(self, listener: ErrorListener) -> None:
+        """Be told at once when a call fails with a dependency fault."""
+        self._listeners.append(listener)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "type": self.type_name,
+            "target": redact(self.target) or "",
+            "sandbox": self.sandbox,
+            "critical": self.critical,
+            "probe": self.has_probe,
+            "knobs": self.knobs.describe(),
+        }
+
+    async def call(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run one client call; classify its failure into an InfraError."""
+        try:
+            return await fn(*args, **kwargs)
+        except InfraError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            kind = self.classify(exc)
+            if kind is None:
+                raise
+            self.report_fault(kind, exc, op)
+            raise InfraError(self.name, kind, f"{op}: {describe_error(exc)}") from exc
+
+    def report_fault(self, kind: str, exc: BaseException, op: str = "") -> None:
+        """Record a classified fault and tell the listeners (the repair agent)."""
+        scope = current_call.get()
+        self.recorder.event(
+            "component_fault",
+            f"{op}: {describe_error(exc)}" if op else describe_error(exc),
+            {
+                "fault_kind": kind,
+                "op": op,
+                "error_type": type(exc).__name__,
+                "step": scope.step if scope else None,
+            },
+            component=self.name,
+        )
+        for listener in list(self._listeners):
+            # A broken listener must not turn a dependency fault into a harness error.
+            with contextlib.suppress(Exception):
+                listener(self, kind, exc)
+
+    def record_usage(self, data: dict[str, Any]) -> None:
+        scope = current_call.get()
+        payload = dict(data)
+        payload["step"] = scope.step if scope else None
+        self.recorder.event("usage", None, payload, component=self.name)
+
+
+def describe_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return redact(f"{name}: {text}" if text else name) or name
+
+
+_CONNECTION_LOST = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
+
+
+def classify_common(exc: BaseException) -> str | None:
+    """Network-level faults any client can hit, by exception type and errno."""
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx is a dependency
+        httpx = None  # type: ignore[assignment]
+    if httpx is not None:
+        if isinstance(exc, httpx.TimeoutException):
+            return "timeout"
+        if isinstance(exc, httpx.ConnectError):
+            return "unavailable"
+        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
+            return "connection_lost"
+        if isinstance(exc, httpx.HTTPStatusError):
+            return classify_status(exc.response.status_code, exc.response.text)
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "unavailable"
+    if isinstance(exc, _CONNECTION_LOST):
+        return "connection_lost"
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENOTCONN,
+    ):
+        return "unavailable"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "resource_low"
+    return None
+
+
+def classify_status(status: int, body: str = "") -> str | None:
+    """HTTP status (and body hints) to a fault kind; None for the product's own 4xx."""
+    lowered = body.lower()
+    if status in (401, 403):
+        return "auth_expired"
+    if status == 429:
+        return "quota_exceeded" if "quota" in lowered else "rate_limited"
+    if status in (502, 503, 504):
+        return "unavailable"
+    if status >= 500:
+        return "server_error"
+    if status == 408:
+        return "timeout"
+    return None
