@@ -173,6 +173,7 @@ class Component:
         self.knobs = Knobs(spec.name)
         self.recorder: Recorder = NullRecorder()
         self.sandbox = False  # True when it talks to overnight's own sandbox services
+        self.peers: dict[str, Component] = {}  # the night's other components, by name
         self._listeners: list[ErrorListener] = []
 
     def reject_unknown(self, leftover: dict[str, Any]) -> None:

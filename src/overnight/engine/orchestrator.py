@@ -98,6 +98,8 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
             raise ConfigError(f"{where}: {key}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {key}: {exc}") from None
+    for comp in built.values():
+        comp.peers = dict(built)
     return built
 
 

@@ -1,0 +1,259 @@
+"""The ``vectorstore`` component: Qdrant through qdrant-client.
+
+Embedded local mode by default (a folder under the night dir, no server), or a server URL::
+
+    [components.vectors]
+    type = "vectorstore"
+    path = "qdrant"            # local mode, relative to the night dir (default "qdrant/<name>")
+    # url = "http://127.0.0.1:6333"   # a Qdrant server instead
+    embedder = "hashing"       # local feature hashing (default), or "component:llm" to use
+                               # that llm component's embeddings API
+    dimensions = 256           # for the hashing embedder
+    timeout = 10               # knob, seconds (1..60)
+
+The client is qdrant-client's synchronous one, driven through ``asyncio.to_thread`` so
+that local mode's numpy work never blocks the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import math
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .base import (
+    Component,
+    ComponentSpec,
+    Knob,
+    ProbeResult,
+    classify_common,
+    classify_status,
+    describe_error,
+)
+
+_WORD = re.compile(r"[\w']+", re.UNICODE)
+
+
+class HashingEmbedder:
+    """Feature hashing of words and word pairs into a fixed-size unit vector.
+
+    No model and no download: similar texts share words, so they land near each other,
+    which is all a RAG step needs to pick relevant passages deterministically.
+    """
+
+    def __init__(self, dimensions: int = 256) -> None:
+        self.dimensions = dimensions
+
+    def embed_one(self, text: str) -> list[float]:
+        vec = [0.0] * self.dimensions
+        words = [w.lower() for w in _WORD.findall(text)]
+        features = words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
+        for feat in features:
+            digest = hashlib.blake2b(feat.encode(), digest_size=8).digest()
+            index = int.from_bytes(digest[:4], "big") % self.dimensions
+            vec[index] += 1.0 if digest[4] & 1 else -1.0
+        norm = math.sqrt(sum(x * x for x in vec)) or 1.0
+        return [x / norm for x in vec]
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return [self.embed_one(t) for t in texts]
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str
+    payload: dict[str, Any]
+
+
+def _point_id(doc_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"overnight:{doc_id}"))
+
+
+class VectorStoreHandle:
+    """What the scenario calls: ``ctx.components["vectors"]``."""
+
+    def __init__(self, component: VectorStoreComponent) -> None:
+        self._c = component
+
+    async def ensure_collection(self, name: str) -> bool:
+        """Create the collection if missing; True when it was created."""
+        return await self._c.call("ensure_collection", self._c.ensure_collection, name)
+
+    async def upsert(self, collection: str, docs: list[dict[str, Any]]) -> int:
+        """Store ``{"id", "text", **payload}`` documents; returns how many."""
+        return await self._c.call("upsert", self._c.upsert, collection, docs)
+
+    async def search(self, collection: str, query: str, limit: int = 5) -> list[Hit]:
+        return await self._c.call("search", self._c.search, collection, query, limit)
+
+    async def count(self, collection: str) -> int:
+        return await self._c.call("count", self._c.count, collection)
+
+
+class VectorStoreComponent(Component):
+    type_name = "vectorstore"
+
+    def __init__(self, spec: ComponentSpec) -> None:
+        super().__init__(spec)
+        opts = dict(spec.options)
+        self.url: str | None = opts.pop("url", None)
+        path = opts.pop("path", None)
+        self.path = None if self.url else (Path(path) if path else Path("qdrant") / spec.name)
+        if self.path is not None and not self.path.is_absolute():
+            self.path = spec.night_dir / self.path
+        self.api_key: str | None = opts.pop("api_key", None)
+        self.embedder_spec = str(opts.pop("embedder", "hashing"))
+        self.dimensions = int(opts.pop("dimensions", 256))
+        if not self.embedder_spec == "hashing" and not self.embedder_spec.startswith("component:"):
+            raise ConfigError(
+                f"embedder: expected 'hashing' or 'component:<llm name>', got {self.embedder_spec!r}"
+            )
+        self.knobs.declare(Knob("timeout", float(opts.pop("timeout", 10)), minimum=1, maximum=60, unit="s"))
+        self.reject_unknown(opts)
+        self._client: Any = None
+        self._lock = threading.Lock()  # local mode is not safe for concurrent use
+        self._dims: int | None = None
+        self._handle = VectorStoreHandle(self)
+
+    @property
+    def handle(self) -> VectorStoreHandle:
+        return self._handle
+
+    @property
+    def target(self) -> str:
+        return self.url or f"local:{self.path}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        from qdrant_client import QdrantClient
+
+        if self.url:
+            return QdrantClient(url=self.url, api_key=self.api_key, timeout=int(self.knobs.get("timeout")))
+        assert self.path is not None
+        self.path.mkdir(parents=True, exist_ok=True)
+        return QdrantClient(path=str(self.path))
+
+    async def connect(self) -> None:
+        self._client = await asyncio.to_thread(self._open)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.close)
+
+    async def reconnect(self) -> None:
+        """Re-open local mode (or the server connection)."""
+        await self.close()
+        await self.connect()
+
+    # -- operations (run in a thread) ---------------------------------------------------
+
+    async def _embed(self, texts: list[str]) -> list[list[float]]:
+        if self.embedder_spec == "hashing":
+            return await HashingEmbedder(self.dimensions).embed(texts)
+        peer_name = self.embedder_spec.split(":", 1)[1]
+        peer = self.peers.get(peer_name)
+        if peer is None or not hasattr(peer.handle, "embed"):
+            raise ConfigError(f"embedder {self.embedder_spec!r}: no llm component named {peer_name!r}")
+        return await peer.handle.embed(texts)
+
+    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._client is None:
+            raise RuntimeError("QdrantLocal instance is closed (vector store not connected)")
+        with self._lock:
+            return fn(self._client, *args, **kwargs)
+
+    async def _call_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        async with asyncio.timeout(self.knobs.get("timeout")):
+            return await asyncio.to_thread(self._run, fn, *args, **kwargs)
+
+    async def _dimensions(self) -> int:
+        if self._dims is None:
+            self._dims = len((await self._embed(["dimension probe"]))[0])
+        return self._dims
+
+    async def ensure_collection(self, name: str) -> bool:
+        from qdrant_client import models
+
+        size = await self._dimensions()
+
+        def create(client: Any) -> bool:
+            if client.collection_exists(name):
+                return False
+            client.create_collection(
+                name, vectors_config=models.VectorParams(size=size, distance=models.Distance.COSINE)
+            )
+            return True
+
+        return await self._call_thread(create)
+
+    async def upsert(self, collection: str, docs: list[dict[str, Any]]) -> int:
+        from qdrant_client import models
+
+        if not docs:
+            return 0
+        vectors = await self._embed([str(d["text"]) for d in docs])
+        points = [
+            models.PointStruct(id=_point_id(str(d["id"])), vector=v, payload={**d, "id": str(d["id"])})
+            for d, v in zip(docs, vectors, strict=True)
+        ]
+        await self._call_thread(lambda c: c.upsert(collection, points=points))
+        return len(points)
+
+    async def search(self, collection: str, query: str, limit: int = 5) -> list[Hit]:
+        vector = (await self._embed([query]))[0]
+        result = await self._call_thread(lambda c: c.query_points(collection, query=vector, limit=limit))
+        return [
+            Hit(
+                id=str((p.payload or {}).get("id", p.id)),
+                score=float(p.score),
+                text=str((p.payload or {}).get("text", "")),
+                payload=dict(p.payload or {}),
+            )
+            for p in result.points
+        ]
+
+    async def count(self, collection: str) -> int:
+        result = await self._call_thread(lambda c: c.count(collection, exact=True))
+        return int(result.count)
+
+    async def probe(self) -> ProbeResult:
+        t0 = time.perf_counter()
+        try:
+            collections = await self._call_thread(lambda c: c.get_collections())
+        except Exception as exc:
+            kind = self.classify(exc) or "unavailable"
+            return ProbeResult(False, time.perf_counter() - t0, kind, describe_error(exc))
+        names = [c.name for c in collections.collections]
+        return ProbeResult(True, time.perf_counter() - t0, None, f"{len(names)} collection(s)")
+
+    def classify(self, exc: BaseException) -> str | None:
+        message = str(exc).lower()
+        if isinstance(exc, RuntimeError) and (
+            "instance is closed" in message or "not connected" in message or "already accessed" in message
+        ):
+            return "unavailable"
+        try:
+            from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+        except ImportError:  # pragma: no cover
+            return classify_common(exc)
+        if isinstance(exc, UnexpectedResponse):
+            return classify_status(exc.status_code, str(exc.content or b""))
+        if isinstance(exc, ResponseHandlingException):
+            inner = exc.source if hasattr(exc, "source") else exc.__cause__
+            return (classify_common(inner) if inner is not None else None) or "unavailable"
+        if isinstance(exc, OSError) and "lock" in message:
+            return "unavailable"
+        return classify_common(exc)
