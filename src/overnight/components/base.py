@@ -214,6 +214,10 @@ class Component:
         """The fault kind of a client exception, or None if it is not a dependency failure."""
         return classify_common(exc)
 
+    def fault_details(self, exc: BaseException) -> dict[str, Any]:
+        """Extra facts a repair can use, e.g. ``{"retry_after_s": 30}`` from a 429."""
+        return {}
+
     async def reconnect(self) -> None:
         """Drop clients and connect again (the simplest repair)."""
         await self.close()
@@ -264,6 +268,7 @@ class Component:
                 "op": op,
                 "error_type": type(exc).__name__,
                 "step": scope.step if scope else None,
+                **self.fault_details(exc),
             },
             component=self.name,
         )

@@ -1,0 +1,359 @@
+"""The ``llm`` component: GigaChat through the official ``gigachat`` SDK, or any
+OpenAI-compatible endpoint through the ``openai`` SDK.
+
+Config::
+
+    [components.llm]
+    type = "llm"
+    provider = "gigachat"                  # or "openai"
+    model = "GigaChat"                     # knob: one of `models`
+    models = ["GigaChat", "GigaChat-Plus", "GigaChat-Pro"]
+    api_key_envs = ["GIGACHAT_CREDENTIALS", "GIGACHAT_CREDENTIALS_2"]   # knob api_key_env
+    scope = "GIGACHAT_API_PERS"            # gigachat only
+    base_url = "..."                       # default: the provider's public API
+    auth_url = "..."                       # gigachat only
+    timeout = 60                           # knob, seconds, 1..timeout_max
+    timeout_max = 120
+    embeddings_model = "Embeddings"
+    verify_ssl = true
+    # sandbox = true                       # talk to overnight's own GigaChat/OpenAI sandbox
+
+The key is never a knob value: knobs hold the *name* of an allowed environment variable
+(``api_key_env``), so rotating keys is recorded without recording a secret. For GigaChat
+the key is the authorization credentials (Base64 of client id and secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from ..redaction import register_secret
+from .base import (
+    Component,
+    ComponentSpec,
+    Knob,
+    ProbeResult,
+    classify_common,
+    classify_status,
+    describe_error,
+)
+
+PROVIDERS = ("gigachat", "openai")
+DEFAULT_MODELS = {"gigachat": ["GigaChat", "GigaChat-Plus", "GigaChat-Pro"], "openai": ["gpt-4o-mini"]}
+DEFAULT_KEY_ENVS = {"gigachat": ["GIGACHAT_CREDENTIALS"], "openai": ["OPENAI_API_KEY"]}
+DEFAULT_EMBEDDINGS = {"gigachat": "Embeddings", "openai": "text-embedding-3-small"}
+
+
+@dataclass
+class ChatResult:
+    text: str
+    model: str
+    usage: dict[str, int] = field(default_factory=dict)
+    latency_s: float = 0.0
+
+
+class LLMHandle:
+    """What the scenario calls: ``ctx.components["llm"]``."""
+
+    def __init__(self, component: LLMComponent) -> None:
+        self._c = component
+
+    @property
+    def model(self) -> str:
+        return str(self._c.knobs.get("model"))
+
+    async def chat(
+        self,
+        prompt: str | list[dict[str, str]],
+        *,
+        system: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+    ) -> ChatResult:
+        """One chat completion. ``prompt`` is the user message, or a full message list."""
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        return await self._c.call("chat", self._c.chat, messages, temperature, max_tokens)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        return await self._c.call("embed", self._c.embed, texts)
+
+    async def models(self) -> list[str]:
+        return await self._c.call("models", self._c.list_models)
+
+
+class LLMComponent(Component):
+    type_name = "llm"
+
+    def __init__(self, spec: ComponentSpec) -> None:
+        super().__init__(spec)
+        opts = dict(spec.options)
+        self.provider = str(opts.pop("provider", "gigachat"))
+        if self.provider not in PROVIDERS:
+            raise ConfigError(f"provider: expected one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+        self.sandbox = bool(opts.pop("sandbox", False))
+        self.base_url: str | None = opts.pop("base_url", None)
+        self.auth_url: str | None = opts.pop("auth_url", None)
+        self.scope: str | None = opts.pop("scope", None)
+        self.verify_ssl = bool(opts.pop("verify_ssl", True))
+        self.embeddings_model = str(opts.pop("embeddings_model", DEFAULT_EMBEDDINGS[self.provider]))
+        models = opts.pop("models", None)
+        model = opts.pop("model", None)
+        if models is None:
+            models = [model] if model else DEFAULT_MODELS[self.provider]
+        models = [str(m) for m in models]
+        model = str(model or models[0])
+        if model not in models:
+            raise ConfigError(f"model: {model!r} is not in models {models!r}")
+        key_envs = opts.pop("api_key_envs", None)
+        single_env = opts.pop("api_key_env", None)
+        self._literal_key: str | None = opts.pop("api_key", None) or opts.pop("credentials", None)
+        if key_envs is None:
+            key_envs = [single_env] if single_env else DEFAULT_KEY_ENVS[self.provider]
+        key_envs = [str(k) for k in key_envs]
+        timeout_max = float(opts.pop("timeout_max", 120))
+        timeout = float(opts.pop("timeout", 60))
+        self.reject_unknown(opts)
+        if self._literal_key:
+            register_secret(self._literal_key)
+        self.knobs.declare(Knob("model", model, choices=tuple(models)))
+        self.knobs.declare(
+            Knob("timeout", min(timeout, timeout_max), minimum=1, maximum=timeout_max, unit="s")
+        )
+        self.knobs.declare(Knob("api_key_env", single_env or key_envs[0], choices=tuple(key_envs)))
+        self._client: Any = None
+        self._client_knobs: dict[str, Any] = {}
+        self._retired: list[Any] = []
+        self._handle = LLMHandle(self)
+
+    @property
+    def handle(self) -> LLMHandle:
+        return self._handle
+
+    @property
+    def target(self) -> str:
+        base = self.base_url or (
+            "GigaChat public API" if self.provider == "gigachat" else "OpenAI public API"
+        )
+        return f"{self.provider} {base}"
+
+    # -- the key -----------------------------------------------------------------
+
+    def _key(self) -> str | None:
+        if self._literal_key:
+            return self._literal_key
+        value = os.environ.get(str(self.knobs.get("api_key_env")))
+        register_secret(value)
+        return value
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def connect(self) -> None:
+        if self.sandbox:
+            self._attach_sandbox()
+        self._client = self._make_client()
+
+    def _attach_sandbox(self) -> None:
+        from ..sandbox import shared_sandbox
+
+        box = shared_sandbox()
+        if self.provider == "gigachat":
+            self.base_url, self.auth_url = box.gigachat_url, box.gigachat_auth_url
+        else:
+            self.base_url = box.openai_url
+        self._literal_key = box.credentials if self.provider == "gigachat" else box.api_key
+        self.verify_ssl = False
+
+    def _make_client(self) -> Any:
+        key = self._key()
+        self._client_knobs = self.knobs.values()
+        timeout = float(self.knobs.get("timeout"))
+        if self.provider == "gigachat":
+            from gigachat import GigaChat
+
+            kwargs: dict[str, Any] = {
+                "credentials": key,
+                "model": self.knobs.get("model"),
+                "timeout": timeout,
+                "verify_ssl_certs": self.verify_ssl,
+                "max_retries": 0,  # retries belong to the engine and the agent, not hidden here
+            }
+            for name in ("base_url", "auth_url", "scope"):
+                if getattr(self, name):
+                    kwargs[name] = getattr(self, name)
+            return GigaChat(**kwargs)
+        from openai import AsyncOpenAI
+
+        return AsyncOpenAI(
+            base_url=self.base_url, api_key=key or "missing-key", timeout=timeout, max_retries=0
+        )
+
+    async def close(self) -> None:
+        clients = [*self._retired, self._client]
+        self._client, self._retired = None, []
+        for client in clients:
+            if client is None:
+                continue
+            with contextlib.suppress(Exception):
+                if self.provider == "gigachat":
+                    await client.aclose()
+                else:
+                    await client.close()
+
+    def _current_client(self) -> Any:
+        # Knob changes (model, timeout, key) apply to the next call: rebuild the client.
+        if self._client is None or self._client_knobs != self.knobs.values():
+            if self._client is not None:
+                self._retired.append(self._client)  # in-flight calls may still use it
+            self._client = self._make_client()
+        return self._client
+
+    async def refresh_token(self) -> None:
+        """Drop the cached access token so the next call authenticates again."""
+        client = self._current_client()
+        if self.provider == "gigachat":
+            client._reset_token()
+            await client.aget_token()
+
+    # -- calls -----------------------------------------------------------------
+
+    async def chat(
+        self, messages: list[dict[str, str]], temperature: float | None, max_tokens: int | None
+    ) -> ChatResult:
+        client = self._current_client()
+        model = str(self.knobs.get("model"))
+        t0 = time.perf_counter()
+        if self.provider == "gigachat":
+            payload: dict[str, Any] = {"model": model, "messages": messages}
+            if temperature is not None:
+                payload["temperature"] = temperature
+            if max_tokens is not None:
+                payload["max_tokens"] = max_tokens
+            response = await client.achat(payload)
+            text = response.choices[0].message.content or ""
+            usage = response.usage
+            result_model = response.model or model
+        else:
+            kwargs: dict[str, Any] = {"model": model, "messages": messages}
+            if temperature is not None:
+                kwargs["temperature"] = temperature
+            if max_tokens is not None:
+                kwargs["max_tokens"] = max_tokens
+            response = await client.chat.completions.create(**kwargs)
+            text = response.choices[0].message.content or ""
+            usage = response.usage
+            result_model = response.model or model
+        latency = time.perf_counter() - t0
+        counts = {
+            "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+            "total_tokens": int(getattr(usage, "total_tokens", 0) or 0),
+        }
+        self.record_usage({"op": "chat", "model": result_model, "latency_s": round(latency, 4), **counts})
+        return ChatResult(text=text, model=result_model, usage=counts, latency_s=latency)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        client = self._current_client()
+        if self.provider == "gigachat":
+            response = await client.aembeddings(texts, model=self.embeddings_model)
+            vectors = [list(d.embedding) for d in response.data]
+            tokens = sum(
+                int(getattr(getattr(d, "usage", None), "prompt_tokens", 0) or 0) for d in response.data
+            )
+        else:
+            response = await client.embeddings.create(model=self.embeddings_model, input=texts)
+            vectors = [list(d.embedding) for d in response.data]
+            tokens = int(getattr(response.usage, "prompt_tokens", 0) or 0)
+        self.record_usage(
+            {
+                "op": "embed",
+                "model": self.embeddings_model,
+                "prompt_tokens": tokens,
+                "completion_tokens": 0,
+                "total_tokens": tokens,
+                "texts": len(texts),
+            }
+        )
+        return vectors
+
+    async def list_models(self) -> list[str]:
+        client = self._current_client()
+        if self.provider == "gigachat":
+            response = await client.aget_models()
+            return [m.id_ for m in response.data]
+        page = await client.models.list()
+        return [m.id for m in page.data]
+
+    async def probe(self) -> ProbeResult:
+        """Lists the models: authenticates and reaches the API without spending tokens."""
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(min(float(self.knobs.get("timeout")), 30.0)):
+                models = await self.list_models()
+        except Exception as exc:
+            kind = self.classify(exc) or "unavailable"
+            return ProbeResult(False, time.perf_counter() - t0, kind, describe_error(exc))
+        model = self.knobs.get("model")
+        if models and model not in models:
+            return ProbeResult(False, time.perf_counter() - t0, "bad_response", f"model {model} not offered")
+        return ProbeResult(True, time.perf_counter() - t0, None, f"{len(models)} models, using {model}")
+
+    # -- classification ------------------------------------------------------------
+
+    def classify(self, exc: BaseException) -> str | None:
+        if self.provider == "gigachat":
+            from gigachat import exceptions as gx
+
+            if isinstance(exc, gx.AuthenticationError | gx.ForbiddenError):
+                return "auth_expired"
+            if isinstance(exc, gx.RateLimitError):
+                return "quota_exceeded" if _mentions_quota(exc.content) else "rate_limited"
+            if isinstance(exc, gx.ResponseError):
+                return classify_status(exc.status_code, _text(exc.content))
+        else:
+            import openai
+
+            if isinstance(exc, openai.APITimeoutError):
+                return "timeout"
+            if isinstance(exc, openai.APIConnectionError):
+                cause = exc.__cause__
+                return (classify_common(cause) if cause is not None else None) or "unavailable"
+            if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+                return "auth_expired"
+            if isinstance(exc, openai.RateLimitError):
+                code = getattr(exc, "code", None) or ""
+                return (
+                    "quota_exceeded" if "quota" in str(code) or _mentions_quota(exc.body) else "rate_limited"
+                )
+            if isinstance(exc, openai.APIStatusError):
+                return classify_status(exc.status_code, _text(exc.body))
+        return classify_common(exc)
+
+    def fault_details(self, exc: BaseException) -> dict[str, Any]:
+        headers = getattr(exc, "headers", None)
+        if headers is None:
+            response = getattr(exc, "response", None)
+            headers = getattr(response, "headers", None)
+        retry_after = headers.get("retry-after") if headers is not None else None
+        try:
+            return {"retry_after_s": float(retry_after)} if retry_after is not None else {}
+        except ValueError:
+            return {}
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, bytes):
+        return content.decode("utf-8", "replace")
+    return "" if content is None else str(content)
+
+
+def _mentions_quota(content: Any) -> bool:
+    lowered = _text(content).lower()
+    return "quota" in lowered or "insufficient" in lowered

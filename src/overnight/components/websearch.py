@@ -1,0 +1,261 @@
+"""The ``websearch`` component: an HTTP search API through httpx.
+
+Config::
+
+    [components.search]
+    type = "websearch"
+    endpoint = "https://search.example.com/v1/search"
+    api_key = "${SEARCH_API_KEY}"
+    api_key_header = "X-API-Key"        # or "Authorization" (sent as "Bearer <key>")
+    query_param = "q"
+    limit_param = "limit"
+    params = { lang = "ru" }            # extra query parameters
+    results_path = "results"            # dotted path to the list of results in the JSON
+    fields = { title = "title", url = "url", snippet = "snippet" }
+    timeout = 60                        # knob, seconds, 1..timeout_max
+    timeout_max = 120
+    fallback_cache = "search_cache.json"   # optional declared fallback: results recorded
+                                           # while the API was healthy, replayed only when
+                                           # repairs fail (the repair agent decides)
+    # replay = "recorded.json"          # replay recorded results instead of calling the API
+    #                                   # (a plan choice, e.g. --mock-websearch: no API at all)
+    # sandbox = true                    # overnight's own search sandbox
+
+Recorded files are JSON objects ``{query: [result, ...]}``; a query that is not recorded
+gets the results of the recorded query that shares the most words with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..errors import ConfigError
+from ..redaction import register_secret
+from .base import Component, ComponentSpec, Knob, ProbeResult, classify_common, describe_error
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class BadResponse(Exception):
+    """The API answered 200 with something that is not a result list."""
+
+
+@dataclass
+class SearchResult:
+    title: str
+    url: str
+    snippet: str
+    source: str = "live"  # live | replay | fallback
+
+
+def _dig(data: Any, path: str) -> Any:
+    for part in [p for p in path.split(".") if p]:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit():
+            data = data[int(part)] if int(part) < len(data) else None
+        else:
+            return None
+    return data
+
+
+class RecordedResults:
+    """Results recorded per query, looked up exactly or by shared words."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, list[dict[str, str]]] = {}
+        if path.is_file():
+            try:
+                loaded = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{path}: not a JSON object of recorded results: {exc}") from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: expected a JSON object {{query: [results]}}")
+            self._data = loaded
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def lookup(self, query: str, limit: int) -> list[dict[str, str]] | None:
+        with self._lock:
+            if query in self._data:
+                return self._data[query][:limit]
+            words = set(_WORD.findall(query.lower()))
+            best, best_score = None, 0
+            for recorded, results in self._data.items():
+                score = len(words & set(_WORD.findall(recorded.lower())))
+                if score > best_score:
+                    best, best_score = results, score
+            return best[:limit] if best is not None else None
+
+    def record(self, query: str, results: list[dict[str, str]]) -> None:
+        with self._lock:
+            self._data[query] = results
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self._data, ensure_ascii=False, indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+class WebSearchHandle:
+    """What the scenario calls: ``ctx.components["search"]``."""
+
+    def __init__(self, component: WebSearchComponent) -> None:
+        self._c = component
+
+    async def search(self, query: str, limit: int = 5) -> list[SearchResult]:
+        return await self._c.call("search", self._c.search, query, limit)
+
+
+class WebSearchComponent(Component):
+    type_name = "websearch"
+
+    def __init__(self, spec: ComponentSpec) -> None:
+        super().__init__(spec)
+        opts = dict(spec.options)
+        self.sandbox = bool(opts.pop("sandbox", False))
+        self.endpoint: str | None = opts.pop("endpoint", None)
+        self.api_key: str | None = opts.pop("api_key", None)
+        register_secret(self.api_key)
+        self.api_key_header = str(opts.pop("api_key_header", "X-API-Key"))
+        self.query_param = str(opts.pop("query_param", "q"))
+        self.limit_param = str(opts.pop("limit_param", "limit"))
+        self.params = dict(opts.pop("params", {}))
+        self.results_path = str(opts.pop("results_path", "results"))
+        self.fields = {"title": "title", "url": "url", "snippet": "snippet", **dict(opts.pop("fields", {}))}
+        timeout_max = float(opts.pop("timeout_max", 120))
+        timeout = float(opts.pop("timeout", 60))
+        replay = opts.pop("replay", None)
+        fallback = opts.pop("fallback_cache", None)
+        self.reject_unknown(opts)
+        self.replay = RecordedResults(self._path(replay)) if replay else None
+        if self.replay is not None and not len(self.replay):
+            raise ConfigError(f"replay: no recorded results in {self._path(replay)}")
+        self.fallback = RecordedResults(self._path(fallback)) if fallback else None
+        if self.replay is None and not self.sandbox and not self.endpoint:
+            raise ConfigError("endpoint: required (or replay = FILE, or sandbox = true)")
+        self.knobs.declare(
+            Knob("timeout", min(timeout, timeout_max), minimum=1, maximum=timeout_max, unit="s")
+        )
+        self.fallback_active = False  # switched only by the repair agent, after repairs failed
+        self._client: httpx.AsyncClient | None = None
+        self._handle = WebSearchHandle(self)
+
+    def _path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.spec.night_dir / p)
+
+    @property
+    def handle(self) -> WebSearchHandle:
+        return self._handle
+
+    @property
+    def target(self) -> str:
+        if self.replay is not None:
+            return f"replay {self.replay.path}"
+        return self.endpoint or ""
+
+    async def connect(self) -> None:
+        if self.sandbox and self.replay is None:
+            from ..sandbox import shared_sandbox
+
+            box = shared_sandbox()
+            self.endpoint = box.search_url
+            self.api_key = box.search_key
+            self.api_key_header = "X-API-Key"
+        self._client = httpx.AsyncClient(timeout=float(self.knobs.get("timeout")))
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def _headers(self) -> dict[str, str]:
+        if not self.api_key:
+            return {}
+        if self.api_key_header.lower() == "authorization":
+            return {"Authorization": f"Bearer {self.api_key}"}
+        return {self.api_key_header: self.api_key}
+
+    async def _live(self, query: str, limit: int) -> list[dict[str, str]]:
+        if self._client is None:
+            raise httpx.ConnectError("search client is not connected")
+        assert self.endpoint is not None
+        params = {**self.params, self.query_param: query, self.limit_param: limit}
+        response = await self._client.get(
+            self.endpoint, params=params, headers=self._headers(), timeout=float(self.knobs.get("timeout"))
+        )
+        response.raise_for_status()
+        try:
+            items = _dig(response.json(), self.results_path)
+        except ValueError as exc:
+            raise BadResponse(f"search answered non-JSON: {exc}") from None
+        if not isinstance(items, list):
+            raise BadResponse(f"no list at {self.results_path!r} in the answer")
+        return [
+            {k: str(_dig(item, path) or "") for k, path in self.fields.items()}
+            for item in items[:limit]
+            if isinstance(item, dict)
+        ]
+
+    async def search(self, query: str, limit: int = 5) -> list[SearchResult]:
+        if self.replay is not None:
+            found = self.replay.lookup(query, limit) or []
+            return [SearchResult(**_fields(r), source="replay") for r in found]
+        if self.fallback_active and self.fallback is not None:
+            found = self.fallback.lookup(query, limit) or []
+            return [SearchResult(**_fields(r), source="fallback") for r in found]
+        results = await self._live(query, limit)
+        if self.fallback is not None:
+            await asyncio.to_thread(self.fallback.record, query, results)
+        return [SearchResult(**_fields(r), source="live") for r in results]
+
+    async def probe(self) -> ProbeResult:
+        t0 = time.perf_counter()
+        if self.replay is not None:
+            return ProbeResult(
+                True, time.perf_counter() - t0, None, f"replay: {len(self.replay)} recorded queries"
+            )
+        try:
+            async with asyncio.timeout(min(float(self.knobs.get("timeout")), 30.0)):
+                results = await self._live("overnight health probe", 1)
+        except Exception as exc:
+            kind = self.classify(exc) or "unavailable"
+            return ProbeResult(False, time.perf_counter() - t0, kind, describe_error(exc))
+        return ProbeResult(True, time.perf_counter() - t0, None, f"search answered {len(results)} result(s)")
+
+    def classify(self, exc: BaseException) -> str | None:
+        if isinstance(exc, BadResponse):
+            return "bad_response"
+        return classify_common(exc)
+
+    def fault_details(self, exc: BaseException) -> dict[str, Any]:
+        if isinstance(exc, httpx.HTTPStatusError):
+            value = exc.response.headers.get("retry-after")
+            try:
+                return {"retry_after_s": float(value)} if value else {}
+            except ValueError:
+                return {}
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out["mode"] = "replay" if self.replay is not None else "live"
+        out["fallback"] = "cache" if self.fallback is not None else None
+        return out
+
+
+def _fields(r: dict[str, Any]) -> dict[str, str]:
+    return {k: str(r.get(k, "")) for k in ("title", "url", "snippet")}
