@@ -389,3 +389,80 @@ async def test_secrets_never_reach_ledger_logs_or_reports(
     assert secret.encode() not in everything
     assert b"hunter2pw" not in everything
     assert b"${OVN_TEST_API_KEY}" in everything  # the plan keeps the reference, not the value
+
+
+async def test_setup_hook_runs_once_before_cycles(tmp_path: Path) -> None:
+    code = """
+    calls = []
+
+    async def setup(night):
+        calls.append((night.night_id, night.settings["level"], sorted(night.components), night.resumed))
+
+    async def cycle(ctx):
+        assert len(calls) == 1 and calls[0][0] == ctx.night_id and calls[0][1] == 2
+    """
+    from .helpers import make_plan, write_project
+
+    cfg, name = write_project(tmp_path / "project", code, "[settings]\nlevel = 2\n")
+    lines = cfg.read_text().splitlines()
+    # top-level keys must come before the first table in TOML
+    cfg.write_text("\n".join([lines[0], f'setup = "{name}:setup"', *lines[1:]]) + "\n")
+    from overnight.engine.orchestrator import Orchestrator
+    from overnight.engine.progress import LogProgress
+    from overnight.ledger import Ledger
+    from overnight.report import write_reports
+
+    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
+    try:
+        orch = Orchestrator(
+            make_plan(cfg, tmp_path / "nights", cycles=3),
+            ledger,
+            progress=LogProgress(),
+            handle_signals=False,
+        )
+        outcome = await orch.run()
+        report, _ = write_reports(ledger, outcome.night_id)
+        with ledger.read() as conn:
+            kinds = [e["kind"] for e in queries.events_of(conn, outcome.night_id)]
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 3, report["failures"]
+    assert kinds.count("setup_done") == 1
+
+
+async def test_failing_setup_aborts_the_night_before_any_cycle(tmp_path: Path) -> None:
+    code = """
+    import overnight
+
+    async def setup(night):
+        raise overnight.InfraError("vectors", "unavailable", "storage is locked")
+
+    async def cycle(ctx):
+        raise RuntimeError("must not run")
+    """
+    from .helpers import make_plan, write_project
+
+    cfg, name = write_project(tmp_path / "project", code)
+    lines = cfg.read_text().splitlines()
+    cfg.write_text("\n".join([lines[0], f'setup = "{name}:setup"', *lines[1:]]) + "\n")
+    from overnight.engine.orchestrator import Orchestrator
+    from overnight.engine.progress import LogProgress
+    from overnight.ledger import Ledger
+    from overnight.report import write_reports
+
+    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
+    try:
+        orch = Orchestrator(
+            make_plan(cfg, tmp_path / "nights", cycles=3),
+            ledger,
+            progress=LogProgress(),
+            handle_signals=False,
+        )
+        outcome = await orch.run()
+        report, _ = write_reports(ledger, outcome.night_id)
+    finally:
+        ledger.close()
+    assert outcome.status == "aborted"
+    assert "setup failed: InfraError: vectors: unavailable: storage is locked" in outcome.reason
+    assert report["cycles_run"] == 0 and report["exit_code"] == 1
+    assert report["verdict"].startswith("NO RESULT")

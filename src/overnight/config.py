@@ -73,16 +73,19 @@ class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     scenario: str = Field(description="the cycle function, as 'module:function'")
+    setup: str | None = Field(
+        None, description="optional 'module:function' run once per session after components connect"
+    )
     run: RunConfig = Field(default_factory=RunConfig)
     settings: dict[str, Any] = Field(
         default_factory=dict, description="protected settings, frozen for the whole night"
     )
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
 
-    @field_validator("scenario")
+    @field_validator("scenario", "setup")
     @classmethod
-    def _check_scenario(cls, value: str) -> str:
-        if not _SCENARIO.match(value):
+    def _check_scenario(cls, value: str | None) -> str | None:
+        if value is not None and not _SCENARIO.match(value):
             raise ValueError("expected 'module:function', e.g. 'my_tests:cycle'")
         return value
 

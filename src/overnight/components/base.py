@@ -62,6 +62,12 @@ class ComponentSpec:
     options: dict[str, Any]
     night_dir: Path
     critical: bool = True
+    base_dir: Path | None = None  # the config's folder: relative input files resolve here
+
+    def resolve(self, value: str | Path) -> Path:
+        """An input file named in config: absolute, or relative to the config's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir or Path.cwd()) / p
 
 
 @dataclass

@@ -140,9 +140,9 @@ class WebSearchComponent(Component):
         replay = opts.pop("replay", None)
         fallback = opts.pop("fallback_cache", None)
         self.reject_unknown(opts)
-        self.replay = RecordedResults(self._path(replay)) if replay else None
+        self.replay = RecordedResults(spec.resolve(replay)) if replay else None
         if self.replay is not None and not len(self.replay):
-            raise ConfigError(f"replay: no recorded results in {self._path(replay)}")
+            raise ConfigError(f"replay: no recorded results in {spec.resolve(replay)}")
         self.fallback = RecordedResults(self._path(fallback)) if fallback else None
         if self.replay is None and not self.sandbox and not self.endpoint:
             raise ConfigError("endpoint: required (or replay = FILE, or sandbox = true)")
@@ -154,6 +154,7 @@ class WebSearchComponent(Component):
         self._handle = WebSearchHandle(self)
 
     def _path(self, value: str) -> Path:
+        """Files the component writes (the fallback cache) live in the night dir."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self.spec.night_dir / p)
 

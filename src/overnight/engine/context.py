@@ -48,6 +48,18 @@ class CycleInput:
         return options[self.seed % len(options)]
 
 
+@dataclass
+class NightContext:
+    """What a ``setup(night)`` hook sees: once per session, before any cycle starts."""
+
+    night_id: str
+    night_path: Path
+    settings: ProtectedSettings
+    components: Mapping[str, Any]
+    log: logging.Logger
+    resumed: bool
+
+
 class Step:
     """``async with ctx.step("writer"):`` (or plain ``with`` in a sync scenario).
 

@@ -35,7 +35,7 @@ from ..ledger import Ledger, ops, queries
 from ..redaction import redact
 from ..runtime import CallScope, current_call
 from ..verdicts import RETRYABLE, Verdict, classify
-from .context import CycleContext, CycleInput
+from .context import CycleContext, CycleInput, NightContext
 from .gate import Gate
 from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
@@ -60,7 +60,7 @@ class NightOutcome:
     signal: int | None = None
 
 
-def import_scenario(spec: str, base_dir: Path, where: str) -> Callable[..., Any]:
+def import_scenario(spec: str, base_dir: Path, where: str, key: str = "scenario") -> Callable[..., Any]:
     """Import ``module:function``, with the config's folder first on the import path."""
     module_name, _, func_name = spec.partition(":")
     folder = str(base_dir)
@@ -70,12 +70,12 @@ def import_scenario(spec: str, base_dir: Path, where: str) -> Callable[..., Any]
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module may raise anything at import
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise ConfigError(f"{where}: scenario: cannot import module {module_name!r}: {detail}") from None
+        raise ConfigError(f"{where}: {key}: cannot import module {module_name!r}: {detail}") from None
     fn = getattr(module, func_name, None)
     if fn is None:
-        raise ConfigError(f"{where}: scenario: module {module_name!r} has no attribute {func_name!r}")
+        raise ConfigError(f"{where}: {key}: module {module_name!r} has no attribute {func_name!r}")
     if not callable(fn):
-        raise ConfigError(f"{where}: scenario: {spec!r} is not a function")
+        raise ConfigError(f"{where}: {key}: {spec!r} is not a function")
     return fn
 
 
@@ -90,7 +90,11 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
         key = f"{loaded.key_prefix}components.{name}"
         factory = resolve_factory(cc.type, f"{where}: {key}.type")
         spec = ComponentSpec(
-            name=name, options=dict(cc.model_extra or {}), night_dir=night_dir, critical=cc.critical
+            name=name,
+            options=dict(cc.model_extra or {}),
+            night_dir=night_dir,
+            critical=cc.critical,
+            base_dir=loaded.base_dir,
         )
         try:
             built[name] = factory(spec)
@@ -128,6 +132,8 @@ class Orchestrator:
         self.loaded = plan.load_config()
         where = str(self.loaded.path) if self.loaded.path else "<built-in>"
         self.scenario = import_scenario(plan.scenario, self.loaded.base_dir, where)
+        setup = self.loaded.config.setup
+        self.setup = import_scenario(setup, self.loaded.base_dir, where, key="setup") if setup else None
         self.is_async = inspect.iscoroutinefunction(self.scenario)
         self.settings = ProtectedSettings(self.loaded.config.settings)
         self.fingerprint = self.settings.fingerprint
@@ -147,6 +153,7 @@ class Orchestrator:
         self._log_handler: logging.Handler | None = None
         self.deadline: float | None = None
         self.fatal: BaseException | None = None
+        self.setup_error: str | None = None
 
     # -- the night --------------------------------------------------------------------
 
@@ -164,6 +171,8 @@ class Orchestrator:
         try:
             await self._open_night()
             await self._connect_components()
+            if not await self._run_setup():
+                return await self._close_night()
             self._install_signals(loop)
             deadline_handle = self._arm_deadline(loop)
             try:
@@ -262,7 +271,7 @@ class Orchestrator:
     async def _close_night(self) -> NightOutcome:
         now = self.clock()
         remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self._done_cycles))
-        if self.fatal is not None:
+        if self.fatal is not None or self.setup_error is not None:
             status = "aborted"
         elif self._interrupted:
             status = "interrupted"
@@ -505,6 +514,36 @@ class Orchestrator:
             "(send it again to quit at once; 'overnight run --resume' continues this night)"
         )
         self.interrupt(f"{name} received", signum)
+
+    async def _run_setup(self) -> bool:
+        """Run the config's ``setup`` hook once for this session. False if it failed."""
+        if self.setup is None:
+            return True
+        night = NightContext(
+            night_id=self.night_id,
+            night_path=self.night_path,
+            settings=self.settings,
+            components=self.handles,
+            log=logging.getLogger("overnight.scenario.setup"),
+            resumed=bool(self.resume),
+        )
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.plan.cycle_timeout):
+                result = self.setup(night)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {redact(str(exc))}"
+            tb = "".join(traceback.format_exception(exc))[-_TRACEBACK_MAX:]
+            await self._event("setup_failed", detail, {"traceback": tb, "verdict": classify(exc).value})
+            log.error("setup failed: %s", detail)
+            self.setup_error = detail
+            self._stop_starting = True
+            self._stop_reason = f"setup failed: {detail}"
+            return False
+        await self._event("setup_done", None, {"duration_s": round(time.perf_counter() - t0, 4)})
+        return True
 
     # -- components -------------------------------------------------------------------
 
