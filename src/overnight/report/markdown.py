@@ -61,6 +61,25 @@ def render_markdown(r: dict[str, Any]) -> str:
     w(f"| Protected settings | {fp_line} |")
     w(f"| Config fingerprint | `{r['config_fingerprint'][:12]}` |")
     w("")
+    if r.get("components"):
+        w("## Components")
+        w("")
+        sandboxed = r.get("sandbox_components") or []
+        if sandboxed:
+            w(
+                f"**This night ran against overnight's sandbox services** for {', '.join(sandboxed)}: "
+                "their answers are generated locally, not by the real APIs."
+            )
+            w("")
+        w("| component | type | target | real / sandbox | critical |")
+        w("|---|---|---|---|---|")
+        for c in r["components"]:
+            kind = "sandbox" if c["sandbox"] else "real"
+            if c.get("mode") == "replay":
+                kind = "replay of recorded data"
+            critical = "yes" if c["critical"] else "no"
+            w(f"| {c['name']} | {c['type']} | {_esc(c['target'])} | {kind} | {critical} |")
+        w("")
     w("## Summary")
     w("")
     w("| verdict | cycles |")

@@ -59,7 +59,30 @@ def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
         steps = queries.steps_of(conn, night_id)
         artifacts = queries.artifacts_of(conn, night_id)
         sessions = queries.sessions_of(conn, night_id)
-    return _assemble(night, cycles, attempts, steps, artifacts, sessions)
+        declared = queries.events_of(conn, night_id, kinds=("component_declared",))
+    report = _assemble(night, cycles, attempts, steps, artifacts, sessions)
+    report["components"] = _components(declared)
+    report["sandbox_components"] = [c["name"] for c in report["components"] if c["sandbox"]]
+    return report
+
+
+def _components(declared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each component as last declared (a resumed session declares them again)."""
+    import json
+
+    latest: dict[str, dict[str, Any]] = {}
+    for event in declared:
+        data = json.loads(event["data"]) if event["data"] else {}
+        latest[event["component"]] = {
+            "name": event["component"],
+            "type": data.get("type"),
+            "target": data.get("target"),
+            "sandbox": bool(data.get("sandbox")),
+            "mode": data.get("mode"),
+            "critical": data.get("critical"),
+            "knobs": {k: v.get("value") for k, v in (data.get("knobs") or {}).items()},
+        }
+    return list(latest.values())
 
 
 def _assemble(
