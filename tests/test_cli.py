@@ -311,3 +311,53 @@ def test_report_of_an_unfinished_night_never_says_passed(tmp_path: Path) -> None
     assert res.stdout.startswith("UNFINISHED: the night has not ended (1 of 3 cycles done)")
     report = json.loads(next((proj / "night_tests").glob("*/report.json")).read_text())
     assert report["exit_code"] == 1 and report["status"] == "running"
+
+
+def test_doctor_probes_each_component_once(tmp_path: Path, pg_url: str) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    secret_url = pg_url
+    (proj / "overnight.toml").write_text(
+        'scenario = "x:cycle"\n'
+        '[components.db]\ntype = "database"\n'
+        f'[components.pg]\ntype = "database"\nurl = "{secret_url}"\n'
+        '[components.down]\ntype = "database"\nurl = "postgresql://u:sekrit-pw@127.0.0.1:1/x"\nconnect_timeout = 2\n'
+        '[components.vectors]\ntype = "vectorstore"\n'
+    )
+    res = run_cli(["doctor", "--json"], cwd=proj)
+    assert res.returncode == 1, res.stderr  # one component is down
+    rows = {r["component"]: r for r in json.loads(res.stdout)}
+    assert rows["db"]["status"] == "healthy" and rows["pg"]["status"] == "healthy"
+    assert rows["vectors"]["status"] == "healthy"
+    assert rows["down"]["status"] == "unhealthy" and rows["down"]["fault_kind"] == "unavailable"
+    assert "sekrit-pw" not in res.stdout and "overnight-test-pw" not in res.stdout
+    table = run_cli(["doctor"], cwd=proj)
+    assert "unhealthy" in table.stdout and "unavailable" in table.stdout
+
+
+def test_run_night_tests_script_forwards_to_run(tmp_path: Path) -> None:
+    proj = make_project(tmp_path / "proj", PASSING)
+    script = Path(__file__).resolve().parent.parent / "run_night_tests.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--cycles", "2", "--seed", "4"],
+        cwd=proj,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "all 2 cycles passed" in res.stderr
+    bad = subprocess.run(
+        [sys.executable, str(script), "--nope"], cwd=proj, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "No such option: --nope" in bad.stderr
+
+
+def test_plan_choices_become_protected_settings(tmp_path: Path) -> None:
+    code = "async def cycle(ctx):\n    ctx.artifact('s.json', dict(ctx.settings))\n"
+    proj = make_project(tmp_path / "proj", code, "[settings]\nexpert = true\n")
+    res = run_cli(["run", "--cycles", "1", "--mock-websearch", "--no-expert"], cwd=proj)
+    assert res.returncode == 0, res.stderr
+    settings = json.loads(next((proj / "night_tests").glob("*/cycles/001/s.json")).read_text())
+    assert settings == {"expert": False, "mock_websearch": True}

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -180,6 +181,17 @@ SeedOpt = Annotated[
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="validate config and plan, run at most 3 cycles")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
+MockSearchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--mock-websearch",
+        help="plan choice: protected setting mock_websearch = true (the scenario replays recorded search)",
+    ),
+]
+NoExpertOpt = Annotated[
+    bool,
+    typer.Option("--no-expert", help="plan choice: protected setting expert = false (skip the expert stage)"),
+]
 
 
 def _check_until(until: str | None) -> None:
@@ -210,6 +222,8 @@ def run(
     ] = False,
     seed: SeedOpt = None,
     dry_run: DryRunOpt = False,
+    mock_websearch: MockSearchOpt = False,
+    no_expert: NoExpertOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a night of cycles (or continue one with --resume)."""
@@ -230,6 +244,7 @@ def run(
         dry_run=dry_run,
         verbose=verbose,
         builtin=None,
+        overrides=_plan_choices(mock_websearch, no_expert),
     )
 
 
@@ -247,9 +262,12 @@ def demo(
     ledger: LedgerOpt = None,
     seed: SeedOpt = None,
     dry_run: DryRunOpt = False,
+    mock_websearch: MockSearchOpt = False,
+    no_expert: NoExpertOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Run a short demo night of the built-in scenario: no servers, no credentials."""
+    """Run a 3-cycle night of the reference grant pipeline on embedded defaults: SQLite,
+    Qdrant local mode, the sandbox LLM and web search in-process. No servers, no credentials."""
     _guarded(
         _run_command,
         night_id=None,
@@ -267,7 +285,30 @@ def demo(
         dry_run=dry_run,
         verbose=verbose,
         builtin=DEMO_CONFIG,
+        overrides=_plan_choices(mock_websearch, no_expert),
     )
+
+
+def _plan_choices(mock_websearch: bool, no_expert: bool) -> dict[str, Any]:
+    """CLI plan choices, recorded as protected settings of the night (never degradations:
+    they are fixed before the night starts and carried in its fingerprint)."""
+    out: dict[str, Any] = {}
+    if mock_websearch:
+        out["mock_websearch"] = True
+    if no_expert:
+        out["expert"] = False
+    return out
+
+
+def examples_dir() -> Path | None:
+    """The reference scenarios shipped with the source tree (``examples/``)."""
+    env = os.environ.get("OVERNIGHT_EXAMPLES")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2] / "examples")
+    for folder in candidates:
+        if (folder / "grant_pipeline" / "overnight.toml").is_file():
+            return folder
+    return None
 
 
 def _guarded(fn: Any, **kwargs: Any) -> None:
@@ -298,6 +339,7 @@ def _run_command(
     dry_run: bool,
     verbose: bool,
     builtin: dict[str, Any] | None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     _check_until(until)
     if max_hours is not None and max_hours <= 0:
@@ -308,6 +350,8 @@ def _run_command(
     interactive = sink.__class__.__name__ == "RichProgress"
     _setup_logging(verbose, interactive)
 
+    if resume and overrides:
+        raise UsageError("--mock-websearch / --no-expert: a resumed night keeps its original plan")
     if resume:
         fixed = {
             "--cycles": cycles,
@@ -337,15 +381,30 @@ def _run_command(
             led.close()
         return
 
-    if builtin is not None:
-        from .config import validate_config
+    from .config import validate_config
 
-        loaded = validate_config(builtin, None)
+    demo = builtin is not None
+    if demo:
+        examples = examples_dir()
+        if examples is not None:
+            loaded = load_config(examples / "grant_pipeline" / "overnight.toml")
+        else:
+            err.print(
+                "overnight: the reference grant pipeline (examples/grant_pipeline) is not in this "
+                "installation; running the built-in mini scenario instead",
+                markup=False,
+            )
+            loaded = validate_config(builtin, None)  # type: ignore[arg-type]
     else:
         loaded = load_config(config)
+    if overrides:
+        raw = dict(loaded.raw)
+        raw["settings"] = {**dict(raw.get("settings") or {}), **overrides}
+        loaded = validate_config(raw, loaded.path, loaded.key_prefix)
     rc = loaded.config.run
-    ndir = _resolve_night_dir(night_dir, loaded if builtin is None else None)
-    url = _resolve_ledger(ledger, ndir, loaded if builtin is None else None)
+    # The demo writes where the user stands (./night_tests), never into the examples folder.
+    ndir = _resolve_night_dir(night_dir, None if demo else loaded)
+    url = _resolve_ledger(ledger, ndir, None if demo else loaded)
     plan = Plan(
         scenario=loaded.config.scenario,
         cycles=cycles if cycles is not None else rc.cycles,
@@ -594,6 +653,85 @@ def _report_command(
     typer.echo(rep["verdict"])
     typer.echo(f"{folder / REPORT_MD}")
     typer.echo(f"{folder / REPORT_JSON}")
+
+
+@app.command()
+def doctor(
+    config: ConfigOpt = None,
+    night_dir: NightDirOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per probe")] = 30.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Probe every configured component once: healthy or not, latency, diagnosed fault kind.
+
+    Exit 0 when every component was probed healthy, 1 otherwise."""
+    _guarded(_doctor_command, config=config, night_dir=night_dir, timeout=timeout, as_json=as_json)
+
+
+def _doctor_command(config: Path | None, night_dir: Path | None, timeout: float, as_json: bool) -> None:
+    from .components import describe_error
+    from .engine.orchestrator import build_components
+
+    loaded = load_config(config)
+    ndir = _resolve_night_dir(night_dir, loaded)
+    components = build_components(loaded, ndir)
+
+    async def check_all() -> list[dict[str, Any]]:
+        async def one(name: str, comp: Any) -> dict[str, Any]:
+            row: dict[str, Any] = {"component": name, "type": comp.type_name, "sandbox": comp.sandbox}
+            try:
+                await asyncio.wait_for(comp.connect(), timeout)
+                row["target"] = redact(comp.target)
+                row["sandbox"] = comp.sandbox
+                if not comp.has_probe:
+                    row.update(status="unknown", detail="this component has no probe")
+                    return row
+                result = await asyncio.wait_for(comp.probe(), timeout)
+                row.update(
+                    status="healthy" if result.healthy else "unhealthy",
+                    latency_ms=round(result.latency_s * 1000, 1),
+                    fault_kind=result.fault_kind,
+                    detail=redact(result.detail),
+                )
+            except Exception as exc:  # connect failed, or the probe itself overran
+                row.update(
+                    target=redact(comp.target),
+                    status="unhealthy",
+                    fault_kind=comp.classify(exc) or ("timeout" if isinstance(exc, TimeoutError) else None),
+                    detail=describe_error(exc),
+                )
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(comp.close(), timeout)
+            return row
+
+        return list(await asyncio.gather(*(one(n, c) for n, c in components.items())))
+
+    rows = asyncio.run(check_all())
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        typer.echo("no components configured")
+    else:
+        table = Table(title="overnight doctor", title_justify="left")
+        for col in ("component", "type", "target", "status", "latency", "fault kind", "detail"):
+            table.add_column(col, overflow="fold")
+        for r in rows:
+            colour = {"healthy": "green", "unhealthy": "red"}.get(r["status"], "yellow")
+            target = (r.get("target") or "") + (" (sandbox)" if r.get("sandbox") else "")
+            latency = f"{r['latency_ms']:.1f} ms" if "latency_ms" in r else "–"
+            table.add_row(
+                r["component"],
+                r["type"],
+                target,
+                f"[{colour}]{r['status']}[/{colour}]",
+                latency,
+                r.get("fault_kind") or "–",
+                r.get("detail") or "",
+            )
+        Console(highlight=False, width=max(Console().width, 140)).print(table)
+    healthy = all(r["status"] == "healthy" for r in rows)
+    raise typer.Exit(0 if healthy else 1)
 
 
 def main() -> None:

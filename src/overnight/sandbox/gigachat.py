@@ -34,7 +34,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .server import HTTPError, Request, Response, Route, SandboxServer, _labels, client_label, iter_sse
+from .server import (
+    HTTPError,
+    Request,
+    Response,
+    Route,
+    SandboxServer,
+    accepted_secrets,
+    client_label,
+    iter_sse,
+)
 from .textgen import Completion, complete, count_tokens, embed
 
 __all__ = ["CHAT_MODELS", "EMBEDDING_MODELS", "SCOPES", "GigaChatServer"]
@@ -81,7 +90,7 @@ class GigaChatServer(SandboxServer):
         embedding_models: Mapping[str, int] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.credentials = _labels(credentials)
+        self.credentials = accepted_secrets(credentials)
         self.users = dict(users) if users is not None else None
         self.chat_models = tuple(chat_models)
         self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
@@ -137,7 +146,9 @@ class GigaChatServer(SandboxServer):
 
     def _basic(self, req: Request) -> str | None:
         scheme, _, value = (req.header("Authorization") or "").partition(" ")
-        return value.strip() or None if scheme.lower() == "basic" else None
+        if scheme.lower() != "basic":
+            return None
+        return value.strip() or None
 
     def _oauth(self, req: Request) -> Response:
         creds = self._basic(req)
@@ -186,7 +197,9 @@ class GigaChatServer(SandboxServer):
             raise HTTPError(422, "invalid_messages", "messages must be a non-empty list of objects")
         return messages
 
-    def _complete(self, body: Mapping[str, Any], messages: list[dict[str, Any]], max_tokens: Any) -> Completion:
+    def _complete(
+        self, body: Mapping[str, Any], messages: list[dict[str, Any]], max_tokens: Any
+    ) -> Completion:
         sw = self.switches
         return complete(
             messages,
@@ -210,11 +223,17 @@ class GigaChatServer(SandboxServer):
         c = self._complete(body, self._messages(body), body.get("max_tokens"))
         created = int(time.time())
         if body.get("stream"):
-            return Response(content_type="text/event-stream", stream=iter_sse(self._chunks(c, model, created)))
+            return Response(
+                content_type="text/event-stream", stream=iter_sse(self._chunks(c, model, created))
+            )
         return Response.json(
             {
                 "choices": [
-                    {"message": {"role": "assistant", "content": c.text}, "index": 0, "finish_reason": c.finish_reason}
+                    {
+                        "message": {"role": "assistant", "content": c.text},
+                        "index": 0,
+                        "finish_reason": c.finish_reason,
+                    }
                 ],
                 "created": created,
                 "model": model,

@@ -62,7 +62,9 @@ __all__ = [
     "Route",
     "SandboxServer",
     "Switches",
+    "accepted_secrets",
     "client_label",
+    "iter_sse",
 ]
 
 
@@ -325,7 +327,7 @@ def client_label(secret: str) -> str:
     return "client-" + hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
-def _labels(secrets: Mapping[str, str] | Iterable[str] | None) -> dict[str, str] | None:
+def accepted_secrets(secrets: Mapping[str, str] | Iterable[str] | None) -> dict[str, str] | None:
     """Accepted secrets -> client labels. None means: accept any non-empty secret."""
     if secrets is None:
         return None
@@ -670,14 +672,14 @@ class SandboxServer:
     def rate_limited(self, kind: str, retry_after_s: float) -> Response:
         """The 429 for an exhausted "day" or "minute" window, with ``Retry-After``."""
         code = "insufficient_quota" if kind == "day" else "rate_limit_exceeded"
-        message = (
-            "daily quota exhausted"
-            if kind == "day"
-            else f"rate limit reached, retry in {math.ceil(retry_after_s)} s"
-        )
-        resp = self.error(429, code, message)
+        resp = self.error(429, code, self.quota_message(kind, retry_after_s))
         resp.headers.update(self.retry_after_headers(retry_after_s))
         return resp
+
+    def quota_message(self, kind: str, retry_after_s: float) -> str:
+        if kind == "day":
+            return "daily quota exhausted"
+        return f"rate limit reached, try again in {math.ceil(retry_after_s)} s"
 
     def retry_after_headers(self, retry_after_s: float) -> dict[str, str]:
         # Retry-After is whole seconds (RFC 9110); round up so a client that honours it is admitted.

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_MIN_CHARS",
     "Completion",
     "Directive",
+    "Rng",
     "complete",
     "count_tokens",
     "embed",
@@ -55,6 +56,7 @@ __all__ = [
     "generate",
     "is_bugged",
     "prompt_key",
+    "topic_words",
 ]
 
 DEFAULT_MIN_CHARS = 1800
@@ -67,7 +69,7 @@ T = TypeVar("T")
 # -- deterministic randomness ----------------------------------------------------------
 
 
-class _Rng:
+class Rng:
     """A reproducible stream of numbers keyed by strings (BLAKE2b in counter mode)."""
 
     def __init__(self, *parts: object) -> None:
@@ -100,7 +102,7 @@ class _Rng:
 
 def _unit(*parts: object) -> float:
     """A number in [0, 1) fixed by its parts."""
-    return _Rng(*parts).u64() / 2**64
+    return Rng(*parts).u64() / 2**64
 
 
 # -- prompts ---------------------------------------------------------------------------
@@ -194,10 +196,15 @@ _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
 
 
-def _topics(messages: Messages, limit: int = 6) -> list[str]:
+def topic_words(
+    messages: Messages,
+    limit: int = 6,
+    fallback: Sequence[str] = ("the target communities", "long-term impact"),
+) -> list[str]:
     """Topic phrases: frequent pairs of adjacent content words, then frequent words.
 
-    Ties go to the first seen. Always at least two, so sentences can link two topics.
+    Ties go to the first seen. Padded from ``fallback`` to at least ``len(fallback)``
+    topics, so sentences can always link two of them.
     """
     lines = [ln for ln in _instruction_text(messages).splitlines() if not _SKIP_LINE.match(ln)]
     words: dict[str, int] = {}
@@ -218,8 +225,8 @@ def _topics(messages: Messages, limit: int = 6) -> list[str]:
     covered = {w for p in topics for w in p.split()}
     topics += [w for w in sorted(words, key=lambda w: -words[w]) if w not in covered]
     topics = topics[:limit]
-    for generic in ("the target communities", "long-term impact"):
-        if len(topics) < 2:
+    for generic in fallback:
+        if len(topics) < len(fallback):
             topics.append(generic)
     return topics
 
@@ -316,7 +323,7 @@ _WEAKNESSES = (
 )
 
 
-def _fill(template: str, rng: _Rng, topics: list[str], ref: str = "") -> str:
+def _fill(template: str, rng: Rng, topics: list[str], ref: str = "") -> str:
     t1 = topics[rng.below(len(topics))]
     rest = [t for t in topics if t != t1] or topics
     org = rng.choice(_ORGS)
@@ -343,7 +350,7 @@ def _fill(template: str, rng: _Rng, topics: list[str], ref: str = "") -> str:
 class _Writer:
     """Picks sentences without repeating the previous template."""
 
-    def __init__(self, rng: _Rng, topics: list[str]) -> None:
+    def __init__(self, rng: Rng, topics: list[str]) -> None:
         self.rng = rng
         self.topics = topics
         self._last = -1
@@ -429,8 +436,8 @@ def generate(
     ``json_mode`` (OpenAI ``response_format: json_object``) wraps a plain answer as
     ``{"answer": ...}`` when the prompt has no ``FORMAT:`` directive of its own.
     """
-    rng = _Rng("text", seed, prompt_key(messages))
-    w = _Writer(rng, _topics(messages))
+    rng = Rng("text", seed, prompt_key(messages))
+    w = _Writer(rng, topic_words(messages))
     d = find_directive(messages)
     if d is not None and d.kind == "json":
         keys = [k.strip() for k in d.args.get("keys", "answer").split(",") if k.strip()]
