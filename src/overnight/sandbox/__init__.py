@@ -1,1 +1,273 @@
-"""placeholder"""
+"""Sandbox services: local HTTP servers that speak the real protocols of the LLM and search
+APIs, so the real client SDKs talk to them unchanged, with runtime fault switches.
+
+They are part of the product: the demo night, dry runs and fault injection use them.
+Everything binds loopback only::
+
+    from overnight.sandbox import Sandbox
+
+    with Sandbox() as sb:
+        client = GigaChat(base_url=sb.gigachat.base_url, auth_url=sb.gigachat.auth_url,
+                          credentials=sb.gigachat_credentials[0])
+        sb.gigachat.switches.quota_per_minute = 10      # 429 with Retry-After from now on
+        sb.openai.switches.refuse_connections = True    # ECONNREFUSED until switched back
+
+Out of process, ``serve_forever()`` runs the same bundle until stopped, and another
+process flips switches over HTTP through the control server:
+``POST {control}/_sandbox/servers/gigachat/switches {"latency_s": 5}``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from .gigachat import GigaChatServer
+from .openai_api import OpenAIServer
+from .search import SearchServer
+from .server import LOOPBACK_HOSTS, ControlServer, SandboxServer, Switches
+
+__all__ = [
+    "DEFAULT_API_KEYS",
+    "DEFAULT_GIGACHAT_CREDENTIALS",
+    "DEFAULT_PORTS",
+    "DEFAULT_SEARCH_KEYS",
+    "ControlServer",
+    "GigaChatServer",
+    "OpenAIServer",
+    "Sandbox",
+    "SandboxServer",
+    "SearchServer",
+    "Switches",
+    "serve_forever",
+    "shared_sandbox",
+]
+
+
+def _basic(client_id: str, secret: str) -> str:
+    return base64.b64encode(f"{client_id}:{secret}".encode()).decode()
+
+
+# Demo secrets, not secrets: two of each so a repair can rotate to another allowed one.
+# GigaChat credentials are base64("client_id:client_secret"), the form the SDK expects.
+DEFAULT_GIGACHAT_CREDENTIALS = (
+    _basic("sandbox-client", "sandbox-secret"),
+    _basic("sandbox-client-2", "sandbox-secret-2"),
+)
+DEFAULT_API_KEYS = ("sandbox-key", "sandbox-key-2")
+DEFAULT_SEARCH_KEYS = ("sandbox-key", "sandbox-key-2")
+# Fixed ports for an out-of-process sandbox (``serve_forever``); in-process bundles use 0.
+DEFAULT_PORTS = {"control": 8790, "gigachat": 8791, "openai": 8792, "search": 8793}
+
+SERVER_NAMES = ("gigachat", "openai", "search")
+
+
+def _labelled(secrets: Sequence[str], prefix: str) -> dict[str, str]:
+    # Readable quota clients in stats ("gigachat-1"), never the secret itself.
+    return {s: f"{prefix}-{i}" for i, s in enumerate(secrets, 1)}
+
+
+class Sandbox:
+    """The three API servers (and a control server) started and stopped together.
+
+    ``ports`` maps ``gigachat`` / ``openai`` / ``search`` / ``control`` to a port (0 or
+    absent: a free one). ``control=False`` leaves the control server out.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        ports: Mapping[str, int] | None = None,
+        *,
+        seed: int = 0,
+        gigachat_credentials: Sequence[str] = DEFAULT_GIGACHAT_CREDENTIALS,
+        api_keys: Sequence[str] = DEFAULT_API_KEYS,
+        search_keys: Sequence[str] = DEFAULT_SEARCH_KEYS,
+        control: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if host not in LOOPBACK_HOSTS:
+            raise ValueError(f"the sandbox binds loopback only ({' or '.join(LOOPBACK_HOSTS)}), not {host!r}")
+        ports = dict(ports or {})
+        unknown = set(ports) - {*SERVER_NAMES, "control"}
+        if unknown:
+            raise ValueError(
+                f"unknown sandbox server(s) {sorted(unknown)} (known: {', '.join(SERVER_NAMES)}, control)"
+            )
+        common: dict[str, Any] = {"host": host, "seed": seed, "clock": clock}
+        self.gigachat_credentials = tuple(gigachat_credentials)
+        self.api_keys = tuple(api_keys)
+        self.search_keys = tuple(search_keys)
+        self.gigachat = GigaChatServer(
+            credentials=_labelled(self.gigachat_credentials, "gigachat"),
+            port=ports.get("gigachat", 0),
+            **common,
+        )
+        self.openai = OpenAIServer(
+            api_keys=_labelled(self.api_keys, "openai"), port=ports.get("openai", 0), **common
+        )
+        self.search = SearchServer(
+            api_keys=_labelled(self.search_keys, "search"), port=ports.get("search", 0), **common
+        )
+        self.servers: dict[str, SandboxServer] = {
+            "gigachat": self.gigachat,
+            "openai": self.openai,
+            "search": self.search,
+        }
+        self.control = (
+            ControlServer(self.servers, host=host, port=ports.get("control", 0)) if control else None
+        )
+
+    def start(self) -> Self:
+        try:
+            for server in self._all():
+                server.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for server in self._all():
+            server.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _all(self) -> list[SandboxServer]:
+        return [*([self.control] if self.control else []), *self.servers.values()]
+
+    @property
+    def switches(self) -> dict[str, Switches]:
+        return {name: s.switches for name, s in self.servers.items()}
+
+    @property
+    def urls(self) -> dict[str, str]:
+        urls = {
+            "gigachat": self.gigachat_url,
+            "gigachat_auth": self.gigachat_auth_url,
+            "openai": self.openai_url,
+            "search": self.search_url,
+        }
+        if self.control is not None:
+            urls["control"] = f"{self.control.url}/_sandbox/servers"
+        return urls
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        return {name: s.stats() for name, s in self.servers.items()}
+
+    # What a client needs, one value each (the first accepted credentials / key).
+
+    @property
+    def gigachat_url(self) -> str:
+        return self.gigachat.base_url
+
+    @property
+    def gigachat_auth_url(self) -> str:
+        return self.gigachat.auth_url
+
+    @property
+    def openai_url(self) -> str:
+        return self.openai.base_url
+
+    @property
+    def search_url(self) -> str:
+        return f"{self.search.url}/search"
+
+    @property
+    def credentials(self) -> str:
+        return self.gigachat_credentials[0]
+
+    @property
+    def api_key(self) -> str:
+        return self.api_keys[0]
+
+    @property
+    def search_key(self) -> str:
+        return self.search_keys[0]
+
+    def env(self) -> dict[str, str]:
+        """Environment variables that point the official clients at this sandbox."""
+        return {
+            "GIGACHAT_BASE_URL": self.gigachat_url,
+            "GIGACHAT_AUTH_URL": self.gigachat_auth_url,
+            "GIGACHAT_CREDENTIALS": self.credentials,
+            "GIGACHAT_SCOPE": "GIGACHAT_API_PERS",
+            "GIGACHAT_VERIFY_SSL_CERTS": "false",
+            "OPENAI_BASE_URL": self.openai_url,
+            "OPENAI_API_KEY": self.api_key,
+            "SEARCH_URL": self.search_url,
+            "SEARCH_API_KEY": self.search_key,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """URLs, accepted demo credentials and keys, and the matching environment."""
+        return {
+            "urls": self.urls,
+            "gigachat_credentials": list(self.gigachat_credentials),
+            "api_keys": list(self.api_keys),
+            "search_keys": list(self.search_keys),
+            "env": self.env(),
+        }
+
+
+_shared: Sandbox | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_sandbox() -> Sandbox:
+    """The process-wide sandbox: started on first use (free loopback ports, demo keys) and
+    stopped at interpreter exit. Components with ``sandbox = true`` all talk to this one,
+    so a fault driver in the same process switches what they see.
+    """
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            box = Sandbox().start()
+            atexit.register(box.stop)
+            _shared = box
+        return _shared
+
+
+def serve_forever(
+    host: str = "127.0.0.1",
+    ports: Mapping[str, int] | None = None,
+    *,
+    seed: int = 0,
+    on_ready: Callable[[Sandbox], None] | None = None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Run a ``Sandbox`` until ``stop`` is set, SIGINT or SIGTERM; then stop it cleanly.
+
+    ``ports`` defaults to ``DEFAULT_PORTS`` (pass zeros for free ports). ``on_ready`` gets
+    the started sandbox, e.g. to print ``describe()``. Signal handlers are installed only
+    when called from the main thread, and restored on return.
+    """
+    stop = stop or threading.Event()
+    sandbox = Sandbox(host, DEFAULT_PORTS if ports is None else ports, seed=seed)
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    try:
+        with sandbox:
+            if on_ready is not None:
+                on_ready(sandbox)
+            while not stop.wait(1.0):
+                pass
+    finally:
+        for sig, handler in previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(sig, handler)

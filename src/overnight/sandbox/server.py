@@ -575,6 +575,7 @@ class SandboxServer:
         self._started = False
         self._generation = 0  # bumped whenever the listener goes away: held requests drop
         self._local = threading.local()  # the admin connection to spare while refusing
+        self._in_flight = 0
         self._routes = self.routes()
         self.switches.add_listener(self._on_switches)
 
@@ -584,8 +585,8 @@ class SandboxServer:
         with self._state:
             if self._started:
                 return self
-            self._started = True
             self._bind()
+            self._started = True
             if self.switches.refuse_connections:
                 self._unbind()
         return self
@@ -641,6 +642,8 @@ class SandboxServer:
             self._generation += 1
             self._cv.notify_all()
         listener.cut_connections(keep)
+        with self._cv:  # held and delayed requests were released: let them finish their record
+            self._cv.wait_for(lambda: self._in_flight == 0, timeout=2.0)
         if thread is not None:
             thread.join(timeout=5)
 
@@ -694,11 +697,17 @@ class SandboxServer:
         route, params = self._match(req)
         endpoint = f"{req.method} {route.template if route else req.path}"
         resp: Response | None = None
+        with self._cv:
+            self._in_flight += 1
+            self._cv.notify_all()
         try:
             resp = self._gate(req, route, params, generation)
             return resp
         finally:
             self._stats.record(endpoint, resp.status if resp else None, req.client, started)
+            with self._cv:
+                self._in_flight -= 1
+                self._cv.notify_all()
 
     def _match(self, req: Request) -> tuple[Route | None, dict[str, str]]:
         for route in self._routes:
@@ -758,6 +767,16 @@ class SandboxServer:
                 self._cv.wait(timeout=left)
         return False
 
+    @property
+    def in_flight(self) -> int:
+        """Requests inside the gate right now (held by a black hole, delayed, being served)."""
+        return self._in_flight
+
+    def wait_in_flight(self, n: int, timeout: float) -> bool:
+        """Wait until at least ``n`` requests are in flight (for tests and fault drivers)."""
+        with self._cv:
+            return self._cv.wait_for(lambda: self._in_flight >= n, timeout=timeout)
+
     # quota, stats, admin
 
     def reset_quota(self) -> None:
@@ -786,6 +805,8 @@ class SandboxServer:
             self._local.keep = keep
             try:
                 self.switches.update(**values)
+            except OSError as exc:  # the port could not be bound again
+                return Response.json({"error": f"cannot listen on port {self._port}: {exc}"}, 500)
             finally:
                 self._local.keep = None
             resp = Response.json(self.switches.snapshot())

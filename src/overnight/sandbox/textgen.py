@@ -24,7 +24,13 @@ message; when there are several, the last one wins):
     gets the same bug.
 
 anything else
-    One plain paragraph of 3-5 sentences about the prompt's topic words.
+    One plain paragraph of 3-5 sentences about the prompt's topic words (wrapped as
+    ``{"answer": ...}`` when an OpenAI request asks for ``response_format`` JSON).
+
+The seed is the request's ``seed`` field when it has one (OpenAI; GigaChat via
+``additional_fields``), else the server's ``seed``; the model name does not matter, so
+rotating models changes no answer. ``max_tokens`` cuts the answer at a word boundary and
+reports ``finish_reason: "length"``.
 
 "The prompt" is every message as ``role`` + content; the topic words are the most
 frequent content words of the system and user messages, directive and CITE lines left
@@ -146,15 +152,12 @@ _CITE = re.compile(r"^[ \t]*CITE:(?P<rest>[^\n]*(?:\n[ \t]*\[\d+\][^\n]*)*)", re
 _SKIP_LINE = re.compile(r"^[ \t]*(?:FORMAT:|CITE:|\[\d+\])")
 
 
+@dataclass(frozen=True)
 class Directive:
     """A parsed ``FORMAT:`` line: its kind (json, score, section) and its arguments."""
 
-    def __init__(self, kind: str, args: dict[str, str]) -> None:
-        self.kind = kind
-        self.args = args
-
-    def __repr__(self) -> str:
-        return f"Directive({self.kind!r}, {self.args!r})"
+    kind: str
+    args: dict[str, str]
 
 
 def find_directive(messages: Messages) -> Directive | None:
@@ -190,7 +193,7 @@ _STOPWORD_TEXT = """
     following based section sections short long each paragraph paragraphs sentence sentences
     describe explain list include includes including keys format json score title chars
     assess audit evaluate review summarise summarize analyse analyze check generate create
-    draft prepare application applications applicant
+    draft prepare application applications applicant project projects focus priority second
 """
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
