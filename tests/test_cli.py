@@ -361,3 +361,44 @@ def test_plan_choices_become_protected_settings(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     settings = json.loads(next((proj / "night_tests").glob("*/cycles/001/s.json")).read_text())
     assert settings == {"expert": False, "mock_websearch": True}
+
+
+def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:
+    import httpx
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overnight", "sandbox", "--base-port", "0"],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        urls: dict[str, str] = {}
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("environment"):
+                break
+            parts = line.split()
+            if len(parts) == 2 and parts[1].startswith("http://127.0.0.1:"):
+                urls[parts[0]] = parts[1]
+        assert set(urls) >= {"gigachat", "openai", "search", "control"}
+        search = urls["search"].rsplit("/", 1)[0]
+        answer = httpx.get(
+            f"{urls['search']}",
+            params={"q": "grant budget", "limit": 2},
+            headers={"X-API-Key": "sandbox-key"},
+            timeout=10,
+        )
+        assert answer.status_code == 200 and len(answer.json()["results"]) == 2
+        assert httpx.get(f"{search}/_sandbox/health", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_sandbox_refuses_non_loopback(tmp_path: Path) -> None:
+    line = _one_line_error(run_cli(["sandbox", "--host", "0.0.0.0"], cwd=tmp_path))
+    assert "loopback only" in line
