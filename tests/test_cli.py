@@ -253,7 +253,8 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
     report = json.loads(next((tmp_path / "night_tests").glob("*/report.json")).read_text())
     assert report["totals"]["passed"] == 3
     app = next((tmp_path / "night_tests").glob("*/cycles/001/application.md")).read_text()
-    assert app.startswith("# Application:") and app.count("## ") >= 8
+    assert app.startswith("# ") and app.count("\n## ") >= 8 and len(app) >= 15000
+    assert "sandbox" in next((tmp_path / "night_tests").glob("*/MORNING_REPORT.md")).read_text()
 
 
 def test_console_script_entry_point_matches_module() -> None:
@@ -402,3 +403,46 @@ def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:
 def test_sandbox_refuses_non_loopback(tmp_path: Path) -> None:
     line = _one_line_error(run_cli(["sandbox", "--host", "0.0.0.0"], cwd=tmp_path))
     assert "loopback only" in line
+
+
+def test_resume_with_a_literal_secret_in_the_config(tmp_path: Path) -> None:
+    """The ledger stores the config with literal secrets masked; resume reads them back
+    from the unchanged config file (and refuses if the file changed)."""
+    code = (
+        "import asyncio, os\nfrom pathlib import Path\n\n"
+        "async def cycle(ctx):\n"
+        "    assert ctx.components['api'].key == 'literal-sekrit-123'\n"
+        "    if ctx.cycle == 2 and ctx.attempt == 1:\n"
+        "        Path(os.environ['OVN_MARKER']).write_text('x')\n"
+        "        await asyncio.sleep(3600)\n"
+    )
+    proj = make_project(
+        tmp_path / "proj", code, '[components.api]\ntype = "apicomp:Api"\napi_key = "literal-sekrit-123"\n'
+    )
+    (proj / "apicomp.py").write_text(
+        "import overnight\nfrom overnight.redaction import register_secret\n"
+        "class Api(overnight.Component):\n"
+        "    def __init__(self, spec):\n"
+        "        super().__init__(spec)\n"
+        "        self.key = spec.options['api_key']\n"
+        "        register_secret(self.key)\n"
+    )
+    marker = tmp_path / "marker"
+    env = {**os.environ, "OVN_MARKER": str(marker)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overnight", "run", "--cycles", "3"],
+        cwd=proj,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_for(marker, proc)  # type: ignore[arg-type]
+    proc.kill()
+    proc.wait(timeout=30)
+    db = (proj / "night_tests" / "overnight.db").read_bytes()
+    assert b"literal-sekrit-123" not in db
+    res = run_cli(["run", "--resume"], cwd=proj, env={"OVN_MARKER": str(tmp_path / "unused")})
+    assert res.returncode == 0, res.stderr
+    report = json.loads(next((proj / "night_tests").glob("*/report.json")).read_text())
+    assert report["totals"]["passed"] == 3 and report["status"] == "completed"

@@ -129,6 +129,14 @@ def find_config(start: Path | None = None) -> Path | None:
     return None
 
 
+def load_raw(path: Path) -> dict[str, Any]:
+    """The config table as written (no interpolation, no validation)."""
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    if Path(path).name == "pyproject.toml":
+        return dict(data.get("tool", {}).get("overnight", {}))
+    return data
+
+
 def load_config(path: Path | None = None) -> LoadedConfig:
     """Read, interpolate and validate a config file. Raises ConfigError (one line)."""
     if path is None:

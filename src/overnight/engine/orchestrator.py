@@ -549,16 +549,19 @@ class Orchestrator:
 
     async def _connect_components(self) -> None:
         recorder = LedgerRecorder(self.ledger, self.night_id, self.clock)
-        for name, comp in self.components.items():
+        for comp in self.components.values():
             comp.bind(recorder)
-            await self._event("component_declared", comp.type_name, comp.describe(), component=name)
 
         async def one(name: str, comp: Component) -> None:
             try:
                 await asyncio.wait_for(comp.connect(), _CONNECT_TIMEOUT_S)
+                # Declared after connecting: only then is the target known (a sandbox
+                # component learns its URL on connect).
+                await self._event("component_declared", comp.type_name, comp.describe(), component=name)
                 await self._event("component_connected", None, component=name)
             except Exception as exc:
                 # Not fatal: cycles that use it will fail as infra errors, and say so.
+                await self._event("component_declared", comp.type_name, comp.describe(), component=name)
                 await self._event("component_connect_failed", f"{type(exc).__name__}: {exc}", component=name)
                 log.warning("component %s failed to connect: %s", name, redact(str(exc)))
 

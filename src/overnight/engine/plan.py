@@ -7,6 +7,7 @@ today, so "the same night" means the same scenario, seed, cycles and settings.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import LoadedConfig, validate_config
+from ..errors import ConfigError
+from ..redaction import MASK
 
 DRY_RUN_CYCLES = 3
 
@@ -46,13 +49,53 @@ class Plan:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def load_config(self) -> LoadedConfig:
-        """Re-validate the stored config (re-reading ${VAR}s from today's environment)."""
+        """Re-validate the stored config (re-reading ${VAR}s from today's environment).
+
+        The ledger keeps the config with literal secrets masked. If this plan has masked
+        values, the secrets are read back from the config file, but only if the file is
+        still the same config apart from them; otherwise resuming would run a different
+        night, or send "***" as a password.
+        """
         path = Path(self.config_path) if self.config_path else None
-        return validate_config(self.config_raw, path, self.key_prefix)
+        raw = self.config_raw
+        if MASK in json.dumps(raw):
+            raw = self._unmasked_from_file(path)
+        return validate_config(raw, path, self.key_prefix)
+
+    def _unmasked_from_file(self, path: Path | None) -> dict[str, Any]:
+        from ..config import load_raw
+
+        hint = "keep secrets in ${VAR} references so a night can be resumed from the ledger alone"
+        if path is None or not path.is_file():
+            raise ConfigError(f"the night's config had literal secrets and {path} is gone; {hint}")
+        current = load_raw(path)
+        if not _same_but_masked(self.config_raw, current):
+            raise ConfigError(f"{path}: changed since the night started (it holds literal secrets); {hint}")
+        return current
 
     @property
     def cycles_to_run(self) -> int:
         return min(self.cycles, DRY_RUN_CYCLES) if self.dry_run else self.cycles
+
+
+def _same_but_masked(stored: Any, current: Any) -> bool:
+    """Equal, except where ``stored`` has a masked secret (which matches anything)."""
+    if isinstance(stored, dict):
+        return (
+            isinstance(current, dict)
+            and stored.keys() == current.keys()
+            and all(_same_but_masked(stored[k], current[k]) for k in stored)
+        )
+    if isinstance(stored, list):
+        return (
+            isinstance(current, list)
+            and len(stored) == len(current)
+            and all(_same_but_masked(a, b) for a, b in zip(stored, current, strict=True))
+        )
+    if isinstance(stored, str) and MASK in stored and isinstance(current, str):
+        pattern = ".+?".join(re.escape(part) for part in stored.split(MASK))
+        return re.fullmatch(pattern, current, flags=re.DOTALL) is not None
+    return stored == current
 
 
 def new_seed() -> int:
