@@ -301,3 +301,24 @@ async def test_websearch_wrong_key_and_replay(box: Sandbox, tmp_path: Path) -> N
         await replay.close()
     with pytest.raises(ConfigError, match="endpoint: required"):
         WebSearchComponent(ComponentSpec("search", {}, tmp_path))
+
+
+async def test_vectorstore_embeds_through_the_llm_embeddings_api(box: Sandbox, tmp_path: Path) -> None:
+    from overnight.components.vectorstore import VectorStoreComponent
+
+    llm, rec = _gigachat(box, tmp_path)
+    vs = VectorStoreComponent(ComponentSpec("vectors", {"embedder": "component:llm"}, tmp_path))
+    vs.peers = {"llm": llm, "vectors": vs}
+    await llm.connect()
+    await vs.connect()
+    try:
+        await vs.handle.ensure_collection("docs")
+        await vs.handle.upsert("docs", [{"id": "a", "text": "budget rules"}, {"id": "b", "text": "impact"}])
+        hits = await vs.handle.search("docs", "budget rules", limit=1)
+        assert hits[0].id == "a"
+        assert any(u["data"]["op"] == "embed" for u in rec.of("usage"))
+        stats = box.stats()["gigachat"]
+        assert any("embeddings" in key for key in stats["by_endpoint"])
+    finally:
+        await vs.close()
+        await llm.close()
