@@ -465,4 +465,4 @@ async def test_failing_setup_aborts_the_night_before_any_cycle(tmp_path: Path) -
     assert outcome.status == "aborted"
     assert "setup failed: InfraError: vectors: unavailable: storage is locked" in outcome.reason
     assert report["cycles_run"] == 0 and report["exit_code"] == 1
-    assert report["verdict"].startswith("NO RESULT")
+    assert report["verdict"].startswith("ABORTED: setup failed")

@@ -60,6 +60,39 @@ class RunConfig(BaseModel):
         return value
 
 
+class AgentConfig(BaseModel):
+    """The repair agent's defaults; each component may override the probe and repair keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="run the repair agent beside the cycles")
+    probe_period: float = Field(10.0, gt=0, le=3600, description="seconds between periodic probes")
+    probe_timeout: float = Field(5.0, gt=0, le=600, description="seconds before a probe counts as failed")
+    failure_threshold: int = Field(1, ge=1, le=100, description="failed probes before unhealthy")
+    success_threshold: int = Field(1, ge=1, le=100, description="healthy probes to verify a repair")
+    startup_grace: float = Field(0.0, ge=0, le=3600, description="seconds before the first probe")
+    cooldown: float = Field(1.0, ge=0, le=3600, description="seconds between repair attempts (then backoff)")
+    max_backoff: float = Field(60.0, gt=0, le=3600, description="cap of the backoff between attempts")
+    max_repairs_per_hour: int = Field(
+        20, ge=1, le=10_000, description="repair attempts per component per hour"
+    )
+    flap_threshold: int = Field(6, ge=2, le=1000, description="incidents in flap_window that mean flapping")
+    flap_window: float = Field(600.0, gt=0, description="seconds over which flapping is counted")
+    repair_timeout: float = Field(120.0, gt=0, description="seconds a single repair action may take")
+    escalation: str = Field("pause", description="when repairs fail: 'pause' (hold cycles) or 'abort'")
+    notify_command: str | None = Field(
+        None, description="shell command run on escalation (event JSON on stdin)"
+    )
+    notify_webhook: str | None = Field(None, description="URL that gets a JSON POST on escalation")
+
+    @field_validator("escalation")
+    @classmethod
+    def _check_escalation(cls, value: str) -> str:
+        if value not in ("pause", "abort"):
+            raise ValueError("expected 'pause' or 'abort'")
+        return value
+
+
 class ComponentConfig(BaseModel):
     """A dependency the scenario uses. Keys beyond these belong to the component type."""
 
@@ -81,6 +114,7 @@ class Config(BaseModel):
         default_factory=dict, description="protected settings, frozen for the whole night"
     )
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
 
     @field_validator("scenario", "setup")
     @classmethod

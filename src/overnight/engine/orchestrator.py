@@ -139,6 +139,11 @@ class Orchestrator:
         self.fingerprint = self.settings.fingerprint
         self.night_dir = Path(plan.night_dir)
         self.components = build_components(self.loaded, self.night_dir)
+        if self.loaded.config.agent.enabled:
+            from ..agent import MonitorSettings
+
+            for comp in self.components.values():  # bad probe/repair settings: exit 2, now
+                MonitorSettings.for_component(comp, self.loaded.config.agent)
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
@@ -154,6 +159,8 @@ class Orchestrator:
         self.deadline: float | None = None
         self.fatal: BaseException | None = None
         self.setup_error: str | None = None
+        self.abort_reason: str | None = None
+        self.agent: Any = None
 
     # -- the night --------------------------------------------------------------------
 
@@ -171,6 +178,7 @@ class Orchestrator:
         try:
             await self._open_night()
             await self._connect_components()
+            self._start_agent()
             if not await self._run_setup():
                 return await self._close_night()
             self._install_signals(loop)
@@ -192,8 +200,10 @@ class Orchestrator:
                     deadline_handle.cancel()
                 self._remove_signals(loop)
                 self.progress.close()
+            await self._stop_agent()
             return await self._close_night()
         finally:
+            await self._stop_agent()
             await self._close_components()
             self._detach_log()
 
@@ -271,7 +281,7 @@ class Orchestrator:
     async def _close_night(self) -> NightOutcome:
         now = self.clock()
         remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self._done_cycles))
-        if self.fatal is not None or self.setup_error is not None:
+        if self.fatal is not None or self.setup_error is not None or self.abort_reason is not None:
             status = "aborted"
         elif self._interrupted:
             status = "interrupted"
@@ -330,7 +340,7 @@ class Orchestrator:
             if self._interrupted:
                 return
             attempt = last_no = last_no + 1
-            verdict, result, error = await self._run_attempt(cycle, attempt, cycle_input)
+            verdict, result, error, meta = await self._run_attempt(cycle, attempt, cycle_input)
             if verdict is Verdict.INTERRUPTED:
                 await self.ledger.write(ops.attempt_finished, self.night_id, cycle, attempt, result, False)
                 self.progress.attempt_finished(
@@ -346,7 +356,7 @@ class Orchestrator:
                 attempt,
                 result,
                 final,
-                {"protected_fingerprint": self.fingerprint},
+                {"protected_fingerprint": self.fingerprint, **meta},
             )
             log.info(
                 "cycle %d attempt %d: %s in %.3fs%s%s",
@@ -365,8 +375,11 @@ class Orchestrator:
 
     async def _run_attempt(
         self, cycle: int, attempt: int, cycle_input: CycleInput
-    ) -> tuple[Verdict, dict[str, Any], str | None]:
+    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any]]:
         started = self.clock()
+        # The knob values this attempt ran with, and whether any fallback touched it.
+        knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
+        fallbacks = set(self.agent.active_fallbacks()) if self.agent is not None else set()
         await self.ledger.write(ops.attempt_started, self.night_id, cycle, attempt, self._session, started)
         ctx = CycleContext(
             night_id=self.night_id,
@@ -390,6 +403,9 @@ class Orchestrator:
             self._running.pop(cycle, None)
             ctx._closed = True
         duration = time.perf_counter() - t0
+        if self.agent is not None:
+            fallbacks |= set(self.agent.active_fallbacks())
+        meta: dict[str, Any] = {"knobs": knobs, "fallback": bool(fallbacks)}
         exc: BaseException | None
         if task.cancelled():
             verdict, exc = Verdict.INTERRUPTED, None
@@ -416,7 +432,7 @@ class Orchestrator:
             )
             if isinstance(exc, InfraError):
                 result.update(fault_component=exc.component, fault_kind=exc.kind)
-        return verdict, result, message
+        return verdict, result, message, meta
 
     async def _call_scenario(self, ctx: CycleContext) -> None:
         # Component handles read this to attribute usage and faults to cycle and step;
@@ -470,6 +486,13 @@ class Orchestrator:
             self._stop_reason = reason
             log.info("no new cycles will start: %s", reason)
 
+    def abort(self, reason: str) -> None:
+        """End the night now with a clear reason (the agent's ``abort`` escalation)."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+            log.error("night aborted: %s", reason)
+            self.interrupt(reason)
+
     def interrupt(self, reason: str, signum: int | None = None) -> None:
         """Stop starting cycles and cancel the running ones (Ctrl-C, SIGTERM)."""
         if self._interrupted:
@@ -514,6 +537,29 @@ class Orchestrator:
             "(send it again to quit at once; 'overnight run --resume' continues this night)"
         )
         self.interrupt(f"{name} received", signum)
+
+    def _start_agent(self) -> None:
+        cfg = self.loaded.config.agent
+        if not cfg.enabled or not self.components:
+            return
+        from ..agent import RepairAgent
+
+        self.agent = RepairAgent(
+            self.components,
+            self.ledger,
+            self.night_id,
+            self.night_dir,
+            self.gate,
+            cfg,
+            on_abort=self.abort,
+            clock=self.clock,
+        )
+        self.agent.start()
+
+    async def _stop_agent(self) -> None:
+        agent, self.agent = self.agent, None
+        if agent is not None:
+            await agent.stop()
 
     async def _run_setup(self) -> bool:
         """Run the config's ``setup`` hook once for this session. False if it failed."""

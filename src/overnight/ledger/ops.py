@@ -304,3 +304,117 @@ def finish_night(
 
 def set_deadline(conn: Connection, night_id: str, deadline: float | None) -> None:
     conn.execute(update(s.nights).where(s.nights.c.id == night_id).values(deadline=deadline))
+
+
+# -- the repair agent (schema v2) ------------------------------------------------------
+
+
+def record_probe(
+    conn: Connection,
+    night_id: str,
+    component: str,
+    ts: float,
+    healthy: bool,
+    latency_s: float,
+    fault_kind: str | None,
+    detail: str | None,
+    trigger: str,
+) -> None:
+    conn.execute(
+        s.probes.insert().values(
+            night_id=night_id,
+            component=component,
+            ts=ts,
+            healthy=healthy,
+            latency_s=latency_s,
+            fault_kind=fault_kind,
+            detail=redact(detail),
+            trigger=trigger,
+        )
+    )
+
+
+def open_incident(
+    conn: Connection,
+    night_id: str,
+    component: str,
+    fault_kind: str,
+    trigger: str,
+    detected_at: float,
+    detail: str | None,
+) -> int:
+    result = conn.execute(
+        s.incidents.insert().values(
+            night_id=night_id,
+            component=component,
+            fault_kind=fault_kind,
+            trigger=trigger,
+            detected_at=detected_at,
+            state="open",
+            detail=redact(detail),
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def update_incident(conn: Connection, incident_id: int, **values: Any) -> None:
+    if "detail" in values:
+        values["detail"] = redact(values["detail"])
+    if "degradation_avoided" in values and not isinstance(values["degradation_avoided"], str | None):
+        values["degradation_avoided"] = _json(values["degradation_avoided"])
+    conn.execute(update(s.incidents).where(s.incidents.c.id == incident_id).values(**values))
+
+
+def start_repair(
+    conn: Connection, night_id: str, incident_id: int, component: str, strategy: str, started_at: float
+) -> int:
+    result = conn.execute(
+        s.repairs.insert().values(
+            night_id=night_id,
+            incident_id=incident_id,
+            component=component,
+            strategy=strategy,
+            started_at=started_at,
+            verified=False,
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def finish_repair(
+    conn: Connection,
+    repair_id: int,
+    duration_s: float,
+    result: str,
+    knobs_changed: dict[str, Any] | None,
+    detail: str | None,
+) -> None:
+    conn.execute(
+        update(s.repairs)
+        .where(s.repairs.c.id == repair_id)
+        .values(
+            duration_s=duration_s,
+            result=result,
+            knobs_changed=_json(knobs_changed) if knobs_changed else None,
+            detail=redact(detail),
+        )
+    )
+
+
+def verify_repair(conn: Connection, repair_id: int) -> None:
+    conn.execute(update(s.repairs).where(s.repairs.c.id == repair_id).values(verified=True))
+
+
+def start_fallback(
+    conn: Connection, night_id: str, component: str, incident_id: int | None, kind: str, started_at: float
+) -> int:
+    result = conn.execute(
+        s.fallbacks.insert().values(
+            night_id=night_id, component=component, incident_id=incident_id, kind=kind, started_at=started_at
+        )
+    )
+    return int(result.inserted_primary_key[0])
+
+
+def end_fallback(conn: Connection, fallback_id: int, ended_at: float) -> None:
+    conn.execute(update(s.fallbacks).where(s.fallbacks.c.id == fallback_id).values(ended_at=ended_at))

@@ -20,7 +20,7 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -155,8 +155,82 @@ events = Table(
     Column("data", Text),
 )
 
+# -- version 2: the repair agent ---------------------------------------------------------
+
+probes = Table(
+    "probes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("night_id", String(64), nullable=False),
+    Column("component", String(128), nullable=False),
+    Column("ts", Float, nullable=False),
+    Column("healthy", Boolean, nullable=False),
+    Column("latency_s", Float, nullable=False),
+    Column("fault_kind", String(32)),
+    Column("detail", Text),
+    # periodic | signal (a cycle hit a fault) | verify (after a repair)
+    Column("trigger", String(16), nullable=False),
+)
+
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("night_id", String(64), nullable=False),
+    Column("component", String(128), nullable=False),
+    Column("fault_kind", String(32), nullable=False),  # the diagnosis
+    Column("trigger", String(16), nullable=False),  # signal | probe
+    Column("detected_at", Float, nullable=False),
+    Column("diagnosed_at", Float),
+    Column("verified_at", Float),  # set only when a probe said healthy again
+    # open | repaired (verified after repairs) | transient (verified, no repair needed)
+    # | fallback | escalated
+    Column("state", String(16), nullable=False),
+    Column("detail", Text),
+    Column("escalation", Text),
+    # The degrading shortcut that was available and not taken (JSON), when one existed.
+    Column("degradation_avoided", Text),
+)
+
+repairs = Table(
+    "repairs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("night_id", String(64), nullable=False),
+    Column("incident_id", Integer, nullable=False),
+    Column("component", String(128), nullable=False),
+    Column("strategy", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("duration_s", Float),
+    # ok (the action ran) | failed | refused (by the guard) | skipped (bounds)
+    Column("result", String(16)),
+    Column("verified", Boolean, nullable=False, default=False),
+    Column("knobs_changed", Text),  # JSON {knob: [from, to]}
+    Column("detail", Text),
+)
+
+fallbacks = Table(
+    "fallbacks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("night_id", String(64), nullable=False),
+    Column("component", String(128), nullable=False),
+    Column("incident_id", Integer),
+    Column("kind", String(64), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float),
+)
+
 Index("ix_events_night_ts", events.c.night_id, events.c.ts)
+Index("ix_probes_night_comp", probes.c.night_id, probes.c.component, probes.c.ts)
+Index("ix_incidents_night", incidents.c.night_id)
 Index("ix_nights_started", nights.c.started_at)
 
+
+def _v2(conn: object) -> None:
+    """v1 → v2 only adds tables (probes, incidents, repairs, fallbacks), which
+    ``create_all`` has already made; nothing to move."""
+
+
 # version -> callable(connection) that upgrades from version-1 to version.
-MIGRATIONS: dict[int, object] = {}
+MIGRATIONS: dict[int, object] = {2: _v2}

@@ -244,6 +244,8 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
         )
     if fp["match"] is False:
         return "FAILED: protected settings changed during the night", 1
+    if report["status"] == "aborted":
+        return f"ABORTED: {report['end_reason']} ({_n(run, 'cycle')} finished)", 1
     bad = {k: v for k, v in t.items() if k != "passed" and v}
     not_run = report["cycles_not_run"]
     reason = report["end_reason"] or report["status"]

@@ -1,0 +1,43 @@
+"""The repair agent: monitoring, incidents, bounded repairs, fallbacks, the guard."""
+
+from .agent import ComponentMonitor, MonitorSettings, RepairAgent
+from .guard import Guard
+from .playbooks import DEGRADING_SHORTCUTS, playbook_for, register_playbook
+from .strategies import (
+    BUILTIN_STRATEGIES,
+    FreeOwnSpace,
+    RaiseTimeout,
+    RebuildPool,
+    Reconnect,
+    RefreshToken,
+    RepairContext,
+    RepairFailed,
+    RestartCommand,
+    RotateKey,
+    Strategy,
+    SwitchModel,
+    WaitRetryAfter,
+)
+
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "DEGRADING_SHORTCUTS",
+    "ComponentMonitor",
+    "FreeOwnSpace",
+    "Guard",
+    "MonitorSettings",
+    "RaiseTimeout",
+    "RebuildPool",
+    "Reconnect",
+    "RefreshToken",
+    "RepairAgent",
+    "RepairContext",
+    "RepairFailed",
+    "RestartCommand",
+    "RotateKey",
+    "Strategy",
+    "SwitchModel",
+    "WaitRetryAfter",
+    "playbook_for",
+    "register_playbook",
+]

@@ -1,0 +1,634 @@
+"""The repair agent: watches every component beside the cycles and restores what breaks.
+
+One monitor task per component runs the Kubernetes probe model (period, timeout, failure
+and success thresholds, startup grace) and is woken at once when a cycle's call fails
+(the component's classifier signals it), so a fault a cycle hits is detected in
+milliseconds, not at the next period. An incident is opened on detection, diagnosed by a
+probe, repaired by the component's playbook within bounds (cooldown, backoff with
+jitter, a cap per hour, flapping detection), and closed only when a probe says healthy
+again. While a critical component is unhealthy the orchestrator's gate is closed. When
+repairs fail: the declared fallback, else escalation (pause or abort, and notify).
+
+The agent itself is supervised: a crash inside a monitor is recorded and the monitor
+restarts with backoff; the night goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..components import Component, KnobRefused, ProbeResult, describe_error
+from ..config import AgentConfig
+from ..errors import ConfigError, ProtectedSettingError
+from ..ledger import Ledger, ops
+from ..redaction import redact
+from .guard import Guard
+from .playbooks import DEGRADING_SHORTCUTS, parse_repairs, playbook_for
+from .strategies import RepairContext, RepairFailed, Strategy
+
+log = logging.getLogger("overnight.agent")
+
+STATES = ("healthy", "suspect", "unhealthy", "repairing", "fallback", "failed")
+_SETTING_KEYS = (
+    "probe_period",
+    "probe_timeout",
+    "failure_threshold",
+    "success_threshold",
+    "startup_grace",
+    "cooldown",
+    "max_repairs_per_hour",
+    "escalation",
+)
+
+
+@dataclass
+class MonitorSettings:
+    probe_period: float
+    probe_timeout: float
+    failure_threshold: int
+    success_threshold: int
+    startup_grace: float
+    cooldown: float
+    max_backoff: float
+    max_repairs_per_hour: int
+    flap_threshold: int
+    flap_window: float
+    repair_timeout: float
+    escalation: str
+    fallback: str | None = None
+    repairs: dict[str, list[Strategy]] = field(default_factory=dict)
+
+    @classmethod
+    def for_component(cls, comp: Component, defaults: AgentConfig) -> MonitorSettings:
+        opts = comp.spec.options
+        where = f"components.{comp.name}"
+        values: dict[str, Any] = {
+            k: getattr(defaults, k) for k in cls.__dataclass_fields__ if hasattr(defaults, k)
+        }
+        for key in _SETTING_KEYS:
+            if key in opts:
+                values[key] = opts[key]
+        try:
+            settings = cls(
+                probe_period=float(values["probe_period"]),
+                probe_timeout=float(values["probe_timeout"]),
+                failure_threshold=int(values["failure_threshold"]),
+                success_threshold=int(values["success_threshold"]),
+                startup_grace=float(values["startup_grace"]),
+                cooldown=float(values["cooldown"]),
+                max_backoff=float(values["max_backoff"]),
+                max_repairs_per_hour=int(values["max_repairs_per_hour"]),
+                flap_threshold=int(values["flap_threshold"]),
+                flap_window=float(values["flap_window"]),
+                repair_timeout=float(values["repair_timeout"]),
+                escalation=str(values["escalation"]),
+                fallback=opts.get("fallback"),
+                repairs=parse_repairs(opts.get("repairs"), f"{where}.repairs"),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: probe or repair setting: {exc}") from None
+        if settings.escalation not in ("pause", "abort"):
+            raise ConfigError(f"{where}.escalation: expected 'pause' or 'abort'")
+        if settings.fallback is not None and settings.fallback != "cache":
+            raise ConfigError(f"{where}.fallback: the only declared fallback kind is 'cache'")
+        if settings.probe_period <= 0 or settings.probe_timeout <= 0:
+            raise ConfigError(f"{where}: probe_period and probe_timeout must be > 0")
+        return settings
+
+
+@dataclass
+class _Signal:
+    kind: str
+    ts: float
+    details: dict[str, Any]
+
+
+@dataclass
+class _Incident:
+    id: int
+    kind: str
+    detected_at: float
+    details: dict[str, Any]
+    repairs: int = 0
+    verified_repair: bool = False
+
+
+class ComponentMonitor:
+    """Probes one component, opens and works its incidents."""
+
+    def __init__(self, agent: RepairAgent, comp: Component, settings: MonitorSettings) -> None:
+        self.agent = agent
+        self.comp = comp
+        self.settings = settings
+        self.state = "healthy"
+        self.last_probe: ProbeResult | None = None
+        self.incident: _Incident | None = None
+        self.fallback_id: int | None = None
+        self._pending: list[_Signal] = []
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._repair_times: deque[float] = deque()
+        self._incident_times: deque[float] = deque()
+
+    # -- signals from cycles (any thread) -------------------------------------------
+
+    def signal(self, kind: str, ts: float, details: dict[str, Any]) -> None:
+        """Called in the loop thread: a cycle's call to this component just failed."""
+        self._pending.append(_Signal(kind, ts, details))
+        if self.comp.critical and self.state in ("healthy", "suspect"):
+            # Hold new attempts now; the probe that follows decides how long.
+            self.agent.gate.close(self.comp.name, f"{self.comp.name}: {kind}")
+        self._wake.set()
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.settings.startup_grace and not self._pending:
+            await self._wait(self.settings.startup_grace)
+        while True:
+            if not self._pending:
+                await self._wait(self.settings.probe_period)
+            signals, self._pending = self._pending, []
+            trigger = "signal" if signals else "periodic"
+            result = await self._probe(trigger)
+            if result.healthy:
+                self._failures = 0
+                if signals:
+                    # The cycle saw a real fault, but the dependency answers again: a
+                    # transient incident, verified by this probe, with nothing to repair.
+                    first = signals[0]
+                    incident = await self._open(first.kind, "signal", first.ts, first.details, result)
+                    await self._close(
+                        incident, "transient", "verified healthy by the next probe; no repair needed"
+                    )
+                self._set_state("healthy", "probe healthy")
+                self.agent.gate.open(self.comp.name)
+                continue
+            self._failures += 1
+            if not signals and self._failures < self.settings.failure_threshold:
+                self._set_state(
+                    "suspect", f"probe failed ({self._failures}/{self.settings.failure_threshold})"
+                )
+                continue
+            first = signals[0] if signals else None
+            kind = result.fault_kind or (first.kind if first else "unavailable")
+            detected = first.ts if first else time.time()
+            details = {**(first.details if first else {})}
+            incident = await self._open(kind, "signal" if first else "probe", detected, details, result)
+            await self._work(incident)
+
+    async def _wait(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def _probe(self, trigger: str) -> ProbeResult:
+        t0 = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(self.comp.probe(), self.settings.probe_timeout)
+        except TimeoutError:
+            result = ProbeResult(
+                False,
+                time.perf_counter() - t0,
+                "timeout",
+                f"probe ran past {self.settings.probe_timeout:g} s",
+            )
+        except NotImplementedError as exc:
+            result = ProbeResult(False, 0.0, None, str(exc))
+        except Exception as exc:  # a probe must report, not raise; a bug in one is still a fault
+            result = ProbeResult(
+                False, time.perf_counter() - t0, self.comp.classify(exc) or "unavailable", describe_error(exc)
+            )
+        self.last_probe = result
+        await self.agent.write(
+            ops.record_probe,
+            self.agent.night_id,
+            self.comp.name,
+            result.checked_at,
+            result.healthy,
+            result.latency_s,
+            result.fault_kind,
+            result.detail,
+            trigger,
+        )
+        return result
+
+    # -- incidents ---------------------------------------------------------------------
+
+    async def _open(
+        self, kind: str, trigger: str, detected_at: float, details: dict[str, Any], probe: ProbeResult
+    ) -> _Incident:
+        incident_id = await self.agent.write(
+            ops.open_incident, self.agent.night_id, self.comp.name, kind, trigger, detected_at, probe.detail
+        )
+        await self.agent.write(ops.update_incident, incident_id, diagnosed_at=time.time())
+        self.incident = _Incident(incident_id, kind, detected_at, details)
+        now = time.time()
+        self._incident_times.append(now)
+        while self._incident_times and self._incident_times[0] < now - self.settings.flap_window:
+            self._incident_times.popleft()
+        log.warning("incident %d: %s %s (%s)", incident_id, self.comp.name, kind, trigger)
+        return self.incident
+
+    async def _close(self, incident: _Incident, state: str, detail: str) -> None:
+        values: dict[str, Any] = {"verified_at": time.time(), "state": state}
+        shortcut = DEGRADING_SHORTCUTS.get(self.comp.type_name)
+        if state in ("repaired", "recovered") and shortcut is not None:
+            values["degradation_avoided"] = {**shortcut, "instead": detail}
+        await self.agent.write(ops.update_incident, incident.id, **values)
+        await self.agent.event(
+            "incident_closed",
+            f"{self.comp.name} {incident.kind}: {state} ({detail})",
+            {"incident_id": incident.id, "state": state},
+        )
+        self.incident = None
+
+    async def _work(self, incident: _Incident) -> None:
+        """Repair within bounds until verified; then fallback or escalation."""
+        self._set_state("unhealthy", f"{incident.kind}")
+        if self.comp.critical:
+            self.agent.gate.close(self.comp.name, f"{self.comp.name}: {incident.kind}")
+        if len(self._incident_times) >= self.settings.flap_threshold:
+            await self.agent.event(
+                "flapping",
+                f"{self.comp.name}: {len(self._incident_times)} incidents "
+                f"within {self.settings.flap_window:g} s",
+                {"incident_id": incident.id},
+            )
+            await self._escalate(incident, "flapping: the component keeps failing after repairs")
+            return
+        if await self._repair_round(incident):
+            return
+        if self.settings.fallback and await self._start_fallback(incident):
+            return
+        await self._escalate(incident, "repairs did not restore the component")
+
+    async def _repair_round(self, incident: _Incident) -> bool:
+        """One pass through the playbook. True once a repair is verified."""
+        strategies = playbook_for(self.comp.type_name, incident.kind, self.settings.repairs)
+        attempt = 0
+        for strategy in strategies:
+            ctx = RepairContext(
+                component=self.comp,
+                incident_id=incident.id,
+                fault_kind=incident.kind,
+                details=incident.details,
+                guard=self.agent.guard,
+                night_dir=self.agent.night_dir,
+                current_night=self.agent.night_id,
+            )
+            if not strategy.applicable(ctx):
+                continue
+            if not self._budget_left():
+                await self.agent.event(
+                    "repair_skipped",
+                    f"{self.comp.name}: {self.settings.max_repairs_per_hour} repair attempts "
+                    "in the last hour",
+                    {"incident_id": incident.id, "strategy": strategy.name},
+                )
+                return False
+            if attempt:
+                await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+            if await self._attempt(incident, strategy, ctx):
+                return True
+        return False
+
+    async def _attempt(self, incident: _Incident, strategy: Strategy, ctx: RepairContext) -> bool:
+        self._set_state("repairing", strategy.name)
+        self._repair_times.append(time.time())
+        started = time.time()
+        repair_id = await self.agent.write(
+            ops.start_repair, self.agent.night_id, incident.id, self.comp.name, strategy.name, started
+        )
+        t0 = time.perf_counter()
+        result, detail = "ok", ""
+        try:
+            detail = await asyncio.wait_for(strategy.run(ctx), self.settings.repair_timeout)
+        except RepairFailed as exc:
+            result, detail = "failed", str(exc)
+        except (KnobRefused, ProtectedSettingError) as exc:
+            result, detail = "refused", str(exc)
+        except TimeoutError:
+            result, detail = "failed", f"ran past {self.settings.repair_timeout:g} s"
+        except Exception as exc:
+            result, detail = "failed", describe_error(exc)
+        duration = time.perf_counter() - t0
+        await self.agent.write(ops.finish_repair, repair_id, duration, result, ctx.knobs_changed, detail)
+        incident.repairs += 1
+        log.info("repair %s of %s: %s (%s)", strategy.name, self.comp.name, result, detail)
+        if result != "ok":
+            return False
+        if await self._verify():
+            await self.agent.write(ops.verify_repair, repair_id)
+            incident.verified_repair = True
+            await self._close(incident, "repaired", f"{strategy.name}: {detail}")
+            self._set_state("healthy", f"verified after {strategy.name}")
+            self.agent.gate.open(self.comp.name)
+            return True
+        return False
+
+    async def _verify(self) -> bool:
+        for _ in range(self.settings.success_threshold):
+            result = await self._probe("verify")
+            if not result.healthy:
+                return False
+        return True
+
+    def _budget_left(self) -> bool:
+        horizon = time.time() - 3600
+        while self._repair_times and self._repair_times[0] < horizon:
+            self._repair_times.popleft()
+        return len(self._repair_times) < self.settings.max_repairs_per_hour
+
+    def _backoff(self, attempt: int) -> float:
+        # Exponential with full jitter (as tenacity's wait_random_exponential), from the cooldown.
+        ceiling = min(self.settings.cooldown * (2 ** (attempt - 1)), self.settings.max_backoff)
+        return self.settings.cooldown + random.uniform(0, max(ceiling - self.settings.cooldown, 0))
+
+    # -- fallback and escalation -----------------------------------------------------
+
+    async def _start_fallback(self, incident: _Incident) -> bool:
+        if not hasattr(self.comp, "fallback_active") or getattr(self.comp, "fallback", None) is None:
+            await self.agent.event(
+                "fallback_unavailable",
+                f"{self.comp.name}: no usable {self.settings.fallback} fallback",
+                {"incident_id": incident.id},
+            )
+            return False
+        self.comp.fallback_active = True  # type: ignore[attr-defined]
+        self.fallback_id = await self.agent.write(
+            ops.start_fallback,
+            self.agent.night_id,
+            self.comp.name,
+            incident.id,
+            self.settings.fallback,
+            time.time(),
+        )
+        await self.agent.write(ops.update_incident, incident.id, state="fallback")
+        self._set_state("fallback", f"repairs failed; using the declared {self.settings.fallback} fallback")
+        self.agent.gate.open(self.comp.name)
+        await self._back_to_primary(incident)
+        return True
+
+    async def _back_to_primary(self, incident: _Incident) -> None:
+        """Keep probing the primary; return to it as soon as it is healthy again."""
+        while True:
+            await self._wait(self.settings.probe_period)
+            self._pending.clear()
+            if (await self._probe("periodic")).healthy:
+                self.comp.fallback_active = False  # type: ignore[attr-defined]
+                if self.fallback_id is not None:
+                    await self.agent.write(ops.end_fallback, self.fallback_id, time.time())
+                    self.fallback_id = None
+                await self._close(incident, "recovered", "primary probed healthy; fallback ended")
+                self._set_state("healthy", "back on the primary")
+                return
+
+    async def _escalate(self, incident: _Incident, why: str) -> None:
+        mode = self.settings.escalation
+        self._set_state("failed", why)
+        await self.agent.write(
+            ops.update_incident, incident.id, state="escalated", escalation=f"{mode}: {why}"
+        )
+        reason = f"{self.comp.name} {incident.kind}: {why}"
+        await self.agent.event("escalated", f"{reason} → {mode}", {"incident_id": incident.id, "mode": mode})
+        await self.agent.notify(
+            {
+                "event": "escalated",
+                "component": self.comp.name,
+                "fault_kind": incident.kind,
+                "escalation": mode,
+                "reason": why,
+                "night_id": self.agent.night_id,
+            }
+        )
+        if mode == "abort":
+            self.agent.abort(f"aborted by escalation: {reason}")
+            # Stay here: the night is ending; no further repairs.
+            await asyncio.Event().wait()
+        # pause: cycles stay held; keep probing, and repair again within the bounds,
+        # each round later than the last (backoff with jitter).
+        rounds = 1
+        next_round = time.monotonic() + self._backoff(rounds)
+        while True:
+            await self._wait(self.settings.probe_period)
+            self._pending.clear()
+            if (await self._probe("periodic")).healthy:
+                await self._close(incident, "recovered", "probed healthy again while paused")
+                self._set_state("healthy", "recovered")
+                self.agent.gate.open(self.comp.name)
+                return
+            if time.monotonic() >= next_round and self._budget_left():
+                if await self._repair_round(incident):
+                    return
+                self._set_state("failed", why)
+                rounds += 1
+                next_round = time.monotonic() + self._backoff(rounds)
+
+    def _set_state(self, state: str, reason: str) -> None:
+        if state == self.state:
+            return
+        old, self.state = self.state, state
+        self.agent.event_nowait(
+            "component_state",
+            f"{self.comp.name}: {old} → {state} ({reason})",
+            {"from": old, "to": state, "reason": reason},
+            component=self.comp.name,
+        )
+
+
+class RepairAgent:
+    """Runs the monitors; the orchestrator starts it with the night and stops it after."""
+
+    def __init__(
+        self,
+        components: Mapping[str, Component],
+        ledger: Ledger,
+        night_id: str,
+        night_dir: Path,
+        gate: Any,
+        config: AgentConfig,
+        *,
+        on_abort: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.night_id = night_id
+        self.night_dir = night_dir
+        self.gate = gate
+        self.config = config
+        self.on_abort = on_abort
+        self.clock = clock
+        self.guard = Guard(self.event_nowait)
+        # Without a probe nothing can be verified, so nothing is monitored or repaired:
+        # such components are listed as unmonitored, never shown as healthy.
+        self.monitors = {
+            name: ComponentMonitor(self, comp, MonitorSettings.for_component(comp, config))
+            for name, comp in components.items()
+            if comp.has_probe
+        }
+        self.unmonitored = [name for name, comp in components.items() if not comp.has_probe]
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.restarts = 0
+        self.lag_samples: list[float] = []
+        for comp in components.values():
+            comp.on_error(self._from_component)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for name in self.unmonitored:
+            self.event_nowait(
+                "unmonitored", f"{name} has no probe: not monitored, not repaired", component=name
+            )
+        for monitor in self.monitors.values():
+            self._tasks.append(
+                asyncio.create_task(self._supervise(monitor), name=f"monitor-{monitor.comp.name}")
+            )
+        self._tasks.append(asyncio.create_task(self._measure_lag(), name="agent-lag"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for monitor in self.monitors.values():
+            if monitor.fallback_id is not None:
+                await self.write(ops.end_fallback, monitor.fallback_id, self.clock())
+                monitor.fallback_id = None
+        if self.lag_samples:
+            data = sorted(self.lag_samples)
+            p99 = data[min(len(data) - 1, int(len(data) * 0.99))]
+            await self.event(
+                "loop_lag",
+                f"event loop lag p99 {p99 * 1000:.1f} ms, max {data[-1] * 1000:.1f} ms",
+                {"p99_s": p99, "max_s": data[-1], "samples": len(data)},
+            )
+
+    async def _supervise(self, monitor: ComponentMonitor) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await monitor.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.restarts += 1
+                tb = "".join(traceback.format_exception(exc))[-8000:]
+                log.error("monitor of %s crashed; restarting in %.0f s", monitor.comp.name, delay)
+                with contextlib.suppress(Exception):
+                    await self.event(
+                        "agent_restarted",
+                        f"monitor of {monitor.comp.name} crashed: {describe_error(exc)}",
+                        {"traceback": tb, "backoff_s": delay},
+                        component=monitor.comp.name,
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    async def _measure_lag(self, interval: float = 0.1) -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(interval)
+            self.lag_samples.append(max(time.perf_counter() - t0 - interval, 0.0))
+
+    # -- signals ---------------------------------------------------------------------
+
+    def _from_component(self, comp: Component, kind: str, exc: BaseException) -> None:
+        """The component listener: may run in a scenario thread; hop onto the loop."""
+        details = comp.fault_details(exc)
+        ts = self.clock()
+        monitor = self.monitors.get(comp.name)
+        if monitor is None or self._loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            monitor.signal(kind, ts, details)
+        else:
+            self._loop.call_soon_threadsafe(monitor.signal, kind, ts, details)
+
+    # -- recording ---------------------------------------------------------------------
+
+    async def write(self, op: Any, *args: Any) -> Any:
+        return await self.ledger.write(op, *args)
+
+    async def event(
+        self, kind: str, message: str | None = None, data: Any = None, *, component: str | None = None
+    ) -> None:
+        await self.ledger.write(
+            ops.add_event, self.night_id, self.clock(), kind, message, data, None, None, component
+        )
+
+    def event_nowait(
+        self, kind: str, message: str | None = None, data: Any = None, *, component: str | None = None
+    ) -> None:
+        self.ledger.submit(
+            ops.add_event, self.night_id, self.clock(), kind, message, data, None, None, component
+        )
+
+    def abort(self, reason: str) -> None:
+        self.on_abort(reason)
+
+    async def notify(self, payload: dict[str, Any]) -> None:
+        """Tell people (hook command, webhook). A failure is recorded, never fatal."""
+        body = json.dumps(payload, default=str)
+        if self.config.notify_command:
+            try:
+                proc = await asyncio.create_subprocess_shell(
+                    self.config.notify_command,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                _, err = await asyncio.wait_for(proc.communicate(body.encode()), 30)
+                if proc.returncode != 0:
+                    raise RuntimeError(
+                        f"exit {proc.returncode}: {redact(err.decode(errors='replace').strip())[:200]}"
+                    )
+                await self.event("notified", "notify command ran", {"channel": "command"})
+            except Exception as exc:
+                await self.event(
+                    "notify_failed", f"notify command: {describe_error(exc)}", {"channel": "command"}
+                )
+        if self.config.notify_webhook:
+            try:
+                import httpx
+
+                async with httpx.AsyncClient(timeout=10) as client:
+                    response = await client.post(
+                        self.config.notify_webhook, content=body, headers={"Content-Type": "application/json"}
+                    )
+                    response.raise_for_status()
+                await self.event(
+                    "notified", "webhook answered", {"channel": "webhook", "status": response.status_code}
+                )
+            except Exception as exc:
+                await self.event("notify_failed", f"webhook: {describe_error(exc)}", {"channel": "webhook"})
+
+    # -- views ---------------------------------------------------------------------------
+
+    def active_fallbacks(self) -> list[str]:
+        return [name for name, m in self.monitors.items() if m.state == "fallback"]
+
+    def states(self) -> dict[str, str]:
+        return {name: m.state for name, m in self.monitors.items()}

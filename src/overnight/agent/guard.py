@@ -1,0 +1,58 @@
+"""The guard: the only door through which a repair changes anything (promise 2).
+
+Knob changes are checked against their declared bounds; protected settings are never
+written. Every refusal is recorded as ``degradation_blocked`` with who tried what, and
+raised, so a playbook cannot quietly carry on as if it had succeeded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ..components import Component, KnobRefused
+from ..errors import ProtectedSettingError
+
+Record = Callable[..., None]
+
+
+class Guard:
+    def __init__(self, record: Record) -> None:
+        self._record = record
+        self.blocked_count = 0
+
+    def set_knob(
+        self, component: Component, name: str, value: Any, *, by: str, incident_id: int | None = None
+    ) -> Any:
+        """Change a knob within its bounds; returns the previous value."""
+        try:
+            old = component.knobs.set(name, value)
+        except KnobRefused as exc:
+            self.blocked(
+                by, f"set {component.name}.{name} = {value!r}", str(exc), component.name, incident_id
+            )
+            raise
+        self._record(
+            "knob_changed",
+            f"{component.name}.{name}: {old!r} → {value!r} (by {by})",
+            {"knob": name, "from": old, "to": value, "by": by, "incident_id": incident_id},
+            component=component.name,
+        )
+        return old
+
+    def write_setting(self, key: str, value: Any, *, by: str, incident_id: int | None = None) -> None:
+        """Protected settings never change during a night: always refused and recorded."""
+        reason = f"settings.{key} is a protected setting; it cannot change during a night"
+        self.blocked(by, f"set settings.{key} = {value!r}", reason, None, incident_id)
+        raise ProtectedSettingError(reason)
+
+    def blocked(
+        self, by: str, attempted: str, reason: str, component: str | None, incident_id: int | None = None
+    ) -> None:
+        self.blocked_count += 1
+        self._record(
+            "degradation_blocked",
+            f"{by} tried to {attempted}: refused ({reason})",
+            {"by": by, "attempted": attempted, "reason": reason, "incident_id": incident_id},
+            component=component,
+        )
