@@ -3,6 +3,7 @@
 from .agent import ComponentMonitor, MonitorSettings, RepairAgent
 from .guard import Guard
 from .playbooks import DEGRADING_SHORTCUTS, playbook_for, register_playbook
+from .stats import statistics
 from .strategies import (
     BUILTIN_STRATEGIES,
     FreeOwnSpace,
@@ -40,4 +41,5 @@ __all__ = [
     "WaitRetryAfter",
     "playbook_for",
     "register_playbook",
+    "statistics",
 ]

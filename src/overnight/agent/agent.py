@@ -627,6 +627,13 @@ class RepairAgent:
 
     # -- views ---------------------------------------------------------------------------
 
+    def statistics(self) -> dict[str, Any]:
+        """Totals, verification, time to detect / repair, fallbacks, blocked attempts."""
+        from .stats import statistics
+
+        self.ledger.flush()
+        return statistics(self.ledger, self.night_id)
+
     def active_fallbacks(self) -> list[str]:
         return [name for name, m in self.monitors.items() if m.state == "fallback"]
 
