@@ -138,6 +138,7 @@ class ComponentMonitor:
         self._pending: list[_Signal] = []
         self._wake = asyncio.Event()
         self._failures = 0
+        self._verified_at = 0.0
         self._repair_times: deque[float] = deque()
         self._incident_times: deque[float] = deque()
 
@@ -154,12 +155,20 @@ class ComponentMonitor:
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.incident is not None:
+            # Restarted by the supervisor in the middle of an incident: carry on with it.
+            await self._work(self.incident)
         if self.settings.startup_grace and not self._pending:
             await self._wait(self.settings.startup_grace)
+        first = True  # probe at once (after the grace): a night must know where it starts
         while True:
-            if not self._pending:
+            if not self._pending and not first:
                 await self._wait(self.settings.probe_period)
-            signals, self._pending = self._pending, []
+            first = False
+            # Faults a cycle hit before the last verified recovery belong to the incident
+            # that was just closed; they must not open another one.
+            signals = [sig for sig in self._pending if sig.ts > self._verified_at]
+            self._pending = []
             trigger = "signal" if signals else "periodic"
             result = await self._probe(trigger)
             if result.healthy:
@@ -232,7 +241,7 @@ class ComponentMonitor:
         incident_id = await self.agent.write(
             ops.open_incident, self.agent.night_id, self.comp.name, kind, trigger, detected_at, probe.detail
         )
-        await self.agent.write(ops.update_incident, incident_id, diagnosed_at=time.time())
+        await self.agent.write(ops.update_incident, incident_id, {"diagnosed_at": time.time()})
         self.incident = _Incident(incident_id, kind, detected_at, details)
         now = time.time()
         self._incident_times.append(now)
@@ -242,11 +251,12 @@ class ComponentMonitor:
         return self.incident
 
     async def _close(self, incident: _Incident, state: str, detail: str) -> None:
+        self._verified_at = self.agent.clock()
         values: dict[str, Any] = {"verified_at": time.time(), "state": state}
         shortcut = DEGRADING_SHORTCUTS.get(self.comp.type_name)
         if state in ("repaired", "recovered") and shortcut is not None:
             values["degradation_avoided"] = {**shortcut, "instead": detail}
-        await self.agent.write(ops.update_incident, incident.id, **values)
+        await self.agent.write(ops.update_incident, incident.id, values)
         await self.agent.event(
             "incident_closed",
             f"{self.comp.name} {incident.kind}: {state} ({detail})",
@@ -376,7 +386,7 @@ class ComponentMonitor:
             self.settings.fallback,
             time.time(),
         )
-        await self.agent.write(ops.update_incident, incident.id, state="fallback")
+        await self.agent.write(ops.update_incident, incident.id, {"state": "fallback"})
         self._set_state("fallback", f"repairs failed; using the declared {self.settings.fallback} fallback")
         self.agent.gate.open(self.comp.name)
         await self._back_to_primary(incident)
@@ -400,7 +410,7 @@ class ComponentMonitor:
         mode = self.settings.escalation
         self._set_state("failed", why)
         await self.agent.write(
-            ops.update_incident, incident.id, state="escalated", escalation=f"{mode}: {why}"
+            ops.update_incident, incident.id, {"state": "escalated", "escalation": f"{mode}: {why}"}
         )
         reason = f"{self.comp.name} {incident.kind}: {why}"
         await self.agent.event("escalated", f"{reason} → {mode}", {"incident_id": incident.id, "mode": mode})

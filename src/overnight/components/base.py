@@ -291,7 +291,13 @@ class Component:
 
 
 def describe_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    status, content = getattr(exc, "status_code", None), getattr(exc, "content", None)
+    if isinstance(status, int) and isinstance(content, bytes | str):
+        # SDK errors that print their whole response (headers included): keep it short.
+        body = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
+        text = f"HTTP {status}: {' '.join(body.split())[:200]}"
+    else:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
     return redact(f"{name}: {text}" if text else name) or name
 

@@ -357,7 +357,8 @@ def open_incident(
     return int(result.inserted_primary_key[0])
 
 
-def update_incident(conn: Connection, incident_id: int, **values: Any) -> None:
+def update_incident(conn: Connection, incident_id: int, values: dict[str, Any]) -> None:
+    values = dict(values)
     if "detail" in values:
         values["detail"] = redact(values["detail"])
     if "degradation_avoided" in values and not isinstance(values["degradation_avoided"], str | None):
