@@ -373,3 +373,83 @@ async def test_a_crashing_monitor_is_restarted_and_the_night_goes_on(tmp_path: P
     assert report["totals"]["passed"] == 6
     assert len(restarts) == 1 and "AttributeError" in restarts[0]["message"]
     assert any(p["healthy"] for p in probes)  # it came back and kept probing
+
+
+async def test_revoked_llm_key_is_rotated_and_a_product_bug_stays_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from overnight.sandbox import DEFAULT_GIGACHAT_CREDENTIALS
+
+    box = shared_sandbox()
+    first, second = DEFAULT_GIGACHAT_CREDENTIALS[0], DEFAULT_GIGACHAT_CREDENTIALS[1]
+    monkeypatch.setenv("OVN_GC_KEY_A", first)
+    monkeypatch.setenv("OVN_GC_KEY_B", second)
+    accepted = box.gigachat.credentials
+    saved = dict(accepted)
+    code = f"""
+    from overnight.sandbox import shared_sandbox
+
+    async def cycle(ctx):
+        if ctx.cycle == 2 and ctx.attempt == 1:
+            # the first key is revoked on the server side, and issued tokens with it
+            box = shared_sandbox()
+            box.gigachat.credentials.pop({first!r}, None)
+            box.switches["gigachat"].expire_tokens_now()
+        async with ctx.step("ask"):
+            answer = await ctx.components["llm"].chat("Summarise.", system="FORMAT: score")
+        if ctx.cycle == 4:
+            ctx.fail("seeded product bug: the summary misses the budget")
+        assert answer.text.startswith("Score:")
+    """
+    config = FAST_AGENT + (
+        '[components.llm]\ntype = "llm"\nprovider = "gigachat"\n'
+        f'base_url = "{box.gigachat_url}"\nauth_url = "{box.gigachat_auth_url}"\nverify_ssl = false\n'
+        'api_key_envs = ["OVN_GC_KEY_A", "OVN_GC_KEY_B"]\n'
+    )
+    try:
+        outcome, report, ledger = await run_night(tmp_path, code, config, cycles=5, retry_attempts=2)
+    finally:
+        accepted.clear()
+        accepted.update(saved)
+    try:
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        repairs = _rows(ledger, s.repairs, outcome.night_id)
+    finally:
+        ledger.close()
+    verdicts = {c["cycle"]: c["verdict"] for c in report["cycles"]}
+    assert verdicts == {1: "passed", 2: "passed", 3: "passed", 4: "failed", 5: "passed"}
+    assert len(atts[4]) == 1  # the product failure was not retried, during or after the incident
+    assert [a["verdict"] for a in atts[2]] == ["infra_error", "passed"] and atts[2][0][
+        "fault_kind"
+    ] == "auth_expired"
+    assert [(i["fault_kind"], i["state"]) for i in incidents] == [("auth_expired", "repaired")]
+    assert [(r["strategy"], r["verified"]) for r in repairs][-1] == ("rotate_key", True)
+    assert json.loads(repairs[-1]["knobs_changed"]) == {"api_key_env": ["OVN_GC_KEY_A", "OVN_GC_KEY_B"]}
+    everything = b"".join(p.read_bytes() for p in (tmp_path / "nights").rglob("*") if p.is_file())
+    assert first.encode() not in everything and second.encode() not in everything
+
+
+async def test_slow_llm_answers_raise_its_timeout(tmp_path: Path) -> None:
+    code = """
+    from overnight.sandbox import shared_sandbox
+
+    async def cycle(ctx):
+        if ctx.cycle == 2 and ctx.attempt == 1:
+            shared_sandbox().switches["gigachat"].update(latency_s=1.2)
+        async with ctx.step("ask"):
+            await ctx.components["llm"].chat("hello")
+    """
+    config = FAST_AGENT + (
+        '[components.llm]\ntype = "llm"\nprovider = "gigachat"\nsandbox = true\ntimeout = 1\ntimeout_max = 2\n'
+    )
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
+    try:
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        repairs = _rows(ledger, s.repairs, outcome.night_id)
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 3, report["failures"]
+    assert [(i["fault_kind"], i["state"]) for i in incidents] == [("timeout", "repaired")]
+    assert repairs[-1]["strategy"] == "raise_timeout" and repairs[-1]["verified"]
+    assert json.loads(repairs[-1]["knobs_changed"]) == {"timeout": [1.0, 2.0]}

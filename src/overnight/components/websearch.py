@@ -230,8 +230,7 @@ class WebSearchComponent(Component):
                 True, time.perf_counter() - t0, None, f"replay: {len(self.replay)} recorded queries"
             )
         try:
-            async with asyncio.timeout(min(float(self.knobs.get("timeout")), 30.0)):
-                results = await self._live("overnight health probe", 1)
+            results = await self._live("overnight health probe", 1)
         except Exception as exc:
             kind = self.classify(exc) or "unavailable"
             return ProbeResult(False, time.perf_counter() - t0, kind, describe_error(exc))
