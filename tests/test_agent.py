@@ -453,3 +453,78 @@ async def test_slow_llm_answers_raise_its_timeout(tmp_path: Path) -> None:
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [("timeout", "repaired")]
     assert repairs[-1]["strategy"] == "raise_timeout" and repairs[-1]["verified"]
     assert json.loads(repairs[-1]["knobs_changed"]) == {"timeout": [1.0, 2.0]}
+
+
+async def test_declared_fallback_only_after_repairs_fail_and_back_to_primary(tmp_path: Path) -> None:
+    code = """
+    import asyncio
+    from overnight.sandbox import shared_sandbox
+
+    async def cycle(ctx):
+        sw = shared_sandbox().switches["search"]
+        if ctx.cycle == 3 and ctx.attempt == 1:
+            sw.update(refuse_connections=True)  # the search API goes down
+        if ctx.cycle == 6:
+            sw.update(refuse_connections=False)  # and comes back
+        async with ctx.step("research"):
+            results = await ctx.components["search"].search("grants for rural libraries", limit=2)
+            ctx.artifact("sources.json", [r.source for r in results])
+        assert len(results) == 2
+        await asyncio.sleep(0.25)
+    """
+    config = FAST_AGENT + (
+        '[components.search]\ntype = "websearch"\nsandbox = true\ntimeout = 2\n'
+        'fallback_cache = "search_cache.json"\nfallback = "cache"\n'
+    )
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=10, retry_attempts=2)
+    try:
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        fallbacks = _rows(ledger, s.fallbacks, outcome.night_id)
+        repairs = _rows(ledger, s.repairs, outcome.night_id)
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 10, report["failures"]
+    marked = [c["cycle"] for c in report["cycles"] if c["fallback"]]
+    sources = {
+        c: json.loads(next((outcome.night_path / "cycles" / f"{c:03d}").rglob("sources.json")).read_text())
+        for c in range(1, 11)
+    }
+    # Repairs came first and failed; then the declared fallback; then back to the primary.
+    assert repairs and not any(r["verified"] for r in repairs)
+    assert len(fallbacks) == 1 and fallbacks[0]["ended_at"] is not None
+    assert incidents[0]["state"] == "recovered" and incidents[0]["verified_at"] is not None
+    assert 3 in marked and 10 not in marked
+    assert sources[1] == ["live", "live"] and sources[10] == ["live", "live"]
+    assert any(v == ["fallback", "fallback"] for v in sources.values())
+    # Every cycle that got a fallback answer carries the mark.
+    for c, v in sources.items():
+        if "fallback" in v:
+            assert c in marked
+
+
+async def test_pause_escalation_holds_cycles_and_keeps_probing(tmp_path: Path) -> None:
+    code = """
+    async def cycle(ctx):
+        async with ctx.step("store"):
+            await ctx.components["db"].fetch_all("SELECT 1")
+    """
+    config = FAST_AGENT + (
+        '[components.db]\ntype = "database"\nurl = "postgresql://u:pw@127.0.0.1:1/x"\nconnect_timeout = 1\n'
+        "probe_period = 0.2\nmax_repairs_per_hour = 3\n"
+    )
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1000, max_hours=2.5 / 3600)
+    try:
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        repairs = _rows(ledger, s.repairs, outcome.night_id)
+        probes = _rows(ledger, s.probes, outcome.night_id)
+        skipped = _events(ledger, outcome.night_id, "repair_skipped")
+    finally:
+        ledger.close()
+    assert outcome.status == "stopped" and "time bound" in outcome.reason
+    # The gate held the cycles: no run of 1000 failing cycles, a handful at most.
+    assert report["cycles_run"] <= 3
+    assert len(incidents) == 1 and incidents[0]["state"] == "escalated"
+    assert incidents[0]["escalation"].startswith("pause")
+    assert len(repairs) <= 3  # the hourly cap bounds the attempts
+    assert len([p for p in probes if p["trigger"] == "periodic"]) >= 3  # still probing while paused
+    assert skipped or len(repairs) == 3

@@ -441,13 +441,13 @@ def _find_resumable(led: Ledger, night_id: str | None) -> dict[str, Any]:
             night = queries.last_night(conn, resumable_only=True)
             if night is None:
                 raise UsageError(f"no unfinished night to resume in {led.display_url}")
-            return night
-        matches = queries.find_nights(conn, night_id)
-        if not matches:
-            raise UsageError(f"no night {night_id!r} in {led.display_url}")
-        if len(matches) > 1:
-            raise UsageError(f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}")
-        night = queries.get_night(conn, matches[0])
+        else:
+            matches = queries.find_nights(conn, night_id)
+            if not matches:
+                raise UsageError(f"no night {night_id!r} in {led.display_url}")
+            if len(matches) > 1:
+                raise UsageError(f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}")
+            night = queries.get_night(conn, matches[0])
     assert night is not None
     # A night stopped by its time bound resumes only when named: a bare --resume must
     # not pick up last week's night.
