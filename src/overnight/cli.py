@@ -1,4 +1,4 @@
-"""The command line: ``overnight run | demo | nights | report``.
+"""The command line: ``overnight run | demo | nights | report | doctor | sandbox``.
 
 Exit codes: 0 every cycle that ran passed; 1 a product failure, an unrepaired infra
 error, a timeout or a harness error (or no cycle finished); 2 a usage or config error;
@@ -670,10 +670,16 @@ def doctor(
 
 def _doctor_command(config: Path | None, night_dir: Path | None, timeout: float, as_json: bool) -> None:
     from .components import describe_error
-    from .engine.orchestrator import build_components
+    from .engine.orchestrator import build_components, import_scenario
 
     loaded = load_config(config)
     ndir = _resolve_night_dir(night_dir, loaded)
+    # The scenario's module may register component types on import: import it first.
+    # Best effort: doctor is about the dependencies, a scenario bug must not hide them.
+    try:
+        import_scenario(loaded.config.scenario, loaded.base_dir, str(loaded.path))
+    except ConfigError as exc:
+        err.print(f"overnight: warning: {exc}", markup=False, soft_wrap=True)
     components = build_components(loaded, ndir)
 
     async def check_all() -> list[dict[str, Any]]:

@@ -135,6 +135,7 @@ class ComponentMonitor:
         self.last_probe: ProbeResult | None = None
         self.incident: _Incident | None = None
         self.fallback_id: int | None = None
+        self.fallback_periods: list[tuple[float, float | None]] = []
         self._pending: list[_Signal] = []
         self._wake = asyncio.Event()
         self._failures = 0
@@ -378,6 +379,7 @@ class ComponentMonitor:
             )
             return False
         self.comp.fallback_active = True  # type: ignore[attr-defined]
+        self.fallback_periods.append((self.agent.clock(), None))
         self.fallback_id = await self.agent.write(
             ops.start_fallback,
             self.agent.night_id,
@@ -399,6 +401,7 @@ class ComponentMonitor:
             self._pending.clear()
             if (await self._probe("periodic")).healthy:
                 self.comp.fallback_active = False  # type: ignore[attr-defined]
+                self.fallback_periods[-1] = (self.fallback_periods[-1][0], self.agent.clock())
                 if self.fallback_id is not None:
                     await self.agent.write(ops.end_fallback, self.fallback_id, time.time())
                     self.fallback_id = None
@@ -643,6 +646,16 @@ class RepairAgent:
 
         self.ledger.flush()
         return statistics(self.ledger, self.night_id)
+
+    def fallbacks_during(self, t0: float, t1: float) -> list[str]:
+        """Components whose fallback was active at any moment between t0 and t1."""
+        out = []
+        for name, m in self.monitors.items():
+            for start, end in m.fallback_periods:
+                if start <= t1 and (end is None or end >= t0):
+                    out.append(name)
+                    break
+        return out
 
     def active_fallbacks(self) -> list[str]:
         return [name for name, m in self.monitors.items() if m.state == "fallback"]

@@ -142,6 +142,8 @@ class DatabaseComponent(Component):
         url = opts.pop("url", None) or opts.pop("dsn", None)
         if url is None:
             url = str(spec.night_dir / f"{spec.name}.sqlite3")
+        elif "://" not in str(url) and not Path(str(url)).expanduser().is_absolute():
+            url = str(spec.resolve(str(url)))  # a relative SQLite path: the config's folder
         try:
             self.url = to_async_url(str(url))
             parsed = make_url(self.url)

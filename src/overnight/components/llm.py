@@ -119,6 +119,8 @@ class LLMComponent(Component):
         key_envs = [str(k) for k in key_envs]
         timeout_max = float(opts.pop("timeout_max", 120))
         timeout = float(opts.pop("timeout", 60))
+        if timeout > timeout_max:
+            raise ConfigError(f"timeout: {timeout:g} is above timeout_max {timeout_max:g}")
         self.reject_unknown(opts)
         if self._literal_key:
             register_secret(self._literal_key)
@@ -213,6 +215,13 @@ class LLMComponent(Component):
                 self._retired.append(self._client)  # in-flight calls may still use it
             self._client = self._make_client()
         return self._client
+
+    async def reconnect(self) -> None:
+        """A fresh client for the next calls; the old one is retired, not closed, so calls
+        already in flight finish (it is closed with the component)."""
+        if self._client is not None:
+            self._retired.append(self._client)
+        self._client = self._make_client()
 
     async def refresh_token(self) -> None:
         """Drop the cached access token so the next call authenticates again."""

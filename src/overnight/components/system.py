@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 
@@ -63,7 +62,8 @@ class SystemComponent(Component):
             self.min_available_memory_gb = float(opts.pop("min_available_memory_gb", 1))
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"thresholds must be numbers: {exc}") from None
-        self.path = Path(opts.pop("path", spec.night_dir)).expanduser()
+        path = opts.pop("path", None)
+        self.path = spec.resolve(path) if path is not None else spec.night_dir
         self.reject_unknown(opts)
         self._handle = SystemHandle(self)
 

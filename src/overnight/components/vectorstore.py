@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..redaction import register_secret
 from .base import (
     Component,
     ComponentSpec,
@@ -113,6 +114,7 @@ class VectorStoreComponent(Component):
         if self.path is not None and not self.path.is_absolute():
             self.path = spec.night_dir / self.path
         self.api_key: str | None = opts.pop("api_key", None)
+        register_secret(self.api_key)
         self.embedder_spec = str(opts.pop("embedder", "hashing"))
         self.dimensions = int(opts.pop("dimensions", 256))
         if not self.embedder_spec == "hashing" and not self.embedder_spec.startswith("component:"):

@@ -137,6 +137,8 @@ class WebSearchComponent(Component):
         self.fields = {"title": "title", "url": "url", "snippet": "snippet", **dict(opts.pop("fields", {}))}
         timeout_max = float(opts.pop("timeout_max", 120))
         timeout = float(opts.pop("timeout", 60))
+        if timeout > timeout_max:
+            raise ConfigError(f"timeout: {timeout:g} is above timeout_max {timeout_max:g}")
         replay = opts.pop("replay", None)
         fallback = opts.pop("fallback_cache", None)
         self.reject_unknown(opts)

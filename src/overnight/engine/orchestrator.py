@@ -337,7 +337,9 @@ class Orchestrator:
         )
         while True:
             await self._wait_gate()
-            if self._interrupted:
+            if self._interrupted or self._stop_starting:
+                # Nothing new starts once the night is stopping; a cycle held at the gate
+                # stays pending (resume runs it) rather than failing for want of time.
                 return
             attempt = last_no = last_no + 1
             verdict, result, error, meta = await self._run_attempt(cycle, attempt, cycle_input)
@@ -379,7 +381,7 @@ class Orchestrator:
         started = self.clock()
         # The knob values this attempt ran with, and whether any fallback touched it.
         knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
-        fallbacks = set(self.agent.active_fallbacks()) if self.agent is not None else set()
+        fallbacks: set[str] = set()
         await self.ledger.write(ops.attempt_started, self.night_id, cycle, attempt, self._session, started)
         ctx = CycleContext(
             night_id=self.night_id,
@@ -404,7 +406,8 @@ class Orchestrator:
             ctx._closed = True
         duration = time.perf_counter() - t0
         if self.agent is not None:
-            fallbacks |= set(self.agent.active_fallbacks())
+            # Any fallback that was active at any moment of the attempt marks the cycle.
+            fallbacks |= set(self.agent.fallbacks_during(started, started + duration))
         meta: dict[str, Any] = {"knobs": knobs, "fallback": bool(fallbacks)}
         exc: BaseException | None
         if task.cancelled():
@@ -484,6 +487,7 @@ class Orchestrator:
         if not self._stop_starting:
             self._stop_starting = True
             self._stop_reason = reason
+            self._stopped.set()  # wakes cycles held at the gate or waiting to retry
             log.info("no new cycles will start: %s", reason)
 
     def abort(self, reason: str) -> None:

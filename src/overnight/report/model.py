@@ -202,6 +202,7 @@ def _assemble(
         "cycles_not_run": night["planned_cycles"] - run,
         "totals": dict(totals),
         "success_rate": _round(totals["passed"] / run, 4) if run else None,
+        "passed_with_fallback": sum(1 for c in done if c["verdict"] == "passed" and c["fallback"]),
         "retried_cycles": len(retried),
         "attempts_total": len(attempts),
         "interrupted_attempts": interrupted_attempts,
@@ -254,6 +255,10 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
         return f"NO RESULT: no cycle finished{tail}", 1
     if not bad:
         every = "the only cycle passed" if run == 1 else f"all {run} cycles passed"
+        on_fallback = report.get("passed_with_fallback") or 0
+        if on_fallback:
+            # Never a clean pass: say how many ran on a declared fallback.
+            return f"PASSED WITH FALLBACK: {every}, {on_fallback} of them on a fallback{tail}", 0
         return f"PASSED: {every}{tail}", 0
     parts = []
     if t.get("failed"):
