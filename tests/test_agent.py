@@ -528,3 +528,43 @@ async def test_pause_escalation_holds_cycles_and_keeps_probing(tmp_path: Path) -
     assert len(repairs) <= 3  # the hourly cap bounds the attempts
     assert len([p for p in probes if p["trigger"] == "periodic"]) >= 3  # still probing while paused
     assert skipped or len(repairs) == 3
+
+
+async def test_flapping_component_is_escalated_not_repaired_forever(tmp_path: Path) -> None:
+    code = """
+    import asyncio
+
+    async def setup(night):
+        await night.components["vectors"].ensure_collection("req")
+
+    async def cycle(ctx):
+        vs = ctx.components["vectors"]
+        if ctx.attempt == 1:
+            await asyncio.to_thread(vs._c._client.close)  # it breaks again every cycle
+        async with ctx.step("rag"):
+            await vs.search("req", "budget", limit=1)
+    """
+    from .helpers import make_plan, write_project
+
+    config = FAST_AGENT.replace("[agent]", "[agent]\nflap_threshold = 3\nflap_window = 600") + (
+        '[components.vectors]\ntype = "vectorstore"\n'
+    )
+    cfg, name = write_project(tmp_path / "project", code, config)
+    lines = cfg.read_text().splitlines()
+    cfg.write_text("\n".join([lines[0], f'setup = "{name}:setup"', *lines[1:]]) + "\n")
+    from overnight.engine.orchestrator import Orchestrator
+    from overnight.engine.progress import LogProgress
+    from overnight.report import write_reports
+
+    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
+    try:
+        plan = make_plan(cfg, tmp_path / "nights", cycles=6, retry_attempts=1, max_hours=8.0 / 3600)
+        outcome = await Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False).run()
+        write_reports(ledger, outcome.night_id)
+        flapping = _events(ledger, outcome.night_id, "flapping")
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+    finally:
+        ledger.close()
+    assert flapping, "flapping was not detected"
+    assert any(i["escalation"] and "flapping" in i["escalation"] for i in incidents)
+    assert len(incidents) >= 3
