@@ -186,11 +186,18 @@ async def test_protected_settings_cannot_be_written(tmp_path: Path) -> None:
     min_length = 15000
     thresholds = { review = 7.0 }
     """
-    _outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1)
-    ledger.close()
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1)
+    try:
+        with ledger.read() as conn:
+            blocked = queries.events_of(conn, outcome.night_id, kinds=("degradation_blocked",))
+    finally:
+        ledger.close()
     att = report["cycles"][0]["attempts"][0]
     assert att["verdict"] == "harness_error"
     assert att["error_type"] == "ProtectedSettingError"
+    # The refused write is recorded with who tried what.
+    assert len(blocked) == 1 and blocked[0]["cycle"] == 1
+    assert "settings.min_length = 10" in blocked[0]["message"]
     fp = report["protected_fingerprint"]
     assert fp["start"] == fp["end"] and fp["match"] is True
 

@@ -9,6 +9,7 @@ expected.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -267,11 +268,22 @@ class ProtectedSettings(Mapping[str, Any]):
     can be changed either. Items read as ``settings["x"]`` or ``settings.x``.
     """
 
-    __slots__ = ("_data", "_path")
+    __slots__ = ("_data", "_on_write", "_path")
 
-    def __init__(self, data: Mapping[str, Any], _path: str = "settings") -> None:
+    def __init__(self, data: Mapping[str, Any], _path: str = "settings", on_write: Any = None) -> None:
+        # on_write(path, value) hears of every refused write, so that it can be recorded.
         object.__setattr__(self, "_path", _path)
-        object.__setattr__(self, "_data", {k: _freeze(v, f"{_path}.{k}") for k, v in dict(data).items()})
+        object.__setattr__(self, "_on_write", on_write)
+        frozen = {k: _freeze(v, f"{_path}.{k}", on_write) for k, v in dict(data).items()}
+        object.__setattr__(self, "_data", frozen)
+
+    def _refuse(self, key: str, value: Any, verb: str) -> None:
+        if self._on_write is not None:
+            with contextlib.suppress(Exception):
+                self._on_write(f"{self._path}.{key}", value)
+        raise ProtectedSettingError(
+            f"{self._path}.{key} is a protected setting; it cannot {verb} during a night"
+        )
 
     def __getitem__(self, key: str) -> Any:
         return self._data[key]
@@ -289,17 +301,13 @@ class ProtectedSettings(Mapping[str, Any]):
             raise AttributeError(f"no protected setting {self._path}.{key}") from None
 
     def __setattr__(self, key: str, value: Any) -> None:
-        raise ProtectedSettingError(
-            f"{self._path}.{key} is a protected setting; it cannot change during a night"
-        )
+        self._refuse(key, value, "change")
 
     def __setitem__(self, key: str, value: Any) -> None:
-        raise ProtectedSettingError(
-            f"{self._path}.{key} is a protected setting; it cannot change during a night"
-        )
+        self._refuse(key, value, "change")
 
     def __delitem__(self, key: str) -> None:
-        raise ProtectedSettingError(f"{self._path}.{key} is a protected setting; it cannot be removed")
+        self._refuse(key, None, "be removed")
 
     __delattr__ = __delitem__
 
@@ -314,11 +322,11 @@ class ProtectedSettings(Mapping[str, Any]):
         return fingerprint(self.to_dict())
 
 
-def _freeze(value: Any, path: str) -> Any:
+def _freeze(value: Any, path: str, on_write: Any = None) -> Any:
     if isinstance(value, Mapping):
-        return ProtectedSettings(value, path)
+        return ProtectedSettings(value, path, on_write)
     if isinstance(value, list | tuple):
-        return tuple(_freeze(v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(_freeze(v, f"{path}[{i}]", on_write) for i, v in enumerate(value))
     return value
 
 

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 import time
 import traceback
 from collections import deque
@@ -27,6 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tenacity
 
 from ..components import Component, KnobRefused, ProbeResult, describe_error
 from ..config import AgentConfig
@@ -364,9 +365,13 @@ class ComponentMonitor:
         return len(self._repair_times) < self.settings.max_repairs_per_hour
 
     def _backoff(self, attempt: int) -> float:
-        # Exponential with full jitter (as tenacity's wait_random_exponential), from the cooldown.
-        ceiling = min(self.settings.cooldown * (2 ** (attempt - 1)), self.settings.max_backoff)
-        return self.settings.cooldown + random.uniform(0, max(ceiling - self.settings.cooldown, 0))
+        """Cooldown plus exponential backoff with full jitter (tenacity's strategy)."""
+        wait = tenacity.wait_fixed(self.settings.cooldown) + tenacity.wait_random_exponential(
+            multiplier=self.settings.cooldown, max=self.settings.max_backoff
+        )
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        return float(wait(state))
 
     # -- fallback and escalation -----------------------------------------------------
 

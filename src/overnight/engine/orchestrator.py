@@ -135,7 +135,7 @@ class Orchestrator:
         setup = self.loaded.config.setup
         self.setup = import_scenario(setup, self.loaded.base_dir, where, key="setup") if setup else None
         self.is_async = inspect.iscoroutinefunction(self.scenario)
-        self.settings = ProtectedSettings(self.loaded.config.settings)
+        self.settings = ProtectedSettings(self.loaded.config.settings, on_write=self._settings_written)
         self.fingerprint = self.settings.fingerprint
         self.night_dir = Path(plan.night_dir)
         self.components = build_components(self.loaded, self.night_dir)
@@ -541,6 +541,24 @@ class Orchestrator:
             "(send it again to quit at once; 'overnight run --resume' continues this night)"
         )
         self.interrupt(f"{name} received", signum)
+
+    def _settings_written(self, key: str, value: Any) -> None:
+        """A scenario, hook or strategy tried to change a protected setting: record it."""
+        scope = current_call.get()
+        by = f"cycle {scope.cycle} (step {scope.step or '-'})" if scope else "a hook or strategy"
+        if self.ledger is None or self._session == 0:
+            return
+        self.ledger.submit(
+            ops.add_event,
+            self.night_id,
+            self.clock(),
+            "degradation_blocked",
+            f"{by} tried to set {key} = {value!r}: refused ({key} is a protected setting)",
+            {"by": by, "attempted": f"set {key} = {value!r}", "reason": "protected setting"},
+            scope.cycle if scope else None,
+            scope.attempt if scope else None,
+            None,
+        )
 
     def _start_agent(self) -> None:
         cfg = self.loaded.config.agent
