@@ -55,13 +55,24 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
+class _CurrentStderr:
+    """Whatever sys.stderr is at write time: the live view redirects it, so log lines
+    land above the view instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _setup_logging(verbose: bool, interactive: bool) -> None:
     root = logging.getLogger("overnight")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for h in list(root.handlers):
         if getattr(h, "_overnight_console", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_CurrentStderr())
     handler._overnight_console = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     # On a terminal the live view shows progress; the console log keeps to warnings.

@@ -143,7 +143,10 @@ class Orchestrator:
             from ..agent import MonitorSettings
 
             for comp in self.components.values():  # bad probe/repair settings: exit 2, now
-                MonitorSettings.for_component(comp, self.loaded.config.agent)
+                try:
+                    MonitorSettings.for_component(comp, self.loaded.config.agent)
+                except ConfigError as exc:
+                    raise ConfigError(f"{where}: {self.loaded.key_prefix}{exc}") from None
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
