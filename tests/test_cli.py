@@ -446,3 +446,16 @@ def test_resume_with_a_literal_secret_in_the_config(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     report = json.loads(next((proj / "night_tests").glob("*/report.json")).read_text())
     assert report["totals"]["passed"] == 3 and report["status"] == "completed"
+
+
+def test_console_output_is_redacted_too(tmp_path: Path) -> None:
+    code = (
+        "import overnight\n\nasync def cycle(ctx):\n"
+        "    ctx.log.warning('connecting to postgresql://app:hunter2pw@db/x')\n"
+        "    raise overnight.InfraError('db', 'unavailable', 'cannot reach postgresql://app:hunter2pw@db/x')\n"
+    )
+    proj = make_project(tmp_path / "proj", code)
+    res = run_cli(["run", "--cycles", "1", "--retry-attempts", "0", "-v"], cwd=proj)
+    assert res.returncode == 1
+    assert "connecting to postgresql://app:***@db/x" in res.stderr  # the scenario's own log line
+    assert "unavailable" in res.stderr and "hunter2pw" not in res.stderr and "hunter2pw" not in res.stdout

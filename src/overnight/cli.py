@@ -27,7 +27,7 @@ from .engine.plan import Plan, new_seed
 from .engine.progress import make_sink
 from .errors import ConfigError, OvernightError, UsageError
 from .ledger import Ledger, queries
-from .redaction import redact
+from .redaction import RedactingFormatter, redact
 from .report import REPORT_JSON, REPORT_MD, write_reports
 
 app = typer.Typer(
@@ -74,7 +74,8 @@ def _setup_logging(verbose: bool, interactive: bool) -> None:
             root.removeHandler(h)
     handler = logging.StreamHandler(_CurrentStderr())
     handler._overnight_console = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    # Secrets stay out of the console as they stay out of orchestrator.log (promise 7).
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     # On a terminal the live view shows progress; the console log keeps to warnings.
     handler.setLevel(logging.DEBUG if verbose else (logging.WARNING if interactive else logging.INFO))
     if not verbose:

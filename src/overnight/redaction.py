@@ -7,6 +7,7 @@ registered here and replaced wherever they appear; and passwords inside URLs
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 
@@ -44,6 +45,13 @@ def redact(text: str | None) -> str | None:
                 text = text.replace(value, MASK)
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
     return _KEYISH.sub(lambda m: m.group("head") + MASK, text)
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter whose every line passes through ``redact``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record)) or ""
 
 
 def redact_url(url: str) -> str:

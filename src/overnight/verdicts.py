@@ -32,6 +32,14 @@ CYCLE_VERDICTS: tuple[Verdict, ...] = (
 RETRYABLE: frozenset[Verdict] = frozenset({Verdict.INFRA_ERROR, Verdict.TIMEOUT})
 
 
+def error_type_name(exc: BaseException) -> str:
+    """How an error's type is recorded: bare for builtins and our own, dotted otherwise."""
+    t = type(exc)
+    if t.__module__ in ("builtins", "overnight.errors", "overnight.engine.orchestrator"):
+        return t.__name__
+    return f"{t.__module__}.{t.__qualname__}"
+
+
 def classify(exc: BaseException) -> Verdict:
     """Map an exception that ended an attempt onto its verdict."""
     if isinstance(exc, InfraError):

@@ -10,24 +10,15 @@ from sqlalchemy import select
 
 from ..ledger import Ledger
 from ..ledger import schema as s
-
-
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    data = sorted(values)
-    pos = (len(data) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+from ..report.model import percentile
 
 
 def _summary(values: list[float]) -> dict[str, float | None]:
     return {
         "n": len(values),
         "mean": sum(values) / len(values) if values else None,
-        "p50": _pct(values, 50),
-        "p95": _pct(values, 95),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
     }
 
 

@@ -21,7 +21,7 @@ from ..config import ProtectedSettings
 from ..errors import ProductFailure
 from ..ledger import ops
 from ..redaction import redact
-from ..verdicts import classify
+from ..verdicts import classify, error_type_name
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -123,7 +123,7 @@ class Step:
         if exc is None:
             outcome, etype, emsg = "passed", None, None
         elif isinstance(exc, Exception):
-            outcome, etype, emsg = classify(exc).value, _type_name(exc), str(exc)
+            outcome, etype, emsg = classify(exc).value, error_type_name(exc), str(exc)
             ctx._error_steps.setdefault(id(exc), self.name)
         else:
             # CancelledError: a cycle timeout or a stop; the attempt record decides which.
@@ -239,10 +239,3 @@ class CycleContext:
                 break
             seen = nxt
         return self._cancelled_step or (self._steps[-1] if self._steps else None)
-
-
-def _type_name(exc: BaseException) -> str:
-    t = type(exc)
-    return (
-        t.__name__ if t.__module__ in ("builtins", "overnight.errors") else f"{t.__module__}.{t.__qualname__}"
-    )

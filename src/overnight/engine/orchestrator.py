@@ -32,9 +32,9 @@ from ..components import Component, ComponentSpec, resolve_factory
 from ..config import LoadedConfig, ProtectedSettings
 from ..errors import ConfigError, InfraError, UsageError
 from ..ledger import Ledger, ops, queries
-from ..redaction import redact
+from ..redaction import RedactingFormatter, redact
 from ..runtime import CallScope, current_call
-from ..verdicts import RETRYABLE, Verdict, classify
+from ..verdicts import RETRYABLE, Verdict, classify, error_type_name
 from .context import CycleContext, CycleInput, NightContext
 from .gate import Gate
 from .plan import Plan, compute_deadline, new_night_id
@@ -164,6 +164,8 @@ class Orchestrator:
         self.setup_error: str | None = None
         self.abort_reason: str | None = None
         self.agent: Any = None
+        # Set when the night stops starting work: wakes cycles held at the gate or in backoff.
+        self._stopped = asyncio.Event()
 
     # -- the night --------------------------------------------------------------------
 
@@ -187,7 +189,6 @@ class Orchestrator:
             self._install_signals(loop)
             deadline_handle = self._arm_deadline(loop)
             try:
-                done = len(await asyncio.to_thread(self._done_cycles))
                 self.progress.night_started(
                     self.night_id,
                     self.plan.cycles_to_run,
@@ -195,7 +196,6 @@ class Orchestrator:
                     await asyncio.to_thread(self._verdict_counts),
                     bool(self.resume),
                 )
-                log.debug("%d cycles already done", done)
                 workers = [asyncio.create_task(self._worker()) for _ in range(self.plan.parallel)]
                 await asyncio.gather(*workers)
             finally:
@@ -288,8 +288,6 @@ class Orchestrator:
             status = "aborted"
         elif self._interrupted:
             status = "interrupted"
-        elif remaining > 0 and self._stop_starting:
-            status = "stopped"
         elif remaining > 0:
             status = "stopped"
             self._stop_reason = self._stop_reason or f"{remaining} cycles did not finish"
@@ -432,7 +430,7 @@ class Orchestrator:
         elif exc is not None:
             message = redact(str(exc)) or type(exc).__name__
             result.update(
-                error_type=_type_name(exc),
+                error_type=error_type_name(exc),
                 error_message=message,
                 traceback="".join(traceback.format_exception(exc))[-_TRACEBACK_MAX:],
             )
@@ -476,15 +474,6 @@ class Orchestrator:
                 await asyncio.wait_for(self._stopped.wait(), delay)
 
     # -- stopping -------------------------------------------------------------------
-
-    @property
-    def _stopped(self) -> asyncio.Event:
-        ev = getattr(self, "_stopped_event", None)
-        if ev is None:
-            ev = self._stopped_event = asyncio.Event()
-            if self._interrupted:
-                ev.set()
-        return ev
 
     def _stop(self, reason: str) -> None:
         if not self._stop_starting:
@@ -675,7 +664,7 @@ class Orchestrator:
 
     def _attach_log(self) -> None:
         handler = logging.FileHandler(self.night_path / "orchestrator.log", encoding="utf-8")
-        handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
         # The progress sink's lines repeat what the orchestrator logs; keep the file lean.
         handler.addFilter(lambda r: not r.name.startswith("overnight.progress"))
@@ -716,15 +705,3 @@ class LedgerRecorder:
             scope.attempt if scope else None,
             component,
         )
-
-
-class _RedactingFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record)) or ""
-
-
-def _type_name(exc: BaseException) -> str:
-    t = type(exc)
-    if t.__module__ in ("builtins", "overnight.errors", __name__):
-        return t.__name__
-    return f"{t.__module__}.{t.__qualname__}"
