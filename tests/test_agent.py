@@ -266,7 +266,7 @@ async def test_terminated_backend_is_a_verified_transient_incident(tmp_path: Pat
                 def kill():
                     with psycopg.connect({pg_url!r}, autocommit=True) as c:
                         c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE application_name = 'overnight-db'")
+                                  "WHERE application_name LIKE 'overnight-%-db'")
                 await asyncio.to_thread(kill)
             await conn.exec_driver_sql("SELECT 1")
     """

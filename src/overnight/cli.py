@@ -236,6 +236,23 @@ def run(
     dry_run: DryRunOpt = False,
     mock_websearch: MockSearchOpt = False,
     no_expert: NoExpertOpt = False,
+    faults: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--faults",
+            help="a fault plan (TOML, [[fault]] tables) to inject during the night; repeatable",
+            dir_okay=False,
+        ),
+    ] = None,
+    inject: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--inject",
+            metavar="SPEC",
+            help="one fault, e.g. db:connection_lost@cycle=23 or llm:quota_exceeded@cycle=45,duration=30s;"
+            " repeatable",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a night of cycles (or continue one with --resume)."""
@@ -257,6 +274,8 @@ def run(
         verbose=verbose,
         builtin=None,
         overrides=_plan_choices(mock_websearch, no_expert),
+        fault_plans=list(faults or []),
+        injects=list(inject or []),
     )
 
 
@@ -352,6 +371,8 @@ def _run_command(
     verbose: bool,
     builtin: dict[str, Any] | None,
     overrides: dict[str, Any] | None = None,
+    fault_plans: list[Path] | None = None,
+    injects: list[str] | None = None,
 ) -> None:
     _check_until(until)
     if max_hours is not None and max_hours <= 0:
@@ -364,6 +385,11 @@ def _run_command(
 
     if resume and overrides:
         raise UsageError("--mock-websearch / --no-expert: a resumed night keeps its original plan")
+    if resume and (fault_plans or injects):
+        raise UsageError("--faults / --inject: a resumed night keeps its original fault plan")
+    from .faults.plan import collect
+
+    fault_specs = collect(list(fault_plans or []), list(injects or []))
     if resume:
         fixed = {
             "--cycles": cycles,
@@ -432,6 +458,7 @@ def _run_command(
         config_path=str(loaded.path) if loaded.path else None,
         key_prefix=loaded.key_prefix,
         config_raw=loaded.raw,
+        faults=[spec.to_dict() for spec in fault_specs],
     )
     led = _open_ledger(url)
     try:
@@ -646,25 +673,112 @@ def _report_command(
     _require_ledger(url)
     led = _open_ledger(url)
     try:
-        with led.read() as conn:
-            if night_id is None:
-                night = queries.last_night(conn)
-                if night is None:
-                    raise UsageError(f"no nights in {led.display_url}")
-                nid = night["id"]
-            else:
-                matches = queries.find_nights(conn, night_id)
-                if not matches:
-                    raise UsageError(f"no night {night_id!r} in {led.display_url}")
-                if len(matches) > 1:
-                    raise UsageError(f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}")
-                nid = matches[0]
+        nid = _pick_night(led, night_id)
         rep, folder = write_reports(led, nid, out)
     finally:
         led.close()
     typer.echo(rep["verdict"])
     typer.echo(f"{folder / REPORT_MD}")
     typer.echo(f"{folder / REPORT_JSON}")
+
+
+def _pick_night(led: Ledger, night_id: str | None) -> str:
+    """The named night (a unique prefix will do), or the last one."""
+    with led.read() as conn:
+        if night_id is None:
+            night = queries.last_night(conn)
+            if night is None:
+                raise UsageError(f"no nights in {led.display_url}")
+            return str(night["id"])
+        matches = queries.find_nights(conn, night_id)
+    if not matches:
+        raise UsageError(f"no night {night_id!r} in {led.display_url}")
+    if len(matches) > 1:
+        raise UsageError(f"night id {night_id!r} is ambiguous: {', '.join(matches[:5])}")
+    return str(matches[0])
+
+
+@app.command()
+def faults(
+    night_id: Annotated[
+        str | None, typer.Argument(help="night id (or a unique prefix); default: the last night")
+    ] = None,
+    config: ConfigOpt = None,
+    night_dir: NightDirOpt = None,
+    ledger: LedgerOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Each injected fault against the incident it caused: detection, diagnosis, repair."""
+    _guarded(
+        _faults_command, night_id=night_id, config=config, night_dir=night_dir, ledger=ledger, as_json=as_json
+    )
+
+
+def _faults_command(
+    night_id: str | None, config: Path | None, night_dir: Path | None, ledger: str | None, as_json: bool
+) -> None:
+    from .faults.timeline import fault_timeline
+
+    _ndir, url = _locate(config, night_dir, ledger, strict=False)
+    _require_ledger(url)
+    led = _open_ledger(url)
+    try:
+        nid = _pick_night(led, night_id)
+        with led.read() as conn:
+            timeline = fault_timeline(conn, nid)
+    finally:
+        led.close()
+    if as_json:
+        typer.echo(json.dumps({"night_id": nid, **timeline}, indent=2, default=str))
+        return
+    rows = timeline["injections"]
+    if not rows and not timeline["skipped"] and not timeline["failed"]:
+        typer.echo(f"night {nid}: no faults were injected")
+        return
+    out = Console(highlight=False, width=max(Console().width, 140))
+    table = Table(title=f"Injected faults — night {nid}", title_justify="left")
+    for col in ("fault", "at", "detected", "diagnosed", "repair", "verified", "cycles hit"):
+        table.add_column(col)
+    for r in rows:
+        at = _clock(r["injected_at"]) + (f" (cycle {r['cycle']})" if r["cycle"] else "")
+        if not r["detected"]:
+            detected, diagnosed = "[red]not detected[/]", "—"
+        else:
+            detected = f"+{r['time_to_detect_s']:.3f} s"
+            mark = "[green]✓[/]" if r["diagnosis_correct"] else "[red]✗[/]"
+            diagnosed = f"{mark} {r['diagnosed_kind']}"
+        strategies = ", ".join(f"{x['strategy']}{' ✓' if x['verified'] else ''}" for x in r["repairs"]) or (
+            "none needed" if r["incident_state"] == "transient" else "—"
+        )
+        verified = (
+            f"{r['time_to_repair_s']:.3f} s ({r['incident_state']})"
+            if r["time_to_repair_s"] is not None
+            else (r["incident_state"] or "—")
+        )
+        hit = ", ".join(map(str, r["cycles_hit"])) or "none"
+        if r["cycles_hit"]:
+            hit += " → " + ", ".join(f"{n} {v}" for v, n in sorted(r["hit_verdicts"].items()))
+        table.add_row(r["spec"] or r["fault"], at, detected, diagnosed, strategies, verified, hit)
+    out.print(table)
+    summary = timeline["summary"]
+    acc = summary["diagnosis_accuracy"]
+    out.print(
+        f"{summary['injected']} injected, {summary['detected']} detected, "
+        f"{summary['diagnosed_correctly']} diagnosed correctly"
+        + (f" ({acc:.0%})" if acc is not None else "")
+        + f", {summary['verified']} verified healthy again; product verdicts "
+        + ("kept" if summary["verdicts_kept"] else "[red]NOT kept[/] (a hit cycle ended without one)")
+    )
+    for skip in timeline["skipped"]:
+        out.print(f"skipped: {skip['fault']} occurrence {skip['occurrence']}: {skip['reason']}")
+    for fail in timeline["failed"]:
+        out.print(f"[red]not injected[/]: {fail['spec']}: {fail['error']}")
+
+
+def _clock(ts: float) -> str:
+    import time as _time
+
+    return _time.strftime("%H:%M:%S", _time.localtime(ts))
 
 
 @app.command()

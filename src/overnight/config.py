@@ -94,6 +94,20 @@ class AgentConfig(BaseModel):
         return value
 
 
+class FaultsConfig(BaseModel):
+    """What fault injection (``--faults``, ``--inject``) may touch besides loopback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="the project's own test hosts faults may target"
+    )
+    allow_service_control: bool = Field(
+        False, description="allow faults that stop and start a local server (method = 'stop')"
+    )
+    max_fill_gb: float = Field(5.0, gt=0, le=1024, description="largest disk-fill scratch file, in GB")
+
+
 class ComponentConfig(BaseModel):
     """A dependency the scenario uses. Keys beyond these belong to the component type."""
 
@@ -116,6 +130,7 @@ class Config(BaseModel):
     )
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
     agent: AgentConfig = Field(default_factory=AgentConfig)
+    faults: FaultsConfig = Field(default_factory=FaultsConfig)
 
     @field_validator("scenario", "setup")
     @classmethod

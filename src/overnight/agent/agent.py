@@ -265,6 +265,11 @@ class ComponentMonitor:
             {"incident_id": incident.id, "state": state},
         )
         self.incident = None
+        for listener in self.agent.incident_listeners:
+            try:
+                listener(self.comp.name, state, incident.detected_at)
+            except Exception:  # a listener's bug must not stop the monitor
+                log.exception("incident listener failed")
 
     async def _work(self, incident: _Incident) -> None:
         """Repair within bounds until verified; then fallback or escalation."""
@@ -502,6 +507,8 @@ class RepairAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.restarts = 0
         self.lag_samples: list[float] = []
+        # Called with (component, state, detected_at) when an incident is closed verified.
+        self.incident_listeners: list[Callable[[str, str, float], None]] = []
         for comp in components.values():
             comp.on_error(self._from_component)
 

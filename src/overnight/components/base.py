@@ -50,6 +50,7 @@ COMMON_OPTIONS: frozenset[str] = frozenset(
         "repairs",
         "max_repairs_per_hour",
         "cooldown",
+        "fault_proxy",
     }
 )
 
@@ -181,6 +182,11 @@ class Component:
         self.sandbox = False  # True when it talks to overnight's own sandbox services
         self.peers: dict[str, Component] = {}  # the night's other components, by name
         self._listeners: list[ErrorListener] = []
+        # Put overnight's TCP fault proxy between it and its server (fault injection).
+        self.fault_proxy = bool(spec.options.get("fault_proxy", False))
+        # Set by the fault driver before connect when a fault plan targets this component's
+        # HTTP API (overnight.faults.http.HttpFaults); HTTP components wrap their client.
+        self.http_faults: Any = None
 
     def reject_unknown(self, leftover: dict[str, Any]) -> None:
         """Raise a ConfigError naming options this component does not know."""
@@ -229,6 +235,18 @@ class Component:
         await self.close()
         await self.connect()
 
+    def tcp_endpoint(self) -> tuple[str, int]:
+        """The TCP (host, port) of its server, for ``fault_proxy``; before connect."""
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"components.{self.name}: fault_proxy: a {self.type_name} component has no TCP endpoint"
+        )
+
+    def route_via(self, host: str, port: int) -> None:
+        """Talk to (host, port) instead of ``tcp_endpoint()`` from now on (the fault proxy)."""
+        raise NotImplementedError
+
     # -- wiring --------------------------------------------------------------------
 
     def bind(self, recorder: Recorder) -> None:
@@ -246,6 +264,7 @@ class Component:
             "critical": self.critical,
             "probe": self.has_probe,
             "knobs": self.knobs.describe(),
+            **({"fault_proxy": True} if self.fault_proxy else {}),
         }
 
     async def call(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -352,3 +371,21 @@ def classify_status(status: int, body: str = "") -> str | None:
     if status == 408:
         return "timeout"
     return None
+
+
+def url_endpoint(url: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of a URL; ``default_port`` when the URL has none."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def url_via(url: str, host: str, port: int) -> str:
+    """``url`` with its host and port replaced (user, password, path and query kept)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=netloc))

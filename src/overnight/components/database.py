@@ -17,13 +17,14 @@ statement or pool timeout → timeout, bad password → auth_expired).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -189,7 +190,7 @@ class DatabaseComponent(Component):
                     # show as unavailable, not come back silently empty.
                     url = f"sqlite+aiosqlite:///file:{path}?mode=rw&uri=true"
             return create_async_engine(url, connect_args={"timeout": self.knobs.get("connect_timeout")})
-        return create_async_engine(
+        engine = create_async_engine(
             self.url,
             pool_size=self.pool_size,
             max_overflow=self.pool_size,
@@ -197,9 +198,33 @@ class DatabaseComponent(Component):
             pool_timeout=30,
             connect_args={
                 "connect_timeout": int(self.knobs.get("connect_timeout")),
-                "application_name": f"overnight-{self.name}",
+                "application_name": self.application_name,
             },
         )
+        event.listen(engine.sync_engine, "handle_error", self._on_driver_error)
+        return engine
+
+    @property
+    def application_name(self) -> str:
+        """How this process's connections show in pg_stat_activity (faults terminate them)."""
+        return f"overnight-{os.getpid()}-{self.name}"[:63]
+
+    def _on_driver_error(self, context: Any) -> None:
+        # Pre-ping finds a connection the server dropped and quietly reconnects: the cycle
+        # never sees it, but the connection *was* lost. Tell the agent, which verifies the
+        # pool with a probe (a transient incident when the reconnect held).
+        if context.is_pre_ping and context.is_disconnect:
+            exc = context.original_exception
+            self.report_fault("connection_lost", exc, "pre_ping")
+
+    def tcp_endpoint(self) -> tuple[str, int]:
+        if self.dialect != "postgresql":
+            raise ConfigError(f"components.{self.name}: fault_proxy: SQLite has no TCP endpoint")
+        url = make_url(self.url)
+        return url.host or "127.0.0.1", url.port or 5432
+
+    def route_via(self, host: str, port: int) -> None:
+        self.url = make_url(self.url).set(host=host, port=port).render_as_string(hide_password=False)
 
     async def connect(self) -> None:
         self._engine = self._make_engine()

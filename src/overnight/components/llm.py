@@ -41,6 +41,8 @@ from .base import (
     classify_common,
     classify_status,
     describe_error,
+    url_endpoint,
+    url_via,
 )
 
 PROVIDERS = ("gigachat", "openai")
@@ -189,12 +191,54 @@ class LLMComponent(Component):
             for name in ("base_url", "auth_url", "scope"):
                 if getattr(self, name):
                     kwargs[name] = getattr(self, name)
-            return GigaChat(**kwargs)
+            client = GigaChat(**kwargs)
+            if self.http_faults is not None:
+                self._wrap_gigachat(client)
+            return client
         from openai import AsyncOpenAI
 
+        http_client = None
+        if self.http_faults is not None:
+            import httpx2
+
+            from ..faults.http import fault_transport
+
+            http_client = httpx2.AsyncClient(
+                timeout=timeout,
+                transport=fault_transport(httpx2.AsyncHTTPTransport(), self.http_faults),
+            )
         return AsyncOpenAI(
-            base_url=self.base_url, api_key=key or "missing-key", timeout=timeout, max_retries=0
+            base_url=self.base_url,
+            api_key=key or "missing-key",
+            timeout=timeout,
+            max_retries=0,
+            http_client=http_client,
         )
+
+    def _wrap_gigachat(self, client: Any) -> None:
+        """Put the HTTP fault layer under the SDK's API client (not its OAuth client).
+
+        The SDK takes no transport, so its lazily built client is built here, from the
+        SDK's own settings, with the fault transport inside."""
+        import httpx
+        from gigachat.client import _get_kwargs
+
+        from ..faults.http import fault_transport
+
+        kwargs = _get_kwargs(client._settings)
+        inner = httpx.AsyncHTTPTransport(verify=kwargs.get("verify", True))
+        client._aclient_instance = httpx.AsyncClient(
+            **kwargs, transport=fault_transport(inner, self.http_faults)
+        )
+
+    def tcp_endpoint(self) -> tuple[str, int]:
+        if not self.base_url or self.sandbox:
+            raise ConfigError(f"components.{self.name}: fault_proxy: needs a base_url (not sandbox)")
+        return url_endpoint(self.base_url, 443 if self.base_url.startswith("https") else 80)
+
+    def route_via(self, host: str, port: int) -> None:
+        assert self.base_url is not None
+        self.base_url = url_via(self.base_url, host, port)
 
     async def close(self) -> None:
         clients = [*self._retired, self._client]

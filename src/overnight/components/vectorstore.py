@@ -39,6 +39,8 @@ from .base import (
     classify_common,
     classify_status,
     describe_error,
+    url_endpoint,
+    url_via,
 )
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
@@ -149,6 +151,15 @@ class VectorStoreComponent(Component):
 
     async def connect(self) -> None:
         self._client = await asyncio.to_thread(self._open)
+
+    def tcp_endpoint(self) -> tuple[str, int]:
+        if not self.url:
+            raise ConfigError(f"components.{self.name}: fault_proxy: local mode has no TCP endpoint; set url")
+        return url_endpoint(self.url, 6333)
+
+    def route_via(self, host: str, port: int) -> None:
+        assert self.url is not None
+        self.url = url_via(self.url, host, port)
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -41,7 +41,16 @@ import httpx
 
 from ..errors import ConfigError
 from ..redaction import register_secret
-from .base import Component, ComponentSpec, Knob, ProbeResult, classify_common, describe_error
+from .base import (
+    Component,
+    ComponentSpec,
+    Knob,
+    ProbeResult,
+    classify_common,
+    describe_error,
+    url_endpoint,
+    url_via,
+)
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -178,7 +187,22 @@ class WebSearchComponent(Component):
             self.endpoint = box.search_url
             self.api_key = box.search_key
             self.api_key_header = "X-API-Key"
-        self._client = httpx.AsyncClient(timeout=float(self.knobs.get("timeout")))
+        transport = None
+        if self.http_faults is not None:
+            from ..faults.http import fault_transport
+
+            transport = fault_transport(httpx.AsyncHTTPTransport(), self.http_faults)
+        self._client = httpx.AsyncClient(timeout=float(self.knobs.get("timeout")), transport=transport)
+
+    def tcp_endpoint(self) -> tuple[str, int]:
+        if not self.endpoint or self.sandbox or self.replay is not None:
+            raise ConfigError(
+                f"components.{self.name}: fault_proxy: needs an endpoint URL (not sandbox/replay)"
+            )
+        return url_endpoint(self.endpoint, 443 if self.endpoint.startswith("https") else 80)
+
+    def route_via(self, host: str, port: int) -> None:
+        self.endpoint = url_via(str(self.endpoint), host, port)
 
     async def close(self) -> None:
         client, self._client = self._client, None

@@ -150,6 +150,9 @@ class Orchestrator:
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
+        self.faults: Any = None
+        if plan.faults:
+            self.faults = self._fault_driver(where)
         self._queue: deque[int] = deque()
         self._stop_starting = False
         self._interrupted = False
@@ -164,8 +167,40 @@ class Orchestrator:
         self.setup_error: str | None = None
         self.abort_reason: str | None = None
         self.agent: Any = None
+        self.started_at = 0.0
         # Set when the night stops starting work: wakes cycles held at the gate or in backoff.
         self._stopped = asyncio.Event()
+
+    def _fault_driver(self, where: str) -> Any:
+        """Check the fault plan against the components now: a bad plan is exit 2, before
+        anything is written (promise 8: targets at home only)."""
+        from ..faults.driver import FaultDriver
+        from ..faults.injectors import FaultsSettings, check
+        from ..faults.plan import FaultSpec
+
+        cfg = self.loaded.config.faults
+        settings = FaultsSettings(tuple(cfg.allowed_hosts), cfg.allow_service_control, cfg.max_fill_gb)
+        specs = [FaultSpec.from_dict(d) for d in self.plan.faults]
+        for spec in specs:
+            if spec.cycle is not None and spec.cycle > self.plan.cycles_to_run:
+                raise ConfigError(
+                    f"{spec.where}: cycle {spec.cycle} is beyond the night's {self.plan.cycles_to_run} cycles"
+                )
+        try:
+            mechanisms = check(specs, self.components, settings)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (components of {where})") from None
+        return FaultDriver(
+            specs,
+            mechanisms,
+            self.components,
+            self.ledger,
+            self.night_id,
+            self.night_path,
+            self.plan.seed,
+            settings,
+            clock=self.clock,
+        )
 
     # -- the night --------------------------------------------------------------------
 
@@ -182,10 +217,16 @@ class Orchestrator:
         self._attach_log()
         try:
             await self._open_night()
+            if self.faults is not None:
+                await self.faults.prepare()
             await self._connect_components()
             self._start_agent()
             if not await self._run_setup():
                 return await self._close_night()
+            if self.faults is not None:
+                if self.agent is not None:
+                    self.agent.incident_listeners.append(self.faults.incident_closed)
+                await self.faults.start(self.started_at, bool(self.resume))
             self._install_signals(loop)
             deadline_handle = self._arm_deadline(loop)
             try:
@@ -203,9 +244,12 @@ class Orchestrator:
                     deadline_handle.cancel()
                 self._remove_signals(loop)
                 self.progress.close()
+            await self._stop_faults()
             await self._stop_agent()
             return await self._close_night()
         finally:
+            # Injected faults are undone whatever happened (Ctrl-C, abort, our own error).
+            await self._stop_faults()
             await self._stop_agent()
             await self._close_components()
             self._detach_log()
@@ -213,6 +257,7 @@ class Orchestrator:
     async def _open_night(self) -> None:
         now = self.clock()
         plan = self.plan
+        self.started_at = self.resume["started_at"] if self.resume else now
         if self.resume is None:
             self.deadline = compute_deadline(now, plan.max_hours, plan.until)
             row = {
@@ -342,6 +387,8 @@ class Orchestrator:
                 # Nothing new starts once the night is stopping; a cycle held at the gate
                 # stays pending (resume runs it) rather than failing for want of time.
                 return
+            if self.faults is not None:
+                await self.faults.before_cycle(cycle)  # once per cycle: it meets its faults
             attempt = last_no = last_no + 1
             verdict, result, error, meta = await self._run_attempt(cycle, attempt, cycle_input)
             if verdict is Verdict.INTERRUPTED:
@@ -569,6 +616,13 @@ class Orchestrator:
             clock=self.clock,
         )
         self.agent.start()
+
+    async def _stop_faults(self) -> None:
+        if self.faults is not None:
+            try:
+                await self.faults.stop(self._stop_reason or "the night ended")
+            except Exception:
+                log.exception("undoing injected faults failed")
 
     async def _stop_agent(self) -> None:
         agent, self.agent = self.agent, None

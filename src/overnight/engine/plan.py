@@ -38,6 +38,8 @@ class Plan:
     config_path: str | None = None
     key_prefix: str = ""
     config_raw: dict[str, Any] = field(default_factory=dict)
+    # The night's fault plan (``--faults``, ``--inject``), as normalised specs.
+    faults: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)

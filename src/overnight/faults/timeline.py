@@ -1,0 +1,262 @@
+"""Injected faults matched to the incidents they caused, from the ledger alone.
+
+For each injection: the incident on the same component detected first at or after the
+injection (and before the fault ended, plus a grace period), with time to detect
+(injection → detection), time to diagnose (detection → diagnosis), time to repair
+(detection → verified healthy), the diagnosed kind against the injected kind, the cycles
+the fault hit and how they ended. A fault no incident answers is "not detected": shown,
+never hidden.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from ..ledger import queries
+from ..ledger import schema as s
+
+# An incident detected this long after a fault ended still counts as caused by it (a
+# one-shot fault is noticed at the next use of the component).
+MATCH_GRACE_S = 120.0
+_INFRA = ("infra_error", "timeout")
+
+
+def _data(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    try:
+        value = json.loads(raw) if raw else {}
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _r(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def fault_timeline(conn: Connection, night_id: str) -> dict[str, Any]:
+    """``{"injections": [...], "skipped": [...], "failed": [...], "summary": {...}}``."""
+    events = queries.events_of(
+        conn,
+        night_id,
+        kinds=("fault_injected", "fault_cleared", "fault_undo_failed", "fault_skipped", "fault_failed"),
+    )
+    injections: list[dict[str, Any]] = []
+    by_key: dict[tuple[str, int], dict[str, Any]] = {}
+    skipped, failed = [], []
+    for ev in events:
+        data = _data(ev["data"])
+        key = (str(data.get("fault", "")), int(data.get("occurrence", 1)))
+        if ev["kind"] == "fault_injected":
+            row = {
+                "fault": key[0],
+                "occurrence": key[1],
+                "spec": data.get("spec"),
+                "component": data.get("target") or ev["component"],
+                "injected_kind": data.get("kind"),
+                "mechanism": data.get("mechanism"),
+                "cycle": data.get("cycle"),
+                "injected_at": ev["ts"],
+                "cleared_at": None,
+                "clear_reason": None,
+                "undo_failed": False,
+            }
+            injections.append(row)
+            by_key[key] = row
+        elif ev["kind"] in ("fault_cleared", "fault_undo_failed") and key in by_key:
+            row = by_key[key]
+            row["cleared_at"] = ev["ts"]
+            row["clear_reason"] = data.get("reason")
+            row["undo_failed"] = ev["kind"] == "fault_undo_failed"
+        elif ev["kind"] == "fault_skipped":
+            skipped.append(
+                {"fault": key[0], "occurrence": key[1], "at": ev["ts"], "reason": data.get("reason")}
+            )
+        elif ev["kind"] == "fault_failed":
+            failed.append(
+                {
+                    "fault": key[0],
+                    "occurrence": key[1],
+                    "at": ev["ts"],
+                    "spec": data.get("spec"),
+                    "error": data.get("error"),
+                }
+            )
+
+    incidents = [
+        dict(r._mapping)
+        for r in conn.execute(
+            select(s.incidents).where(s.incidents.c.night_id == night_id).order_by(s.incidents.c.detected_at)
+        )
+    ]
+    repairs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in conn.execute(
+        select(s.repairs).where(s.repairs.c.night_id == night_id).order_by(s.repairs.c.started_at)
+    ):
+        repairs[r.incident_id].append(dict(r._mapping))
+    attempts = [
+        dict(r._mapping)
+        for r in conn.execute(
+            select(
+                s.attempts.c.cycle,
+                s.attempts.c.attempt,
+                s.attempts.c.started_at,
+                s.attempts.c.ended_at,
+                s.attempts.c.verdict,
+                s.attempts.c.fault_component,
+            ).where(s.attempts.c.night_id == night_id)
+        )
+    ]
+    final = {
+        r.cycle: (r.verdict, r.status)
+        for r in conn.execute(
+            select(s.cycles.c.cycle, s.cycles.c.verdict, s.cycles.c.status).where(
+                s.cycles.c.night_id == night_id
+            )
+        )
+    }
+    last_attempt: dict[int, dict[str, Any]] = {}
+    for a in attempts:
+        if a["cycle"] not in last_attempt or a["attempt"] > last_attempt[a["cycle"]]["attempt"]:
+            last_attempt[a["cycle"]] = a
+    night = queries.get_night(conn, night_id) or {}
+    night_end = night.get("ended_at")
+
+    used: set[int] = set()
+    for row in injections:
+        end = row["cleared_at"] if row["cleared_at"] is not None else night_end
+        horizon = (end if end is not None else float("inf")) + MATCH_GRACE_S
+        match = next(
+            (
+                inc
+                for inc in incidents
+                if inc["id"] not in used
+                and inc["component"] == row["component"]
+                and row["injected_at"] - 0.001 <= inc["detected_at"] <= horizon
+            ),
+            None,
+        )
+        row.update(
+            detected=match is not None,
+            incident_id=None,
+            detected_at=None,
+            diagnosed_kind=None,
+            diagnosis_correct=None,
+            time_to_detect_s=None,
+            time_to_diagnose_s=None,
+            verified_at=None,
+            time_to_repair_s=None,
+            incident_state=None,
+            repairs=[],
+        )
+        if match is not None:
+            used.add(match["id"])
+            row.update(
+                incident_id=match["id"],
+                detected_at=match["detected_at"],
+                diagnosed_kind=match["fault_kind"],
+                diagnosis_correct=match["fault_kind"] == row["injected_kind"],
+                time_to_detect_s=_r(match["detected_at"] - row["injected_at"]),
+                time_to_diagnose_s=_r(match["diagnosed_at"] - match["detected_at"])
+                if match["diagnosed_at"] is not None
+                else None,
+                verified_at=match["verified_at"],
+                time_to_repair_s=_r(match["verified_at"] - match["detected_at"])
+                if match["verified_at"] is not None
+                else None,
+                incident_state=match["state"],
+                repairs=[
+                    {
+                        "strategy": r["strategy"],
+                        "result": r["result"],
+                        "verified": bool(r["verified"]),
+                        "duration_s": _r(r["duration_s"]),
+                    }
+                    for r in repairs.get(match["id"], [])
+                ],
+            )
+        # Cycles the fault hit: an attempt that overlapped it failed on this component.
+        until = max(x for x in (row["cleared_at"], row["verified_at"], row["injected_at"]) if x is not None)
+        hit = sorted(
+            {
+                a["cycle"]
+                for a in attempts
+                if a["fault_component"] == row["component"]
+                and a["verdict"] in _INFRA
+                and a["started_at"] <= until + 1.0
+                and (a["ended_at"] or 0) >= row["injected_at"]
+            }
+        )
+        verdicts: dict[str, int] = defaultdict(int)
+        for c in hit:
+            verdict, status = final.get(c, (None, None))
+            verdicts[verdict if status == "done" else "unfinished"] += 1
+        # Product failures whose final attempt ran while the fault was on: shown so a
+        # person can check that the fault did not make them (retries never hide them).
+        during = sorted(
+            c
+            for c, a in last_attempt.items()
+            if final.get(c, (None, None))[0] == "failed"
+            and a["started_at"] <= until
+            and (a["ended_at"] or 0) >= row["injected_at"]
+        )
+        row.update(
+            cycles_hit=hit,
+            hit_verdicts=dict(verdicts),
+            # Every hit cycle reached a product verdict (passed or failed) on a later attempt.
+            verdicts_kept=all(final.get(c, (None, None))[0] in ("passed", "failed") for c in hit),
+            product_failures_during=during,
+        )
+    return {
+        "injections": injections,
+        "skipped": skipped,
+        "failed": failed,
+        "summary": summarise(injections),
+    }
+
+
+def summarise(injections: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per injected kind: count, detected, correctly diagnosed, repaired, p50/p95 TTD/TTR."""
+    from ..report.model import percentile
+
+    kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in injections:
+        kinds[str(row["injected_kind"])].append(row)
+    per_kind = {}
+    for kind, rows in sorted(kinds.items()):
+        ttd = [r["time_to_detect_s"] for r in rows if r["time_to_detect_s"] is not None]
+        ttr = [r["time_to_repair_s"] for r in rows if r["time_to_repair_s"] is not None]
+        per_kind[kind] = {
+            "injected": len(rows),
+            "detected": sum(1 for r in rows if r["detected"]),
+            "diagnosed_correctly": sum(1 for r in rows if r["diagnosis_correct"]),
+            "verified": sum(1 for r in rows if r["verified_at"] is not None),
+            "time_to_detect_s": {
+                "p50": _r(percentile(ttd, 50)),
+                "p95": _r(percentile(ttd, 95)),
+                "n": len(ttd),
+            },
+            "time_to_repair_s": {
+                "p50": _r(percentile(ttr, 50)),
+                "p95": _r(percentile(ttr, 95)),
+                "n": len(ttr),
+            },
+        }
+    detected = [r for r in injections if r["detected"]]
+    return {
+        "injected": len(injections),
+        "detected": len(detected),
+        "diagnosed_correctly": sum(1 for r in detected if r["diagnosis_correct"]),
+        "diagnosis_accuracy": _r(sum(1 for r in detected if r["diagnosis_correct"]) / len(detected), 4)
+        if detected
+        else None,
+        "verified": sum(1 for r in injections if r["verified_at"] is not None),
+        "verdicts_kept": all(r["verdicts_kept"] for r in injections),
+        "per_kind": per_kind,
+    }
