@@ -187,6 +187,10 @@ class ComponentMonitor:
                 self.agent.gate.open(self.comp.name)
                 continue
             self._failures += 1
+            # Faults a cycle hit while this probe ran count too: detection is when the
+            # first of them was signalled (and the gate closed), not when the probe ended.
+            signals += [sig for sig in self._pending if sig.ts > self._verified_at]
+            self._pending = []
             if not signals and self._failures < self.settings.failure_threshold:
                 self._set_state(
                     "suspect", f"probe failed ({self._failures}/{self.settings.failure_threshold})"

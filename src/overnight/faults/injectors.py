@@ -275,8 +275,8 @@ def _pg(comp: Component, sql: str, params: tuple[Any, ...] = (), dbname: str | N
     import psycopg
 
     with psycopg.connect(**_admin_conninfo(comp, dbname), autocommit=True) as conn:
-        rows = conn.execute(sql, params).fetchall()
-    return rows
+        cur = conn.execute(sql, params)
+        return cur.fetchall() if cur.description is not None else []
 
 
 def _quote_ident(name: str) -> str:
@@ -545,6 +545,13 @@ def check(
                     f"{comp.name} talks to {host or 'an unknown host'}: faults stay on loopback or "
                     "the project's test hosts ([faults] allowed_hosts)"
                 )
+            revoke = spec.kind == "unavailable" and spec.params.get("method") in (None, "revoke")
+            if (
+                mechanism == "postgresql"
+                and revoke
+                and _admin_conninfo(comp).get("dbname") in (None, "postgres")
+            ):
+                raise ValueError("connect cannot be revoked on the maintenance database 'postgres'")
             if spec.params.get("method") == "stop" and (host is None or not is_loopback(host)):
                 raise ValueError("method 'stop' stops a local server only (the url is not loopback)")
             # Constructing an injector has no side effect; it knows whether it is one action.

@@ -1,0 +1,471 @@
+"""Failure simulation: short nights of the reference grant pipeline against real
+PostgreSQL, the sandbox GigaChat and search APIs and Qdrant local mode, with real faults
+injected by fault plans. Each injected fault must be detected, diagnosed as what was
+injected, repaired (or recovered) and verified by a probe; the cycles it hit are retried
+and end with the verdict the same cycle gets on a night without faults (so seeded product
+bugs still fail); the protected fingerprint holds; every fault is undone; nothing is lost
+from the ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from overnight.config import load_config
+from overnight.engine.orchestrator import Orchestrator
+from overnight.engine.progress import LogProgress
+from overnight.faults import collect, fault_timeline
+from overnight.ledger import Ledger, queries
+from overnight.report import write_reports
+from overnight.sandbox import shared_sandbox
+from overnight.sandbox.server import Switches
+
+from .conftest import REPO, run_cli
+from .helpers import attempts_by_cycle, make_plan
+
+EXAMPLE = REPO / "examples" / "grant_pipeline"
+SEED = 11
+CYCLES = 6
+# The sandbox's "missing section" bug, seeded: the same cycles fail on every night.
+BUG = {"bug_rate": 0.06, "bug_seed": 3}
+FAST_AGENT = """
+[agent]
+probe_period = 0.5
+probe_timeout = 3
+cooldown = 0.05
+max_backoff = 0.2
+"""
+_reference: dict[str, dict[int, str]] = {}
+
+
+@pytest.fixture(autouse=True)
+def seeded_sandbox() -> Iterator[None]:
+    """The shared sandbox with the seeded product bug; left as it was found."""
+    box = shared_sandbox()
+    defaults = {k: v for k, v in Switches().__dict__.items() if not k.startswith("_") and k != "token_epoch"}
+    box.switches["gigachat"].update(**BUG)
+    yield
+    for sw in box.switches.values():
+        sw.update(**defaults)
+    for server in box.servers.values():
+        server.reset_quota()
+
+
+def _config(pg_url: str, *, search: str = "", db: str = "", llm: str = "", extra: str = "") -> str:
+    search = search or "sandbox = true\ntimeout = 1\ntimeout_max = 5\n"
+    return f"""
+scenario = "pipeline:cycle"
+setup = "pipeline:setup"
+
+[run]
+cycle_timeout = 120
+
+[settings]
+min_application_length = 15000
+min_sections = 8
+min_review_score = 7.0
+mock_websearch = false
+expert = true
+use_database = true
+{FAST_AGENT}
+[components.db]
+type = "database"
+url = "{pg_url}"
+{db}
+[components.llm]
+type = "llm"
+provider = "gigachat"
+sandbox = true
+{llm}
+[components.search]
+type = "websearch"
+{search}
+[components.search_recorded]
+type = "websearch"
+replay = "data/search_recorded.json"
+critical = false
+
+[components.vectors]
+type = "vectorstore"
+{extra}"""
+
+
+async def _night(
+    tmp_path: Path, config: str, faults: list[str], *, cycles: int = CYCLES, **plan_kw: Any
+) -> tuple[Any, dict[str, Any], Ledger, dict[str, Any]]:
+    project = tmp_path / "project"
+    project.mkdir(parents=True, exist_ok=True)
+    for name in ("pipeline.py", "data"):
+        if not (project / name).exists():
+            (project / name).symlink_to(EXAMPLE / name)
+    cfg = project / "overnight.toml"
+    cfg.write_text(config)
+    night_dir = tmp_path / "nights"
+    specs = collect([], faults)
+    plan = make_plan(
+        cfg,
+        night_dir,
+        cycles=cycles,
+        seed=SEED,
+        retry_attempts=2,
+        faults=[s.to_dict() for s in specs],
+        **plan_kw,
+    )
+    ledger = Ledger(str(night_dir / "overnight.db"))
+    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
+    outcome = await orch.run()
+    report, _ = write_reports(ledger, outcome.night_id)
+    with ledger.read() as conn:
+        timeline = fault_timeline(conn, outcome.night_id)
+    return outcome, report, ledger, timeline
+
+
+async def _reference_verdicts(tmp_path: Path, pg_url: str) -> dict[int, str]:
+    """What each cycle gets on a night without faults (same seed, same seeded bug)."""
+    if "v" not in _reference:
+        _, report, ledger, _ = await _night(tmp_path / "reference", _config(pg_url), [])
+        ledger.close()
+        _reference["v"] = {c["cycle"]: c["verdict"] for c in report["cycles"]}
+    return _reference["v"]
+
+
+def _assert_night_kept_its_promises(
+    report: dict[str, Any], ledger: Ledger, night_id: str, timeline: dict[str, Any], reference: dict[int, str]
+) -> None:
+    verdicts = {c["cycle"]: c["verdict"] for c in report["cycles"]}
+    # Every hit cycle was retried and ended as the same cycle does on a night without faults:
+    # passed where it passes, failed (the seeded bug) where it fails. Nothing lost, nothing extra.
+    assert verdicts == reference, (verdicts, reference, report["failures"])
+    atts = attempts_by_cycle(ledger, night_id)
+    for row in timeline["injections"]:
+        for c in row["cycles_hit"]:
+            assert len(atts[c]) >= 2 and atts[c][-1]["verdict"] in ("passed", "failed"), (c, atts[c])
+    for c, verdict in reference.items():
+        if verdict == "failed":
+            # a product failure is final: one attempt ends it, before, during or after a fault
+            assert [a["verdict"] for a in atts[c]][-1] == "failed"
+            assert sum(a["verdict"] == "failed" for a in atts[c]) == 1
+    with ledger.read() as conn:
+        night = queries.get_night(conn, night_id)
+        cycles = queries.cycles_of(conn, night_id)
+        events = queries.events_of(
+            conn, night_id, kinds=("fault_injected", "fault_cleared", "fault_undo_failed")
+        )
+    assert night is not None and night["status"] == "completed"
+    assert night["protected_fingerprint_end"] == night["protected_fingerprint"]
+    assert all(c["protected_fingerprint"] == night["protected_fingerprint"] for c in cycles)
+    assert [c["cycle"] for c in cycles] == list(range(1, len(reference) + 1))
+    assert all(c["status"] == "done" for c in cycles)
+    for c, rows in atts.items():
+        assert [a["attempt"] for a in rows] == list(range(1, len(rows) + 1)), c
+    injected = [e for e in events if e["kind"] == "fault_injected"]
+    cleared = [e for e in events if e["kind"] == "fault_cleared"]
+    assert len(injected) == len(cleared) == len(timeline["injections"]) and not [
+        e for e in events if e["kind"] == "fault_undo_failed"
+    ]
+
+
+def _by_fault(timeline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["fault"]: row for row in timeline["injections"]}
+
+
+async def test_example_incidents_are_detected_diagnosed_repaired_and_verified(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The three incidents of examples/grant_pipeline/faults.toml (a database connection
+    lost, GigaChat quota exceeded, web search timing out) and a closed vector store."""
+    reference = await _reference_verdicts(tmp_path, pg_url)
+    assert "failed" in reference.values() and "passed" in reference.values(), reference
+    faults = [
+        "db:connection_lost@cycle=2",
+        "llm:quota_exceeded@cycle=3,duration=2s,retry_after=2s",
+        "search:timeout@cycle=4,duration=2s",
+        "vectors:unavailable@cycle=5",
+    ]
+    outcome, report, ledger, timeline = await _night(tmp_path, _config(pg_url), faults)
+    try:
+        rows = _by_fault(timeline)
+        assert set(rows) == {
+            "db:connection_lost#1",
+            "llm:quota_exceeded#2",
+            "search:timeout#3",
+            "vectors:unavailable#4",
+        }
+        for row in rows.values():
+            assert row["detected"] and row["diagnosis_correct"], row
+            assert row["verified_at"] is not None and row["time_to_repair_s"] is not None, row
+            assert 0 <= row["time_to_detect_s"] < 5, row
+        # Pre-ping found the terminated connections and the pool reconnected: a transient
+        # incident, verified by a probe; no cycle failed for it.
+        assert rows["db:connection_lost#1"]["incident_state"] == "transient"
+        quota = rows["llm:quota_exceeded#2"]
+        assert quota["incident_state"] == "repaired" and quota["cycles_hit"] == [3]
+        assert quota["repairs"][-1] == {
+            **quota["repairs"][-1],
+            "strategy": "wait_retry_after",
+            "verified": True,
+        }
+        timeout = rows["search:timeout#3"]
+        assert timeout["cycles_hit"] == [4] and timeout["incident_state"] in ("repaired", "recovered")
+        store = rows["vectors:unavailable#4"]
+        assert store["incident_state"] == "repaired" and store["repairs"][-1]["strategy"] == "reconnect"
+        assert timeline["summary"]["diagnosis_accuracy"] == 1.0 and timeline["summary"]["verdicts_kept"]
+        _assert_night_kept_its_promises(report, ledger, outcome.night_id, timeline, reference)
+    finally:
+        ledger.close()
+    box = shared_sandbox()
+    assert box.switches["search"].blackhole is False and box.switches["gigachat"].quota_per_day is None
+
+
+async def test_postgres_stopped_revoked_and_proxied_faults(tmp_path: Path, pg_url: str) -> None:
+    """PostgreSQL stopped (restarted by the agent's restart_command, then the fault ends as
+    repaired) and connect revoked for a while (recovered when it is restored)."""
+    reference = await _reference_verdicts(tmp_path, pg_url)
+    cluster = "pg_ctlcluster 15 main"
+    db = f'restart_command = "{cluster} start"\n'
+    extra = "\n[faults]\nallow_service_control = true\n"
+    faults = [
+        f"db:unavailable@cycle=2,method=stop,until=repaired,max_duration=60s,"
+        f"stop_command={cluster} stop -m fast,start_command={cluster} status || {cluster} start",
+        "db:unavailable@cycle=4,method=revoke,duration=1.5s",
+    ]
+    outcome, report, ledger, timeline = await _night(tmp_path, _config(pg_url, db=db, extra=extra), faults)
+    try:
+        rows = _by_fault(timeline)
+        stop, revoke = rows["db:unavailable#1"], rows["db:unavailable#2"]
+        for row in (stop, revoke):
+            assert row["detected"] and row["diagnosis_correct"] and row["verified_at"] is not None, row
+        assert stop["incident_state"] == "repaired" and stop["repairs"][-1]["strategy"] == "restart_command"
+        assert stop["clear_reason"] == "component verified (repaired)"
+        assert revoke["clear_reason"] == "duration elapsed"
+        _assert_night_kept_its_promises(report, ledger, outcome.night_id, timeline, reference)
+    finally:
+        ledger.close()
+    with psycopg.connect(pg_url) as conn:  # connect is allowed again, the server is up
+        assert conn.execute(
+            "SELECT datallowconn FROM pg_database WHERE datname = current_database()"
+        ).fetchone() == (True,)
+
+
+async def test_http_layer_disk_fill_and_locked_vector_store(tmp_path: Path, pg_url: str) -> None:
+    """The HTTP fault layer inside the search client (a real endpoint, not the sandbox's
+    switches): a slow API whose timeout the agent raises within its bound; a disk filled
+    under the threshold and freed by deleting old nights' artifacts; the TCP proxy in front
+    of PostgreSQL going down; Qdrant's local storage closed and locked by another client."""
+    reference = await _reference_verdicts(tmp_path, pg_url)
+    box = shared_sandbox()
+    search = f'endpoint = "{box.search_url}"\napi_key = "{box.search_key}"\ntimeout = 1\ntimeout_max = 3\n'
+    night_dir = tmp_path / "nights"
+    # Eight old nights of overnight's own artifacts; the oldest one holds 0.6 GB.
+    for day in range(1, 9):
+        old = night_dir / f"202601{day:02d}-230000-00{day:02d}"
+        (old / "cycles").mkdir(parents=True)
+        (old / "orchestrator.log").write_text("old night\n")
+        with open(old / "cycles" / "blob", "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, int(0.6 * 1024**3) if day == 1 else 1024)
+    # The threshold sits 0.3 GB under today's free space: only the fault's fill trips it.
+    threshold = round(shutil.disk_usage(tmp_path).free / 1024**3 - 0.3, 2)
+    extra = f'\n[components.system]\ntype = "system"\nmin_free_disk_gb = {threshold}\n'
+    db = "fault_proxy = true\n"
+    faults = [
+        "search:timeout@cycle=2,latency=1.8s,until=repaired",
+        "system:resource_low@cycle=3,duration=30s,below=0.2",
+        "db:unavailable@cycle=4,duration=1s",
+        "vectors:unavailable@cycle=5,method=lock,duration=1.5s",
+    ]
+    outcome, report, ledger, timeline = await _night(
+        tmp_path, _config(pg_url, search=search, db=db, extra=extra), faults
+    )
+    try:
+        rows = _by_fault(timeline)
+        slow, disk = rows["search:timeout#1"], rows["system:resource_low#2"]
+        proxy, lock = rows["db:unavailable#3"], rows["vectors:unavailable#4"]
+        for row in (slow, disk, proxy, lock):
+            assert row["detected"] and row["diagnosis_correct"] and row["verified_at"] is not None, row
+        assert slow["mechanism"] == "http_layer" and slow["incident_state"] == "repaired"
+        assert slow["repairs"][-1]["strategy"] == "raise_timeout" and slow["clear_reason"].startswith(
+            "component verified"
+        )
+        assert disk["incident_state"] == "repaired" and disk["repairs"][-1]["strategy"] == "free_own_space"
+        assert proxy["mechanism"] == "tcp_proxy" and proxy["clear_reason"] == "duration elapsed"
+        assert lock["incident_state"] in ("repaired", "recovered")
+        _assert_night_kept_its_promises(report, ledger, outcome.night_id, timeline, reference)
+    finally:
+        ledger.close()
+    assert not list((night_dir / outcome.night_id).glob(".fault-fill-*"))  # the fill is gone
+    assert not (night_dir / "20260101-230000-0001" / "cycles").exists()  # freed by the repair
+
+
+async def test_a_permanent_fault_ends_in_escalation_and_is_still_undone(tmp_path: Path, pg_url: str) -> None:
+    config = _config(pg_url, llm='escalation = "abort"\n')
+    outcome, report, ledger, timeline = await _night(
+        tmp_path, config, ["llm:unavailable@cycle=2,until=repaired,max_duration=120s"], cycles=4
+    )
+    try:
+        (row,) = timeline["injections"]
+        assert row["detected"] and row["diagnosed_kind"] == "unavailable"
+        assert row["incident_state"] == "escalated" and row["verified_at"] is None
+        assert row["clear_reason"].startswith("aborted by escalation")
+        assert report["verdict"].startswith("ABORTED") and report["exit_code"] == 1
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+        assert len(atts[1]) == 1 and 4 not in atts  # nothing ran on after the abort
+        assert len(row["repairs"]) <= 3  # bounded: one round of the playbook, then escalation
+    finally:
+        ledger.close()
+    assert shared_sandbox().gigachat.listening  # the port was opened again
+
+
+def _pg_allows_connect(pg_url: str) -> bool:
+    admin = pg_url.rsplit("/", 1)[0] + "/postgres"
+    db = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(admin) as conn:
+        row = conn.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (db,)).fetchone()
+    return bool(row and row[0])
+
+
+def test_kill_9_during_a_fault_then_resume_undoes_it(tmp_path: Path, pg_url: str) -> None:
+    """A night killed while it holds a fault (connect revoked) leaves it in place; the
+    resumed night undoes it first, records that, and finishes every cycle."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "scenario.py").write_text(
+        "async def cycle(ctx):\n    await ctx.components['db'].fetch_one('SELECT 1 AS x')\n"
+    )
+    (project / "overnight.toml").write_text(
+        'scenario = "scenario:cycle"\n[run]\ncycles = 3\nretry_attempts = 3\n'
+        f'{FAST_AGENT}\n[components.db]\ntype = "database"\nurl = "{pg_url}"\n'
+    )
+    night_dir = tmp_path / "nights"
+    cmd = [
+        sys.executable,
+        "-m",
+        "overnight",
+        "run",
+        "--config",
+        str(project / "overnight.toml"),
+        "--night-dir",
+        str(night_dir),
+        "--inject",
+        "db:unavailable@cycle=2,method=revoke,duration=10m",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        # The fault is recorded (committed) before it is reported on stderr.
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "fault injected" in line:
+                break
+        else:
+            pytest.fail("the night ended before the fault was injected")
+        assert not _pg_allows_connect(pg_url)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not _pg_allows_connect(pg_url)  # kill -9: nothing could undo it
+    res = run_cli(
+        ["run", "--resume", "--night-dir", str(night_dir), "--config", str(project / "overnight.toml")],
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert _pg_allows_connect(pg_url)
+    ledger = Ledger(str(night_dir / "overnight.db"))
+    try:
+        with ledger.read() as conn:
+            night = queries.last_night(conn)
+            assert night is not None
+            events = queries.events_of(conn, night["id"], kinds=("fault_cleared",))
+            report_cycles = queries.cycles_of(conn, night["id"])
+    finally:
+        ledger.close()
+    assert [json.loads(e["data"])["reason"] for e in events] == ["undone at resume"], res.stderr[-2000:]
+    assert [c["status"] for c in report_cycles] == ["done"] * 3
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--inject", "db:connection_lost"], "--inject[1] (db:connection_lost): say when: cycle=N"),
+        (["--inject", "db-connection_lost@cycle=2"], "expected TARGET:KIND@WHEN"),
+        (["--inject", "nope:timeout@cycle=2,duration=1s"], "no component named 'nope'"),
+        (["--inject", "db:connection_lost@cycle=2,speed=3"], "unknown key 'speed'"),
+        (["--inject", "db:connection_lost@cycle=99"], "cycle 99 is beyond the night's 3 cycles"),
+        (["--inject", "llm:timeout@cycle=2"], "say how long: duration=30s or until=repaired"),
+        (["--inject", "db:connection_lost@cycle=2"], "database faults need a PostgreSQL url"),
+        (["--inject", "search:timeout@cycle=1,duration=5q"], "duration: expected a duration like 30s"),
+        (["--inject", "far:unavailable@cycle=1,method=http,duration=1s"], "talks to api.example.com"),
+        (["--faults", "missing.toml"], "missing.toml: fault plan not found"),
+    ],
+)
+def test_bad_fault_plans_fail_before_the_night_with_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "scenario.py").write_text("def cycle(ctx):\n    pass\n")
+    (tmp_path / "overnight.toml").write_text(
+        'scenario = "scenario:cycle"\n[run]\ncycles = 3\n'
+        '[components.db]\ntype = "database"\n'
+        '[components.llm]\ntype = "llm"\nsandbox = true\n'
+        '[components.search]\ntype = "websearch"\nsandbox = true\n'
+        '[components.far]\ntype = "websearch"\nendpoint = "https://api.example.com/search"\n'
+    )
+    res = run_cli(["run", *args], cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "night_tests").exists() or not list((tmp_path / "night_tests").glob("2*"))
+
+
+def test_plan_file_entries_and_labels(tmp_path: Path) -> None:
+    plan = tmp_path / "faults.toml"
+    plan.write_text(
+        '[[fault]]\ntarget = "db"\nkind = "connection_lost"\ncycle = 23\n\n'
+        '[[fault]]\nname = "quota"\ntarget = "llm"\nkind = "quota_exceeded"\ncycle = 45\nduration = "30s"\n'
+        "retry_after = 30\n\n"
+        '[[fault]]\ntarget = "search"\nkind = "timeout"\nafter = "2h"\nduration = "5m"\n'
+    )
+    specs = collect([plan], ["llm:rate_limited@every=10m,probability=0.5"])
+    assert [s.id for s in specs] == [
+        "db:connection_lost#1",
+        "quota",
+        "search:timeout#3",
+        "llm:rate_limited#4",
+    ]
+    assert specs[1].label() == "llm:quota_exceeded@cycle=45,duration=30s,retry_after=30s"
+    assert (specs[2].after_s, specs[2].duration_s) == (7200.0, 300.0)
+    rate = specs[3]
+    assert rate.every_s == 600.0 and rate.probability == 0.5
+    draws = [rate.fires(7, n) for n in range(1, 201)]
+    assert draws == [rate.fires(7, n) for n in range(1, 201)]  # seeded: a resumed night agrees
+    assert 60 < sum(draws) < 140 and draws != [rate.fires(8, n) for n in range(1, 201)]
+    again = collect([plan], [])
+    assert [s.to_dict() for s in again] == [s.to_dict() for s in specs[:3]]
+
+
+def test_example_fault_plan_is_valid_against_its_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from overnight.engine.orchestrator import build_components
+    from overnight.faults.injectors import FaultsSettings, check
+
+    monkeypatch.setenv("OVERNIGHT_PG_URL", "postgresql://u:p@127.0.0.1:5432/db")
+    loaded = load_config(EXAMPLE / "overnight.faults.toml")
+    specs = collect([EXAMPLE / "faults.toml"], [])
+    mechanisms = check(specs, build_components(loaded, tmp_path), FaultsSettings())
+    assert mechanisms == {
+        "db-connection-lost": "postgresql",
+        "gigachat-quota": "sandbox_switch",
+        "search-timeout": "sandbox_switch",
+    }
+    assert [s.cycle for s in specs] == [23, 45, 78] and loaded.config.run.cycles == 100
