@@ -64,7 +64,8 @@ def local_pg_admin_url() -> str:
         f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN "
         f"CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'; END IF; END$$;"
     )
-    res = _sh(["su", "postgres", "-c", f'psql -v ON_ERROR_STOP=1 -qc "{sql}"'])
+    quoted = "'" + sql.replace("'", "'\"'\"'") + "'"  # single quotes: the shell must not expand $$
+    res = _sh(["su", "postgres", "-c", f"psql -v ON_ERROR_STOP=1 -qc {quoted}"])
     if res.returncode != 0:
         sys.exit(f"bench/faults.py: could not create the bench role: {res.stderr.strip()}")
     return f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{port}/postgres"

@@ -469,3 +469,65 @@ def test_example_fault_plan_is_valid_against_its_config(
         "search-timeout": "sandbox_switch",
     }
     assert [s.cycle for s in specs] == [23, 45, 78] and loaded.config.run.cycles == 100
+
+
+def test_faults_command_prints_the_incident_table(tmp_path: Path) -> None:
+    (tmp_path / "scenario.py").write_text(
+        "async def cycle(ctx):\n"
+        "    async with ctx.step('ask'):\n"
+        "        await ctx.components['llm'].chat('Summarise the project.')\n"
+    )
+    (tmp_path / "overnight.toml").write_text(
+        f'scenario = "scenario:cycle"\n[run]\ncycles = 3\n{FAST_AGENT}\n'
+        '[components.llm]\ntype = "llm"\nprovider = "openai"\nsandbox = true\n'
+    )
+    res = run_cli(["run", "--inject", "llm:rate_limited@cycle=2,retry_after=1s"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = run_cli(["faults", "--json"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    (row,) = data["injections"]
+    assert row["detected"] and row["diagnosed_kind"] == "rate_limited" and row["cycles_hit"] == [2]
+    assert row["repairs"][-1]["strategy"] == "wait_retry_after" and row["hit_verdicts"] == {"passed": 1}
+    assert data["summary"]["per_kind"]["rate_limited"]["time_to_detect_s"]["n"] == 1
+    table = run_cli(["faults"], cwd=tmp_path)
+    assert table.returncode == 0 and "llm:rate_limited@cycle=2" in table.stdout
+    assert "✓ rate_limited" in table.stdout and "2 → 1 passed" in table.stdout
+    assert "1 injected, 1 detected, 1 diagnosed correctly (100%)" in table.stdout
+
+
+@pytest.mark.parametrize("provider", ["gigachat", "openai"])
+async def test_http_fault_layer_inside_each_llm_sdk(tmp_path: Path, provider: str) -> None:
+    """A real endpoint (the sandbox reached by URL, not by switches): the fault layer sits
+    inside the SDK's own HTTP client, so the SDK meets a real burst of HTTP 500."""
+    from .helpers import run_night
+
+    box = shared_sandbox()
+    if provider == "gigachat":
+        where = (
+            f'base_url = "{box.gigachat_url}"\nauth_url = "{box.gigachat_auth_url}"\n'
+            f'api_key = "{box.credentials}"\nverify_ssl = false\n'
+        )
+    else:
+        where = f'base_url = "{box.openai_url}"\napi_key = "{box.api_key}"\nmodels = ["gpt-4o-mini"]\n'
+    code = """
+    async def cycle(ctx):
+        async with ctx.step("ask"):
+            await ctx.components["llm"].chat("Summarise the project.")
+    """
+    config = FAST_AGENT + f'[components.llm]\ntype = "llm"\nprovider = "{provider}"\n{where}'
+    specs = collect([], ["llm:server_error@cycle=2,count=2"])
+    outcome, report, ledger = await run_night(
+        tmp_path, code, config, cycles=3, retry_attempts=2, faults=[s.to_dict() for s in specs]
+    )
+    try:
+        with ledger.read() as conn:
+            timeline = fault_timeline(conn, outcome.night_id)
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+    finally:
+        ledger.close()
+    (row,) = timeline["injections"]
+    assert row["mechanism"] == "http_layer" and row["detected"] and row["verified_at"] is not None
+    assert row["diagnosed_kind"] == "server_error" and row["diagnosis_correct"], row
+    assert report["totals"]["passed"] == 3 and atts[2][0]["verdict"] == "infra_error"
+    assert "500" in (atts[2][0]["error_message"] or ""), atts[2][0]

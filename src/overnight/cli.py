@@ -717,6 +717,8 @@ def faults(
 def _faults_command(
     night_id: str | None, config: Path | None, night_dir: Path | None, ledger: str | None, as_json: bool
 ) -> None:
+    from rich.markup import escape
+
     from .faults.timeline import fault_timeline
 
     _ndir, url = _locate(config, night_dir, ledger, strict=False)
@@ -738,7 +740,7 @@ def _faults_command(
     out = Console(highlight=False, width=max(Console().width, 140))
     table = Table(title=f"Injected faults — night {nid}", title_justify="left")
     for col in ("fault", "at", "detected", "diagnosed", "repair", "verified", "cycles hit"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
         at = _clock(r["injected_at"]) + (f" (cycle {r['cycle']})" if r["cycle"] else "")
         if not r["detected"]:
@@ -758,7 +760,7 @@ def _faults_command(
         hit = ", ".join(map(str, r["cycles_hit"])) or "none"
         if r["cycles_hit"]:
             hit += " → " + ", ".join(f"{n} {v}" for v, n in sorted(r["hit_verdicts"].items()))
-        table.add_row(r["spec"] or r["fault"], at, detected, diagnosed, strategies, verified, hit)
+        table.add_row(escape(r["spec"] or r["fault"]), at, detected, diagnosed, strategies, verified, hit)
     out.print(table)
     summary = timeline["summary"]
     acc = summary["diagnosis_accuracy"]
@@ -770,9 +772,9 @@ def _faults_command(
         + ("kept" if summary["verdicts_kept"] else "[red]NOT kept[/] (a hit cycle ended without one)")
     )
     for skip in timeline["skipped"]:
-        out.print(f"skipped: {skip['fault']} occurrence {skip['occurrence']}: {skip['reason']}")
+        out.print(escape(f"skipped: {skip['fault']} occurrence {skip['occurrence']}: {skip['reason']}"))
     for fail in timeline["failed"]:
-        out.print(f"[red]not injected[/]: {fail['spec']}: {fail['error']}")
+        out.print("[red]not injected[/]: " + escape(f"{fail['spec']}: {fail['error']}"))
 
 
 def _clock(ts: float) -> str:

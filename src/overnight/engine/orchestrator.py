@@ -182,9 +182,10 @@ class Orchestrator:
         settings = FaultsSettings(tuple(cfg.allowed_hosts), cfg.allow_service_control, cfg.max_fill_gb)
         specs = [FaultSpec.from_dict(d) for d in self.plan.faults]
         for spec in specs:
-            if spec.cycle is not None and spec.cycle > self.plan.cycles_to_run:
+            # Against the planned night (a --dry-run simply never reaches a late fault).
+            if spec.cycle is not None and spec.cycle > self.plan.cycles:
                 raise ConfigError(
-                    f"{spec.where}: cycle {spec.cycle} is beyond the night's {self.plan.cycles_to_run} cycles"
+                    f"{spec.where}: cycle {spec.cycle} is beyond the night's {self.plan.cycles} cycles"
                 )
         try:
             mechanisms = check(specs, self.components, settings)

@@ -71,6 +71,7 @@ class FaultDriver:
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self._stopping = False
+        self._clearing: set[asyncio.Task[None]] = set()
         self.night_started_at = clock()
 
     # -- before the components connect ------------------------------------------------
@@ -138,7 +139,11 @@ class FaultDriver:
         """The agent verified ``component`` again: end its until=repaired faults."""
         for key, act in list(self.active.items()):
             if act.spec.target == component and act.spec.until_repaired and detected_at >= act.injected_at:
-                asyncio.get_running_loop().create_task(self._clear(key, f"component verified ({state})"))
+                task = asyncio.get_running_loop().create_task(
+                    self._clear(key, f"component verified ({state})")
+                )
+                self._clearing.add(task)  # keep a reference until it is done
+                task.add_done_callback(self._clearing.discard)
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -214,7 +219,8 @@ class FaultDriver:
                     "fault_failed", f"{spec.label()}: {why}", {**base, "error": why}, spec.target
                 )
                 return
-            # Recorded with the moment it took effect; the time to detect counts from here.
+            # Stamped with the moment the action began (it may take effect before it
+            # returns): the time to detect counts from here, so it is never negative.
             await self._event(
                 "fault_injected",
                 f"{spec.label()} via {mechanism}" + (f" at cycle {cycle}" if cycle else ""),
