@@ -66,3 +66,15 @@ def attempts_by_cycle(ledger: Ledger, night_id: str) -> dict[int, list[dict[str,
         for a in queries.attempts_of(conn, night_id):
             out.setdefault(a["cycle"], []).append(a)
     return out
+
+
+def restore_sandbox(box: Any) -> None:
+    """Put every switch of ``box`` back to its default and empty its quota windows (the
+    shared sandbox lives for the whole test process)."""
+    from overnight.sandbox.server import Switches
+
+    defaults = {k: v for k, v in Switches().__dict__.items() if not k.startswith("_") and k != "token_epoch"}
+    for sw in box.switches.values():
+        sw.update(**defaults)
+    for server in box.servers.values():
+        server.reset_quota()

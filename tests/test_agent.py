@@ -21,9 +21,8 @@ from overnight.agent import statistics
 from overnight.ledger import Ledger, queries
 from overnight.ledger import schema as s
 from overnight.sandbox import shared_sandbox
-from overnight.sandbox.server import Switches
 
-from .helpers import attempts_by_cycle, run_night
+from .helpers import attempts_by_cycle, restore_sandbox, run_night
 
 FAST_AGENT = """
 [agent]
@@ -37,13 +36,8 @@ max_backoff = 0.2
 @pytest.fixture(autouse=True)
 def clean_sandbox() -> Iterator[None]:
     """The shared sandbox lives for the whole process: every test leaves it as it found it."""
-    box = shared_sandbox()
-    defaults = {k: v for k, v in Switches().__dict__.items() if not k.startswith("_") and k != "token_epoch"}
     yield
-    for sw in box.switches.values():
-        sw.update(**defaults)
-    for server in box.servers.values():
-        server.reset_quota()
+    restore_sandbox(shared_sandbox())
 
 
 def _rows(ledger: Ledger, table: Any, night_id: str) -> list[dict[str, Any]]:

@@ -28,10 +28,9 @@ from overnight.faults import collect, fault_timeline
 from overnight.ledger import Ledger, queries
 from overnight.report import write_reports
 from overnight.sandbox import shared_sandbox
-from overnight.sandbox.server import Switches
 
 from .conftest import REPO, run_cli
-from .helpers import attempts_by_cycle, make_plan
+from .helpers import attempts_by_cycle, make_plan, restore_sandbox
 
 EXAMPLE = REPO / "examples" / "grant_pipeline"
 SEED = 11
@@ -52,13 +51,9 @@ _reference: dict[str, dict[int, str]] = {}
 def seeded_sandbox() -> Iterator[None]:
     """The shared sandbox with the seeded product bug; left as it was found."""
     box = shared_sandbox()
-    defaults = {k: v for k, v in Switches().__dict__.items() if not k.startswith("_") and k != "token_epoch"}
     box.switches["gigachat"].update(**BUG)
     yield
-    for sw in box.switches.values():
-        sw.update(**defaults)
-    for server in box.servers.values():
-        server.reset_quota()
+    restore_sandbox(box)
 
 
 def _config(pg_url: str, *, search: str = "", db: str = "", llm: str = "", extra: str = "") -> str:

@@ -404,9 +404,7 @@ def _run_command(
                 f"{', '.join(given)}: a resumed night keeps its original plan; "
                 "only --parallel, --max-hours and --until may change"
             )
-        _ndir, url = _locate(config, night_dir, ledger, strict=False)
-        _require_ledger(url)
-        led = _open_ledger(url)
+        led = _existing_ledger(config, night_dir, ledger)
         try:
             night = _find_resumable(led, night_id)
             plan = Plan.from_json(night["plan"])
@@ -577,9 +575,7 @@ def nights(
 def _nights_command(
     config: Path | None, night_dir: Path | None, ledger: str | None, limit: int, as_json: bool
 ) -> None:
-    _ndir, url = _locate(config, night_dir, ledger, strict=False)
-    _require_ledger(url)
-    led = _open_ledger(url)
+    led = _existing_ledger(config, night_dir, ledger)
     try:
         with led.read() as conn:
             rows = queries.list_nights(conn, limit)
@@ -669,9 +665,7 @@ def _report_command(
     ledger: str | None,
     out: Path | None,
 ) -> None:
-    _ndir, url = _locate(config, night_dir, ledger, strict=False)
-    _require_ledger(url)
-    led = _open_ledger(url)
+    led = _existing_ledger(config, night_dir, ledger)
     try:
         nid = _pick_night(led, night_id)
         rep, folder = write_reports(led, nid, out)
@@ -680,6 +674,13 @@ def _report_command(
     typer.echo(rep["verdict"])
     typer.echo(f"{folder / REPORT_MD}")
     typer.echo(f"{folder / REPORT_JSON}")
+
+
+def _existing_ledger(config: Path | None, night_dir: Path | None, ledger: str | None) -> Ledger:
+    """The ledger that nights, report, faults and --resume read (it must exist)."""
+    _ndir, url = _locate(config, night_dir, ledger, strict=False)
+    _require_ledger(url)
+    return _open_ledger(url)
 
 
 def _pick_night(led: Ledger, night_id: str | None) -> str:
@@ -721,9 +722,7 @@ def _faults_command(
 
     from .faults.timeline import fault_timeline
 
-    _ndir, url = _locate(config, night_dir, ledger, strict=False)
-    _require_ledger(url)
-    led = _open_ledger(url)
+    led = _existing_ledger(config, night_dir, ledger)
     try:
         nid = _pick_night(led, night_id)
         with led.read() as conn:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from ..redaction import redact
 from .injectors import MECHANISMS, FaultsSettings, InjectEnv, Injector, default_duration, make
 from .plan import FaultSpec
 from .proxy import FaultProxy
+from .timeline import event_data
 
 log = logging.getLogger("overnight.faults")
 
@@ -106,7 +106,7 @@ class FaultDriver:
             await self._recover_leftovers()
         with self.ledger.read() as conn:
             for ev in queries.events_of(conn, self.night_id, kinds=("fault_injected", "fault_skipped")):
-                data = _data(ev)
+                data = event_data(ev["data"])
                 if "fault" in data:
                     self._fired.add((data["fault"], int(data.get("occurrence", 1))))
         for spec in self.specs:
@@ -280,7 +280,7 @@ class FaultDriver:
             )
         open_: dict[tuple[str, int], dict[str, Any]] = {}
         for ev in events:
-            data = _data(ev)
+            data = event_data(ev["data"])
             key = (data.get("fault", ""), int(data.get("occurrence", 1)))
             if ev["kind"] == "fault_injected" and not data.get("instant"):
                 open_[key] = data
@@ -319,16 +319,3 @@ class FaultDriver:
             None,
             component,
         )
-
-
-def _data(event: Mapping[str, Any]) -> dict[str, Any]:
-    raw = event.get("data")
-    if isinstance(raw, dict):
-        return raw
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -26,7 +26,8 @@ MATCH_GRACE_S = 120.0
 _INFRA = ("infra_error", "timeout")
 
 
-def _data(raw: Any) -> dict[str, Any]:
+def event_data(raw: Any) -> dict[str, Any]:
+    """An event's ``data`` column as a dict ({} when empty or not a JSON object)."""
     if isinstance(raw, dict):
         return raw
     try:
@@ -51,7 +52,7 @@ def fault_timeline(conn: Connection, night_id: str) -> dict[str, Any]:
     by_key: dict[tuple[str, int], dict[str, Any]] = {}
     skipped, failed = [], []
     for ev in events:
-        data = _data(ev["data"])
+        data = event_data(ev["data"])
         key = (str(data.get("fault", "")), int(data.get("occurrence", 1)))
         if ev["kind"] == "fault_injected":
             row = {
