@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,6 @@ class Active:
     injector: Injector
     injected_at: float
     timer: asyncio.Task[None] | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class FaultDriver:
@@ -270,7 +269,6 @@ class FaultDriver:
             log.info("fault cleared: %s (%s)", act.spec.id, reason)
         else:
             log.error("fault %s could not be undone: %s", act.spec.id, detail["error"])
-        act.done.set()
 
     async def _recover_leftovers(self) -> None:
         """Undo faults a killed session injected and never cleared."""

@@ -32,7 +32,6 @@ what was there before. ``recover`` undoes what a crashed session left behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 from collections.abc import Mapping
@@ -589,10 +588,3 @@ def default_duration(spec: FaultSpec) -> float | None:
     if spec.kind == "quota_exceeded":
         return max(spec.params.get("retry_after", 30.0), 1.0)
     return None
-
-
-def close_quietly(injector: Injector) -> None:
-    """For interpreter-exit paths: nothing async can run; best effort only."""
-    with contextlib.suppress(Exception):
-        if isinstance(injector, DiskFill) and injector.path is not None:
-            injector.path.unlink(missing_ok=True)
