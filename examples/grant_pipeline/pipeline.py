@@ -1163,6 +1163,8 @@ async def review_application(
         llm_review = parse_score(ctx, "reviewer", result.text)
         report["llm"] = {**llm_review, **_usage(result), "criteria": [h.id for h in criteria]}
         report["score"] = llm_review["score"]
+        for weakness in llm_review["weaknesses"]:
+            ctx.metric("weakness", weakness)  # the morning report counts the most frequent
         if llm_review["score"] < settings["min_review_score"]:
             failures.append(
                 f"review score {llm_review['score']:.1f} below the minimum {settings['min_review_score']:.1f}"
@@ -1270,6 +1272,7 @@ async def expert_evaluation(
     }
     ctx.artifact("expert.json", report)
     ctx.artifact("expert.md", expert_md(anketa["applicant"], report))
+    ctx.metric("score", score)  # the morning report's quality distribution
     if db is not None:
         row = {
             "night_id": ctx.night_id,

@@ -28,7 +28,7 @@ from .engine.progress import make_sink
 from .errors import ConfigError, OvernightError, UsageError
 from .ledger import Ledger, queries
 from .redaction import RedactingFormatter, redact
-from .report import REPORT_JSON, REPORT_MD, write_reports
+from .report import REPORT_HTML, REPORT_JSON, REPORT_JUNIT, REPORT_MD, write_reports
 
 app = typer.Typer(
     add_completion=False,
@@ -544,10 +544,32 @@ def _execute(orch: Orchestrator, led: Ledger) -> None:
     report, folder = write_reports(led, outcome.night_id)
     err.print(f"{report['verdict']}", markup=False, soft_wrap=True)
     err.print(f"report: {folder / REPORT_MD}", markup=False, soft_wrap=True)
+    _notify(orch, led, report, folder)
     if outcome.status == "interrupted":
         err.print(f"resume with: overnight run --resume {outcome.night_id}", markup=False)
         raise typer.Exit(128 + (outcome.signal or 2))
     raise typer.Exit(report["exit_code"])
+
+
+def _notify(orch: Orchestrator, led: Ledger, report: dict[str, Any], folder: Path) -> None:
+    """Send the summary where ``[notify]`` says; each result is recorded in the ledger. A
+    failure to notify is said on stderr and never changes the night's exit code."""
+    cfg = orch.loaded.config.notify
+    if not cfg.webhook and not cfg.telegram:
+        return
+    import time
+
+    from .ledger import ops
+    from .notify import send_notifications
+    from .report import report_paths
+
+    for result in send_notifications(report, report_paths(folder), cfg):
+        kind = "notified" if result["ok"] else "notify_failed"
+        message = f"{result['channel']}: " + ("sent" if result["ok"] else str(result["error"]))
+        with contextlib.suppress(Exception):  # recording is best effort too: the night is over
+            led.write_sync(ops.add_event, orch.night_id, time.time(), kind, message, result, None, None, None)
+        if not result["ok"]:
+            err.print(f"overnight: notification failed: {redact(message)}", markup=False, soft_wrap=True)
 
 
 # -- nights / report -------------------------------------------------------------------
@@ -647,7 +669,7 @@ def report(
         typer.Option("--out", help="write the files here instead of the night's folder"),
     ] = None,
 ) -> None:
-    """Rebuild MORNING_REPORT.md and report.json of a night from the ledger alone."""
+    """Rebuild MORNING_REPORT.md, report.html, report.json and junit.xml of a night from the ledger alone."""
     _guarded(
         _report_command,
         night_id=night_id,
@@ -674,6 +696,8 @@ def _report_command(
     typer.echo(rep["verdict"])
     typer.echo(f"{folder / REPORT_MD}")
     typer.echo(f"{folder / REPORT_JSON}")
+    typer.echo(f"{folder / REPORT_HTML}")
+    typer.echo(f"{folder / REPORT_JUNIT}")
 
 
 def _existing_ledger(config: Path | None, night_dir: Path | None, ledger: str | None) -> Ledger:

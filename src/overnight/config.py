@@ -108,6 +108,46 @@ class FaultsConfig(BaseModel):
     max_fill_gb: float = Field(5.0, gt=0, le=1024, description="largest disk-fill scratch file, in GB")
 
 
+class NotifyConfig(BaseModel):
+    """Where the morning summary goes when a night ends. A failure to notify is recorded
+    in the ledger and never fails the night."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    webhook: str | None = Field(None, description="URL that gets the summary as a JSON POST")
+    telegram: bool = Field(False, description="send the summary to a Telegram chat")
+    telegram_token_env: str = Field("TELEGRAM_BOT_TOKEN", description="env var holding the bot token")
+    telegram_chat_id_env: str = Field("TELEGRAM_CHAT_ID", description="env var holding the chat id")
+    telegram_api: str = Field("https://api.telegram.org", description="Telegram Bot API base URL")
+    when: str = Field("always", description="'always' or 'failure' (only when the night did not pass)")
+    timeout: float = Field(10.0, gt=0, le=120, description="seconds per notification")
+
+    @field_validator("when")
+    @classmethod
+    def _check_when(cls, value: str) -> str:
+        if value not in ("always", "failure"):
+            raise ValueError("expected 'always' or 'failure'")
+        return value
+
+
+class Price(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: float = Field(ge=0, description="price per 1,000 prompt tokens")
+    completion: float = Field(ge=0, description="price per 1,000 completion tokens")
+
+
+class ReportConfig(BaseModel):
+    """What the morning report needs beyond the ledger: prices, the quality metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    currency: str = Field("USD", description="currency of the prices")
+    prices: dict[str, Price] = Field(default_factory=dict, description="per model: prompt/completion per 1K")
+    score_metric: str = Field("score", description="the ctx.metric name the Quality section reads")
+    weakness_metric: str = Field("weakness", description="the ctx.metric name of reviewer weaknesses")
+
+
 class ComponentConfig(BaseModel):
     """A dependency the scenario uses. Keys beyond these belong to the component type."""
 
@@ -131,6 +171,8 @@ class Config(BaseModel):
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("scenario", "setup")
     @classmethod

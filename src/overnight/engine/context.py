@@ -219,6 +219,33 @@ class CycleContext:
             )
         return path
 
+    def metric(self, name: str, value: float | str) -> None:
+        """Record a measurement of this cycle for the morning report: a number (a quality
+        score, a count) or a short text (a reviewer's weakness). The report's Quality
+        section reads ``[report] score_metric`` (default "score") and ``weakness_metric``
+        (default "weakness"); every metric is in report.json."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("metric name must be a non-empty string")
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise TypeError(f"metric {name!r}: expected a number or a string, got {type(value).__name__}")
+        if self._closed:
+            return
+        self._ledger.submit(
+            ops.add_event,
+            self.night_id,
+            time.time(),
+            "metric",
+            None,
+            {
+                "name": name,
+                "value": redact(value) if isinstance(value, str) else value,
+                "step": self.current_step,
+            },
+            self.cycle,
+            self.attempt,
+            None,
+        )
+
     def fail(self, reason: str) -> NoReturn:
         """Declare a product failure. Final: the cycle is never retried."""
         raise ProductFailure(reason)

@@ -79,6 +79,28 @@ def import_scenario(spec: str, base_dir: Path, where: str, key: str = "scenario"
     return fn
 
 
+async def git_commit(folder: Path) -> str | None:
+    """The commit of the project under test (``<hash>`` or ``<hash>-dirty``), when its
+    folder is in a git work tree and git is installed; None otherwise."""
+
+    async def git(*args: str) -> str | None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "git", "-C", str(folder), *args,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(proc.communicate(), 5)
+        except (OSError, TimeoutError):
+            return None
+        return out.decode(errors="replace").strip() if proc.returncode == 0 else None
+
+    head = await git("rev-parse", "HEAD")
+    if not head:
+        return None
+    dirty = await git("status", "--porcelain", "--untracked-files=no")
+    return f"{head}-dirty" if dirty else head
+
+
 def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Component]:
     """Instantiate every ``[components.NAME]``. Bad options are config errors (exit 2)."""
     where = str(loaded.path) if loaded.path else "<built-in>"
@@ -309,6 +331,7 @@ class Orchestrator:
                 "parallel": self.plan.parallel,
                 "deadline": self.deadline,
                 "dry_run": self.plan.dry_run,
+                "git_commit": await git_commit(self.loaded.base_dir),
             },
         )
         done = await asyncio.to_thread(self._done_cycles)

@@ -1,4 +1,4 @@
-"""The morning report: computed from the ledger, written as Markdown and JSON."""
+"""The morning report: computed from the ledger, written as Markdown, HTML, JSON and JUnit XML."""
 
 from __future__ import annotations
 
@@ -13,10 +13,15 @@ from .model import REPORT_VERSION, build_report, night_verdict
 
 REPORT_MD = "MORNING_REPORT.md"
 REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+REPORT_JUNIT = "junit.xml"
 
 
 def write_reports(ledger: Ledger, night_id: str, out_dir: Path | None = None) -> tuple[dict[str, Any], Path]:
-    """Build the report from the ledger and write both files. Returns (report, folder)."""
+    """Build the report from the ledger and write all four files. Returns (report, folder)."""
+    from .html import render_html
+    from .junit import render_junit
+
     report = build_report(ledger, night_id)
     if out_dir is None:
         with ledger.read() as conn:
@@ -28,7 +33,19 @@ def write_reports(ledger: Ledger, night_id: str, out_dir: Path | None = None) ->
     out_dir.mkdir(parents=True, exist_ok=True)
     _atomic_write(out_dir / REPORT_JSON, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     _atomic_write(out_dir / REPORT_MD, render_markdown(report))
+    _atomic_write(out_dir / REPORT_HTML, render_html(report))
+    _atomic_write(out_dir / REPORT_JUNIT, render_junit(report))
     return report, out_dir
+
+
+def report_paths(folder: Path) -> dict[str, str]:
+    """Where write_reports put each file."""
+    return {
+        "markdown": str(folder / REPORT_MD),
+        "html": str(folder / REPORT_HTML),
+        "json": str(folder / REPORT_JSON),
+        "junit": str(folder / REPORT_JUNIT),
+    }
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -38,10 +55,13 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 __all__ = [
+    "REPORT_HTML",
     "REPORT_JSON",
+    "REPORT_JUNIT",
     "REPORT_MD",
     "REPORT_VERSION",
     "build_report",
     "night_verdict",
+    "report_paths",
     "write_reports",
 ]

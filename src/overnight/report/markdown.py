@@ -27,9 +27,38 @@ def _esc(text: str | None) -> str:
     return (text or "").replace("|", "\\|").replace("\n", " ")
 
 
+_HEALTH = {
+    "healthy": "✅ Healthy",
+    "unhealthy": "❌ Unhealthy",
+    "unmonitored": "➖ Unmonitored (no probe)",
+    "never probed": "❔ Never probed",
+}
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def _time(iso_ts: str | None) -> str:
+    return iso_ts[11:19] if iso_ts else "–"
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     out: list[str] = []
     w = out.append
+    _header(w, r)
+    _summary(w, r)
+    _agent(w, r)
+    _quality(w, r)
+    _failures(w, r)
+    _flaky(w, r)
+    _tokens(w, r)
+    _trend(w, r)
+    _recommendations(w, r)
+    return "\n".join(out) + "\n"
+
+
+def _header(w: Any, r: dict[str, Any]) -> None:
     w(f"# Morning report — night {r['night_id']}")
     w("")
     w(f"**{r['verdict']}**")
@@ -41,80 +70,247 @@ def render_markdown(r: dict[str, Any]) -> str:
     resumed = len(sessions) - 1
     fp = r["protected_fingerprint"]
     fp_line = (
-        f"`{fp['start'][:12]}` unchanged"
+        f"`{fp['start'][:12]}` at start and at end"
         if fp["match"]
         else (
-            "not checked: the night did not end"
+            f"`{fp['start'][:12]}` at start; not checked at end: the night did not end"
             if fp["match"] is None
-            else f"CHANGED: `{fp['start'][:12]}` → `{(fp['end'] or '')[:12]}`"
+            else f"CHANGED: `{fp['start'][:12]}` at start → `{(fp['end'] or '')[:12]}` at end"
         )
     )
     w("| | |")
     w("|---|---|")
     w(f"| Scenario | `{r['scenario']}` |")
-    w(f"| Started | {r['started_at']} |")
-    w(f"| Ended | {r['ended_at'] or 'not ended'} |")
+    w(f"| Date | {(r['started_at'] or '')[:10]} |")
+    w(f"| Started / ended | {r['started_at']} → {r['ended_at'] or 'not ended'} |")
     w(f"| Duration | {_s(r['duration_s'])} wall, {_s(r['active_s'])} running |")
     w(f"| Status | {r['status']} — {_esc(r['end_reason'])} |")
     w(f"| Sessions | {len(sessions)}{f' (resumed {resumed}×)' if resumed else ''} |")
     w(f"| Seed | {r['seed']} |")
-    w(f"| Protected settings | {fp_line} |")
     w(f"| Config fingerprint | `{r['config_fingerprint'][:12]}` |")
+    w(f"| Protected settings | {fp_line} |")
+    commit = r.get("git_commit")
+    w(f"| Project commit | {f'`{commit}`' if commit else 'not recorded (not a git checkout)'} |")
+    comps = r.get("components") or []
+    real = [c["name"] for c in comps if not c["sandbox"] and c.get("mode") != "replay"]
+    fake = [c["name"] for c in comps if c["sandbox"]]
+    replay = [c["name"] for c in comps if c.get("mode") == "replay"]
+    w(f"| Real components | {', '.join(real) or 'none'} |")
+    if fake:
+        w(f"| Sandbox components | {', '.join(fake)} (answers generated locally, not by the real APIs) |")
+    if replay:
+        w(f"| Replayed components | {', '.join(replay)} (recorded data) |")
     w("")
-    if r.get("components"):
-        w("## Components")
-        w("")
-        sandboxed = r.get("sandbox_components") or []
-        if sandboxed:
-            w(
-                f"**This night ran against overnight's sandbox services** for {', '.join(sandboxed)}: "
-                "their answers are generated locally, not by the real APIs."
-            )
-            w("")
+    if comps:
         w("| component | type | target | real / sandbox | critical |")
         w("|---|---|---|---|---|")
-        for c in r["components"]:
+        for c in comps:
             kind = "sandbox" if c["sandbox"] else "real"
             if c.get("mode") == "replay":
                 kind = "replay of recorded data"
-            critical = "yes" if c["critical"] else "no"
-            w(f"| {c['name']} | {c['type']} | {_esc(c['target'])} | {kind} | {critical} |")
+            w(
+                f"| {c['name']} | {c['type']} | {_esc(c['target'])} | {kind} "
+                f"| {'yes' if c['critical'] else 'no'} |"
+            )
         w("")
-    w("## Summary")
+
+
+def _summary(w: Any, r: dict[str, Any]) -> None:
+    w("## Executive summary")
     w("")
-    w("| verdict | cycles |")
-    w("|---|---:|")
-    for verdict, count in r["totals"].items():
-        w(f"| {_ICON.get(verdict, '')} {verdict} | {count} |")
-    w("")
+    t = r["totals"]
+    infra_cycles = [c for c in r["cycles"] if any(a["verdict"] == "infra_error" for a in c["attempts"])]
+    repaired = sum(1 for c in infra_cycles if c["verdict"] in ("passed", "failed"))
     rate = r["success_rate"]
-    w(
-        f"Cycles planned {r['planned_cycles']}, run {r['cycles_run']}, not run {r['cycles_not_run']}. "
-        + (f"Success rate {rate * 100:.1f}%." if rate is not None else "No success rate: no cycle finished.")
-    )
-    w(
-        f"Attempts {r['attempts_total']}; cycles retried {r['retried_cycles']}"
-        + (
-            f"; attempts interrupted by a stop or crash {r['interrupted_attempts']}"
-            if r["interrupted_attempts"]
-            else ""
-        )
-        + "."
-    )
+    w("| | |")
+    w("|---|---:|")
+    w(f"| Cycles planned | {r['planned_cycles']} |")
+    w(f"| Cycles run | {r['cycles_run']} |")
+    w(f"| {_ICON['passed']} Passed | {t.get('passed', 0)} |")
+    w(f"| {_ICON['failed']} Failed (product) | {t.get('failed', 0)} |")
+    w(f"| {_ICON['infra_error']} Infra errors repaired (cycles retried to a verdict) | {repaired} |")
+    w(f"| {_ICON['infra_error']} Infra errors unrepaired (final) | {t.get('infra_error', 0)} |")
+    w(f"| {_ICON['timeout']} Timeouts (final) | {t.get('timeout', 0)} |")
+    if t.get("harness_error"):
+        w(f"| {_ICON['harness_error']} Harness errors | {t['harness_error']} |")
+    w(f"| Success rate | {f'{rate * 100:.1f}%' if rate is not None else '– (no cycle finished)'} |")
+    w(f"| Passed with a fallback | {r.get('passed_with_fallback', 0)} |")
+    w(f"| Cycles retried | {r['retried_cycles']} |")
+    if r["interrupted_attempts"]:
+        w(f"| Attempts interrupted by a stop or crash | {r['interrupted_attempts']} |")
     w("")
-    w("## Durations")
-    w("")
-    w("| | runs | p50 | p95 | max |")
+    w("| duration | runs | p50 | p95 | max |")
     w("|---|---:|---:|---:|---:|")
     c = r["durations"]["cycle"]
     w(f"| **cycle** | {c['n']} | {_s(c['p50'])} | {_s(c['p95'])} | {_s(c['max'])} |")
     for name, st in r["durations"]["steps"].items():
         w(f"| step `{name}` | {st['n']} | {_s(st['p50'])} | {_s(st['p95'])} | {_s(st['max'])} |")
     w("")
+
+
+def _agent(w: Any, r: dict[str, Any]) -> None:
+    agent = r.get("agent") or {}
+    w("## Repair agent")
+    w("")
+    w("### System Health")
+    w("")
+    for h in agent.get("system_health") or []:
+        state = _HEALTH.get(h["state"], h["state"])
+        n = h["repairs"]
+        repairs = f" ({_n(n, 'repair')} performed)" if n else ""
+        probe = (
+            f" — last probed {_time(h['last_probe_at'])} ({h['last_probe_trigger']}, "
+            f"{_s(h['last_probe_latency_s'])}): {_esc(h['last_probe_detail'])}"
+            if h["last_probe_at"]
+            else ""
+        )
+        w(f"- **{h['component']}**: {state}{repairs}{probe}")
+    if not agent.get("system_health"):
+        w("No components.")
+    w("")
+    repairs = agent.get("repairs") or []
+    w(f"### Repairs Performed: {len(repairs)} total")
+    w("")
+    for rp in repairs:
+        result = "verified ✅" if rp["verified"] else f"{rp['result']}, not verified"
+        knobs = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in rp["knobs_changed"].items()) or "none"
+        cycle = f"cycle {rp['cycle']}" if rp["cycle"] is not None else "between cycles"
+        w(
+            f"- **{rp['component']} — {rp['fault_kind']}** ({cycle}, {_time(rp['started_at'])}): "
+            f"`{rp['strategy']}` in {_s(rp['duration_s'])}, {result}; knobs changed: {knobs}"
+            + (f" — {_esc(rp['detail'])}" if rp.get("detail") else "")
+        )
+    if not repairs:
+        w("None needed." if not r.get("incidents") else "No repair actions (incidents closed without one).")
+    w("")
+    prevented = r.get("degradation_prevented") or []
+    blocked = r.get("blocked_attempts") or []
+    w(f"### Degradation Prevented: {len(prevented) + len(blocked)} instances")
+    w("")
+    for d in prevented:
+        w(
+            f"- **{d['component']}** (incident #{d['incident_id']}): did not {d['shortcut']} — "
+            f"{d['harm']}; instead: {_esc(d.get('instead'))}"
+        )
+    for b in blocked:
+        w(f"- **Blocked** at {_time(b['at'])}: {_esc(b['message'] or b['attempted'])} ({b['reason']})")
+    if not prevented and not blocked:
+        w("No degrading shortcut was available or attempted.")
+    w("")
+    fallbacks = r.get("fallbacks") or []
+    w(f"### Fallbacks Used: {len(fallbacks)}")
+    w("")
+    for f in fallbacks:
+        span = _s(f["duration_s"]) if f["duration_s"] is not None else "until the end of the night"
+        cycles = ", ".join(map(str, f["cycles"])) or "none"
+        w(
+            f"- **{f['component']}** on its `{f['kind']}` fallback for {span} from {_time(f['started_at'])}; "
+            f"cycles touched: {cycles}"
+        )
+    if not fallbacks:
+        w("None: every cycle ran against its primary dependencies.")
+    w("")
+    incidents = r.get("incidents") or []
+    ttd, ttr = agent.get("time_to_detect_s") or {}, agent.get("time_to_repair_s") or {}
+    w(f"### Incidents: {len(incidents)}")
+    w("")
+    if incidents:
+        w("| # | component | diagnosed | detected | cycle | repairs | state | time to repair |")
+        w("|---|---|---|---|---|---|---|---|")
+        for i in incidents:
+            reps = ", ".join(f"{x['strategy']}{' ✓' if x['verified'] else ''}" for x in i["repairs"]) or "–"
+            w(
+                f"| {i['id']} | {i['component']} | {i['fault_kind']} "
+                f"| {_time(i['detected_at'])} ({i['trigger']}) "
+                f"| {i['cycle'] if i['cycle'] is not None else '–'} | {reps} | {i['state']} "
+                f"| {_s(i['time_to_repair_s'])} |"
+            )
+        w("")
+        w(
+            f"Time to repair (detection → verified healthy): p50 {_s(ttr.get('p50'))}, "
+            f"p95 {_s(ttr.get('p95'))} over {ttr.get('n', 0)} verified incidents."
+        )
+        w("")
+    faults = r.get("faults") or {}
+    injections = faults.get("injections") or []
+    if injections or faults.get("failed"):
+        summary = faults.get("summary") or {}
+        w(f"### Injected faults: {len(injections)}")
+        w("")
+        w(
+            "| fault | injected | detected after | diagnosed | repairs | verified after "
+            "| cycles hit → verdicts |"
+        )
+        w("|---|---|---|---|---|---|---|")
+        for f in injections:
+            cycle = f" (cycle {f['cycle']})" if f.get("cycle") else ""
+            diag = (
+                ("✓ " if f["diagnosis_correct"] else "✗ ") + str(f["diagnosed_kind"])
+                if f["detected"]
+                else "not detected"
+            )
+            reps = ", ".join(f"{x['strategy']}{' ✓' if x['verified'] else ''}" for x in f["repairs"]) or (
+                "none needed" if f["incident_state"] == "transient" else "–"
+            )
+            hit = ", ".join(map(str, f["cycles_hit"])) or "none"
+            if f["cycles_hit"]:
+                hit += " → " + ", ".join(f"{n} {v}" for v, n in sorted(f["hit_verdicts"].items()))
+            w(
+                f"| `{_esc(f['spec'])}` | {_hhmmss(f['injected_at'])}{cycle} "
+                f"| {_s(f['time_to_detect_s'])} | {diag} "
+                f"| {reps} | {_s(f['time_to_repair_s'])} ({f['incident_state'] or '–'}) | {hit} |"
+            )
+        w("")
+        acc = summary.get("diagnosis_accuracy")
+        w(
+            f"Time to detect (injection → detection): p50 {_s(ttd.get('p50'))}, p95 {_s(ttd.get('p95'))}; "
+            f"diagnosis accuracy {f'{acc:.0%}' if acc is not None else '–'}; "
+            f"every hit cycle reached a product verdict: {'yes' if summary.get('verdicts_kept') else 'NO'}."
+        )
+        for f in faults.get("failed") or []:
+            w(f"- Not injected: `{_esc(f['spec'])}`: {_esc(f['error'])}")
+        w("")
+
+
+def _hhmmss(ts: float | None) -> str:
+    import time as _t
+
+    return _t.strftime("%H:%M:%S", _t.localtime(ts)) if ts else "–"
+
+
+def _quality(w: Any, r: dict[str, Any]) -> None:
+    q = r.get("quality")
+    w("## Quality")
+    w("")
+    if not q:
+        w('No quality score was recorded (a scenario records one with `ctx.metric("score", value)`).')
+        w("")
+        return
+    w(f"`{q['metric']}` of {_n(q['n'], 'cycle')}: average **{q['mean']}**.")
+    w("")
+    w("| score | cycles |")
+    w("|---|---:|")
+    for bucket, count in q["buckets"].items():
+        w(f"| {bucket} | {count} |")
+    w("")
+    if q["best"]:
+        w("Best: " + ", ".join(f"cycle {b['cycle']} ({b['score']})" for b in q["best"]))
+        w("Worst: " + ", ".join(f"cycle {b['cycle']} ({b['score']})" for b in q["worst"]))
+        w("")
+    if q["weaknesses"]:
+        w("Most frequent reviewer weaknesses:")
+        w("")
+        for item in q["weaknesses"]:
+            w(f"- {_esc(item['text'])} ({item['count']}×)")
+        w("")
+
+
+def _failures(w: Any, r: dict[str, Any]) -> None:
     w("## Failures")
     w("")
     if not r["failures"]:
         w("None: every cycle that ran passed." if r["cycles_run"] else "No cycle finished.")
+        w("")
     product = [f for f in r["failures"] if f["verdict"] == "failed"]
     other = [f for f in r["failures"] if f["verdict"] != "failed"]
     if product:
@@ -138,8 +334,111 @@ def render_markdown(r: dict[str, Any]) -> str:
             w("")
             for f in items:
                 _failure(w, f)
+    met = {}
+    for c in r["cycles"]:
+        for a in c["attempts"][:-1]:
+            if a["verdict"] == "infra_error":
+                key = f"{a['fault_component']}/{a['fault_kind']}"
+                met.setdefault(key, []).append(c["cycle"])
+    if met:
+        w("Infra errors that were retried to a verdict, by fault kind:")
+        w("")
+        for key, cs in sorted(met.items()):
+            w(f"- {key}: cycles {', '.join(map(str, sorted(set(cs))))}")
+        w("")
+
+
+def _flaky(w: Any, r: dict[str, Any]) -> None:
+    w("## Flaky steps")
     w("")
-    return "\n".join(out)
+    flaky = r.get("flaky_steps") or []
+    if not flaky:
+        w("None: no step both passed and failed across the night's cycles.")
+        w("")
+        return
+    w("Steps whose outcome differs between cycles (final attempts; pass rate with a 95% Wilson interval):")
+    w("")
+    w("| step | runs | passed | failed | pass rate | 95% CI |")
+    w("|---|---:|---:|---:|---:|---|")
+    for f in flaky:
+        lo, hi = f["ci95"]
+        w(
+            f"| `{f['step']}` | {f['runs']} | {f['passed']} | {f['failed']} | {f['pass_rate'] * 100:.1f}% "
+            f"| {lo * 100:.1f}–{hi * 100:.1f}% |"
+        )
+    w("")
+
+
+def _tokens(w: Any, r: dict[str, Any]) -> None:
+    w("## Token usage and cost")
+    w("")
+    tk = r.get("tokens")
+    if not tk:
+        w("No token usage was recorded.")
+        w("")
+        return
+    tot = tk["total"]
+    w(
+        f"{tot['calls']} calls, {tot['total_tokens']:,} tokens ({tot['prompt_tokens']:,} prompt, "
+        f"{tot['completion_tokens']:,} completion)."
+    )
+    w("")
+    w("| step | calls | prompt | completion | total |")
+    w("|---|---:|---:|---:|---:|")
+    for name, t in tk["per_step"].items():
+        w(
+            f"| `{name}` | {t['calls']} | {t['prompt_tokens']:,} | {t['completion_tokens']:,} "
+            f"| {t['total_tokens']:,} |"
+        )
+    w("")
+    cost = tk.get("cost")
+    if cost is None:
+        w("Cost: no price table configured (`[report] prices` in the config).")
+    else:
+        per = ", ".join(f"{m}: {v:.2f}" for m, v in cost["per_model"].items())
+        w(
+            f"Cost: **{cost['total']:.2f} {cost['currency']}** ({per})"
+            + (f"; no price for {', '.join(cost['unpriced_models'])}" if cost["unpriced_models"] else "")
+        )
+    w("")
+
+
+def _trend(w: Any, r: dict[str, Any]) -> None:
+    w("## Trend")
+    w("")
+    tr = r.get("trend")
+    if not tr:
+        w("No earlier night of this scenario in the ledger to compare with.")
+        w("")
+        return
+    w(f"Against night {tr['previous_night_id']} (started {tr['previous_started_at']}):")
+    w("")
+    w("| figure | this night | previous | change |")
+    w("|---|---:|---:|---:|")
+    for name, f in tr["figures"].items():
+        delta = f["delta"]
+        sign = "" if delta is None else ("+" if delta > 0 else "")
+        w(f"| {name.replace('_', ' ')} | {_v(f['now'])} | {_v(f['before'])} | {sign}{_v(delta)} |")
+    w("")
+
+
+def _v(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _recommendations(w: Any, r: dict[str, Any]) -> None:
+    w("## Recommendations")
+    w("")
+    recs = r.get("recommendations") or []
+    for rec in recs:
+        w(f"- {_esc(rec['text'])} — _evidence: {_esc(rec['evidence'])}_")
+    if not recs:
+        w("None.")
+    w("")
 
 
 def _failure(w: Any, f: dict[str, Any]) -> None:

@@ -50,16 +50,26 @@ def iso(ts: float | None) -> str | None:
 
 
 def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
+    from .sections import build_sections
+
     with ledger.read() as conn:
         night = queries.get_night(conn, night_id)
         if night is None:
             raise KeyError(night_id)
-        cycles = queries.cycles_of(conn, night_id)
-        attempts = queries.attempts_of(conn, night_id)
-        steps = queries.steps_of(conn, night_id)
-        artifacts = queries.artifacts_of(conn, night_id)
-        sessions = queries.sessions_of(conn, night_id)
-        declared = queries.events_of(conn, night_id, kinds=("component_declared",))
+        report = assemble_from(conn, night)
+        report.update(build_sections(conn, night, report))
+    return report
+
+
+def assemble_from(conn: Any, night: dict[str, Any]) -> dict[str, Any]:
+    """Cycles, attempts, totals, durations and components of one night."""
+    night_id = night["id"]
+    cycles = queries.cycles_of(conn, night_id)
+    attempts = queries.attempts_of(conn, night_id)
+    steps = queries.steps_of(conn, night_id)
+    artifacts = queries.artifacts_of(conn, night_id)
+    sessions = queries.sessions_of(conn, night_id)
+    declared = queries.events_of(conn, night_id, kinds=("component_declared",))
     report = _assemble(night, cycles, attempts, steps, artifacts, sessions)
     report["components"] = _components(declared)
     report["sandbox_components"] = [c["name"] for c in report["components"] if c["sandbox"]]
@@ -100,6 +110,11 @@ def _assemble(
     arts: dict[tuple[int, int], list[str]] = defaultdict(list)
     for art in artifacts:
         arts[(art["cycle"], art["attempt"])].append(art["name"])
+    steps_of: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
+    for st in steps:
+        steps_of[(st["cycle"], st["attempt"])].append(
+            {"name": st["name"], "outcome": st["outcome"], "duration_s": _round(st["duration_s"])}
+        )
 
     done = [c for c in cycles if c["status"] == "done"]
     totals = Counter({v.value: 0 for v in CYCLE_VERDICTS})
@@ -138,6 +153,7 @@ def _assemble(
                     "fault_component": a["fault_component"],
                     "fault_kind": a["fault_kind"],
                     "artifacts": arts.get((c["cycle"], a["attempt"]), []),
+                    "steps": steps_of.get((c["cycle"], a["attempt"]), []),
                 }
                 for a in atts
             ],

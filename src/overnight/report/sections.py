@@ -1,0 +1,652 @@
+"""The report's sections beyond the cycle counts: the repair agent, incidents and faults,
+quality, flaky steps, tokens and cost, the trend against the previous night, and
+recommendations. Every figure comes from the ledger (the night's own config, prices
+included, is in its stored plan)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+
+from ..ledger import queries
+from ..ledger import schema as s
+from .model import _round, iso, percentile
+
+BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.9", 0.0, 5.0))
+ADVICE = {
+    "quota_exceeded": "raise the quota or lower --parallel",
+    "rate_limited": "raise the rate limit or lower --parallel",
+    "timeout": "check the dependency's latency; raise timeout_max if it is slow by nature",
+    "connection_lost": "check the network path and the server's idle-connection timeouts",
+    "unavailable": "check the service's availability (restarts, maintenance windows, connection limits)",
+    "auth_expired": "renew the credentials, or declare a second key in api_key_envs so the agent can rotate",
+    "server_error": "report the provider's 5xx errors; check its status page",
+    "resource_low": "free disk or memory on the host before the next night",
+    "bad_response": "check the API's answers: it returned malformed data",
+}
+
+
+def _json(raw: Any) -> Any:
+    if raw is None or isinstance(raw, dict | list):
+        return raw
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+def _table(conn: Connection, table: Any, night_id: str, order: Any = None) -> list[dict[str, Any]]:
+    q = select(table).where(table.c.night_id == night_id)
+    if order is not None:
+        q = q.order_by(order)
+    return [dict(r._mapping) for r in conn.execute(q)]
+
+
+def _hhmm(ts: float) -> str:
+    return time.strftime("%H:%M", time.localtime(ts))
+
+
+def report_settings(night: dict[str, Any]) -> dict[str, Any]:
+    """The night's ``[report]`` table, from its stored plan (defaults when absent)."""
+    plan = _json(night.get("plan")) or {}
+    raw = ((plan.get("config_raw") or {}).get("report")) or {}
+    return {
+        "currency": raw.get("currency", "USD"),
+        "prices": raw.get("prices") or {},
+        "score_metric": raw.get("score_metric", "score"),
+        "weakness_metric": raw.get("weakness_metric", "weakness"),
+    }
+
+
+def build_sections(conn: Connection, night: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    from ..faults.timeline import fault_timeline
+
+    night_id = night["id"]
+    settings = report_settings(night)
+    incidents = _table(conn, s.incidents, night_id, s.incidents.c.detected_at)
+    repairs = _table(conn, s.repairs, night_id, s.repairs.c.started_at)
+    fallbacks = _table(conn, s.fallbacks, night_id, s.fallbacks.c.started_at)
+    probes = _table(conn, s.probes, night_id, s.probes.c.ts)
+    events = queries.events_of(
+        conn,
+        night_id,
+        kinds=("unmonitored", "component_state", "degradation_blocked", "metric", "usage", "night_started"),
+    )
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        by_kind[e["kind"]].append(e)
+    attempts = queries.attempts_of(conn, night_id)
+    cycles = queries.cycles_of(conn, night_id)
+    faults = fault_timeline(conn, night_id)
+
+    out: dict[str, Any] = {}
+    started = next((_json(e["data"]) or {} for e in by_kind["night_started"]), {})
+    out["git_commit"] = started.get("git_commit")
+    out["started_ts"] = night["started_at"]
+    out["ended_ts"] = night["ended_at"]
+    out["faults"] = faults
+    out.update(_agent(report, incidents, repairs, fallbacks, probes, by_kind, attempts, cycles, faults))
+    out["quality"] = _quality(by_kind["metric"], cycles, settings)
+    out["metrics"] = _metrics(by_kind["metric"], cycles)
+    out["flaky_steps"] = _flaky(conn, night_id, cycles)
+    out["tokens"] = _tokens(by_kind["usage"], settings)
+    out["trend"] = _trend(conn, night, report, out)
+    out["recommendations"] = _recommendations(report, out, incidents)
+    return out
+
+
+# -- the repair agent ---------------------------------------------------------------------
+
+
+def _agent(
+    report: dict[str, Any],
+    incidents: list[dict[str, Any]],
+    repairs: list[dict[str, Any]],
+    fallbacks: list[dict[str, Any]],
+    probes: list[dict[str, Any]],
+    events: dict[str, list[dict[str, Any]]],
+    attempts: list[dict[str, Any]],
+    cycles: list[dict[str, Any]],
+    faults: dict[str, Any],
+) -> dict[str, Any]:
+    unmonitored = {e["component"] for e in events["unmonitored"]}
+    last_probe: dict[str, dict[str, Any]] = {}
+    first_probe: dict[str, dict[str, Any]] = {}
+    for p in probes:
+        last_probe[p["component"]] = p
+        first_probe.setdefault(p["component"], p)
+    acted: Counter[str] = Counter(r["component"] for r in repairs if r["result"] == "ok")
+    health = []
+    for comp in report.get("components") or []:
+        name = comp["name"]
+        p = last_probe.get(name)
+        if name in unmonitored:
+            state = "unmonitored"
+        elif p is None:
+            state = "never probed"
+        else:
+            state = "healthy" if p["healthy"] else "unhealthy"
+        health.append(
+            {
+                "component": name,
+                "type": comp.get("type"),
+                "sandbox": comp.get("sandbox"),
+                "state": state,
+                "last_probe_at": iso(p["ts"]) if p else None,
+                "last_probe_trigger": p["trigger"] if p else None,
+                "last_probe_latency_s": _round(p["latency_s"]) if p else None,
+                "last_probe_detail": p["detail"] if p else None,
+                "repairs": acted.get(name, 0),
+            }
+        )
+    incident_by_id = {i["id"]: i for i in incidents}
+    injected = {r["incident_id"]: r for r in faults["injections"] if r.get("incident_id") is not None}
+
+    def cycle_of(component: str, t0: float, t1: float | None) -> int | None:
+        hit = [
+            a["cycle"]
+            for a in attempts
+            if a["fault_component"] == component
+            and a["ended_at"]
+            and t0 - 1 <= a["ended_at"] <= (t1 or math.inf)
+        ]
+        if hit:
+            return min(hit)
+        running = [a["cycle"] for a in attempts if a["started_at"] <= t0 <= (a["ended_at"] or math.inf)]
+        return min(running) if running else None
+
+    repair_rows = []
+    for r in repairs:
+        inc = incident_by_id.get(r["incident_id"], {})
+        repair_rows.append(
+            {
+                "id": r["id"],
+                "incident_id": r["incident_id"],
+                "component": r["component"],
+                "fault_kind": inc.get("fault_kind"),
+                "cycle": cycle_of(
+                    r["component"], inc.get("detected_at", r["started_at"]), inc.get("verified_at")
+                ),
+                "started_at": iso(r["started_at"]),
+                "strategy": r["strategy"],
+                "duration_s": _round(r["duration_s"]),
+                "result": r["result"],
+                "verified": bool(r["verified"]),
+                "knobs_changed": _json(r["knobs_changed"]) or {},
+                "detail": r["detail"],
+            }
+        )
+    repairs_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for row in repair_rows:
+        repairs_of[row["incident_id"]].append(row)
+    incident_rows = []
+    for i in incidents:
+        match = injected.get(i["id"])
+        incident_rows.append(
+            {
+                "id": i["id"],
+                "component": i["component"],
+                "fault_kind": i["fault_kind"],
+                "trigger": i["trigger"],
+                "detected_at": iso(i["detected_at"]),
+                "diagnosed_at": iso(i["diagnosed_at"]),
+                "verified_at": iso(i["verified_at"]),
+                "detected_ts": i["detected_at"],
+                "verified_ts": i["verified_at"],
+                "state": i["state"],
+                "escalation": i["escalation"],
+                "detail": i["detail"],
+                "cycle": cycle_of(i["component"], i["detected_at"], i["verified_at"]),
+                "time_to_repair_s": _round(i["verified_at"] - i["detected_at"]) if i["verified_at"] else None,
+                "repairs": [
+                    {k: row[k] for k in ("strategy", "started_at", "duration_s", "verified", "result")}
+                    for row in repairs_of.get(i["id"], [])
+                ],
+                "injected": {
+                    k: match[k]
+                    for k in (
+                        "fault",
+                        "spec",
+                        "injected_kind",
+                        "injected_at",
+                        "time_to_detect_s",
+                        "diagnosis_correct",
+                    )
+                }
+                if match
+                else None,
+            }
+        )
+    fallback_rows = []
+    for f in fallbacks:
+        end = f["ended_at"]
+        touched = [
+            c["cycle"]
+            for c in cycles
+            if c["fallback"]
+            and c["started_at"] <= (end or math.inf)
+            and (c["ended_at"] or math.inf) >= f["started_at"]
+        ]
+        fallback_rows.append(
+            {
+                "component": f["component"],
+                "kind": f["kind"],
+                "incident_id": f["incident_id"],
+                "started_at": iso(f["started_at"]),
+                "ended_at": iso(end),
+                "duration_s": _round(end - f["started_at"]) if end else None,
+                "cycles": touched,
+            }
+        )
+    prevented = []
+    for i in incidents:
+        avoided = _json(i["degradation_avoided"])
+        if avoided:
+            prevented.append({"incident_id": i["id"], "component": i["component"], **avoided})
+    blocked = []
+    for e in events["degradation_blocked"]:
+        data = _json(e["data"]) or {}
+        blocked.append(
+            {
+                "at": iso(e["ts"]),
+                "component": e["component"],
+                "by": data.get("by"),
+                "attempted": data.get("attempted"),
+                "reason": data.get("reason"),
+                "message": e["message"],
+            }
+        )
+    for r in repairs:
+        if r["result"] == "refused":  # the guard refused a knob change out of bounds
+            blocked.append(
+                {
+                    "at": iso(r["started_at"]),
+                    "component": r["component"],
+                    "by": f"repair {r['strategy']}",
+                    "attempted": r["detail"],
+                    "reason": "outside the knob's declared bounds",
+                    "message": r["detail"],
+                }
+            )
+    ttd = [r["time_to_detect_s"] for r in faults["injections"] if r.get("time_to_detect_s") is not None]
+    ttr = [i["verified_at"] - i["detected_at"] for i in incidents if i["verified_at"] is not None]
+    timeline: dict[str, list[dict[str, Any]]] = {}
+    for name in [c["name"] for c in report.get("components") or []]:
+        if name in unmonitored:
+            continue
+        points = []
+        if name in first_probe:
+            p = first_probe[name]
+            points.append({"ts": p["ts"], "state": "healthy" if p["healthy"] else "unhealthy"})
+        timeline[name] = points
+    for e in events["component_state"]:
+        data = _json(e["data"]) or {}
+        if e["component"] in timeline and data.get("to"):
+            timeline[e["component"]].append({"ts": e["ts"], "state": data["to"]})
+    for points in timeline.values():
+        points.sort(key=lambda p: p["ts"])
+    return {
+        "agent": {
+            "system_health": health,
+            "repairs": repair_rows,
+            "repairs_total": len(repair_rows),
+            "repairs_verified": sum(1 for r in repair_rows if r["verified"]),
+            "time_to_detect_s": _pct(ttd),
+            "time_to_repair_s": _pct(ttr),
+            "unmonitored": sorted(unmonitored),
+        },
+        "incidents": incident_rows,
+        "fallbacks": fallback_rows,
+        "degradation_prevented": prevented,
+        "blocked_attempts": blocked,
+        "health_timeline": timeline,
+    }
+
+
+def _pct(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50": _round(percentile(values, 50)), "p95": _round(percentile(values, 95))}
+
+
+# -- quality, metrics, flaky steps --------------------------------------------------------------
+
+
+def _final_attempts(cycles: list[dict[str, Any]]) -> dict[int, int]:
+    return {c["cycle"]: c["attempts"] for c in cycles if c["status"] == "done"}
+
+
+def _metrics(metric_events: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numeric metrics of final attempts: n, mean, min, max per name."""
+    final = _final_attempts(cycles)
+    values: dict[str, list[float]] = defaultdict(list)
+    for e in metric_events:
+        data = _json(e["data"]) or {}
+        if final.get(e["cycle"]) == e["attempt"] and isinstance(data.get("value"), int | float):
+            values[data["name"]].append(float(data["value"]))
+    return {
+        name: {"n": len(v), "mean": _round(sum(v) / len(v)), "min": min(v), "max": max(v)}
+        for name, v in sorted(values.items())
+    }
+
+
+def _quality(
+    metric_events: list[dict[str, Any]], cycles: list[dict[str, Any]], settings: dict[str, Any]
+) -> dict[str, Any] | None:
+    final = _final_attempts(cycles)
+    scores: dict[int, float] = {}
+    weaknesses: Counter[str] = Counter()
+    for e in metric_events:
+        if final.get(e["cycle"]) != e["attempt"]:
+            continue  # an attempt that was retried: its measurements do not count
+        data = _json(e["data"]) or {}
+        if data.get("name") == settings["score_metric"] and isinstance(data.get("value"), int | float):
+            scores[e["cycle"]] = float(data["value"])
+        elif data.get("name") == settings["weakness_metric"] and isinstance(data.get("value"), str):
+            weaknesses[data["value"].strip()] += 1
+    if not scores and not weaknesses:
+        return None
+    buckets = {name: 0 for name, _, _ in BUCKETS}
+    for v in scores.values():
+        for name, lo, hi in BUCKETS:
+            if lo <= v < hi or (hi == 10.0 and v == 10.0):
+                buckets[name] += 1
+                break
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    k = min(3, len(ranked) // 2)  # best and worst never overlap
+    return {
+        "metric": settings["score_metric"],
+        "n": len(scores),
+        "mean": _round(sum(scores.values()) / len(scores)) if scores else None,
+        "buckets": buckets,
+        "best": [{"cycle": c, "score": v} for c, v in ranked[:k]],
+        "worst": [{"cycle": c, "score": v} for c, v in reversed(ranked[len(ranked) - k :])] if k else [],
+        "weaknesses": [{"text": t, "count": n} for t, n in weaknesses.most_common(5)],
+    }
+
+
+def wilson(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a pass rate (95 % by default)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = passed / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+
+
+def _flaky(conn: Connection, night_id: str, cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Steps whose outcome (passed / failed as a product verdict) differs between cycles of
+    the night, on their final attempts; infra errors are not the step's own outcome."""
+    final = _final_attempts(cycles)
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for st in queries.steps_of(conn, night_id):
+        if final.get(st["cycle"]) == st["attempt"] and st["outcome"] in ("passed", "failed"):
+            counts[st["name"]][st["outcome"]] += 1
+    out = []
+    for name, c in counts.items():
+        if c["passed"] and c["failed"]:
+            n = c["passed"] + c["failed"]
+            out.append(
+                {
+                    "step": name,
+                    "runs": n,
+                    "passed": c["passed"],
+                    "failed": c["failed"],
+                    "pass_rate": round(c["passed"] / n, 4),
+                    "ci95": list(wilson(c["passed"], n)),
+                }
+            )
+    return sorted(out, key=lambda r: r["pass_rate"])
+
+
+# -- tokens and cost ---------------------------------------------------------------------------
+
+
+def _tokens(usage: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any] | None:
+    if not usage:
+        return None
+
+    def empty() -> dict[str, int]:
+        return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+    total, per_step, per_model = empty(), defaultdict(empty), defaultdict(empty)
+    for e in usage:
+        data = _json(e["data"]) or {}
+        for bucket in (total, per_step[data.get("step") or "-"], per_model[data.get("model") or "-"]):
+            bucket["calls"] += 1
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                bucket[key] += int(data.get(key) or 0)
+    cost = None
+    prices = settings["prices"]
+    if prices:
+        amounts = {}
+        unpriced = []
+        for model, t in per_model.items():
+            price = prices.get(model)
+            if price is None:
+                unpriced.append(model)
+                continue
+            amounts[model] = round(
+                t["prompt_tokens"] / 1000 * float(price["prompt"])
+                + t["completion_tokens"] / 1000 * float(price["completion"]),
+                4,
+            )
+        cost = {
+            "currency": settings["currency"],
+            "total": round(sum(amounts.values()), 4),
+            "per_model": amounts,
+            "unpriced_models": sorted(unpriced),
+        }
+    return {"total": total, "per_step": dict(per_step), "per_model": dict(per_model), "cost": cost}
+
+
+# -- trend ---------------------------------------------------------------------------------------
+
+
+def figures(report: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
+    """The figures a trend compares, for one night."""
+    quality = sections.get("quality") or {}
+    tokens = (sections.get("tokens") or {}).get("total") or {}
+    return {
+        "success_rate": report.get("success_rate"),
+        "cycles_run": report.get("cycles_run"),
+        "failed": report["totals"].get("failed", 0),
+        "infra_error": report["totals"].get("infra_error", 0),
+        "cycle_p50_s": report["durations"]["cycle"].get("p50"),
+        "cycle_p95_s": report["durations"]["cycle"].get("p95"),
+        "mean_score": quality.get("mean"),
+        "incidents": len(sections.get("incidents") or []),
+        "tokens_per_cycle": _round(tokens.get("total_tokens", 0) / report["cycles_run"], 1)
+        if report.get("cycles_run") and tokens
+        else None,
+    }
+
+
+def _trend(conn: Connection, night: dict[str, Any], report: dict[str, Any], sections: dict[str, Any]) -> Any:
+    """The same figures for the previous ended night of the same scenario, with deltas."""
+    previous = conn.execute(
+        select(s.nights.c.id, s.nights.c.started_at)
+        .where(
+            s.nights.c.scenario == night["scenario"],
+            s.nights.c.started_at < night["started_at"],
+            s.nights.c.ended_at.is_not(None),
+            s.nights.c.id != night["id"],
+        )
+        .order_by(s.nights.c.started_at.desc())
+        .limit(1)
+    ).first()
+    if previous is None:
+        return None
+    from .model import assemble_from
+
+    prev_night = queries.get_night(conn, previous.id)
+    assert prev_night is not None
+    prev_report = assemble_from(conn, prev_night)
+    prev_sections = {
+        "quality": _quality(
+            queries.events_of(conn, previous.id, kinds=("metric",)),
+            queries.cycles_of(conn, previous.id),
+            report_settings(prev_night),
+        ),
+        "tokens": _tokens(
+            queries.events_of(conn, previous.id, kinds=("usage",)), report_settings(prev_night)
+        ),
+        "incidents": _table(conn, s.incidents, previous.id),
+    }
+    now, before = figures(report, sections), figures(prev_report, prev_sections)
+    return {
+        "previous_night_id": previous.id,
+        "previous_started_at": iso(previous.started_at),
+        "figures": {
+            k: {
+                "now": now[k],
+                "before": before[k],
+                "delta": _round(now[k] - before[k]) if now[k] is not None and before[k] is not None else None,
+            }
+            for k in now
+        },
+    }
+
+
+# -- recommendations ---------------------------------------------------------------------------------
+
+
+def _recommendations(
+    report: dict[str, Any], sections: dict[str, Any], incidents: list[dict[str, Any]]
+) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    faults = sections["faults"]
+    # Incidents a planned fault caused are the drill, not advice about the dependency.
+    drilled = {r["incident_id"] for r in faults["injections"] if r.get("incident_id") is not None}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for i in incidents:
+        if i["id"] not in drilled:
+            groups[(i["component"], i["fault_kind"])].append(i)
+    for (component, kind), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        times = sorted(i["detected_at"] for i in items)
+        when = (
+            f"at {_hhmm(times[0])}"
+            if len(times) == 1
+            else f"between {_hhmm(times[0])} and {_hhmm(times[-1])}"
+        )
+        advice = ADVICE.get(kind, "check the dependency")
+        if len(items) >= 2 or kind in ("quota_exceeded", "auth_expired", "resource_low"):
+            out.append(
+                {
+                    "text": f"{component}: {kind.replace('_', ' ')} {len(items)} time(s) {when} → {advice}",
+                    "evidence": "incidents " + ", ".join(f"#{i['id']}" for i in items),
+                }
+            )
+    for i in incidents:
+        if i["state"] in ("escalated", "open"):
+            drill = " (an injected fault)" if i["id"] in drilled else ""
+            out.append(
+                {
+                    "text": f"{i['component']} was not restored ({i['fault_kind']}{drill}): "
+                    "check it by hand before the next night",
+                    "evidence": f"incident #{i['id']} {i['state']}"
+                    + (f": {i['escalation']}" if i["escalation"] else ""),
+                }
+            )
+    for h in sections["agent"]["system_health"]:
+        if h["state"] == "unhealthy":
+            out.append(
+                {
+                    "text": f"{h['component']} was unhealthy at its last probe: check it this morning",
+                    "evidence": f"probe at {h['last_probe_at']}: {h['last_probe_detail']}",
+                }
+            )
+    for f in sections["fallbacks"]:
+        out.append(
+            {
+                "text": f"{f['component']} ran on its {f['kind']} fallback for {len(f['cycles'])} cycle(s): "
+                "those cycles did not test the live dependency; fix the primary",
+                "evidence": f"fallback from {f['started_at']} to {f['ended_at'] or 'the end of the night'}",
+            }
+        )
+    failures = [f for f in report["failures"] if f["verdict"] == "failed"]
+    by_step: dict[str, list[int]] = defaultdict(list)
+    for f in failures:
+        by_step[f["step"] or "-"].append(f["cycle"])
+    for step, cs in sorted(by_step.items(), key=lambda kv: -len(kv[1])):
+        out.append(
+            {
+                "text": f"{len(cs)} product failure(s) at step {step}: "
+                f"read the artifacts of cycle {cs[0]} first",
+                "evidence": "cycles " + ", ".join(map(str, cs[:20])) + (" …" if len(cs) > 20 else ""),
+            }
+        )
+    unrepaired = [f for f in report["failures"] if f["verdict"] in ("infra_error", "timeout")]
+    if unrepaired:
+        out.append(
+            {
+                "text": f"{len(unrepaired)} cycle(s) ended without a product verdict (infra errors or "
+                "timeouts that outlasted the retries): rerun them once the dependency is fixed",
+                "evidence": "cycles " + ", ".join(str(f["cycle"]) for f in unrepaired[:20]),
+            }
+        )
+    missed = [r for r in faults["injections"] if not r["detected"]]
+    if missed:
+        out.append(
+            {
+                "text": f"{len(missed)} injected fault(s) were not detected: "
+                "add a probe or a use of that component",
+                "evidence": ", ".join(r["spec"] or r["fault"] for r in missed),
+            }
+        )
+    if faults["failed"]:
+        out.append(
+            {
+                "text": f"{len(faults['failed'])} planned fault(s) could not be injected: fix the fault plan",
+                "evidence": "; ".join(f"{f['spec']}: {f['error']}" for f in faults["failed"]),
+            }
+        )
+    if report["protected_fingerprint"].get("match") is False:
+        out.append(
+            {
+                "text": "protected settings changed during the night: its results are not comparable",
+                "evidence": f"fingerprint {report['protected_fingerprint']['start']} → "
+                f"{report['protected_fingerprint']['end']}",
+            }
+        )
+    if sections["blocked_attempts"]:
+        out.append(
+            {
+                "text": f"{len(sections['blocked_attempts'])} attempt(s) to weaken the night were blocked: "
+                "check who tried (a scenario or hook writing a protected setting?)",
+                "evidence": "; ".join(b["message"] or "" for b in sections["blocked_attempts"][:5]),
+            }
+        )
+    injections = faults["injections"]
+    if injections and not missed and all(r["diagnosis_correct"] and r["verified_at"] for r in injections):
+        out.append(
+            {
+                "text": f"the fault drill passed: all {len(injections)} injected fault(s) were detected, "
+                "diagnosed correctly and verified healthy again; nothing to do about them",
+                "evidence": f"diagnosis accuracy {faults['summary']['diagnosis_accuracy']:.0%}, "
+                + ", ".join(f"#{r['incident_id']}" for r in injections),
+            }
+        )
+    if not [o for o in out if not o["text"].startswith("the fault drill passed")]:
+        if incidents and all(i["verified_at"] is not None for i in incidents):
+            verified = sum(1 for i in incidents if i["verified_at"] is not None)
+            out.append(
+                {
+                    "text": "all repairs verified, no manual action needed",
+                    "evidence": f"{verified} of {len(incidents)} incidents verified healthy by a probe",
+                }
+            )
+        elif report["cycles_run"] and report["exit_code"] == 0:
+            out.append(
+                {
+                    "text": "nothing to do: every cycle passed and no dependency failed",
+                    "evidence": f"{report['cycles_run']} cycles passed, 0 incidents",
+                }
+            )
+    return out
