@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -375,3 +376,46 @@ def test_summary_without_finished_cycles() -> None:
     assert "success rate n/a" in text
     assert "incidents 0, repairs 0" in text
     assert "report:" not in text
+
+
+def test_overnight_run_notifies_and_records_it_and_a_failure_does_not_change_the_exit(
+    server: Recorder, tmp_path: Path
+) -> None:
+    """Through the real CLI: the night ends, the webhook and Telegram get the summary,
+    both results are in the ledger; a channel that fails is said on stderr, recorded, and
+    the exit code is still the night's."""
+    from overnight.ledger import Ledger, queries
+
+    from .conftest import run_cli
+
+    (tmp_path / "scenario.py").write_text("def cycle(ctx):\n    assert ctx.cycle != 2, 'cycle 2 is wrong'\n")
+    (tmp_path / "overnight.toml").write_text(
+        'scenario = "scenario:cycle"\n[run]\ncycles = 3\n'
+        f'[notify]\nwebhook = "{server.url}/hook"\ntelegram = true\ntelegram_api = "{server.url}"\n'
+    )
+    env = {"TELEGRAM_BOT_TOKEN": "123456:cli-secret-token", "TELEGRAM_CHAT_ID": "42"}
+    res = run_cli(["run"], cwd=tmp_path, env=env)
+    assert res.returncode == 1, res.stderr  # a product failure: the night's own exit code
+    paths = sorted(r["path"] for r in server.requests)
+    assert paths == ["/bot123456:cli-secret-token/sendMessage", "/hook"]
+    hook = next(r["body"] for r in server.requests if r["path"] == "/hook")
+    assert hook["verdict"].startswith("FAILED: 1 product failure") and hook["report"]["html"].endswith(
+        "report.html"
+    )
+    server.status, server.answer = 400, {"ok": False, "description": "Bad Request: chat not found"}
+    res = run_cli(["run"], cwd=tmp_path, env=env)
+    assert res.returncode == 1 and "notification failed" in res.stderr and "chat not found" in res.stderr
+    assert "cli-secret-token" not in res.stderr + res.stdout
+    ledger = Ledger(str(tmp_path / "night_tests" / "overnight.db"))
+    try:
+        with ledger.read() as conn:
+            nights = queries.list_nights(conn)
+            kinds = [
+                [e["kind"] for e in queries.events_of(conn, n["id"], kinds=("notified", "notify_failed"))]
+                for n in nights
+            ]
+    finally:
+        ledger.close()
+    assert kinds == [["notify_failed", "notify_failed"], ["notified", "notified"]]  # newest first
+    everything = b"".join(p.read_bytes() for p in (tmp_path / "night_tests").rglob("*") if p.is_file())
+    assert b"cli-secret-token" not in everything

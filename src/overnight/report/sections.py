@@ -563,13 +563,18 @@ def _recommendations(
                 }
             )
     for f in sections["fallbacks"]:
-        out.append(
-            {
-                "text": f"{f['component']} ran on its {f['kind']} fallback for {len(f['cycles'])} cycle(s): "
-                "those cycles did not test the live dependency; fix the primary",
-                "evidence": f"fallback from {f['started_at']} to {f['ended_at'] or 'the end of the night'}",
-            }
-        )
+        evidence = f"fallback from {f['started_at']} to {f['ended_at'] or 'the end of the night'}"
+        if f["incident_id"] in drilled and f["ended_at"]:
+            text = (
+                f"{len(f['cycles'])} cycle(s) ran on {f['component']}'s {f['kind']} fallback during an "
+                "injected fault: they did not test the live dependency; rerun them if that matters"
+            )
+        else:
+            text = (
+                f"{f['component']} ran on its {f['kind']} fallback for {len(f['cycles'])} cycle(s): "
+                "those cycles did not test the live dependency; fix the primary"
+            )
+        out.append({"text": text, "evidence": evidence + f" (incident #{f['incident_id']})"})
     failures = [f for f in report["failures"] if f["verdict"] == "failed"]
     by_step: dict[str, list[int]] = defaultdict(list)
     for f in failures:
