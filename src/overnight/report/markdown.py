@@ -426,7 +426,7 @@ def _v(x: Any) -> str:
     if x is None:
         return "–"
     if isinstance(x, float):
-        return f"{x:.4g}"
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
     return str(x)
 
 
