@@ -13,10 +13,18 @@ and Qdrant local mode (``vectors``) — with ``--injections`` faults of one kind
 * **hit**: faults ``@cycle=N`` every 5th cycle; the cycle meets the fault at once, so
   detection is the component's own classified error (the agent's signal path). The agent
   runs with its defaults (probe period 10 s, timeout 5 s).
-* **idle**: the scenario does not touch the component; faults come ``every=`` a few
+* **idle**: the scenario does not touch the component; faults come ``after=`` every few
   seconds, and only the agent's periodic probe can find them. Probe period
   ``--idle-period`` (default 2 s; the target is relative to it: "under the probe period
-  plus its timeout").
+  plus its timeout"). Idle nights are measured for the reconnect-type kinds
+  (``--idle-kinds``).
+
+Both raise ``max_repairs_per_hour`` and ``flap_threshold`` to 1000: by default six
+incidents within ten minutes mean a flapping component and twenty repair attempts an hour
+are the cap, after which the agent escalates (pauses) — the product's bounded-repair
+promise. Twenty faults on one component within minutes meet both, which is what the first
+run of this benchmark measured from the sixth fault on (repairs after a 10 s pause, and a
+night that paused for good at the 21st).
 
 Fault kinds (the repair the agent's playbook uses):
 
@@ -129,15 +137,18 @@ def one_night(kind: str, mode: str, n: int, args: argparse.Namespace, pg_url: st
     try:
         if mode == "hit":
             use = sorted(KINDS_USED)
-            agent, pause, cycles = "", 0.2, 5 * n + 5
+            # The default cap (20 repair attempts per component per hour, then escalation)
+            # is part of the product; here it would stop the measurement at the 21st fault.
+            agent, pause, cycles = BENCH_AGENT, 0.2, 5 * n + 5
             injects = [f"{target}:{kind}@cycle={5 * i}{extra}" for i in range(1, n + 1)]
         else:
             use = sorted(set(KINDS_USED) - {target})
             period = args.idle_period
             every = 2 * period + 3  # room to detect, repair and verify before the next one
-            agent = f"probe_period = {period:g}"
+            agent = f"probe_period = {period:g}\n{BENCH_AGENT}"
             pause, cycles = 1.0, int(every * (n + 1.5))
-            injects = [f"{target}:{kind}@every={every:g}s{extra}"]
+            # Exactly n faults (``every`` would go on while cycles are held at the gate).
+            injects = [f"{target}:{kind}@after={every * i:g}s{extra}" for i in range(1, n + 1)]
         (folder / "scn.py").write_text(SCENARIO.format(use=use, pause=pause))
         (folder / "overnight.toml").write_text(CONFIG.format(agent=agent, pg_url=pg_url))
         cmd = [sys.executable, "-m", "overnight", "run", "--cycles", str(cycles), "--seed", "5",
@@ -166,6 +177,10 @@ def one_night(kind: str, mode: str, n: int, args: argparse.Namespace, pg_url: st
 
 
 KINDS_USED = ("db", "llm", "search", "vectors")
+# Twenty faults on one component in a few minutes is, by design, a flapping component
+# (6 incidents in 10 minutes) that has used up its repair budget (20 per hour): the agent
+# would escalate and pause, which is the product's promise, not its repair time.
+BENCH_AGENT = "max_repairs_per_hour = 1000\nflap_threshold = 1000"
 
 
 def _pct(values: list[float]) -> dict[str, Any]:
