@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -187,7 +188,8 @@ def run_overnight(
     for a in attempts:
         if a["verdict"] not in (None, "passed"):
             errors.setdefault(a["cycle"], []).append(
-                f"{a['verdict']}: {a['error_type']}" + (f" ({a['fault_kind']})" if a["fault_kind"] else "")
+                f"attempt {a['attempt']} {a['verdict']} at {a['step']}: "
+                + " ".join(str(a["error_message"] or a["error_type"]).split())[:200]
             )
     out: dict[str, Any] = {
         "night_id": night["id"],
@@ -198,6 +200,7 @@ def run_overnight(
         "verdicts_by_cycle": verdicts,
         "attempts": len(attempts),
         "retried_cycles": sorted(r["cycle"] for r in rows if r["attempts"] > 1),
+        "attempts_by_cycle": {r["cycle"]: r["attempts"] for r in rows if r["attempts"] > 1},
         "fallback_cycles": sorted(r["cycle"] for r in rows if r["fallback"]),
         "failed_attempt_errors": {c: e for c, e in sorted(errors.items())},
     }
@@ -370,9 +373,9 @@ class LoopFaults:
 
     async def _expire(self, fault: str, seconds: float) -> None:
         await asyncio.sleep(seconds)
-        await self._clear(fault)
+        await self._clear(fault, "duration elapsed")
 
-    async def _clear(self, fault: str) -> None:
+    async def _clear(self, fault: str, reason: str) -> None:
         entry = self.active.pop(fault, None)
         if entry is None:
             return
@@ -383,6 +386,7 @@ class LoopFaults:
             rec["undo_error"] = f"{type(exc).__name__}: {_short(exc)}"
             say(f"fault {fault} could not be undone: {rec['undo_error']}")
         rec["cleared_at"] = time.time()
+        rec["cleared_by"] = reason
 
     async def stop(self) -> None:
         for task in self.timers:
@@ -391,7 +395,7 @@ class LoopFaults:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         for fault in list(self.active):
-            await self._clear(fault)
+            await self._clear(fault, "the loop ended before its duration was up")
         for proxy in self.env.proxies.values():
             with contextlib.suppress(Exception):
                 await proxy.stop()
@@ -531,7 +535,10 @@ async def run_loop(
         "guard_timeouts": sum(1 for c in cycles for t in c["tries"] if t.get("guard_timeout")),
         "failed_attempt_errors": {
             c["cycle"]: [
-                f"{t['error_type']}" + (f" ({t['infra_kind']})" if t["infra_kind"] else "")
+                f"try {t['try']} at {t['step']} (+{t['start'] - (first_start or 0):.2f} s, "
+                f"{t['end'] - t['start']:.2f} s): "
+                f"{t['error_type']}"
+                + (f" ({t['infra_component']}:{t['infra_kind']})" if t["infra_kind"] else "")
                 for t in c["tries"]
                 if not t["ok"]
             ]
@@ -565,18 +572,20 @@ def loop_fault_analysis(result: dict[str, Any], reference: dict[int, str | None]
                 not t["product"] and t["infra_component"] is None
             )
 
-        hit = []
+        hit, ends = [], []
         for c in cycles:
             bad = [
                 t
                 for t in c["tries"]
                 if not t["ok"] and ours(t) and t["start"] <= until + 1.0 and t["end"] >= inj
             ]
+            ends += [t["end"] for t in bad]
             if bad:
                 hit.append(
                     {
                         "cycle": c["cycle"],
                         "tries": len(c["tries"]),
+                        "failed_on_it": len(bad),
                         "errors": sorted(
                             {f"{t['error_type']}({t['infra_kind'] or '-'})@{t['step']}" for t in bad}
                         ),
@@ -584,7 +593,6 @@ def loop_fault_analysis(result: dict[str, Any], reference: dict[int, str | None]
                         "reference": reference.get(c["cycle"]),
                     }
                 )
-        after = [t for c in cycles for t in c["tries"] if t["ok"] and t["start"] >= inj]
         out.append(
             {
                 "fault": rec["fault"],
@@ -593,6 +601,7 @@ def loop_fault_analysis(result: dict[str, Any], reference: dict[int, str | None]
                 "mechanism": rec["mechanism"],
                 "cycle": rec["cycle"],
                 "duration_s": round(until - inj, 2) if not rec["instant"] else 0.0,
+                "cleared_by": rec.get("cleared_by", "single action"),
                 "injected_while_active": [
                     f for f, (a, b) in windows.items() if f != rec["fault"] and a <= inj <= b and a != b
                 ],
@@ -602,8 +611,9 @@ def loop_fault_analysis(result: dict[str, Any], reference: dict[int, str | None]
                 "false_failures": [
                     h["cycle"] for h in hit if h["verdict"] == "failed" and h["reference"] == "passed"
                 ],
-                # the loop's analogue of a time to repair: injection → end of its next passing try
-                "first_pass_after_s": round(min(t["end"] for t in after) - inj, 2) if after else None,
+                "tries_failed_on_it": len(ends),
+                # how long it held the loop: injection → end of the last try that failed on it
+                "affected_s": round(max(ends) - inj, 2) if ends else 0.0,
             }
         )
     return out
@@ -711,6 +721,10 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _num1(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
 def _num(v: float | None) -> str:
     return "—" if v is None else f"{v:.3f}"
 
@@ -731,8 +745,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{fmt_cycles(result['reference']['failed_cycles'])}.",
         "",
         "| approach | correct verdicts | masked bugs | false product failures | lost cycles "
-        "| no product verdict | wall s | wall × no-fault | tries | retried cycles |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| no product verdict | wall s | cycles s | wall × no-fault | tries | retried cycles |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in (*APPROACHES, "reference"):
         r = result.get(name)
@@ -741,8 +755,8 @@ def markdown(result: dict[str, Any]) -> str:
         ratio = r.get("wall_ratio_vs_no_faults")
         lines.append(
             f"| {name} | {r['correct_verdicts']}/{r['cycles']} | {r['masked_bugs']} "
-            f"| {r['false_product_failures']} "
-            f"| {r['lost_cycles']} | {r['no_product_verdict']} | {r['wall_s']:.1f} "
+            f"| {r['false_product_failures']} | {r['lost_cycles']} | {r['no_product_verdict']} "
+            f"| {r['wall_s']:.1f} | {_num1(r['cycles_wall_s'])} "
             f"| {'—' if ratio is None else f'{ratio:.2f}'} | {r['attempts']} | {len(r['retried_cycles'])} |"
         )
     ov = result.get("overnight")
@@ -775,8 +789,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"{name}, per fault:",
             "",
             "| fault | kind | cycle | cycles hit (tries, errors) → verdict | false failures "
-            "| first pass after s |",
-            "|---|---|---|---|---|---|",
+            "| tries failed on it | affected s |",
+            "|---|---|---|---|---|---|---|",
         ]
         for f in r["faults"]:
             hits = "; ".join(
@@ -797,7 +811,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {f['fault']} | {f['kind']} | {f['cycle']} | {hits or 'none'} "
                 f"| {fmt_cycles(f['false_failures'])} "
-                f"| {'—' if f['first_pass_after_s'] is None else f['first_pass_after_s']} |"
+                f"| {f['tries_failed_on_it']} | {f['affected_s']} |"
             )
     lines += ["", "Targets:", ""]
     for t in result["targets"]:
@@ -951,10 +965,33 @@ def main() -> None:
             )
         if name in out and out[name]["aborted"]:
             notes.append(f"{name}: the loop stopped early: {out[name]['aborted']}")
+    ov = out.get("overnight")
+    if ov is not None:
+        budget = 1 + int(tomllib.loads(CONFIG.read_text()).get("run", {}).get("retry_attempts", 2))
+        full = sorted(int(c) for c, n in ov["attempts_by_cycle"].items() if n >= budget)
+        if full:
+            notes.append(
+                f"overnight: cycle(s) {fmt_cycles(full)} used all {budget} attempts "
+                f"({'; '.join(e for c in full for e in ov['failed_attempt_errors'].get(c, []))}): "
+                "one more infra error and the cycle would have ended `infra_error`, not a product verdict"
+            )
+        if ov["fallback_cycles"]:
+            fb = ov["fallback_cycles"]
+            same = sum(1 for c in fb if ov["verdicts_by_cycle"][str(c)] == ref["verdicts_by_cycle"][str(c)])
+            notes.append(
+                f"overnight: cycles {fmt_cycles(fb)} ran while the declared search fallback (cached "
+                f"results) was active; they are marked `fallback` in the report and {same}/{len(fb)} match "
+                "the reference, so they count as correct here, but they did not exercise the live search API"
+            )
+    notes.append(
+        "masked bugs: the sandbox's product bug is deterministic per prompt (`bug_rate`/`bug_seed`), so a "
+        "rerun meets the same bug and no approach can mask it here; a flaky product bug would pass on "
+        "a rerun under blind-rerun (and under plain-loop, which retries product failures too)"
+    )
     notes.append(
         "wall s: overnight and the reference are whole `overnight run` processes (interpreter start, "
         "ledger, agent, report); the baselines are in-process loops (build, connect, setup, cycles, "
-        "close) with no ledger; `cycles_wall_s` in the JSON is first cycle start → last cycle end for all"
+        "close) with no ledger; cycles s is first cycle start → last cycle end"
     )
     out["notes"] = notes
     table = markdown(out)
