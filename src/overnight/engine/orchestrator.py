@@ -89,8 +89,13 @@ async def git_commit(folder: Path) -> str | None:
                 "git", "-C", str(folder), *args,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
+        except OSError:
+            return None
+        try:
             out, _ = await asyncio.wait_for(proc.communicate(), 5)
-        except (OSError, TimeoutError):
+        except TimeoutError:
+            proc.kill()  # a hung git (a network mount?) must not outlive the check
+            await proc.wait()
             return None
         return out.decode(errors="replace").strip() if proc.returncode == 0 else None
 

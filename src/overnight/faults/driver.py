@@ -103,11 +103,10 @@ class FaultDriver:
         self.night_started_at = night_started_at
         if resumed:
             await self._recover_leftovers()
-        with self.ledger.read() as conn:
-            for ev in queries.events_of(conn, self.night_id, kinds=("fault_injected", "fault_skipped")):
-                data = event_data(ev["data"])
-                if "fault" in data:
-                    self._fired.add((data["fault"], int(data.get("occurrence", 1))))
+        for ev in await self._events("fault_injected", "fault_skipped"):
+            data = event_data(ev["data"])
+            if "fault" in data:
+                self._fired.add((data["fault"], int(data.get("occurrence", 1))))
         for spec in self.specs:
             if spec.cycle is None:
                 self._tasks.append(asyncio.create_task(self._timed(spec), name=f"fault-{spec.id}"))
@@ -272,10 +271,7 @@ class FaultDriver:
 
     async def _recover_leftovers(self) -> None:
         """Undo faults a killed session injected and never cleared."""
-        with self.ledger.read() as conn:
-            events = queries.events_of(
-                conn, self.night_id, kinds=("fault_injected", "fault_cleared", "fault_undo_failed")
-            )
+        events = await self._events("fault_injected", "fault_cleared", "fault_undo_failed")
         open_: dict[tuple[str, int], dict[str, Any]] = {}
         for ev in events:
             data = event_data(ev["data"])
@@ -302,6 +298,15 @@ class FaultDriver:
                 data.get("target"),
             )
             (log.info if ok else log.error)("fault %s left by the previous session: %s", key[0], what)
+
+    async def _events(self, *kinds: str) -> list[dict[str, Any]]:
+        """This night's fault events, read off the event loop."""
+
+        def read() -> list[dict[str, Any]]:
+            with self.ledger.read() as conn:
+                return queries.events_of(conn, self.night_id, kinds=kinds)
+
+        return await asyncio.to_thread(read)
 
     async def _event(
         self, kind: str, message: str, data: dict[str, Any], component: str | None, ts: float | None = None

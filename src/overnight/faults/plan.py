@@ -86,7 +86,7 @@ class FaultSpec:
         return f"{self.source} ({self.target}:{self.kind})"
 
     def label(self) -> str:
-        """The spec back in ``--inject`` syntax (as normalised)."""
+        """The spec back in ``--inject`` syntax (as normalised; stop/start commands left out)."""
         parts = []
         if self.cycle is not None:
             parts.append(f"cycle={self.cycle}")
@@ -101,6 +101,8 @@ class FaultSpec:
         if self.until_repaired:
             parts.append("until=repaired")
         for key, value in sorted(self.params.items()):
+            if key.endswith("_command"):
+                continue  # commands stay in the plan, out of event messages and tables
             shown = format_duration(value) if key in DURATION_PARAMS else value
             parts.append(f"{key}={shown}")
         return f"{self.target}:{self.kind}@{','.join(parts)}"
