@@ -93,6 +93,45 @@ async def test_llm_rate_limit_waits_retry_after_and_retries_the_cycle(tmp_path: 
     assert json.loads(inc["degradation_avoided"])["shortcut"] == "switch the pipeline to canned LLM answers"
 
 
+async def test_a_quota_found_by_the_probe_waits_the_retry_after_the_probe_got(tmp_path: Path) -> None:
+    # No cycle calls the search API: only the agent's probe can meet its 429, and the
+    # Retry-After must come from that probe's answer (not the 5 s default).
+    code = """
+    import asyncio, time
+    from overnight.sandbox import shared_sandbox
+
+    async def cycle(ctx):
+        if ctx.cycle == 1:
+            server = shared_sandbox().servers["search"]
+            since = time.time()
+            server.switches.update(quota_per_day=0, day_window_s=1.0)
+            asyncio.get_running_loop().call_later(1.0, lambda: server.switches.update(quota_per_day=None))
+            # Hold the night until the agent's verifying probe was answered; the next
+            # cycle then waits at the gate until the incident is closed.
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                statuses = [e["status"] for e in server.stats()["log"] if e["t"] >= since]
+                if 429 in statuses and 200 in statuses[statuses.index(429):]:
+                    break
+                await asyncio.sleep(0.05)
+        async with ctx.step("work"):
+            pass
+    """
+    config = FAST_AGENT + '[components.search]\ntype = "websearch"\nsandbox = true\n'
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
+    try:
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        repairs = _rows(ledger, s.repairs, outcome.night_id)
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 3, report["failures"]
+    assert [(i["fault_kind"], i["trigger"], i["state"]) for i in incidents] == [
+        ("quota_exceeded", "probe", "repaired")
+    ]
+    assert [(r["strategy"], r["verified"]) for r in repairs] == [("wait_retry_after", True)]
+    assert repairs[0]["detail"] == "waited 1 s, as the server asked (Retry-After)"
+
+
 async def test_slow_search_raises_the_timeout_within_its_bound(tmp_path: Path) -> None:
     code = """
     from overnight.sandbox import shared_sandbox

@@ -80,6 +80,8 @@ class ProbeResult:
     fault_kind: str | None = None
     detail: str = ""
     checked_at: float = field(default_factory=time.time)
+    # Facts a repair can use, as from ``fault_details`` (a probe's 429 carries its Retry-After).
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 class KnobRefused(OvernightError):

@@ -352,7 +352,9 @@ class LLMComponent(Component):
             models = await self.list_models()
         except Exception as exc:
             kind = self.classify(exc) or "unavailable"
-            return ProbeResult(False, time.perf_counter() - t0, kind, describe_error(exc))
+            return ProbeResult(
+                False, time.perf_counter() - t0, kind, describe_error(exc), details=self.fault_details(exc)
+            )
         model = self.knobs.get("model")
         if models and model not in models:
             return ProbeResult(False, time.perf_counter() - t0, "bad_response", f"model {model} not offered")

@@ -259,7 +259,9 @@ class WebSearchComponent(Component):
             results = await self._live("overnight health probe", 1)
         except Exception as exc:
             kind = self.classify(exc) or "unavailable"
-            return ProbeResult(False, time.perf_counter() - t0, kind, describe_error(exc))
+            return ProbeResult(
+                False, time.perf_counter() - t0, kind, describe_error(exc), details=self.fault_details(exc)
+            )
         return ProbeResult(True, time.perf_counter() - t0, None, f"search answered {len(results)} result(s)")
 
     def classify(self, exc: BaseException) -> str | None:
