@@ -14,10 +14,11 @@ and Qdrant local mode (``vectors``) — with ``--injections`` faults of one kind
   detection is the component's own classified error (the agent's signal path). The agent
   runs with its defaults (probe period 10 s, timeout 5 s).
 * **idle**: the scenario does not touch the component; faults come ``after=`` every few
-  seconds, and only the agent's periodic probe can find them. Probe period
-  ``--idle-period`` (default 2 s; the target is relative to it: "under the probe period
-  plus its timeout"). Idle nights are measured for the reconnect-type kinds
-  (``--idle-kinds``).
+  seconds, each at a different phase of the probe period, and only the agent's periodic
+  probe can find them. Probe period ``--idle-period`` (default 2 s; the target is relative
+  to it: "under the probe period plus its timeout"). Timed faults last longer idle than
+  hit (429s: Retry-After period + 1 s; the search hang: period + 4 s), so that a probe
+  must meet them (``--idle-kinds`` limits which kinds are measured idle).
 
 Both raise ``max_repairs_per_hour`` and ``flap_threshold`` to 1000: by default six
 incidents within ten minutes mean a flapping component and twenty repair attempts an hour
@@ -78,7 +79,6 @@ KINDS: dict[str, dict[str, str]] = {
     "quota_exceeded": {"target": "search", "extra": ",retry_after=1s"},
     "timeout": {"target": "search", "extra": ",duration=2s"},
 }
-RECONNECT_TYPE = ("connection_lost", "unavailable", "server_error")
 
 SCENARIO = """
 import asyncio
@@ -144,11 +144,17 @@ def one_night(kind: str, mode: str, n: int, args: argparse.Namespace, pg_url: st
         else:
             use = sorted(set(KINDS_USED) - {target})
             period = args.idle_period
-            every = 2 * period + 3  # room to detect, repair and verify before the next one
+            extra, hold = idle_fault(kind, period)
+            every = 2 * period + hold + 3  # room to detect, repair and verify before the next one
             agent = f"probe_period = {period:g}\n{BENCH_AGENT}"
             pause, cycles = 1.0, int(every * (n + 1.5))
-            # Exactly n faults (``every`` would go on while cycles are held at the gate).
-            injects = [f"{target}:{kind}@after={every * i:g}s{extra}" for i in range(1, n + 1)]
+            # Exactly n faults (``every`` would go on while cycles are held at the gate), each
+            # at its own phase of the probe period: at a fixed interval the probes and the
+            # faults lock step, and every fault would meet the probe at the same moment.
+            injects = [
+                f"{target}:{kind}@after={every * i + (i * GOLDEN % 1) * period:.3f}s{extra}"
+                for i in range(1, n + 1)
+            ]
         (folder / "scn.py").write_text(SCENARIO.format(use=use, pause=pause))
         (folder / "overnight.toml").write_text(CONFIG.format(agent=agent, pg_url=pg_url))
         cmd = [sys.executable, "-m", "overnight", "run", "--cycles", str(cycles), "--seed", "5",
@@ -177,6 +183,25 @@ def one_night(kind: str, mode: str, n: int, args: argparse.Namespace, pg_url: st
 
 
 KINDS_USED = ("db", "llm", "search", "vectors")
+GOLDEN = 0.6180339887  # i * GOLDEN mod 1 spreads the faults' phases evenly over a period
+SEARCH_TIMEOUT_MAX = 3.0  # the search's timeout_max in CONFIG
+
+
+def idle_fault(kind: str, period: float) -> tuple[str, float]:
+    """The spec's extra keys for an idle night, and how long the fault lasts. A fault
+    shorter than the probe period can come and go between two probes unseen; the idle
+    target ("under the probe period plus its timeout") is about a fault that is still
+    there, so timed faults here outlast a period plus a probe."""
+    if kind in ("rate_limited", "quota_exceeded"):
+        return f",retry_after={period + 1:g}s", period + 1
+    if kind == "timeout":
+        # Longer than a period plus the search timeout even after raise_timeout took it to
+        # its maximum: later faults must still be visible to a probe.
+        hold = period + SEARCH_TIMEOUT_MAX + 1
+        return f",duration={hold:g}s", hold
+    return KINDS[kind]["extra"], 0.0
+
+
 # Twenty faults on one component in a few minutes is, by design, a flapping component
 # (6 incidents in 10 minutes) that has used up its repair budget (20 per hour): the agent
 # would escalate and pause, which is the product's promise, not its repair time.
@@ -253,8 +278,8 @@ def main() -> None:
     parser.add_argument("--modes", default="hit,idle")
     parser.add_argument(
         "--idle-kinds",
-        default=",".join(RECONNECT_TYPE),
-        help="kinds also measured idle (default: the reconnect-type ones)",
+        default=",".join(KINDS),
+        help="kinds also measured idle (default: all)",
     )
     parser.add_argument("--idle-period", type=float, default=2.0, help="probe period of the idle nights")
     parser.add_argument("--pg-url", default=os.environ.get("OVERNIGHT_PG_URL"))

@@ -25,7 +25,7 @@ from overnight.config import load_config
 from overnight.engine.orchestrator import Orchestrator
 from overnight.engine.progress import LogProgress
 from overnight.faults import collect, fault_timeline
-from overnight.ledger import Ledger, queries
+from overnight.ledger import Ledger, ops, queries
 from overnight.report import write_reports
 from overnight.sandbox import shared_sandbox
 
@@ -526,3 +526,38 @@ async def test_http_fault_layer_inside_each_llm_sdk(tmp_path: Path, provider: st
     assert row["diagnosed_kind"] == "server_error" and row["diagnosis_correct"], row
     assert report["totals"]["passed"] == 3 and atts[2][0]["verdict"] == "infra_error"
     assert "500" in (atts[2][0]["error_message"] or ""), atts[2][0]
+
+
+def test_a_fault_nobody_saw_is_not_credited_with_the_next_ones_incident(tmp_path: Path) -> None:
+    # Two short faults on the same component; the first came and went between two probes,
+    # the second was detected. The incident answers the second, and the first is shown as
+    # not detected (it used to be matched to the second's incident, 7 s "late").
+    ledger = Ledger(str(tmp_path / "l.db"))
+    night = {
+        "id": "n1", "scenario": "x:y", "started_at": 100.0, "ended_at": 130.0, "status": "completed",
+        "seed": 1, "planned_cycles": 1, "parallel": 1, "plan": "{}", "config_fingerprint": "f",
+        "protected_fingerprint": "p", "night_dir": str(tmp_path), "dry_run": False,
+    }  # fmt: skip
+
+    def fault(conn: Any, kind: str, n: int, ts: float) -> None:
+        data = {"fault": "search:timeout", "occurrence": n, "target": "search", "kind": "timeout"}
+        ops.add_event(conn, "n1", ts, kind, "", data, component="search")
+
+    def fill(conn: Any) -> None:
+        ops.create_night(conn, night)
+        fault(conn, "fault_injected", 1, 107.0)
+        fault(conn, "fault_cleared", 1, 109.0)
+        fault(conn, "fault_injected", 2, 114.0)
+        fault(conn, "fault_cleared", 2, 116.0)
+        ops.open_incident(conn, "n1", "search", "timeout", "probe", 115.2, "probe ran past 1 s")
+
+    try:
+        ledger.write_sync(fill)
+        with ledger.read() as conn:
+            rows = fault_timeline(conn, "n1")["injections"]
+    finally:
+        ledger.close()
+    assert [(r["occurrence"], r["detected"], r["time_to_detect_s"]) for r in rows] == [
+        (1, False, None),
+        (2, True, 1.2),
+    ]

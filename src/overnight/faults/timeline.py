@@ -1,7 +1,8 @@
 """Injected faults matched to the incidents they caused, from the ledger alone.
 
 For each injection: the incident on the same component detected first at or after the
-injection (and before the fault ended, plus a grace period), with time to detect
+injection (and before the fault ended, plus a grace period, and before the next fault on
+that component went in), with time to detect
 (injection → detection), time to diagnose (detection → diagnosis), time to repair
 (detection → verified healthy), the diagnosed kind against the injected kind, the cycles
 the fault hit and how they ended. A fault no incident answers is "not detected": shown,
@@ -129,10 +130,23 @@ def fault_timeline(conn: Connection, night_id: str) -> dict[str, Any]:
     night = queries.get_night(conn, night_id) or {}
     night_end = night.get("ended_at")
 
+    # An incident detected after a later fault on the same component went in answers that
+    # later fault: a fault that came and went unseen is "not detected", never credited
+    # with the next one's detection.
+    next_on_component: dict[int, float] = {}
+    last_seen: dict[str, int] = {}
+    for i, row in sorted(enumerate(injections), key=lambda item: item[1]["injected_at"]):
+        if row["component"] in last_seen:
+            next_on_component[last_seen[row["component"]]] = row["injected_at"]
+        last_seen[row["component"]] = i
+
     used: set[int] = set()
-    for row in injections:
+    for i, row in enumerate(injections):
         end = row["cleared_at"] if row["cleared_at"] is not None else night_end
         horizon = (end if end is not None else float("inf")) + MATCH_GRACE_S
+        if i in next_on_component:
+            # (less the same 1 ms the next fault's own match allows before it)
+            horizon = min(horizon, next_on_component[i] - 0.001)
         match = next(
             (
                 inc
