@@ -132,6 +132,45 @@ async def test_a_quota_found_by_the_probe_waits_the_retry_after_the_probe_got(tm
     assert repairs[0]["detail"] == "waited 1 s, as the server asked (Retry-After)"
 
 
+async def test_a_burst_that_outlasts_the_verifying_probe_is_not_escalated(tmp_path: Path) -> None:
+    # Two 500s in a row, met by the periodic probe and then by the probe that verifies the
+    # reconnect. The server answers again at once: with escalation = "abort" this must
+    # not end the night, nor wait a whole probe period to notice.
+    code = """
+    import asyncio, time
+    from overnight.sandbox import shared_sandbox
+
+    async def cycle(ctx):
+        if ctx.cycle == 1:
+            server = shared_sandbox().servers["gigachat"]
+            since = time.time()
+            server.switches.update(fail_next_5xx=2)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:  # until the burst is spent and a probe got an answer
+                statuses = [e["status"] for e in server.stats()["log"] if e["t"] >= since]
+                if statuses.count(500) == 2 and statuses[-1] == 200:
+                    break
+                await asyncio.sleep(0.05)
+        async with ctx.step("work"):
+            pass
+    """
+    config = (
+        FAST_AGENT.replace("probe_period = 0.5", "probe_period = 0.2")
+        + 'escalation = "abort"\n'
+        + '[components.llm]\ntype = "llm"\nprovider = "gigachat"\nsandbox = true\n'
+    )
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
+    try:
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        escalated = _events(ledger, outcome.night_id, "escalated")
+    finally:
+        ledger.close()
+    assert report["totals"]["passed"] == 3, report["failures"]
+    assert escalated == []
+    assert [(i["fault_kind"], i["state"]) for i in incidents] == [("server_error", "recovered")]
+    assert incidents[0]["verified_at"] - incidents[0]["detected_at"] < 1.0
+
+
 async def test_slow_search_raises_the_timeout_within_its_bound(tmp_path: Path) -> None:
     code = """
     from overnight.sandbox import shared_sandbox

@@ -299,7 +299,24 @@ class ComponentMonitor:
             return
         if self.settings.fallback and await self._start_fallback(incident):
             return
+        if await self._settled(incident):
+            return
         await self._escalate(incident, "repairs did not restore the component")
+
+    async def _settled(self, incident: _Incident) -> bool:
+        """Look twice more, sooner than a probe period, before escalating: a burst that
+        outlasted the verifying probe (two 500s in a row) is over by then, and must not
+        page anyone, hold the night for a period or abort it."""
+        for wait in (self.settings.cooldown, 2 * self.settings.cooldown):
+            await asyncio.sleep(min(wait, self.settings.probe_period))
+            if (await self._probe("verify")).healthy:
+                await self._close(
+                    incident, "recovered", "answered again soon after the repairs; verified by probe"
+                )
+                self._set_state("healthy", "recovered")
+                self.agent.gate.open(self.comp.name)
+                return True
+        return False
 
     async def _repair_round(self, incident: _Incident) -> bool:
         """One pass through the playbook. True once a repair is verified."""
