@@ -14,7 +14,7 @@ and Qdrant local mode (``vectors``) — with ``--injections`` faults of one kind
   detection is the component's own classified error (the agent's signal path). The agent
   runs with its defaults (probe period 10 s, timeout 5 s).
 * **idle**: the scenario does not touch the component; faults come ``after=`` every few
-  seconds, each at a different phase of the probe period, and only the agent's periodic
+  seconds, each at a random (seeded) phase of the probe period, and only the agent's periodic
   probe can find them. Probe period ``--idle-period`` (default 2 s; the target is relative
   to it: "under the probe period plus its timeout"). Timed faults last longer idle than
   hit (429s: Retry-After period + 1 s; the search hang: period + 4 s), so that a probe
@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -149,10 +150,12 @@ def one_night(kind: str, mode: str, n: int, args: argparse.Namespace, pg_url: st
             agent = f"probe_period = {period:g}\n{BENCH_AGENT}"
             pause, cycles = 1.0, int(every * (n + 1.5))
             # Exactly n faults (``every`` would go on while cycles are held at the gate), each
-            # at its own phase of the probe period: at a fixed interval the probes and the
-            # faults lock step, and every fault would meet the probe at the same moment.
+            # at a random phase of the probe period: at a fixed interval the probes and the
+            # faults lock step (the agent's probe clock restarts when an incident closes),
+            # and every fault would meet the probe at the same moment.
+            rng = random.Random(f"{kind}-{n}")
             injects = [
-                f"{target}:{kind}@after={every * i + (i * GOLDEN % 1) * period:.3f}s{extra}"
+                f"{target}:{kind}@after={every * i + rng.uniform(0, period):.3f}s{extra}"
                 for i in range(1, n + 1)
             ]
         (folder / "scn.py").write_text(SCENARIO.format(use=use, pause=pause))
@@ -183,7 +186,6 @@ def one_night(kind: str, mode: str, n: int, args: argparse.Namespace, pg_url: st
 
 
 KINDS_USED = ("db", "llm", "search", "vectors")
-GOLDEN = 0.6180339887  # i * GOLDEN mod 1 spreads the faults' phases evenly over a period
 SEARCH_TIMEOUT_MAX = 3.0  # the search's timeout_max in CONFIG
 
 
