@@ -50,6 +50,31 @@ def _events(ledger: Ledger, night_id: str, kind: str) -> list[dict[str, Any]]:
         return queries.events_of(conn, night_id, kinds=(kind,))
 
 
+def _probe_meets(server: str, fault: str, answered: str) -> str:
+    """A scenario that never calls ``server``: cycle 1 starts ``fault`` and holds the night
+    until the sandbox log shows ``answered`` (the agent's probes got their answer); the
+    next cycle then waits at the gate until the incident is closed."""
+    fault = "\n".join("            " + line for line in fault.splitlines())
+    return f"""
+    import asyncio, time
+    from overnight.sandbox import shared_sandbox
+
+    async def cycle(ctx):
+        if ctx.cycle == 1:
+            server = shared_sandbox().servers["{server}"]
+            since = time.time()
+{fault}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                statuses = [e["status"] for e in server.stats()["log"] if e["t"] >= since]
+                if {answered}:
+                    break
+                await asyncio.sleep(0.05)
+        async with ctx.step("work"):
+            pass
+    """
+
+
 async def test_llm_rate_limit_waits_retry_after_and_retries_the_cycle(tmp_path: Path) -> None:
     code = """
     import asyncio
@@ -96,27 +121,12 @@ async def test_llm_rate_limit_waits_retry_after_and_retries_the_cycle(tmp_path: 
 async def test_a_quota_found_by_the_probe_waits_the_retry_after_the_probe_got(tmp_path: Path) -> None:
     # No cycle calls the search API: only the agent's probe can meet its 429, and the
     # Retry-After must come from that probe's answer (not the 5 s default).
-    code = """
-    import asyncio, time
-    from overnight.sandbox import shared_sandbox
-
-    async def cycle(ctx):
-        if ctx.cycle == 1:
-            server = shared_sandbox().servers["search"]
-            since = time.time()
-            server.switches.update(quota_per_day=0, day_window_s=1.0)
-            asyncio.get_running_loop().call_later(1.0, lambda: server.switches.update(quota_per_day=None))
-            # Hold the night until the agent's verifying probe was answered; the next
-            # cycle then waits at the gate until the incident is closed.
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                statuses = [e["status"] for e in server.stats()["log"] if e["t"] >= since]
-                if 429 in statuses and 200 in statuses[statuses.index(429):]:
-                    break
-                await asyncio.sleep(0.05)
-        async with ctx.step("work"):
-            pass
-    """
+    code = _probe_meets(
+        "search",
+        "server.switches.update(quota_per_day=0, day_window_s=1.0)\n"
+        "asyncio.get_running_loop().call_later(1.0, lambda: server.switches.update(quota_per_day=None))",
+        "429 in statuses and 200 in statuses[statuses.index(429):]",
+    )
     config = FAST_AGENT + '[components.search]\ntype = "websearch"\nsandbox = true\n'
     outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
     try:
@@ -136,24 +146,11 @@ async def test_a_burst_that_outlasts_the_verifying_probe_is_not_escalated(tmp_pa
     # Two 500s in a row, met by the periodic probe and then by the probe that verifies the
     # reconnect. The server answers again at once: with escalation = "abort" this must
     # not end the night, nor wait a whole probe period to notice.
-    code = """
-    import asyncio, time
-    from overnight.sandbox import shared_sandbox
-
-    async def cycle(ctx):
-        if ctx.cycle == 1:
-            server = shared_sandbox().servers["gigachat"]
-            since = time.time()
-            server.switches.update(fail_next_5xx=2)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:  # until the burst is spent and a probe got an answer
-                statuses = [e["status"] for e in server.stats()["log"] if e["t"] >= since]
-                if statuses.count(500) == 2 and statuses[-1] == 200:
-                    break
-                await asyncio.sleep(0.05)
-        async with ctx.step("work"):
-            pass
-    """
+    code = _probe_meets(
+        "gigachat",
+        "server.switches.update(fail_next_5xx=2)",
+        "statuses.count(500) == 2 and statuses[-1] == 200",
+    )
     config = (
         FAST_AGENT.replace("probe_period = 0.5", "probe_period = 0.2")
         + 'escalation = "abort"\n'
