@@ -21,9 +21,7 @@ the repair time and shown apart. Writes JSON (``--json``) and prints a Markdown 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -33,6 +31,8 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from benchutil import machine, save
 
 from overnight.faults import fault_timeline
 from overnight.faults.timeline import summarise
@@ -219,21 +219,19 @@ def main() -> None:
             shutil.rmtree(folder, ignore_errors=True)
             if not args.pg_url:
                 drop_database(admin, url)
-    import psutil
-
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 1024**3:.0f} GiB, "
-        f"{platform.system()} {platform.release()}, Python {platform.python_version()}",
+        "machine": machine()["summary"],
         "plan": os.path.relpath(args.plan, REPO),
         "cycles": args.cycles,
         "parallel": args.parallel,
         "nights": nights,
         "summary": aggregate(nights),
     }
+    table = markdown(result)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2, default=str))
-    print(markdown(result))
+        save(Path(args.json_out), result, table)
+    print(table)
 
 
 if __name__ == "__main__":

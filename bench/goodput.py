@@ -51,7 +51,6 @@ import inspect
 import json
 import logging
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -78,6 +77,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 EXAMPLE = REPO / "examples" / "grant_pipeline"
 sys.path.insert(0, str(BENCH))
+from benchutil import machine, save  # noqa: E402
 from faults import drop_database, fresh_database, local_pg_admin_url  # noqa: E402
 
 APPROACHES = ("plain-loop", "blind-rerun", "overnight")
@@ -843,20 +843,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine() -> dict[str, Any]:
-    import psutil
-
-    mem = psutil.virtual_memory().total / 1024**3
-    return {
-        "cores": os.cpu_count(),
-        "memory_gib": round(mem, 1),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "summary": f"{os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
-        f"Python {platform.python_version()}",
-    }
-
-
 def main() -> None:
     head, _, rest = (__doc__ or "").partition("\n\n")
     parser = argparse.ArgumentParser(
@@ -1014,10 +1000,7 @@ def main() -> None:
     )
     out["notes"] = notes
     table = markdown(out)
-    json_out = Path(args.json_out)
-    json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(out, indent=2, default=str))
-    json_out.with_suffix(".md").write_text(table)
+    save(Path(args.json_out), out, table)
     print(table)
 
 

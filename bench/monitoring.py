@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from benchutil import save
 
 import overnight
 from overnight.config import AgentConfig
@@ -398,10 +399,8 @@ def main(argv: list[str] | None = None) -> None:
 
     report = bench(args.minutes, args.fault_minutes, args.keep)
     out = args.json or (Path(__file__).resolve().parent / "results" / f"monitoring-{args.minutes:g}min.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     table = markdown(report)
-    out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+    save(out, report, table)
     print(table)
     print(f"\nJSON: {out}")
 

@@ -43,6 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from benchutil import save
 from sqlalchemy import delete, event, func, select, text
 
 import overnight
@@ -549,9 +550,9 @@ def main(argv: list[str] | None = None) -> None:
     out = args.json or (
         Path(__file__).resolve().parent / "results" / f"noop-{report['dialect']}-p{args.parallel}.json"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(markdown(report))
+    table = markdown(report)
+    save(out, report, table)
+    print(table)
     print(f"\n{report['python']} on {report['platform']}, {report['cpu_count']} CPUs; JSON: {out}")
 
 

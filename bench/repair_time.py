@@ -52,7 +52,6 @@ repairs on loopback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -65,6 +64,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchutil import machine, save
 from faults import drop_database, fresh_database, local_pg_admin_url
 
 from overnight.faults import fault_timeline
@@ -304,19 +304,15 @@ def main() -> None:
             finally:
                 if not args.pg_url:
                     drop_database(admin, url)
-    import psutil
-
     result = {
         "date": datetime.now().isoformat(timespec="seconds"),
-        "machine": f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 1024**3:.0f} GiB",
+        "machine": machine()["summary"],
         "params": {"injections": args.injections, "idle_period": args.idle_period},
         "summary": [summarise(n) for n in nights],
         "nights": nights,
     }
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=2, default=str))
-        Path(args.json_out).with_suffix(".md").write_text(markdown(result) + "\n")
+        save(Path(args.json_out), result, markdown(result))
     print(markdown(result))
 
 
