@@ -50,7 +50,7 @@ def test_user_scenario_in_a_fresh_folder(tmp_path: Path) -> None:
     res = run_cli(["run", "--cycles", "20", "--parallel", "4", "--seed", "7"], cwd=proj)
     assert res.returncode == 1, res.stderr  # one product failure
     assert "FAILED: 1 product failure in 20 cycles" in res.stderr
-    night_dirs = [p for p in (proj / "night_tests").iterdir() if p.is_dir()]
+    night_dirs = [p for p in (proj / "night_tests").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(night_dirs) == 1
     report = json.loads((night_dirs[0] / "report.json").read_text())
     assert report["totals"] == {"passed": 19, "failed": 1, "infra_error": 0, "timeout": 0, "harness_error": 0}
@@ -76,7 +76,7 @@ def test_exit_zero_when_all_pass_and_report_rebuilds_from_ledger(tmp_path: Path)
     res = run_cli(["run", "--cycles", "3"], cwd=proj)
     assert res.returncode == 0, res.stderr
     assert "PASSED: all 3 cycles passed" in res.stderr
-    night = next(p for p in (proj / "night_tests").iterdir() if p.is_dir())
+    night = next(p for p in (proj / "night_tests").iterdir() if p.is_dir() and not p.name.startswith("."))
     before = json.loads((night / "report.json").read_text())
     (night / "report.json").unlink()
     (night / "MORNING_REPORT.md").unlink()

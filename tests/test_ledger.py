@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from sqlalchemy import select, update
 
-from overnight.errors import UsageError
+from overnight.errors import LedgerUnavailable, UsageError
 from overnight.ledger import SCHEMA_VERSION, Ledger, ops, queries, store
 from overnight.ledger import schema as s
 
@@ -126,9 +126,10 @@ async def test_dead_ledger_stops_the_night_and_resume_finishes_it(
     plan = make_plan(cfg, tmp_path / "nights", cycles=5)
     ledger = Ledger(pg_url)
     orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
-    with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises, the night must stop
-        await orch.run()
-    assert orch.fatal is not None
+    # The night stops at once with the ledger's own error (exit 3 in the CLI), no hang.
+    outcome = await orch.run()
+    assert isinstance(orch.fatal, LedgerUnavailable) and "writes failed" in str(orch.fatal)
+    assert outcome.status == "aborted"
     ledger.close()
 
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:

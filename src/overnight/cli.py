@@ -20,12 +20,14 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 from .config import LoadedConfig, find_config, load_config
 from .engine.orchestrator import Orchestrator
 from .engine.plan import Plan, new_seed
 from .engine.progress import make_sink
-from .errors import ConfigError, OvernightError, UsageError
+from .engine.runner import exit_now, run_loop
+from .errors import ConfigError, LedgerUnavailable, OvernightError, UsageError
 from .ledger import Ledger, queries
 from .redaction import RedactingFormatter, redact
 from .report import REPORT_HTML, REPORT_JSON, REPORT_JUNIT, REPORT_MD, write_reports
@@ -66,6 +68,18 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _OneLineFormatter(RedactingFormatter):
+    """A console line per record: tracebacks go to orchestrator.log (and --verbose)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
 def _setup_logging(verbose: bool, interactive: bool) -> None:
     root = logging.getLogger("overnight")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -75,12 +89,15 @@ def _setup_logging(verbose: bool, interactive: bool) -> None:
     handler = logging.StreamHandler(_CurrentStderr())
     handler._overnight_console = True  # type: ignore[attr-defined]
     # Secrets stay out of the console as they stay out of orchestrator.log (promise 7).
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    formatter = RedactingFormatter if verbose else _OneLineFormatter
+    handler.setFormatter(formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     # On a terminal the live view shows progress; the console log keeps to warnings.
     handler.setLevel(logging.DEBUG if verbose else (logging.WARNING if interactive else logging.INFO))
     if not verbose:
         # The progress sink prints one line per attempt already.
         handler.addFilter(lambda r: not getattr(r, "attempt_line", False))
+    # Lines meant for orchestrator.log only (the CLI says the same in its last line).
+    handler.addFilter(lambda r: getattr(r, "console", True))
     root.addHandler(handler)
 
 
@@ -411,7 +428,9 @@ def _run_command(
             if parallel is not None:
                 plan.parallel = parallel
             override = (max_hours, until) if (max_hours is not None or until is not None) else None
-            orch = Orchestrator(plan, led, progress=sink, resume=night, deadline_override=override)
+            orch = Orchestrator(
+                plan, led, progress=sink, resume=night, deadline_override=override, keep_claim=True
+            )
             _execute(orch, led)
         finally:
             led.close()
@@ -460,7 +479,7 @@ def _run_command(
     )
     led = _open_ledger(url)
     try:
-        orch = Orchestrator(plan, led, progress=sink)
+        orch = Orchestrator(plan, led, progress=sink, keep_claim=True)
         if dry_run:
             err.print(
                 f"config OK: scenario {plan.scenario}, {plan.cycles} cycles planned; "
@@ -493,54 +512,25 @@ def _find_resumable(led: Ledger, night_id: str | None) -> dict[str, Any]:
             f"night {night['id']} is {night['status']}; only running, interrupted or aborted "
             "nights resume (and stopped ones, by id)"
         )
-    if night["status"] == "running":
-        _refuse_if_alive(led, night)
+    # A night still running elsewhere is refused when the orchestrator claims it.
     return night
-
-
-def _refuse_if_alive(led: Ledger, night: dict[str, Any]) -> None:
-    import os
-    import socket
-
-    with led.read() as conn:
-        sessions = queries.sessions_of(conn, night["id"])
-    if not sessions:
-        return
-    last = sessions[-1]
-    if last["ended_at"] is None and last["hostname"] == socket.gethostname() and last["pid"] != os.getpid():
-        try:
-            os.kill(last["pid"], 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
-        raise UsageError(f"night {night['id']} is still running (pid {last['pid']}); not resuming it twice")
 
 
 def _execute(orch: Orchestrator, led: Ledger) -> None:
     try:
-        outcome = asyncio.run(orch.run())
+        outcome = run_loop(orch.run())
+    except LedgerUnavailable as exc:
+        raise _fail(_stopped_by(orch, exc), 3) from None
     except OvernightError:
         raise
     except Exception as exc:
         log.debug("internal error", exc_info=True)
-        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        raise _fail(
-            f"night {orch.night_id} stopped by an internal error: {detail} "
-            f"(details in {orch.night_path / 'orchestrator.log'}; "
-            f"'overnight run --resume {orch.night_id}' continues it)",
-            3,
-        ) from None
+        raise _fail(_stopped_by(orch, exc), 3) from None
     if orch.fatal is not None:
-        with contextlib.suppress(Exception):  # the ledger may be the very thing that failed
-            write_reports(led, orch.night_id)
-        raise _fail(
-            f"night {orch.night_id} stopped by an internal error: {type(orch.fatal).__name__}: "
-            f"{str(orch.fatal).splitlines()[0] if str(orch.fatal) else ''} "
-            f"(details in {orch.night_path / 'orchestrator.log'}; "
-            f"'overnight run --resume {orch.night_id}' continues it)",
-            3,
-        )
+        if led.broken is None:
+            with contextlib.suppress(Exception):  # best effort: the night is already lost
+                write_reports(led, orch.night_id)
+        raise _fail(_stopped_by(orch, orch.fatal), 3)
     report, folder = write_reports(led, outcome.night_id)
     err.print(f"{report['verdict']}", markup=False, soft_wrap=True)
     err.print(f"report: {folder / REPORT_MD}", markup=False, soft_wrap=True)
@@ -549,6 +539,19 @@ def _execute(orch: Orchestrator, led: Ledger) -> None:
         err.print(f"resume with: overnight run --resume {outcome.night_id}", markup=False)
         raise typer.Exit(128 + (outcome.signal or 2))
     raise typer.Exit(report["exit_code"])
+
+
+def _stopped_by(orch: Orchestrator, exc: BaseException) -> str:
+    if isinstance(exc, LedgerUnavailable):
+        cause = str(exc).splitlines()[0]
+        hint = "once that is fixed"
+    else:
+        cause = f"an internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        hint = f"(details in {orch.night_path / 'orchestrator.log'})"
+    return (
+        f"night {orch.night_id} stopped by {cause}; "
+        f"'overnight run --resume {orch.night_id}' continues it {hint}"
+    )
 
 
 def _notify(orch: Orchestrator, led: Ledger, report: dict[str, Any], folder: Path) -> None:
@@ -837,13 +840,15 @@ def _doctor_command(config: Path | None, night_dir: Path | None, timeout: float,
         async def one(name: str, comp: Any) -> dict[str, Any]:
             row: dict[str, Any] = {"component": name, "type": comp.type_name, "sandbox": comp.sandbox}
             try:
-                await asyncio.wait_for(comp.connect(), timeout)
+                async with asyncio.timeout(timeout):
+                    await comp.connect()
                 row["target"] = redact(comp.target)
                 row["sandbox"] = comp.sandbox
                 if not comp.has_probe:
                     row.update(status="unknown", detail="this component has no probe")
                     return row
-                result = await asyncio.wait_for(comp.probe(), timeout)
+                async with asyncio.timeout(timeout):
+                    result = await comp.probe()
                 row.update(
                     status="healthy" if result.healthy else "unhealthy",
                     latency_ms=round(result.latency_s * 1000, 1),
@@ -859,12 +864,13 @@ def _doctor_command(config: Path | None, night_dir: Path | None, timeout: float,
                 )
             finally:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(comp.close(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await comp.close()
             return row
 
         return list(await asyncio.gather(*(one(n, c) for n, c in components.items())))
 
-    rows = asyncio.run(check_all())
+    rows = run_loop(check_all())
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     elif not rows:
@@ -940,23 +946,58 @@ def _sandbox_command(host: str, base_port: int, seed: int) -> None:
 
 
 def main() -> None:
-    """Entry point. Usage errors become one line on stderr and exit code 2."""
+    """Entry point, and the one door every error leaves by: one redacted line on stderr
+    and its exit code (2 usage or config, 3 overnight itself), never a traceback."""
+    exit_now(_main())
+
+
+def _main() -> int:
     usage_error, no_args_error = _click_errors()
     try:
         result = app(standalone_mode=False)
     except no_args_error:
-        sys.exit(2)  # typer has printed the help already
+        return 2  # typer has printed the help already
     except usage_error as exc:
         where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
         message = " ".join(exc.format_message().split())
-        err.print(f"overnight: error: {where}{message}", markup=False, soft_wrap=True)
-        sys.exit(2)
-    except typer.Abort:
-        err.print("overnight: aborted", markup=False)
-        sys.exit(130)
+        _say(f"overnight: error: {where}{message}")
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        _say("overnight: interrupted")
+        return 130
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    sys.exit(result if isinstance(result, int) else 0)
+        return int(exc.exit_code or 0)
+    except (ConfigError, UsageError) as exc:
+        _say(f"overnight: error: {exc}")
+        return 2
+    except LedgerUnavailable as exc:
+        _say(f"overnight: error: {exc}")
+        return 3
+    except DBAPIError as exc:
+        _say(f"overnight: error: the ledger is not readable: {_first_line(exc)}")
+        return 2
+    except Exception as exc:  # our bug: still one line, still redacted
+        if os.environ.get("OVERNIGHT_DEBUG"):
+            import traceback
+
+            _say("".join(traceback.format_exception(exc)))
+        _say(
+            f"overnight: internal error: {type(exc).__name__}: {_first_line(exc)} "
+            "(OVERNIGHT_DEBUG=1 shows more)"
+        )
+        return 3
+    return result if isinstance(result, int) else 0
+
+
+def _say(line: str) -> None:
+    with contextlib.suppress(Exception):
+        err.print(redact(line) or "", markup=False, soft_wrap=True, highlight=False)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _click_errors() -> tuple[type[Exception], type[Exception]]:

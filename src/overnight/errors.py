@@ -15,6 +15,19 @@ class UsageError(OvernightError):
     """Invalid use of the CLI (for example, nothing to resume). Exit code 2."""
 
 
+class LedgerUnavailable(OvernightError):
+    """The ledger cannot record any more (disk full, unreachable past its retry window,
+    its writer failed). The night cannot keep promise 3, so it ends: exit code 3."""
+
+
+class LedgerUnreadable(UsageError):
+    """The ledger cannot be read (not a ledger, corrupted, truncated). Exit code 2."""
+
+
+class NightOwned(UsageError):
+    """Another live process owns this night (promise 4: one owner per night)."""
+
+
 class ProductFailure(AssertionError):
     """The product under test is wrong. Final: never retried.
 

@@ -208,12 +208,14 @@ class ComponentMonitor:
     async def _wait(self, seconds: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def _probe(self, trigger: str) -> ProbeResult:
         t0 = time.perf_counter()
         try:
-            result = await asyncio.wait_for(self.comp.probe(), self.settings.probe_timeout)
+            async with asyncio.timeout(self.settings.probe_timeout):
+                result = await self.comp.probe()
         except TimeoutError:
             result = ProbeResult(
                 False,
@@ -359,7 +361,8 @@ class ComponentMonitor:
         t0 = time.perf_counter()
         result, detail = "ok", ""
         try:
-            detail = await asyncio.wait_for(strategy.run(ctx), self.settings.repair_timeout)
+            async with asyncio.timeout(self.settings.repair_timeout):
+                detail = await strategy.run(ctx)
         except RepairFailed as exc:
             result, detail = "failed", str(exc)
         except (KnobRefused, ProtectedSettingError) as exc:
@@ -655,7 +658,8 @@ class RepairAgent:
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
                 )
-                _, err = await asyncio.wait_for(proc.communicate(body.encode()), 30)
+                async with asyncio.timeout(30):
+                    _, err = await proc.communicate(body.encode())
                 if proc.returncode != 0:
                     raise RuntimeError(
                         f"exit {proc.returncode}: {redact(err.decode(errors='replace').strip())[:200]}"

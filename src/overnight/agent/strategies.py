@@ -92,7 +92,8 @@ class RestartCommand(Strategy):
             command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                out, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()
             raise RepairFailed(f"restart command ran past {self.timeout_s:g} s") from None

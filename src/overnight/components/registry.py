@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Callable
 
 from ..errors import ConfigError
+from ..redaction import redact
 from .base import Component, ComponentSpec
 
 ComponentFactory = Callable[[ComponentSpec], Component]
@@ -39,8 +40,13 @@ def _load(path: str, where: str) -> ComponentFactory:
     try:
         module = importlib.import_module(module_name)
         factory = getattr(module, attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"{where}: cannot load component type {path!r}: {exc}") from None
+    except SystemExit as exc:
+        raise ConfigError(
+            f"{where}: component type {path!r}: its module called sys.exit({exc.code!r})"
+        ) from None
+    except Exception as exc:  # a user's module may raise anything at import
+        detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise ConfigError(f"{where}: cannot load component type {path!r}: {detail}") from None
     if not callable(factory):
         raise ConfigError(f"{where}: component type {path!r} is not callable")
     return factory

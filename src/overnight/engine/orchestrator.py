@@ -21,7 +21,7 @@ import socket
 import sys
 import time
 import traceback
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +30,9 @@ from typing import Any
 
 from ..components import Component, ComponentSpec, resolve_factory
 from ..config import LoadedConfig, ProtectedSettings
-from ..errors import ConfigError, InfraError, UsageError
+from ..errors import ConfigError, InfraError, LedgerUnavailable, UsageError
 from ..ledger import Ledger, ops, queries
+from ..ledger.ownership import NightClaim
 from ..redaction import RedactingFormatter, redact
 from ..runtime import CallScope, current_call
 from ..verdicts import RETRYABLE, Verdict, classify, error_type_name
@@ -44,7 +45,13 @@ log = logging.getLogger("overnight")
 
 _TRACEBACK_MAX = 20_000
 _CONNECT_TIMEOUT_S = 60.0
-_CLOSE_TIMEOUT_S = 30.0
+# After a signal or at the end, everything that winds down (the agent, injected faults,
+# components) is bounded, so a night always ends within seconds of being told to.
+_CLOSE_TIMEOUT_S = 5.0
+_STOP_TIMEOUT_S = 5.0
+_FAULTS_STOP_S = 60.0
+# How often the night checks that it still owns itself (a PostgreSQL lock connection).
+_CLAIM_CHECK_S = 15.0
 
 
 class CycleTimeout(TimeoutError):
@@ -68,8 +75,12 @@ def import_scenario(spec: str, base_dir: Path, where: str, key: str = "scenario"
         sys.path.insert(0, folder)
     try:
         module = importlib.import_module(module_name)
+    except SystemExit as exc:  # sys.exit() at import must not end the night silently
+        raise ConfigError(
+            f"{where}: {key}: module {module_name!r} called sys.exit({exc.code!r}) while being imported"
+        ) from None
     except Exception as exc:  # the user's module may raise anything at import
-        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise ConfigError(f"{where}: {key}: cannot import module {module_name!r}: {detail}") from None
     fn = getattr(module, func_name, None)
     if fn is None:
@@ -92,7 +103,8 @@ async def git_commit(folder: Path) -> str | None:
         except OSError:
             return None
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), 5)
+            async with asyncio.timeout(5):
+                out, _ = await proc.communicate()
         except TimeoutError:
             proc.kill()  # a hung git (a network mount?) must not outlive the check
             await proc.wait()
@@ -126,9 +138,12 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
         try:
             built[name] = factory(spec)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: {key}: {exc}") from None
+            raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: {key}: {exc}") from None
+            raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
+        except Exception as exc:  # a user's factory may raise anything; its message may hold a secret
+            detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0].rstrip(": "))
+            raise ConfigError(f"{where}: {key}: the component could not be built: {detail}") from None
     for comp in built.values():
         comp.peers = dict(built)
     return built
@@ -147,6 +162,7 @@ class Orchestrator:
         deadline_override: tuple[float | None, str | None] | None = None,
         clock: Callable[[], float] = time.time,
         handle_signals: bool = True,
+        keep_claim: bool = False,
     ) -> None:
         self.plan = plan
         self.ledger = ledger
@@ -180,7 +196,9 @@ class Orchestrator:
         self.faults: Any = None
         if plan.faults:
             self.faults = self._fault_driver(where)
-        self._queue: deque[int] = deque()
+        self._cycles = CycleSource(0, frozenset())
+        self.keep_claim = keep_claim
+        self.claim: NightClaim | None = None
         self._stop_starting = False
         self._interrupted = False
         self._signal: int | None = None
@@ -197,6 +215,7 @@ class Orchestrator:
         self.started_at = 0.0
         # Set when the night stops starting work: wakes cycles held at the gate or in backoff.
         self._stopped = asyncio.Event()
+        self._startup: asyncio.Task[bool] | None = None
 
     def _fault_driver(self, where: str) -> Any:
         """Check the fault plan against the components now: a bad plan is exit 2, before
@@ -241,46 +260,106 @@ class Orchestrator:
                 max_workers=self.plan.parallel + 4, thread_name_prefix="overnight-cycle"
             )
         )
-        self.night_path.mkdir(parents=True, exist_ok=True)
+        # From the very start a signal stops the night (startup included); a second one
+        # exits at once.
+        self._install_signals(loop)
+        try:
+            return await self._run_owned(loop)
+        finally:
+            self._remove_signals(loop)
+
+    async def _run_owned(self, loop: asyncio.AbstractEventLoop) -> NightOutcome:
+        # Own the night before touching it: a second process is refused here, naming us.
+        self.claim = await asyncio.to_thread(self.ledger.claim, self.night_id)
+        try:
+            self.night_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._release_claim()
+            raise UsageError(f"--night-dir: cannot create {self.night_path}: {exc.strerror or exc}") from None
         self._attach_log()
+        watch = asyncio.create_task(self._watch_claim(), name="night-claim")
         try:
             await self._open_night()
-            if self.faults is not None:
-                await self.faults.prepare()
-            await self._connect_components()
-            self._start_agent()
-            if not await self._run_setup():
-                return await self._close_night()
-            if self.faults is not None:
-                if self.agent is not None:
-                    self.agent.incident_listeners.append(self.faults.incident_closed)
-                await self.faults.start(self.started_at, bool(self.resume))
-            self._install_signals(loop)
-            deadline_handle = self._arm_deadline(loop)
+            # Connecting and the setup hook may take long: a signal cancels them.
+            self._startup = asyncio.create_task(self._start(), name="night-startup")
             try:
-                self.progress.night_started(
-                    self.night_id,
-                    self.plan.cycles_to_run,
-                    self.plan.parallel,
-                    await asyncio.to_thread(self._verdict_counts),
-                    bool(self.resume),
-                )
-                workers = [asyncio.create_task(self._worker()) for _ in range(self.plan.parallel)]
-                await asyncio.gather(*workers)
+                started = await self._startup
+            except asyncio.CancelledError:
+                if not self._interrupted:
+                    raise
+                started = False
             finally:
-                if deadline_handle is not None:
-                    deadline_handle.cancel()
-                self._remove_signals(loop)
-                self.progress.close()
+                self._startup = None
+            if started and not self._stop_starting:
+                await self._run_workers(loop)
             await self._stop_faults()
             await self._stop_agent()
             return await self._close_night()
         finally:
+            watch.cancel()
             # Injected faults are undone whatever happened (Ctrl-C, abort, our own error).
             await self._stop_faults()
             await self._stop_agent()
             await self._close_components()
             self._detach_log()
+            if not self.keep_claim:
+                self._release_claim()
+
+    async def _start(self) -> bool:
+        """Faults prepared, components connected, the agent started, the setup hook run,
+        faults armed. False when the setup hook failed or the night was stopped."""
+        if self._stop_starting:
+            return False
+        if self.faults is not None:
+            await self.faults.prepare()
+        await self._connect_components()
+        self._start_agent()
+        if not await self._run_setup():
+            return False
+        if self.faults is not None:
+            if self.agent is not None:
+                self.agent.incident_listeners.append(self.faults.incident_closed)
+            await self.faults.start(self.started_at, bool(self.resume))
+        return True
+
+    async def _run_workers(self, loop: asyncio.AbstractEventLoop) -> None:
+        deadline_handle = self._arm_deadline(loop)
+        try:
+            self.progress.night_started(
+                self.night_id,
+                self.plan.cycles_to_run,
+                self.plan.parallel,
+                await asyncio.to_thread(self._verdict_counts),
+                bool(self.resume),
+            )
+            workers = [asyncio.create_task(self._worker()) for _ in range(self.plan.parallel)]
+            await asyncio.gather(*workers)
+        finally:
+            if deadline_handle is not None:
+                deadline_handle.cancel()
+            self.progress.close()
+
+    async def _watch_claim(self) -> None:
+        """A night that lost its ownership (its PostgreSQL lock connection dropped and
+        another process took the lock) stops at once rather than run beside the other."""
+        while True:
+            await asyncio.sleep(_CLAIM_CHECK_S)
+            if self.claim is None:
+                continue
+            try:
+                async with asyncio.timeout(_CLAIM_CHECK_S):
+                    lost = await asyncio.to_thread(self.claim.check)
+            except TimeoutError:
+                continue  # the server is slow; the ledger's own writes will say more
+            if lost:
+                log.error("%s", lost)
+                self.fatal = self.fatal or LedgerUnavailable(lost)
+                self.interrupt(lost)
+                return
+
+    def _release_claim(self) -> None:
+        if self.claim is not None:
+            self.claim.release()
 
     async def _open_night(self) -> None:
         now = self.clock()
@@ -307,6 +386,12 @@ class Orchestrator:
             }
             await self.ledger.write(ops.create_night, row)
         else:
+            # What we were asked to resume may have moved on before we owned it.
+            fresh = await asyncio.to_thread(self._read_night)
+            if fresh is None or fresh["status"] not in (*queries.RESUMABLE, "stopped"):
+                state = fresh["status"] if fresh else "gone"
+                raise UsageError(f"night {self.night_id} is {state} now; there is nothing to resume")
+            self.resume = fresh
             if self.resume["protected_fingerprint"] != self.fingerprint:
                 raise UsageError(
                     f"night {self.night_id}: its protected settings differ from when it started "
@@ -341,14 +426,14 @@ class Orchestrator:
         )
         done = await asyncio.to_thread(self._done_cycles)
         self._attempts_used = await asyncio.to_thread(self._read_attempts_used)
-        self._queue = deque(c for c in range(1, self.plan.cycles_to_run + 1) if c not in done)
+        self._cycles = CycleSource(self.plan.cycles_to_run, frozenset(done))
         log.info(
             "%s night %s (session %d): %d cycles planned, %d to run, parallel %d, deadline %s",
             "resumed" if self.resume else "started",
             self.night_id,
             self._session,
             self.plan.cycles_to_run,
-            len(self._queue),
+            self._cycles.remaining,
             self.plan.parallel,
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.deadline)) if self.deadline else "none",
         )
@@ -357,6 +442,13 @@ class Orchestrator:
 
     async def _close_night(self) -> NightOutcome:
         now = self.clock()
+        if self.ledger.broken is not None:
+            # Nothing more can be recorded; the night stays "running" in the ledger and
+            # --resume carries on from what was committed.
+            self.fatal = self.fatal or self.ledger.broken
+            return NightOutcome(
+                self.night_id, "aborted", str(self.ledger.broken), self.night_path, self._signal
+            )
         remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self._done_cycles))
         if self.fatal is not None or self.setup_error is not None or self.abort_reason is not None:
             status = "aborted"
@@ -384,14 +476,19 @@ class Orchestrator:
     # -- workers and cycles -----------------------------------------------------------
 
     async def _worker(self) -> None:
-        while not self._stop_starting and self._queue:
-            cycle = self._queue.popleft()
+        while not self._stop_starting:
+            cycle = self._cycles.next()
+            if cycle is None:
+                return
             try:
                 await self._run_cycle(cycle)
             except Exception as exc:
                 # Our own failure (most likely the ledger is unreachable). Stop cleanly:
                 # running cycles are cancelled and stay pending, so resume reruns them.
-                log.exception("internal error while running cycle %d", cycle)
+                if isinstance(exc, LedgerUnavailable):
+                    log.debug("cycle %d: %s", cycle, exc)
+                else:
+                    log.exception("internal error while running cycle %d", cycle)
                 if self.fatal is None:
                     self.fatal = exc
                 self.interrupt(f"internal error: {type(exc).__name__}: {redact(str(exc))}")
@@ -491,6 +588,10 @@ class Orchestrator:
             verdict, exc = Verdict.INTERRUPTED, None
         else:
             exc = task.exception()
+            if isinstance(exc, LedgerUnavailable):
+                # Our failure, not the scenario's: no verdict; the night ends (exit 3) and
+                # the attempt stays open for resume to close and rerun.
+                raise exc
             verdict = Verdict.PASSED if exc is None else classify(exc)
         result: dict[str, Any] = {
             "ended_at": started + duration,
@@ -547,7 +648,8 @@ class Orchestrator:
         delay = min(self.plan.retry_backoff * (2 ** (counted - 1)), 60.0)
         if delay > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._stopped.wait()
 
     # -- stopping -------------------------------------------------------------------
 
@@ -574,6 +676,8 @@ class Orchestrator:
         self._signal = signum
         self._stop_reason = reason
         self._stopped.set()
+        if self._startup is not None:
+            self._startup.cancel()
         for task, _ctx in list(self._running.values()):
             task.cancel()
 
@@ -649,14 +753,24 @@ class Orchestrator:
     async def _stop_faults(self) -> None:
         if self.faults is not None:
             try:
-                await self.faults.stop(self._stop_reason or "the night ended")
-            except Exception:
-                log.exception("undoing injected faults failed")
+                # Undoing a fault may start a stopped server: longer than other stops, bounded.
+                async with asyncio.timeout(_FAULTS_STOP_S):
+                    await self.faults.stop(self._stop_reason or "the night ended")
+            except TimeoutError:
+                log.error("undoing injected faults took over %.0f s; see the fault events", _FAULTS_STOP_S)
+            except Exception as exc:
+                log.error("undoing injected faults failed: %s", redact(str(exc)), exc_info=exc)
 
     async def _stop_agent(self) -> None:
         agent, self.agent = self.agent, None
         if agent is not None:
-            await agent.stop()
+            try:
+                async with asyncio.timeout(_STOP_TIMEOUT_S):
+                    await agent.stop()
+            except TimeoutError:
+                log.error("the repair agent took over %.0f s to stop; left behind", _STOP_TIMEOUT_S)
+            except Exception as exc:
+                log.error("stopping the repair agent failed: %s", redact(str(exc)), exc_info=exc)
 
     async def _run_setup(self) -> bool:
         """Run the config's ``setup`` hook once for this session. False if it failed."""
@@ -697,7 +811,8 @@ class Orchestrator:
 
         async def one(name: str, comp: Component) -> None:
             try:
-                await asyncio.wait_for(comp.connect(), _CONNECT_TIMEOUT_S)
+                async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                    await comp.connect()
                 # Declared after connecting: only then is the target known (a sandbox
                 # component learns its URL on connect).
                 await self._event("component_declared", comp.type_name, comp.describe(), component=name)
@@ -711,11 +826,14 @@ class Orchestrator:
         await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
 
     async def _close_components(self) -> None:
-        for name, comp in self.components.items():
+        async def one(name: str, comp: Component) -> None:
             try:
-                await asyncio.wait_for(comp.close(), _CLOSE_TIMEOUT_S)
+                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                    await comp.close()
             except Exception as exc:
-                log.warning("component %s failed to close: %s", name, redact(str(exc)))
+                log.warning("component %s failed to close: %s", name, redact(str(exc)) or type(exc).__name__)
+
+        await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -730,6 +848,10 @@ class Orchestrator:
         await self.ledger.write(
             ops.add_event, self.night_id, self.clock(), kind, message, data, None, None, component
         )
+
+    def _read_night(self) -> dict[str, Any] | None:
+        with self.ledger.read() as conn:
+            return queries.get_night(conn, self.night_id)
 
     def _done_cycles(self) -> set[int]:
         with self.ledger.read() as conn:
@@ -746,7 +868,7 @@ class Orchestrator:
             )
 
     def _attach_log(self) -> None:
-        handler = logging.FileHandler(self.night_path / "orchestrator.log", encoding="utf-8")
+        handler = QuietFileHandler(self.night_path / "orchestrator.log", encoding="utf-8")
         handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
         # The progress sink's lines repeat what the orchestrator logs; keep the file lean.
@@ -762,6 +884,36 @@ class Orchestrator:
             logging.getLogger("overnight").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+class QuietFileHandler(logging.FileHandler):
+    """orchestrator.log on a full disk: lines are lost, but no traceback reaches the
+    console (the ledger's own error ends the night with one line)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
+class CycleSource:
+    """Cycle numbers 1..N not yet done, handed out in order, in constant memory: a plan
+    of any size starts at once (only the done set of a resumed night is held)."""
+
+    def __init__(self, total: int, done: frozenset[int]) -> None:
+        self.total = total
+        self.done = done
+        self._next = 1
+
+    @property
+    def remaining(self) -> int:
+        return self.total - sum(1 for c in self.done if 1 <= c <= self.total)
+
+    def next(self) -> int | None:
+        while self._next <= self.total and self._next in self.done:
+            self._next += 1
+        if self._next > self.total:
+            return None
+        cycle, self._next = self._next, self._next + 1
+        return cycle
 
 
 class LedgerRecorder:

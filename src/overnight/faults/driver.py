@@ -254,7 +254,8 @@ class FaultDriver:
         if act.timer is not None and act.timer is not asyncio.current_task():
             act.timer.cancel()
         try:
-            detail = await asyncio.wait_for(act.injector.undo(), _UNDO_TIMEOUT_S)
+            async with asyncio.timeout(_UNDO_TIMEOUT_S):
+                detail = await act.injector.undo()
             ok = True
         except Exception as exc:
             detail, ok = {"error": redact(f"{type(exc).__name__}: {exc}")}, False

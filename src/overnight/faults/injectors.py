@@ -350,7 +350,8 @@ async def _shell(command: str, timeout: float = 120.0) -> None:
         command, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
     )
     try:
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
+        async with asyncio.timeout(timeout):
+            _, err = await proc.communicate()
     except TimeoutError:
         proc.kill()
         raise RuntimeError(f"{command!r} ran past {timeout:g} s") from None

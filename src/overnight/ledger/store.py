@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,22 +21,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from ..errors import UsageError
+from ..errors import LedgerUnavailable, LedgerUnreadable, UsageError
 from ..redaction import redact_url
 from . import schema
+from .ownership import NightClaim, claim_night, schema_lock
 
 log = logging.getLogger("overnight.ledger")
 
 Op = Callable[..., Any]
+Item = tuple[Op, tuple[Any, ...], concurrent.futures.Future]
 
 # How long the writer keeps retrying a write whose connection failed before it gives
 # up and hands the error to the caller. Long enough to ride out a restart of a local
 # PostgreSQL, short enough that a dead ledger ends the night with a clear error.
 WRITE_RETRY_S = 60.0
+# The longest any caller waits for one write: the retry window, the batches queued
+# before it, and a margin. Reached only if the writer itself misbehaves.
+WAIT_BOUND_S = 2 * WRITE_RETRY_S + 30.0
+# close() waits this long for the writer to commit what is queued.
+CLOSE_TIMEOUT_S = 10.0
 _BATCH_MAX = 512
 
 
@@ -50,9 +58,13 @@ def normalize_url(url_or_path: str) -> str:
 
 
 class Ledger:
-    """Open (and create or upgrade) a ledger; write through the writer thread."""
+    """Open (and create or upgrade) a ledger; write through the writer thread.
 
-    def __init__(self, url: str) -> None:
+    ``create=False`` (the reading commands) refuses a database that holds no ledger
+    instead of creating one in it.
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = normalize_url(url)
         self.display_url = redact_url(self.url)
         try:
@@ -64,25 +76,54 @@ class Ledger:
             raise UsageError(
                 f"--ledger: unsupported database {self.dialect!r} (use a SQLite path or postgresql://…)"
             )
-        if self.dialect == "sqlite" and parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        self.path: Path | None = None
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            self.path = Path(parsed.database)
+            self.display_url = str(self.path)
+            if self.path.is_dir():
+                raise UsageError(f"the ledger at {self.path} is not readable: it is a directory")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UsageError(f"ledger {self.path}: cannot create its folder: {_os_reason(exc)}") from None
         self.engine = _make_engine(self.url, self.dialect)
         try:
-            self._init_schema()
-        except OperationalError as exc:
+            with schema_lock(self):
+                self._init_schema(create)
+        except UsageError:
             self.engine.dispose()
-            raise UsageError(f"ledger {self.display_url}: cannot open: {_first_line(exc)}") from exc
-        self._queue: queue.SimpleQueue[tuple[Op, tuple[Any, ...], concurrent.futures.Future] | None] = (
-            queue.SimpleQueue()
-        )
+            raise
+        except (DBAPIError, OSError) as exc:
+            self.engine.dispose()
+            reason = _first_line(exc) if isinstance(exc, DBAPIError) else _os_reason(exc)
+            raise LedgerUnreadable(f"the ledger at {self.display_url} is not readable: {reason}") from None
+        self._broken: LedgerUnavailable | None = None
+        self._closing = threading.Event()
+        self._claims: list[NightClaim] = []
+        self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="overnight-ledger", daemon=True)
         self._thread.start()
         self._closed = False
 
     # -- schema -----------------------------------------------------------------------
 
-    def _init_schema(self) -> None:
+    def _init_schema(self, create: bool) -> None:
         with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Transactional DDL under a lock: two first runs on a fresh database
+                # create the schema once, and the second sees it.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK_KEY})
+            tables = set(inspect(conn).get_table_names())
+            ours = set(schema.metadata.tables)
+            if "meta" not in tables:
+                foreign = sorted(tables & ours) if self.dialect == "postgresql" else sorted(tables)
+                if foreign:
+                    raise UsageError(
+                        f"the ledger at {self.display_url} is not readable: it is not an overnight "
+                        f"ledger (it holds other tables: {', '.join(foreign[:5])})"
+                    )
+                if not create:
+                    raise UsageError(f"the ledger at {self.display_url} is not readable: it is empty")
             schema.metadata.create_all(conn)
             row = conn.execute(
                 select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")
@@ -92,7 +133,12 @@ class Ledger:
                     schema.meta.insert().values(key="schema_version", value=str(schema.SCHEMA_VERSION))
                 )
                 return
-            version = int(row[0])
+            try:
+                version = int(row[0])
+            except ValueError:
+                raise UsageError(
+                    f"the ledger at {self.display_url} is not readable: bad schema version {row[0]!r}"
+                ) from None
             if version > schema.SCHEMA_VERSION:
                 raise UsageError(
                     f"ledger {self.display_url} has schema version {version}; this overnight "
@@ -108,37 +154,88 @@ class Ledger:
                     .values(value=str(schema.SCHEMA_VERSION))
                 )
 
+    # -- ownership ----------------------------------------------------------------------
+
+    def claim(self, night_id: str) -> NightClaim:
+        """Own ``night_id`` for as long as this ledger is open (or until released).
+
+        Raises NightOwned, naming the owner's pid and host, when a live process owns it.
+        The OS releases the claim when its process dies, ``kill -9`` included.
+        """
+        claim = claim_night(self, night_id)
+        self._claims.append(claim)
+        return claim
+
     # -- writing ----------------------------------------------------------------------
 
     def submit(self, op: Op, *args: Any) -> concurrent.futures.Future:
-        """Queue ``op(conn, *args)``; the future resolves after its transaction commits."""
+        """Queue ``op(conn, *args)``; the future resolves after its transaction commits.
+
+        A queued operation runs whether or not anyone still waits for it: cancelling a
+        waiter (a cycle timeout, a signal) never removes a record, and never disturbs
+        the writer.
+        """
         if self._closed:
             raise RuntimeError("ledger is closed")
         fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self._broken is not None:
+            fut.set_exception(self._broken)
+            return fut
         self._queue.put((op, args, fut))
         return fut
 
     async def write(self, op: Op, *args: Any) -> Any:
-        """Run ``op`` in the writer and wait, without blocking the loop, for its commit."""
-        return await asyncio.wrap_future(self.submit(op, *args))
+        """Run ``op`` in the writer and wait, without blocking the loop, for its commit.
+
+        The wait is bounded: the writer answers every write within its retry window, and
+        should it ever fail to, the caller gets LedgerUnavailable instead of a hang.
+        """
+        fut = self.submit(op, *args)
+        try:
+            async with asyncio.timeout(WAIT_BOUND_S):
+                return await asyncio.wrap_future(fut)
+        except TimeoutError:
+            raise self._no_answer() from None
 
     def write_sync(self, op: Op, *args: Any) -> Any:
         """Run ``op`` in the writer and block the calling thread until it is committed."""
-        return self.submit(op, *args).result()
+        try:
+            return self.submit(op, *args).result(WAIT_BOUND_S)
+        except concurrent.futures.TimeoutError:
+            raise self._no_answer() from None
 
     def flush(self, timeout: float | None = None) -> None:
         """Block until everything queued so far is committed."""
-        self.submit(_noop).result(timeout)
+        self.submit(_noop).result(WAIT_BOUND_S if timeout is None else timeout)
 
-    def close(self) -> None:
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the ledger takes no more writes, or None while it does."""
+        return self._broken
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Commit what is queued, stop the writer and release the connections. Bounded:
+        a writer still retrying an unreachable server gets ``timeout`` seconds."""
         if self._closed:
             return
         self._closed = True
+        self._closing.set()
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("ledger writer still busy after %.0f s; leaving it", timeout)
+        for claim in list(self._claims):
+            claim.release()
         self.engine.dispose()
 
+    def _no_answer(self) -> LedgerUnavailable:
+        return LedgerUnavailable(
+            f"ledger {self.display_url}: the writer gave no answer within {WAIT_BOUND_S:.0f} s"
+        )
+
     def _run(self) -> None:
+        """The writer thread. Nothing it meets may end it silently: an error it cannot
+        hand to a caller breaks the ledger, and every later write fails at once."""
         stop = False
         while not stop:
             item = self._queue.get()
@@ -156,51 +253,157 @@ class Ledger:
                     stop = True
                     break
                 batch.append(more)
-            if batch:
+            if not batch:
+                continue
+            # From here on a waiter's cancel() is a no-op: the write is under way and
+            # resolving it later cannot raise (a cancelled one stays cancelled).
+            for _op, _args, fut in batch:
+                fut.set_running_or_notify_cancel()
+            try:
                 self._commit(batch)
+            except BaseException as exc:  # a bug here must not leave waiters hanging
+                log.exception("ledger writer failed")
+                self._break(LedgerUnavailable(f"ledger {self.display_url}: writer failed: {_describe(exc)}"))
+                _settle(batch, error=self._broken)
 
-    def _commit(self, batch: list[tuple[Op, tuple[Any, ...], concurrent.futures.Future]]) -> None:
+    def _commit(self, batch: list[Item]) -> None:
+        if self._broken is not None:
+            _settle(batch, error=self._broken)
+            return
+        results, error = self._transact(batch)
+        if error is None:
+            _settle(batch, results=results)
+        elif isinstance(error, LedgerUnavailable) or len(batch) == 1:
+            _settle(batch, error=error)
+        else:
+            # One bad operation must not take its neighbours down. The batch's
+            # transaction rolled back whole, so running each alone repeats nothing.
+            for item in batch:
+                self._commit([item])
+
+    def _transact(self, batch: list[Item]) -> tuple[list[Any] | None, BaseException | None]:
+        """Run ``batch`` in one transaction: (results, None) once committed, or
+        (None, error) with nothing of it committed. Connection trouble is retried
+        within WRITE_RETRY_S; a full or broken store, or a retry window run out, breaks
+        the ledger."""
         deadline = time.monotonic() + WRITE_RETRY_S
         delay = 0.1
         while True:
             try:
-                results = []
                 with self.engine.begin() as conn:
-                    for op, args, _fut in batch:
-                        results.append(op(conn, *args))
-                for (_op, _args, fut), result in zip(batch, results, strict=True):
-                    fut.set_result(result)
-                return
-            except OperationalError as exc:
-                # Connection-level trouble (server restarting, SQLite busy): the whole
-                # batch rolled back, so it is safe to run it again.
+                    results = [op(conn, *args) for op, args, _fut in batch]
+                return results, None
+            except DBAPIError as exc:
+                if not isinstance(exc, OperationalError) and not _storage_failure(exc):
+                    return None, exc  # this batch's own fault (a constraint, a bug)
+                if _storage_failure(exc):
+                    return None, self._break(LedgerUnavailable(self._storage_message(exc)))
+                if self._closing.is_set():
+                    deadline = min(deadline, time.monotonic() + CLOSE_TIMEOUT_S / 2)
                 if time.monotonic() >= deadline:
-                    for _op, _args, fut in batch:
-                        fut.set_exception(exc)
-                    return
+                    return None, self._break(
+                        LedgerUnavailable(
+                            f"ledger {self.display_url}: writes failed for {WRITE_RETRY_S:.0f} s: "
+                            f"{_first_line(exc)}"
+                        )
+                    )
                 log.warning("ledger write failed (%s); retrying", _first_line(exc))
-                time.sleep(delay)
+                self._closing.wait(delay)
                 delay = min(delay * 2, 5.0)
             except Exception as exc:
-                if len(batch) == 1:
-                    batch[0][2].set_exception(exc)
-                    return
-                # One bad operation must not take its neighbours down: run them alone.
-                for item in batch:
-                    self._commit([item])
-                return
+                return None, exc
+
+    def _break(self, exc: LedgerUnavailable) -> LedgerUnavailable:
+        if self._broken is None:
+            self._broken = exc
+            # To orchestrator.log; the console gets the one line the CLI ends with.
+            log.error("%s", exc, extra={"console": False})
+        return self._broken
+
+    def _storage_message(self, exc: DBAPIError) -> str:
+        text = _first_line(exc)
+        if self.dialect == "sqlite" and self.path is not None and _is_full(exc):
+            folder = self.path.parent
+            try:
+                free = shutil.disk_usage(folder).free
+                where = f"the disk holding {folder} ({free / 1e6:.1f} MB free)"
+            except OSError:
+                where = f"the disk holding {folder}"
+            return f"ledger {self.display_url}: no space left on {where}: {text}"
+        return f"ledger {self.display_url}: cannot be written: {text}"
 
     # -- reading ----------------------------------------------------------------------
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads. Safe from any thread; sees everything committed."""
-        with self.engine.connect() as conn:
-            yield conn
+        """A connection for reads. Safe from any thread; sees everything committed.
+
+        A store that cannot be read (corrupted, truncated, gone) is one clear error."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except DBAPIError as exc:
+            raise LedgerUnreadable(
+                f"the ledger at {self.display_url} is not readable: {_first_line(exc)}"
+            ) from None
 
 
 def _noop(conn: Connection) -> None:
     return None
+
+
+_SCHEMA_LOCK_KEY = 0x6F766E745F736368  # "ovnt_sch": serialises schema creation on PostgreSQL
+
+# A store that cannot take the write however often it is retried.
+_STORAGE_FAILURES = (
+    "database or disk is full",
+    "disk i/o error",
+    "no space left on device",
+    "readonly database",
+    "read-only",
+    "file is not a database",
+    "malformed",
+    "unable to open database file",
+    "could not extend file",
+)
+
+
+def _storage_failure(exc: DBAPIError) -> bool:
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    if sqlstate.startswith(("53100", "58")):  # disk full; system (I/O) errors
+        return True
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    return any(marker in text for marker in _STORAGE_FAILURES)
+
+
+def _is_full(exc: DBAPIError) -> bool:
+    text = str(exc.orig if exc.orig is not None else exc).lower()
+    return "full" in text or "no space" in text
+
+
+def _settle(
+    batch: list[Item], *, results: list[Any] | None = None, error: BaseException | None = None
+) -> None:
+    """Resolve each waiter. A waiter that was cancelled before its write began is left
+    alone (its write ran all the same); nothing here can raise."""
+    for i, (_op, _args, fut) in enumerate(batch):
+        if fut.done():
+            continue
+        try:
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(results[i] if results is not None else None)
+        except concurrent.futures.InvalidStateError:
+            pass
+
+
+def _describe(exc: BaseException) -> str:
+    return redact_url(f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _first_line(exc: BaseException) -> str:
