@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .config import LoadedConfig, find_config, load_config
 from .engine.orchestrator import Orchestrator
-from .engine.plan import Plan, new_seed
+from .engine.plan import Plan, run_settings
 from .engine.progress import make_sink
 from .engine.runner import exit_now, run_loop
 from .errors import ConfigError, LedgerUnavailable, OvernightError, UsageError
@@ -166,12 +166,10 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", "-c", help="overnight.toml or pyproject.toml (default: ./overnight.toml)"),
 ]
-CyclesOpt = Annotated[
-    int | None, typer.Option("--cycles", min=1, help="cycles in the night \\[default: 100]")
-]
+CyclesOpt = Annotated[int | None, typer.Option("--cycles", help="cycles in the night \\[default: 100]")]
 ParallelOpt = Annotated[
     int | None,
-    typer.Option("--parallel", "-p", min=1, max=512, help="cycles run at once \\[default: 1]"),
+    typer.Option("--parallel", "-p", help="cycles run at once (1-512) \\[default: 1]"),
 ]
 MaxHoursOpt = Annotated[
     float | None,
@@ -185,14 +183,12 @@ RetryOpt = Annotated[
     int | None,
     typer.Option(
         "--retry-attempts",
-        min=0,
-        max=20,
         help="extra attempts for infra errors and timeouts \\[default: 2]",
     ),
 ]
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option("--cycle-timeout", min=0.001, help="seconds before a cycle is cancelled \\[default: 600]"),
+    typer.Option("--cycle-timeout", help="seconds before a cycle is cancelled \\[default: 600]"),
 ]
 NightDirOpt = Annotated[
     Path | None,
@@ -206,7 +202,7 @@ LedgerOpt = Annotated[
 ]
 SeedOpt = Annotated[
     int | None,
-    typer.Option("--seed", min=0, help="night seed (inputs derive from it) \\[default: random]"),
+    typer.Option("--seed", help="night seed (inputs derive from it) \\[default: random]"),
 ]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="validate config and plan, run at most 3 cycles")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")]
@@ -223,12 +219,17 @@ NoExpertOpt = Annotated[
 ]
 
 
-def _check_until(until: str | None) -> None:
-    if until is not None:
-        from .config import _HHMM
-
-        if not _HHMM.match(until):
-            raise UsageError(f"--until: expected local time as HH:MM, e.g. 06:30 (got {until!r})")
+def _prepare_night_dir(ndir: Path) -> None:
+    """The night dir must be a folder we can write in: say so now, in one line."""
+    if ndir.exists() and not ndir.is_dir():
+        raise UsageError(f"--night-dir: {ndir} is not a folder")
+    try:
+        ndir.mkdir(parents=True, exist_ok=True)
+        probe = ndir / f".overnight-write-check-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"--night-dir: cannot write in {ndir}: {exc.strerror or exc}") from None
 
 
 @app.command()
@@ -299,7 +300,7 @@ def run(
 @app.command()
 def demo(
     cycles: Annotated[
-        int | None, typer.Option("--cycles", min=1, help="cycles in the demo night \\[default: 3]")
+        int | None, typer.Option("--cycles", help="cycles in the demo night \\[default: 3]")
     ] = None,
     parallel: ParallelOpt = None,
     max_hours: MaxHoursOpt = None,
@@ -391,9 +392,17 @@ def _run_command(
     fault_plans: list[Path] | None = None,
     injects: list[str] | None = None,
 ) -> None:
-    _check_until(until)
-    if max_hours is not None and max_hours <= 0:
-        raise UsageError(f"--max-hours: must be greater than 0 (got {max_hours:g})")
+    # Every flag against the same bounds as its [run] key, before anything is opened.
+    flags = {
+        "cycles": cycles,
+        "parallel": parallel,
+        "max_hours": max_hours,
+        "until": until,
+        "retry_attempts": retry_attempts,
+        "cycle_timeout": cycle_timeout,
+        "seed": seed,
+    }
+    run_settings(None, flags)
     if night_id is not None and not resume:
         raise UsageError(f"unexpected argument {night_id!r}: a night id is only taken with --resume")
     sink = make_sink()
@@ -456,27 +465,13 @@ def _run_command(
         raw = dict(loaded.raw)
         raw["settings"] = {**dict(raw.get("settings") or {}), **overrides}
         loaded = validate_config(raw, loaded.path, loaded.key_prefix)
-    rc = loaded.config.run
     # The demo writes where the user stands (./night_tests), never into the examples folder.
     ndir = _resolve_night_dir(night_dir, None if demo else loaded)
     url = _resolve_ledger(ledger, ndir, None if demo else loaded)
-    plan = Plan(
-        scenario=loaded.config.scenario,
-        cycles=cycles if cycles is not None else rc.cycles,
-        parallel=parallel if parallel is not None else rc.parallel,
-        retry_attempts=retry_attempts if retry_attempts is not None else rc.retry_attempts,
-        cycle_timeout=cycle_timeout if cycle_timeout is not None else rc.cycle_timeout,
-        max_hours=max_hours if max_hours is not None else rc.max_hours,
-        until=until if until is not None else rc.until,
-        seed=seed if seed is not None else (rc.seed if rc.seed is not None else new_seed()),
-        night_dir=str(ndir),
-        retry_backoff=rc.retry_backoff,
-        dry_run=dry_run,
-        config_path=str(loaded.path) if loaded.path else None,
-        key_prefix=loaded.key_prefix,
-        config_raw=loaded.raw,
-        faults=[spec.to_dict() for spec in fault_specs],
+    plan = Plan.from_config(
+        loaded, ndir, flags, dry_run=dry_run, faults=[spec.to_dict() for spec in fault_specs]
     )
+    _prepare_night_dir(ndir)
     led = _open_ledger(url)
     try:
         orch = Orchestrator(plan, led, progress=sink, keep_claim=True)

@@ -18,9 +18,9 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, ProtectedSettingError
 from .redaction import register_secret
@@ -32,17 +32,66 @@ _SCENARIO = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
-class RunConfig(BaseModel):
-    """Defaults for ``overnight run``; every one can be overridden by its CLI flag."""
+# Cycle numbers are 32-bit integers in a PostgreSQL ledger; seeds are 64-bit.
+MAX_CYCLES = 2**31 - 1
+MAX_SEED = 2**63 - 1
+MAX_HOURS = 24 * 7
 
-    model_config = ConfigDict(extra="forbid")
 
-    cycles: int = Field(100, ge=1, description="cycles in the night")
+class Interpolated(str):
+    """A string that came out of ``${VAR}`` interpolation: the only kind of string a
+    number or boolean field converts (TOML cannot write a reference as a number)."""
+
+    __slots__ = ()
+
+
+def _from_env_text(value: Interpolated, annotation: Any) -> Any:
+    """``"${CYCLES:-100}"`` → 100 for an int field; anything that does not read as the
+    field's type is left for the model to refuse, naming the key."""
+    kinds = set(get_args(annotation)) or {annotation}
+    text = value.strip()
+    if bool in kinds and text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if int in kinds and re.fullmatch(r"[+-]?\d+", text):
+        return int(text)
+    if float in kinds:
+        with contextlib.suppress(ValueError):
+            return float(text)
+    return value
+
+
+class ConfigModel(BaseModel):
+    """Every config table: unknown keys refused, TOML types taken as they are (a string
+    is not a boolean, a boolean is not a number), numbers finite. Values read from the
+    environment convert to the field's type. Components' own option models use it too."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _convert_env_values(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key, value in data.items():
+            info = cls.model_fields.get(key)
+            if isinstance(value, Interpolated) and info is not None and info.annotation is not str:
+                out[key] = _from_env_text(value, info.annotation)
+        return out
+
+
+class RunConfig(ConfigModel):
+    """Defaults for ``overnight run``; every one can be overridden by its CLI flag, and
+    the flag is checked against the same bounds (``Plan.from_config``)."""
+
+    cycles: int = Field(100, ge=1, le=MAX_CYCLES, description="cycles in the night")
     parallel: int = Field(1, ge=1, le=512, description="cycles run at once")
-    max_hours: float = Field(8.0, gt=0, le=24 * 7, description="wall-clock bound of the night")
+    max_hours: float = Field(8.0, gt=0, le=MAX_HOURS, description="wall-clock bound of the night")
     until: str | None = Field(None, description="local HH:MM after which nothing new starts")
     retry_attempts: int = Field(2, ge=0, le=20, description="extra attempts for infra errors")
-    cycle_timeout: float = Field(600.0, gt=0, description="seconds before a cycle is cancelled")
+    cycle_timeout: float = Field(
+        600.0, gt=0, le=MAX_HOURS * 3600, description="seconds before a cycle is cancelled"
+    )
     night_dir: str | None = Field(
         None,
         description="where nights, artifacts and the ledger live (relative to the config file)",
@@ -51,7 +100,7 @@ class RunConfig(BaseModel):
     retry_backoff: float = Field(
         1.0, ge=0, le=600, description="seconds before the first retry of an infra error; doubles"
     )
-    seed: int | None = Field(None, ge=0, description="night seed; random when absent")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="night seed; random when absent")
 
     @field_validator("until")
     @classmethod
@@ -61,10 +110,8 @@ class RunConfig(BaseModel):
         return value
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(ConfigModel):
     """The repair agent's defaults; each component may override the probe and repair keys."""
-
-    model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="run the repair agent beside the cycles")
     probe_period: float = Field(10.0, gt=0, le=3600, description="seconds between periodic probes")
@@ -78,8 +125,10 @@ class AgentConfig(BaseModel):
         20, ge=1, le=10_000, description="repair attempts per component per hour"
     )
     flap_threshold: int = Field(6, ge=2, le=1000, description="incidents in flap_window that mean flapping")
-    flap_window: float = Field(600.0, gt=0, description="seconds over which flapping is counted")
-    repair_timeout: float = Field(120.0, gt=0, description="seconds a single repair action may take")
+    flap_window: float = Field(
+        600.0, gt=0, le=MAX_HOURS * 3600, description="seconds over which flapping is counted"
+    )
+    repair_timeout: float = Field(120.0, gt=0, le=3600, description="seconds a single repair action may take")
     escalation: str = Field("pause", description="when repairs fail: 'pause' (hold cycles) or 'abort'")
     notify_command: str | None = Field(
         None, description="shell command run on escalation (event JSON on stdin)"
@@ -94,10 +143,8 @@ class AgentConfig(BaseModel):
         return value
 
 
-class FaultsConfig(BaseModel):
+class FaultsConfig(ConfigModel):
     """What fault injection (``--faults``, ``--inject``) may touch besides loopback."""
-
-    model_config = ConfigDict(extra="forbid")
 
     allowed_hosts: list[str] = Field(
         default_factory=list, description="the project's own test hosts faults may target"
@@ -108,11 +155,9 @@ class FaultsConfig(BaseModel):
     max_fill_gb: float = Field(5.0, gt=0, le=1024, description="largest disk-fill scratch file, in GB")
 
 
-class NotifyConfig(BaseModel):
+class NotifyConfig(ConfigModel):
     """Where the morning summary goes when a night ends. A failure to notify is recorded
     in the ledger and never fails the night."""
-
-    model_config = ConfigDict(extra="forbid")
 
     webhook: str | None = Field(None, description="URL that gets the summary as a JSON POST")
     telegram: bool = Field(False, description="send the summary to a Telegram chat")
@@ -130,17 +175,13 @@ class NotifyConfig(BaseModel):
         return value
 
 
-class Price(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Price(ConfigModel):
     prompt: float = Field(ge=0, description="price per 1,000 prompt tokens")
     completion: float = Field(ge=0, description="price per 1,000 completion tokens")
 
 
-class ReportConfig(BaseModel):
+class ReportConfig(ConfigModel):
     """What the morning report needs beyond the ledger: prices, the quality metric."""
-
-    model_config = ConfigDict(extra="forbid")
 
     currency: str = Field("USD", description="currency of the prices")
     prices: dict[str, Price] = Field(default_factory=dict, description="per model: prompt/completion per 1K")
@@ -148,18 +189,16 @@ class ReportConfig(BaseModel):
     weakness_metric: str = Field("weakness", description="the ctx.metric name of reviewer weaknesses")
 
 
-class ComponentConfig(BaseModel):
+class ComponentConfig(ConfigModel):
     """A dependency the scenario uses. Keys beyond these belong to the component type."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     type: str = Field(description="component type, built in or 'module:factory'")
     critical: bool = Field(True, description="hold new cycles while it is unhealthy")
 
 
-class Config(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Config(ConfigModel):
     scenario: str = Field(description="the cycle function, as 'module:function'")
     setup: str | None = Field(
         None, description="optional 'module:function' run once per session after components connect"
@@ -293,7 +332,7 @@ def interpolate(data: Any, file: str, prefix: str = "", _key: str = "") -> Any:
             register_secret(value)
         return value
 
-    return _ENV_REF.sub(_sub, data)
+    return Interpolated(_ENV_REF.sub(_sub, data))
 
 
 def format_validation_error(exc: ValidationError, file: str, prefix: str = "") -> str:

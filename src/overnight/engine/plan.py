@@ -10,13 +10,16 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..config import LoadedConfig, validate_config
-from ..errors import ConfigError
+from pydantic import ValidationError
+
+from ..config import LoadedConfig, RunConfig, format_validation_error, validate_config
+from ..errors import ConfigError, UsageError
 from ..redaction import MASK
 
 DRY_RUN_CYCLES = 3
@@ -40,6 +43,38 @@ class Plan:
     config_raw: dict[str, Any] = field(default_factory=dict)
     # The night's fault plan (``--faults``, ``--inject``), as normalised specs.
     faults: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_config(
+        cls,
+        loaded: LoadedConfig,
+        night_dir: Path,
+        overrides: Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+        faults: list[dict[str, Any]] | None = None,
+    ) -> Plan:
+        """The night's plan: the config's ``[run]`` with the command line's values over
+        it, checked by the one model, so ``--max-hours`` and ``max_hours`` share their
+        bounds. ``overrides`` are ``[run]`` keys (None means not given)."""
+        rc = run_settings(loaded, overrides)
+        return cls(
+            scenario=loaded.config.scenario,
+            cycles=rc.cycles,
+            parallel=rc.parallel,
+            retry_attempts=rc.retry_attempts,
+            cycle_timeout=rc.cycle_timeout,
+            max_hours=rc.max_hours,
+            until=rc.until,
+            seed=rc.seed if rc.seed is not None else new_seed(),
+            night_dir=str(night_dir),
+            retry_backoff=rc.retry_backoff,
+            dry_run=dry_run,
+            config_path=str(loaded.path) if loaded.path else None,
+            key_prefix=loaded.key_prefix,
+            config_raw=loaded.raw,
+            faults=list(faults or []),
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, default=str)
@@ -98,6 +133,24 @@ def _same_but_masked(stored: Any, current: Any) -> bool:
         pattern = ".+?".join(re.escape(part) for part in stored.split(MASK))
         return re.fullmatch(pattern, current, flags=re.DOTALL) is not None
     return stored == current
+
+
+def run_settings(loaded: LoadedConfig | None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """``[run]`` (or its defaults) with ``overrides`` over it, validated as one. A bad
+    override is named as its flag (``--max-hours``), a bad config value by its key."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    base = loaded.config.run.model_dump() if loaded is not None else {}
+    try:
+        return RunConfig.model_validate({**base, **given})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        if key in given:
+            message = format_validation_error(exc, "", "").split(": ", 2)[-1]
+            raise UsageError(f"--{key.replace('_', '-')}: {message}") from None
+        where = str(loaded.path) if loaded is not None and loaded.path else "<built-in>"
+        prefix = f"{loaded.key_prefix if loaded else ''}run."
+        raise ConfigError(format_validation_error(exc, where, prefix)) from None
 
 
 def new_seed() -> int:

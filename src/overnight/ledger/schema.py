@@ -7,7 +7,10 @@ brings an older ledger forward, one version at a time.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Float,
@@ -18,9 +21,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -41,7 +45,7 @@ nights = Table(
     # running | completed | stopped | interrupted | aborted
     Column("status", String(16), nullable=False),
     Column("end_reason", Text),
-    Column("seed", Integer, nullable=False),
+    Column("seed", BigInteger, nullable=False),  # 64-bit: any --seed up to 2**63 - 1
     Column("planned_cycles", Integer, nullable=False),
     Column("parallel", Integer, nullable=False),
     Column("deadline", Float),
@@ -232,5 +236,11 @@ def _v2(conn: object) -> None:
     ``create_all`` has already made; nothing to move."""
 
 
+def _v3(conn: Any) -> None:
+    """v2 → v3: night seeds are 64-bit (SQLite's INTEGER always was)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("ALTER TABLE nights ALTER COLUMN seed TYPE BIGINT"))
+
+
 # version -> callable(connection) that upgrades from version-1 to version.
-MIGRATIONS: dict[int, object] = {2: _v2}
+MIGRATIONS: dict[int, object] = {2: _v2, 3: _v3}
