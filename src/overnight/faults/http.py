@@ -30,6 +30,8 @@ from http import HTTPStatus
 from types import ModuleType
 from typing import Any, Protocol
 
+from .plan import STATUSES
+
 __all__ = ["HTTP_FAULT_KINDS", "HttpFault", "HttpFaults", "fault_transport"]
 
 HTTP_FAULT_KINDS = (
@@ -78,12 +80,7 @@ class HttpFault:
         kind = self.kind
         if kind not in HTTP_FAULT_KINDS:
             raise ValueError(f"unknown HTTP fault kind {kind!r} (known: {', '.join(HTTP_FAULT_KINDS)})")
-        allowed: tuple[int, ...] | range | None = {
-            "rate_limited": (429,),
-            "quota_exceeded": (429,),
-            "auth_expired": (401, 403),
-            "server_error": range(500, 600),
-        }.get(kind)
+        allowed = STATUSES.get(kind)
         if self.status is not None:
             if allowed is None:
                 raise ValueError(f"{kind} takes no status (it has no HTTP answer of its own)")

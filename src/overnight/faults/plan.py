@@ -57,6 +57,15 @@ _SPEC = re.compile(r"^(?P<target>[A-Za-z0-9_.-]+):(?P<kind>[a-z_]+)(?:@(?P<rest>
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 DEFAULT_MAX_DURATION_S = 300.0
+_LONGEST_S = 7 * 24 * 3600.0  # the longest night (max_hours = 168)
+# The HTTP statuses a fault kind may answer with (every mechanism: sandbox switch, HTTP
+# layer); a kind not listed has no status of its own.
+STATUSES: dict[str, tuple[int, ...]] = {
+    "rate_limited": (429,),
+    "quota_exceeded": (429,),
+    "auth_expired": (401, 403),
+    "server_error": tuple(range(500, 600)),
+}
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,8 @@ def parse_duration(value: Any, what: str) -> float:
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"{what}: expected a duration >= 0, got {value!r}")
+    if seconds > _LONGEST_S:
+        raise ValueError(f"{what}: expected at most {format_duration(_LONGEST_S)} (a night), got {value!r}")
     return seconds
 
 
@@ -217,11 +228,22 @@ def _build(entry: dict[str, Any], source: str) -> FaultSpec:
             params[key] = parse_duration(value, key)
         elif key in _NUMBER_PARAMS:
             number = _number(value, key)
-            params[key] = int(number) if key in ("status", "count") else number
+            if key in ("status", "count"):
+                if not number.is_integer() or number < 1:
+                    raise ValueError(f"{key}: expected a whole number >= 1, got {value!r}")
+                number = int(number)
+            params[key] = number
         elif key in _STRING_PARAMS:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{key}: expected a non-empty string")
             params[key] = value
+    if "status" in params:
+        allowed = STATUSES.get(kind)
+        if allowed is None:
+            raise ValueError(f"status: {kind} has no HTTP status of its own")
+        if params["status"] not in allowed:
+            want = "a 5xx status" if kind == "server_error" else " or ".join(map(str, allowed))
+            raise ValueError(f"status: {kind} needs {want}, not {params['status']}")
     return FaultSpec(
         source=source,
         target=target,
