@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
+from .aftercare import catch_up, report_night
 from .config import LoadedConfig, find_config, load_config
 from .engine.orchestrator import Orchestrator
 from .engine.plan import Plan, run_settings
@@ -432,6 +433,7 @@ def _run_command(
             )
         led = _existing_ledger(config, night_dir, ledger)
         try:
+            _caught_up(led)
             night = _find_resumable(led, night_id)
             plan = Plan.from_json(night["plan"])
             if parallel is not None:
@@ -474,6 +476,7 @@ def _run_command(
     _prepare_night_dir(ndir)
     led = _open_ledger(url)
     try:
+        _caught_up(led)
         orch = Orchestrator(plan, led, progress=sink, keep_claim=True)
         if dry_run:
             err.print(
@@ -526,10 +529,11 @@ def _execute(orch: Orchestrator, led: Ledger) -> None:
             with contextlib.suppress(Exception):  # best effort: the night is already lost
                 write_reports(led, orch.night_id)
         raise _fail(_stopped_by(orch, orch.fatal), 3)
-    report, folder = write_reports(led, outcome.night_id)
+    report, folder, failures = report_night(led, outcome.night_id, orch.loaded.config.notify)
     err.print(f"{report['verdict']}", markup=False, soft_wrap=True)
     err.print(f"report: {folder / REPORT_MD}", markup=False, soft_wrap=True)
-    _notify(orch, led, report, folder)
+    for line in failures:  # a failure to notify never changes the night's exit code
+        _say(f"overnight: notification failed: {line}")
     if outcome.status == "interrupted":
         err.print(f"resume with: overnight run --resume {outcome.night_id}", markup=False)
         raise typer.Exit(128 + (outcome.signal or 2))
@@ -549,25 +553,17 @@ def _stopped_by(orch: Orchestrator, exc: BaseException) -> str:
     )
 
 
-def _notify(orch: Orchestrator, led: Ledger, report: dict[str, Any], folder: Path) -> None:
-    """Send the summary where ``[notify]`` says; each result is recorded in the ledger. A
-    failure to notify is said on stderr and never changes the night's exit code."""
-    cfg = orch.loaded.config.notify
-    if not cfg.webhook and not cfg.telegram:
-        return
-    import time
-
-    from .ledger import ops
-    from .notify import send_notifications
-    from .report import report_paths
-
-    for result in send_notifications(report, report_paths(folder), cfg):
-        kind = "notified" if result["ok"] else "notify_failed"
-        message = f"{result['channel']}: " + ("sent" if result["ok"] else str(result["error"]))
-        with contextlib.suppress(Exception):  # recording is best effort too: the night is over
-            led.write_sync(ops.add_event, orch.night_id, time.time(), kind, message, result, None, None, None)
-        if not result["ok"]:
-            err.print(f"overnight: notification failed: {redact(message)}", markup=False, soft_wrap=True)
+def _caught_up(led: Ledger) -> None:
+    """Finish what a killed process left: ended nights without their report."""
+    for night_id, folder, failures in catch_up(led):
+        err.print(
+            f"overnight: night {night_id} had ended without its report (the process stopped while "
+            f"writing it); written now: {folder / REPORT_MD}",
+            markup=False,
+            soft_wrap=True,
+        )
+        for line in failures:
+            _say(f"overnight: notification failed: {line}")
 
 
 # -- nights / report -------------------------------------------------------------------
@@ -597,6 +593,7 @@ def _nights_command(
 ) -> None:
     led = _existing_ledger(config, night_dir, ledger)
     try:
+        _caught_up(led)
         with led.read() as conn:
             rows = queries.list_nights(conn, limit)
     finally:
@@ -687,8 +684,15 @@ def _report_command(
 ) -> None:
     led = _existing_ledger(config, night_dir, ledger)
     try:
+        _caught_up(led)
         nid = _pick_night(led, night_id)
-        rep, folder = write_reports(led, nid, out)
+        try:
+            rep, folder = write_reports(led, nid, out)
+        except OSError as exc:
+            where = (
+                f"--out: cannot write in {out}" if out is not None else f"cannot write the report of {nid}"
+            )
+            raise UsageError(f"{where}: {exc.strerror or exc}") from None
     finally:
         led.close()
     typer.echo(rep["verdict"])
@@ -702,7 +706,7 @@ def _existing_ledger(config: Path | None, night_dir: Path | None, ledger: str | 
     """The ledger that nights, report, faults and --resume read (it must exist)."""
     _ndir, url = _locate(config, night_dir, ledger, strict=False)
     _require_ledger(url)
-    return _open_ledger(url)
+    return Ledger(url, create=False)
 
 
 def _pick_night(led: Ledger, night_id: str | None) -> str:

@@ -126,3 +126,23 @@ def events_of(conn: Connection, night_id: str, kinds: tuple[str, ...] | None = N
     if kinds:
         q = q.where(t.kind.in_(kinds))
     return _rows(conn.execute(q.order_by(t.ts, t.id)))
+
+
+def unreported_nights(conn: Connection, ended_since: float, limit: int = 5) -> list[dict[str, Any]]:
+    """Nights that ended (since ``ended_since``) without their ``night_reported`` event:
+    the process stopped while writing the report or notifying. Newest first."""
+    n, e = s.nights.c, s.events.c
+    reported = select(e.id).where(and_(e.night_id == n.id, e.kind == "night_reported")).exists()
+    q = (
+        select(s.nights)
+        .where(and_(n.status != "running", n.ended_at.is_not(None), n.ended_at >= ended_since, ~reported))
+        .order_by(n.ended_at.desc())
+        .limit(limit)
+    )
+    return _rows(conn.execute(q))
+
+
+def has_event(conn: Connection, night_id: str, kinds: tuple[str, ...]) -> bool:
+    t = s.events.c
+    q = select(t.id).where(and_(t.night_id == night_id, t.kind.in_(kinds))).limit(1)
+    return conn.execute(q).first() is not None
