@@ -81,6 +81,10 @@ _TIMEOUT = ("timeout", "timed out", "canceling statement due to")
 _AUTH = ("password authentication failed", "authentication failed", "no pg_hba.conf entry")
 
 
+# The engine is async: the drivers to_async_url leads to, and nothing else.
+_ASYNC_DRIVERS = {"sqlite": ("aiosqlite",), "postgresql": ("psycopg", "psycopg_async")}
+
+
 def to_async_url(url: str) -> str:
     """``postgresql://`` → psycopg async; a path or ``sqlite:///`` → aiosqlite."""
     if "://" not in url:
@@ -180,11 +184,17 @@ class DatabaseComponent(Component):
         try:
             self.url = to_async_url(url)
             parsed = make_url(self.url)
-        except ArgumentError as exc:
+            port = parsed.port
+        except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
             raise OptionError(self.name, key, f"not a database URL: {exc}") from None
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise OptionError(self.name, key, f"unsupported database {self.dialect!r} (sqlite or postgresql)")
+        if parsed.get_driver_name() not in _ASYNC_DRIVERS[self.dialect]:
+            driver = parsed.get_driver_name()
+            raise OptionError(self.name, key, f"unsupported driver {driver!r} (use {self.dialect}://…)")
+        if port is not None and not 1 <= port <= 65535:
+            raise OptionError(self.name, key, f"port {port} is not between 1 and 65535")
         self.pool_size = opts.pool_size
         self.restart_command = opts.restart_command
         self.probe_timeout = opts.probe_timeout
