@@ -84,15 +84,20 @@ class TimeoutOptions(Options):
     """``timeout`` (a knob, seconds) and ``timeout_max``, the bound a repair may raise it to."""
 
     timeout_max: float = Field(120.0, ge=1, le=TIMEOUT_CEILING)
-    timeout: float = Field(60.0, ge=1, le=TIMEOUT_CEILING)
+    timeout: float | None = Field(None, ge=1, le=TIMEOUT_CEILING)  # default: 60, or timeout_max if lower
 
     @field_validator("timeout")
     @classmethod
-    def _within_max(cls, value: float, info: ValidationInfo) -> float:
+    def _within_max(cls, value: float | None, info: ValidationInfo) -> float | None:
         ceiling = info.data.get("timeout_max")
-        if ceiling is not None and value > ceiling:
+        if value is not None and ceiling is not None and value > ceiling:
             raise ValueError(f"above timeout_max {ceiling:g}")
         return value
+
+    @property
+    def initial_timeout(self) -> float:
+        """The knob's starting value: as configured, else 60 s lowered to ``timeout_max``."""
+        return self.timeout if self.timeout is not None else min(60.0, self.timeout_max)
 
 
 class OptionError(ConfigError):

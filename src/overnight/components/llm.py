@@ -160,7 +160,9 @@ class LLMComponent(Component):
         if self._literal_key:
             register_secret(self._literal_key)
         self.knobs.declare(Knob("model", model, choices=tuple(models)))
-        self.knobs.declare(Knob("timeout", opts.timeout, minimum=1, maximum=opts.timeout_max, unit="s"))
+        self.knobs.declare(
+            Knob("timeout", opts.initial_timeout, minimum=1, maximum=opts.timeout_max, unit="s")
+        )
         self.knobs.declare(Knob("api_key_env", opts.api_key_env or key_envs[0], choices=tuple(key_envs)))
         self._client: Any = None
         self._client_knobs: dict[str, Any] = {}

@@ -194,7 +194,9 @@ class WebSearchComponent(Component):
         self.fallback = self._recorded("fallback_cache", self._path(fallback)) if fallback else None
         if self.replay is None and not self.sandbox and not self.endpoint:
             raise OptionError(self.name, "endpoint", "required (or replay = FILE, or sandbox = true)")
-        self.knobs.declare(Knob("timeout", opts.timeout, minimum=1, maximum=opts.timeout_max, unit="s"))
+        self.knobs.declare(
+            Knob("timeout", opts.initial_timeout, minimum=1, maximum=opts.timeout_max, unit="s")
+        )
         self.fallback_active = False  # switched only by the repair agent, after repairs failed
         self._client: httpx.AsyncClient | None = None
         self._handle = WebSearchHandle(self)
