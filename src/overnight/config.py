@@ -154,7 +154,7 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: str = Field(description="component type, built in or 'module:factory'")
-    critical: bool = Field(True, description="hold new cycles while it is unhealthy")
+    critical: bool = Field(True, strict=True, description="hold new cycles while it is unhealthy")
 
 
 class Config(BaseModel):
