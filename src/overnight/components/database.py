@@ -104,7 +104,7 @@ class DatabaseOptions(Options):
     pool_size: int = Field(5, ge=1, le=512)
     connect_timeout: float = Field(10.0, ge=1, le=60)  # the knob's bounds
     # Also the agent's per-component key, so the same bounds as [agent] probe_timeout.
-    probe_timeout: Annotated[float, *AgentConfig.model_fields["probe_timeout"].metadata] = 5.0
+    probe_timeout: Annotated[float, AgentConfig.model_fields["probe_timeout"]]
     restart_command: NonEmptyStr | None = None
 
     @field_validator("dsn")
