@@ -150,7 +150,7 @@ async def test_sqlite_in_a_missing_folder_is_unavailable(tmp_path: Path) -> None
 
 
 def test_unknown_options_are_config_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown option pool_sise"):
+    with pytest.raises(ConfigError, match=r"components\.db\.pool_sise: unknown option"):
         _db(tmp_path, pool_sise=3)
     with pytest.raises(ConfigError, match="unsupported database"):
         _db(tmp_path, url="mysql://x@h/db")

@@ -241,7 +241,7 @@ def test_llm_config_errors(tmp_path: Path) -> None:
         LLMComponent(ComponentSpec("llm", {"provider": "bard"}, tmp_path))
     with pytest.raises(ConfigError, match="not in models"):
         LLMComponent(ComponentSpec("llm", {"model": "X", "models": ["Y"]}, tmp_path))
-    with pytest.raises(ConfigError, match="unknown option tempreature"):
+    with pytest.raises(ConfigError, match=r"components\.llm\.tempreature: unknown option"):
         LLMComponent(ComponentSpec("llm", {"tempreature": 0.2}, tmp_path))
 
 

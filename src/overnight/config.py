@@ -195,7 +195,7 @@ class ComponentConfig(ConfigModel):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     type: str = Field(description="component type, built in or 'module:factory'")
-    critical: bool = Field(True, description="hold new cycles while it is unhealthy")
+    critical: bool = Field(True, strict=True, description="hold new cycles while it is unhealthy")
 
 
 class Config(ConfigModel):
@@ -336,25 +336,37 @@ def interpolate(data: Any, file: str, prefix: str = "", _key: str = "") -> Any:
 
 
 def format_validation_error(exc: ValidationError, file: str, prefix: str = "") -> str:
+    key, what = describe_validation_error(exc, prefix)
+    return f"{file}: {key or '<top>'}: {what}"
+
+
+def describe_validation_error(
+    exc: ValidationError, prefix: str = "", unknown: str = "unknown key"
+) -> tuple[str, str]:
+    """(KEY, what was expected (got VALUE)) of the first error, then how many more.
+
+    The value is left out under a secret-looking key (``api_key``, ``password``, ``token``…):
+    an error line must not echo a secret, whatever its type.
+    """
     errors = exc.errors()
     first = errors[0]
     key = prefix + ".".join(str(p) for p in first["loc"]) if first["loc"] else prefix.rstrip(".")
     kind = first["type"]
     if kind == "extra_forbidden":
-        what = "unknown key"
+        what = unknown
     elif kind == "missing":
         what = "required key is missing"
     else:
         msg = first["msg"]
         msg = msg.removeprefix("Value error, ")
         what = f"{msg[0].lower()}{msg[1:]}" if msg else kind
-        if not isinstance(first.get("input"), dict | list):
+        secret = any(_SECRETISH.search(str(p)) for p in first["loc"])
+        if not secret and not isinstance(first.get("input"), dict | list):
             what += f" (got {first.get('input')!r})"
-    line = f"{file}: {key or '<top>'}: {what}"
     if len(errors) > 1:
         others = ", ".join(prefix + ".".join(str(p) for p in e["loc"]) for e in errors[1:4])
-        line += f" [and {len(errors) - 1} more: {others}{', …' if len(errors) > 4 else ''}]"
-    return line
+        what += f" [and {len(errors) - 1} more: {others}{', …' if len(errors) > 4 else ''}]"
+    return key, what
 
 
 class ProtectedSettings(Mapping[str, Any]):

@@ -16,13 +16,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
-from ..errors import InfraError, OvernightError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from ..config import describe_validation_error
+from ..errors import ConfigError, InfraError, OvernightError
 from ..redaction import redact
 from ..runtime import NullRecorder, Recorder, current_call
 
 T = TypeVar("T")
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 FAULT_KINDS: tuple[str, ...] = (
     "connection_lost",
@@ -53,6 +57,65 @@ COMMON_OPTIONS: frozenset[str] = frozenset(
         "fault_proxy",
     }
 )
+
+
+# A string option that must say something (a URL, a path, a name).
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+
+
+class Options(BaseModel):
+    """Base of a component type's options model (``Component.options`` validates it).
+
+    TOML gives native types, so they are taken strictly: a string is not a bool, a bool
+    is not a number, a float is not an int. Numbers must be finite, and a key the model
+    does not declare is refused (a typo must not silently fall back to a default).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, hide_input_in_errors=True
+    )
+
+
+# The highest a timeout knob's bound may be: an hour for one request is already no answer.
+TIMEOUT_CEILING = 3600.0
+
+
+class TimeoutOptions(Options):
+    """``timeout`` (a knob, seconds) and ``timeout_max``, the bound a repair may raise it to."""
+
+    timeout_max: float = Field(120.0, ge=1, le=TIMEOUT_CEILING)
+    timeout: float | None = Field(None, ge=1, le=TIMEOUT_CEILING)  # default: 60, or timeout_max if lower
+
+    @field_validator("timeout")
+    @classmethod
+    def _within_max(cls, value: float | None, info: ValidationInfo) -> float | None:
+        ceiling = info.data.get("timeout_max")
+        if value is not None and ceiling is not None and value > ceiling:
+            raise ValueError(f"above timeout_max {ceiling:g}")
+        return value
+
+    @property
+    def initial_timeout(self) -> float:
+        """The knob's starting value: as configured, else 60 s lowered to ``timeout_max``."""
+        return self.timeout if self.timeout is not None else min(60.0, self.timeout_max)
+
+
+class OptionError(ConfigError):
+    """A component option is invalid: ``components.NAME.KEY: what was expected``."""
+
+    def __init__(self, component: str, key: str, message: str) -> None:
+        self.component, self.key, self.message = component, key, message
+        where = f"components.{component}.{key}" if key else f"components.{component}"
+        super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep pickling working with the 3-arg constructor
+        return (type(self), (self.component, self.key, self.message))
+
+
+class _BaseOptions(Options):
+    model_config = ConfigDict(extra="ignore")  # the rest belongs to the type and the agent
+
+    fault_proxy: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,18 +248,50 @@ class Component:
         self.peers: dict[str, Component] = {}  # the night's other components, by name
         self._listeners: list[ErrorListener] = []
         # Put overnight's TCP fault proxy between it and its server (fault injection).
-        self.fault_proxy = bool(spec.options.get("fault_proxy", False))
+        self.fault_proxy = self._validate(_BaseOptions, spec.options).fault_proxy
         # Set by the fault driver before connect when a fault plan targets this component's
         # HTTP API (overnight.faults.http.HttpFaults); HTTP components wrap their client.
         self.http_faults: Any = None
 
+    def options(self, model: type[OptionsT]) -> OptionsT:
+        """This component's own options, validated by ``model`` (a subclass of ``Options``).
+
+        The repair agent's per-component keys (``COMMON_OPTIONS``) are validated by the
+        agent, so they are left out unless ``model`` declares one it reads itself. Any
+        problem is an ``OptionError`` naming ``components.NAME.KEY`` (exit 2)::
+
+            class InventoryOptions(Options):
+                base_url: str = Field(min_length=1)
+                timeout: float = Field(10.0, ge=1, le=60)
+
+            opts = self.options(InventoryOptions)
+        """
+        declared = model.model_fields
+        own = {k: v for k, v in self.spec.options.items() if k not in COMMON_OPTIONS or k in declared}
+        return self._validate(model, own)
+
+    def _validate(self, model: type[OptionsT], values: dict[str, Any]) -> OptionsT:
+        try:
+            return model.model_validate(values)
+        except ValidationError as exc:
+            prefix = f"components.{self.name}."
+            unknown = "unknown option"
+            if len(exc.errors()[0]["loc"]) == 1:  # a top-level typo: say what the type takes
+                own = ", ".join(model.model_fields)
+                unknown += f" ({self.type_name} options: {own}; and the agent's per-component keys)"
+            key, what = describe_validation_error(exc, prefix, unknown)
+            key = "" if key == prefix.rstrip(".") else key.removeprefix(prefix)  # whole-table errors
+            raise OptionError(self.name, key, what) from None
+
     def reject_unknown(self, leftover: dict[str, Any]) -> None:
-        """Raise a ConfigError naming options this component does not know."""
+        """Raise an OptionError naming the first option this component does not know.
+
+        For a component that reads ``spec.options`` by hand; ``options(Model)`` does this
+        and checks every value's type and bounds too."""
         unknown = sorted(k for k in leftover if k not in COMMON_OPTIONS)
         if unknown:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+            more = f" (and {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+            raise OptionError(self.name, unknown[0], f"unknown option{more}")
 
     # -- what subclasses provide ---------------------------------------------------
 

@@ -5,8 +5,9 @@ Config::
     [components.db]
     type = "database"
     url = "postgresql://app:${DB_PASSWORD}@127.0.0.1:5432/app"   # default: SQLite in the night dir
-    pool_size = 5
+    pool_size = 5                 # 1..512
     connect_timeout = 10          # knob, seconds (1..60)
+    probe_timeout = 5             # seconds for the probe's SELECT 1 (the agent's bounds)
     restart_command = "pg_ctlcluster 15 main restart"   # optional, used by the repair agent
 
 The handle offers ``execute``, ``fetch_all``, ``fetch_one`` and ``transaction()``; every
@@ -22,16 +23,28 @@ import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import Field, ValidationInfo, field_validator
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from ..config import AgentConfig
 from ..errors import ConfigError
-from .base import Component, ComponentSpec, Knob, ProbeResult, classify_common, describe_error
+from .base import (
+    Component,
+    ComponentSpec,
+    Knob,
+    NonEmptyStr,
+    OptionError,
+    Options,
+    ProbeResult,
+    classify_common,
+    describe_error,
+)
 
 _LOST = (
     "terminating connection",
@@ -68,6 +81,10 @@ _TIMEOUT = ("timeout", "timed out", "canceling statement due to")
 _AUTH = ("password authentication failed", "authentication failed", "no pg_hba.conf entry")
 
 
+# The engine is async: the drivers to_async_url leads to, and nothing else.
+_ASYNC_DRIVERS = {"sqlite": ("aiosqlite",), "postgresql": ("psycopg", "psycopg_async")}
+
+
 def to_async_url(url: str) -> str:
     """``postgresql://`` → psycopg async; a path or ``sqlite:///`` → aiosqlite."""
     if "://" not in url:
@@ -78,6 +95,24 @@ def to_async_url(url: str) -> str:
     if scheme == "sqlite":
         return "sqlite+aiosqlite://" + rest
     return url
+
+
+class DatabaseOptions(Options):
+    url: NonEmptyStr | None = None
+    dsn: NonEmptyStr | None = None  # another name for url
+    # Beyond 512 (the most cycles run at once) a pool only exhausts the server's slots.
+    pool_size: int = Field(5, ge=1, le=512)
+    connect_timeout: float = Field(10.0, ge=1, le=60)  # the knob's bounds
+    # Also the agent's per-component key, so the same bounds as [agent] probe_timeout.
+    probe_timeout: Annotated[float, AgentConfig.model_fields["probe_timeout"]]
+    restart_command: NonEmptyStr | None = None
+
+    @field_validator("dsn")
+    @classmethod
+    def _one_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("url") is not None:
+            raise ValueError("give url or dsn, not both")
+        return value
 
 
 class DatabaseHandle:
@@ -139,25 +174,31 @@ class DatabaseComponent(Component):
 
     def __init__(self, spec: ComponentSpec) -> None:
         super().__init__(spec)
-        opts = dict(spec.options)
-        url = opts.pop("url", None) or opts.pop("dsn", None)
+        opts = self.options(DatabaseOptions)
+        key = "dsn" if opts.dsn is not None else "url"
+        url = opts.url or opts.dsn
         if url is None:
             url = str(spec.night_dir / f"{spec.name}.sqlite3")
-        elif "://" not in str(url) and not Path(str(url)).expanduser().is_absolute():
-            url = str(spec.resolve(str(url)))  # a relative SQLite path: the config's folder
+        elif "://" not in url and not Path(url).expanduser().is_absolute():
+            url = str(spec.resolve(url))  # a relative SQLite path: the config's folder
         try:
-            self.url = to_async_url(str(url))
+            self.url = to_async_url(url)
             parsed = make_url(self.url)
-        except ArgumentError as exc:
-            raise ConfigError(f"url: not a database URL: {exc}") from None
+            port = parsed.port
+        except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+            raise OptionError(self.name, key, f"not a database URL: {exc}") from None
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
-            raise ConfigError(f"url: unsupported database {self.dialect!r} (sqlite or postgresql)")
-        self.pool_size = int(opts.pop("pool_size", 5))
-        self.restart_command: str | None = opts.pop("restart_command", None)
-        timeout = float(opts.pop("connect_timeout", 10))
-        self.probe_timeout = float(opts.pop("probe_timeout", 5))
-        self.reject_unknown(opts)
+            raise OptionError(self.name, key, f"unsupported database {self.dialect!r} (sqlite or postgresql)")
+        if parsed.get_driver_name() not in _ASYNC_DRIVERS[self.dialect]:
+            driver = parsed.get_driver_name()
+            raise OptionError(self.name, key, f"unsupported driver {driver!r} (use {self.dialect}://…)")
+        if port is not None and not 1 <= port <= 65535:
+            raise OptionError(self.name, key, f"port {port} is not between 1 and 65535")
+        self.pool_size = opts.pool_size
+        self.restart_command = opts.restart_command
+        self.probe_timeout = opts.probe_timeout
+        timeout = opts.connect_timeout
         self.knobs.declare(Knob("connect_timeout", timeout, minimum=1, maximum=60, unit="s"))
         self._engine: AsyncEngine | None = None
         self._created = False

@@ -13,7 +13,7 @@ Config::
     base_url = "..."                       # default: the provider's public API
     auth_url = "..."                       # gigachat only
     timeout = 60                           # knob, seconds, 1..timeout_max
-    timeout_max = 120
+    timeout_max = 120                      # 1..3600
     embeddings_model = "Embeddings"
     verify_ssl = true
     # sandbox = true                       # talk to overnight's own GigaChat/OpenAI sandbox
@@ -29,7 +29,9 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
 
 from ..errors import ConfigError
 from ..redaction import register_secret
@@ -37,7 +39,9 @@ from .base import (
     Component,
     ComponentSpec,
     Knob,
+    NonEmptyStr,
     ProbeResult,
+    TimeoutOptions,
     classify_common,
     classify_status,
     describe_error,
@@ -49,6 +53,46 @@ PROVIDERS = ("gigachat", "openai")
 DEFAULT_MODELS = {"gigachat": ["GigaChat", "GigaChat-Plus", "GigaChat-Pro"], "openai": ["gpt-4o-mini"]}
 DEFAULT_KEY_ENVS = {"gigachat": ["GIGACHAT_CREDENTIALS"], "openai": ["OPENAI_API_KEY"]}
 DEFAULT_EMBEDDINGS = {"gigachat": "Embeddings", "openai": "text-embedding-3-small"}
+
+
+class LLMOptions(TimeoutOptions):
+    provider: Literal["gigachat", "openai"] = "gigachat"
+    sandbox: bool = False
+    base_url: NonEmptyStr | None = None
+    auth_url: NonEmptyStr | None = None
+    scope: NonEmptyStr | None = None
+    verify_ssl: bool = True
+    embeddings_model: NonEmptyStr | None = None  # default: the provider's
+    # Defaults: [model] (or the provider's list), the first of models, and the same for keys.
+    models: list[NonEmptyStr] | None = Field(None, min_length=1)
+    model: NonEmptyStr | None = None
+    api_key_envs: list[NonEmptyStr] | None = Field(None, min_length=1)
+    api_key_env: NonEmptyStr | None = None
+    api_key: str | None = None  # "" (e.g. "${KEY:-}") means none: the environment's
+    credentials: str | None = None  # another name for api_key
+
+    @field_validator("model")
+    @classmethod
+    def _model_in_models(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = info.data.get("models")
+        if value is not None and models is not None and value not in models:
+            raise ValueError(f"not in models {models!r}")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_in_envs(cls, value: str | None, info: ValidationInfo) -> str | None:
+        envs = info.data.get("api_key_envs")
+        if value is not None and envs is not None and value not in envs:
+            raise ValueError(f"not in api_key_envs {envs!r}")
+        return value
+
+    @field_validator("credentials")
+    @classmethod
+    def _one_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("api_key") is not None:
+            raise ValueError("give api_key or credentials, not both")
+        return value
 
 
 @dataclass
@@ -95,42 +139,31 @@ class LLMComponent(Component):
 
     def __init__(self, spec: ComponentSpec) -> None:
         super().__init__(spec)
-        opts = dict(spec.options)
-        self.provider = str(opts.pop("provider", "gigachat"))
-        if self.provider not in PROVIDERS:
-            raise ConfigError(f"provider: expected one of {', '.join(PROVIDERS)}, got {self.provider!r}")
-        self.sandbox = bool(opts.pop("sandbox", False))
-        self.base_url: str | None = opts.pop("base_url", None)
-        self.auth_url: str | None = opts.pop("auth_url", None)
-        self.scope: str | None = opts.pop("scope", None)
-        self.verify_ssl = bool(opts.pop("verify_ssl", True))
-        self.embeddings_model = str(opts.pop("embeddings_model", DEFAULT_EMBEDDINGS[self.provider]))
-        models = opts.pop("models", None)
-        model = opts.pop("model", None)
-        if models is None:
-            models = [model] if model else DEFAULT_MODELS[self.provider]
-        models = [str(m) for m in models]
-        model = str(model or models[0])
-        if model not in models:
-            raise ConfigError(f"model: {model!r} is not in models {models!r}")
-        key_envs = opts.pop("api_key_envs", None)
-        single_env = opts.pop("api_key_env", None)
-        self._literal_key: str | None = opts.pop("api_key", None) or opts.pop("credentials", None)
-        if key_envs is None:
-            key_envs = [single_env] if single_env else DEFAULT_KEY_ENVS[self.provider]
-        key_envs = [str(k) for k in key_envs]
-        timeout_max = float(opts.pop("timeout_max", 120))
-        timeout = float(opts.pop("timeout", 60))
-        if timeout > timeout_max:
-            raise ConfigError(f"timeout: {timeout:g} is above timeout_max {timeout_max:g}")
-        self.reject_unknown(opts)
+        opts = self.options(LLMOptions)
+        self.provider = opts.provider
+        self.sandbox = opts.sandbox
+        self.base_url = opts.base_url
+        self.auth_url = opts.auth_url
+        self.scope = opts.scope
+        self.verify_ssl = opts.verify_ssl
+        self.embeddings_model = opts.embeddings_model or DEFAULT_EMBEDDINGS[self.provider]
+        if opts.models is not None:
+            models = list(opts.models)
+        else:
+            models = [opts.model] if opts.model else DEFAULT_MODELS[self.provider]
+        model = opts.model or models[0]
+        if opts.api_key_envs is not None:
+            key_envs = list(opts.api_key_envs)
+        else:
+            key_envs = [opts.api_key_env] if opts.api_key_env else DEFAULT_KEY_ENVS[self.provider]
+        self._literal_key: str | None = opts.api_key or opts.credentials or None
         if self._literal_key:
             register_secret(self._literal_key)
         self.knobs.declare(Knob("model", model, choices=tuple(models)))
         self.knobs.declare(
-            Knob("timeout", min(timeout, timeout_max), minimum=1, maximum=timeout_max, unit="s")
+            Knob("timeout", opts.initial_timeout, minimum=1, maximum=opts.timeout_max, unit="s")
         )
-        self.knobs.declare(Knob("api_key_env", single_env or key_envs[0], choices=tuple(key_envs)))
+        self.knobs.declare(Knob("api_key_env", opts.api_key_env or key_envs[0], choices=tuple(key_envs)))
         self._client: Any = None
         self._client_knobs: dict[str, Any] = {}
         self._retired: list[Any] = []

@@ -6,7 +6,7 @@ Config::
     type = "system"
     min_free_disk_gb = 5        # default 5
     min_available_memory_gb = 1 # default 1
-    path = "."                  # whose disk to check; default the night dir
+    path = "."                  # whose disk to check (relative to the config's folder); default the night dir
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 
 import psutil
+from pydantic import Field
 
-from ..errors import ConfigError
-from .base import Component, ComponentSpec, ProbeResult
+from .base import Component, ComponentSpec, NonEmptyStr, Options, ProbeResult
 
 GB = 1024**3
 
@@ -43,6 +43,13 @@ class SystemStatus:
         return out
 
 
+class SystemOptions(Options):
+    # No upper bound: a threshold above what the machine has is a probe that always trips.
+    min_free_disk_gb: float = Field(5.0, ge=0)
+    min_available_memory_gb: float = Field(1.0, ge=0)
+    path: NonEmptyStr | None = None  # default: the night dir
+
+
 class SystemHandle:
     def __init__(self, component: SystemComponent) -> None:
         self._c = component
@@ -56,15 +63,10 @@ class SystemComponent(Component):
 
     def __init__(self, spec: ComponentSpec) -> None:
         super().__init__(spec)
-        opts = dict(spec.options)
-        try:
-            self.min_free_disk_gb = float(opts.pop("min_free_disk_gb", 5))
-            self.min_available_memory_gb = float(opts.pop("min_available_memory_gb", 1))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"thresholds must be numbers: {exc}") from None
-        path = opts.pop("path", None)
-        self.path = spec.resolve(path) if path is not None else spec.night_dir
-        self.reject_unknown(opts)
+        opts = self.options(SystemOptions)
+        self.min_free_disk_gb = opts.min_free_disk_gb
+        self.min_available_memory_gb = opts.min_available_memory_gb
+        self.path = spec.resolve(opts.path) if opts.path is not None else spec.night_dir
         self._handle = SystemHandle(self)
 
     @property

@@ -8,7 +8,7 @@ Embedded local mode by default (a folder under the night dir, no server), or a s
     # url = "http://127.0.0.1:6333"   # a Qdrant server instead
     embedder = "hashing"       # local feature hashing (default), or "component:llm" to use
                                # that llm component's embeddings API
-    dimensions = 256           # for the hashing embedder
+    dimensions = 256           # for the hashing embedder (1..65536)
     timeout = 10               # knob, seconds (1..60)
 
 The client is qdrant-client's synchronous one, driven through ``asyncio.to_thread`` so
@@ -29,12 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field, field_validator
+
 from ..errors import ConfigError
 from ..redaction import register_secret
 from .base import (
     Component,
     ComponentSpec,
     Knob,
+    NonEmptyStr,
+    Options,
     ProbeResult,
     classify_common,
     classify_status,
@@ -44,6 +48,22 @@ from .base import (
 )
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
+
+
+class VectorStoreOptions(Options):
+    url: NonEmptyStr | None = None  # a Qdrant server; without it, local mode
+    path: NonEmptyStr | None = None  # local mode's folder; default qdrant/<name> in the night dir
+    api_key: str | None = None
+    embedder: str = "hashing"
+    dimensions: int = Field(256, ge=1, le=65536)  # Qdrant's largest vector
+    timeout: float = Field(10.0, ge=1, le=60)  # the knob's bounds
+
+    @field_validator("embedder")
+    @classmethod
+    def _known_embedder(cls, value: str) -> str:
+        if value != "hashing" and not (value.startswith("component:") and value.removeprefix("component:")):
+            raise ValueError("expected 'hashing' or 'component:<llm name>'")
+        return value
 
 
 class HashingEmbedder:
@@ -109,22 +129,16 @@ class VectorStoreComponent(Component):
 
     def __init__(self, spec: ComponentSpec) -> None:
         super().__init__(spec)
-        opts = dict(spec.options)
-        self.url: str | None = opts.pop("url", None)
-        path = opts.pop("path", None)
-        self.path = None if self.url else (Path(path) if path else Path("qdrant") / spec.name)
+        opts = self.options(VectorStoreOptions)
+        self.url = opts.url
+        self.path = None if self.url else (Path(opts.path) if opts.path else Path("qdrant") / spec.name)
         if self.path is not None and not self.path.is_absolute():
             self.path = spec.night_dir / self.path
-        self.api_key: str | None = opts.pop("api_key", None)
+        self.api_key = opts.api_key
         register_secret(self.api_key)
-        self.embedder_spec = str(opts.pop("embedder", "hashing"))
-        self.dimensions = int(opts.pop("dimensions", 256))
-        if not self.embedder_spec == "hashing" and not self.embedder_spec.startswith("component:"):
-            raise ConfigError(
-                f"embedder: expected 'hashing' or 'component:<llm name>', got {self.embedder_spec!r}"
-            )
-        self.knobs.declare(Knob("timeout", float(opts.pop("timeout", 10)), minimum=1, maximum=60, unit="s"))
-        self.reject_unknown(opts)
+        self.embedder_spec = opts.embedder
+        self.dimensions = opts.dimensions
+        self.knobs.declare(Knob("timeout", opts.timeout, minimum=1, maximum=60, unit="s"))
         self._client: Any = None
         self._lock = threading.Lock()  # local mode is not safe for concurrent use
         self._dims: int | None = None

@@ -13,7 +13,7 @@ Config::
     results_path = "results"            # dotted path to the list of results in the JSON
     fields = { title = "title", url = "url", snippet = "snippet" }
     timeout = 60                        # knob, seconds, 1..timeout_max
-    timeout_max = 120
+    timeout_max = 120                   # 1..3600
     fallback_cache = "search_cache.json"   # optional declared fallback: results recorded
                                            # while the API was healthy, replayed only when
                                            # repairs fail (the repair agent decides)
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import re
 import threading
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import Field, field_validator
 
 from ..errors import ConfigError
 from ..redaction import register_secret
@@ -45,7 +47,11 @@ from .base import (
     Component,
     ComponentSpec,
     Knob,
+    NonEmptyStr,
+    OptionError,
+    Options,
     ProbeResult,
+    TimeoutOptions,
     classify_common,
     describe_error,
     url_endpoint,
@@ -53,6 +59,41 @@ from .base import (
 )
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class ResultFields(Options):
+    """Where each field of a result is inside one item of the answer (dotted paths)."""
+
+    title: NonEmptyStr = "title"
+    url: NonEmptyStr = "url"
+    snippet: NonEmptyStr = "snippet"
+
+
+class WebSearchOptions(TimeoutOptions):
+    sandbox: bool = False
+    endpoint: NonEmptyStr | None = None  # required unless replay or sandbox
+    api_key: str | None = None  # "" (e.g. "${KEY:-}") means none
+    api_key_header: NonEmptyStr = "X-API-Key"
+    query_param: NonEmptyStr = "q"
+    limit_param: NonEmptyStr = "limit"
+    params: dict[str, Any] = Field(default_factory=dict)  # checked below: what a query string holds
+    results_path: str = "results"  # "": the answer itself is the list
+    fields: ResultFields = Field(default_factory=ResultFields)
+    replay: NonEmptyStr | None = None
+    fallback_cache: NonEmptyStr | None = None
+
+    @field_validator("params")
+    @classmethod
+    def _query_values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for name, item in value.items():
+            # A scalar, or a list of them for a repeated parameter.
+            if not all(_query_scalar(v) for v in (item if isinstance(item, list) else [item])):
+                raise ValueError(f"{name!r} must be a string, a finite number or a bool, or a list of them")
+        return value
+
+
+def _query_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | bool) or (isinstance(value, float) and math.isfinite(value))
 
 
 class BadResponse(Exception):
@@ -133,36 +174,38 @@ class WebSearchComponent(Component):
 
     def __init__(self, spec: ComponentSpec) -> None:
         super().__init__(spec)
-        opts = dict(spec.options)
-        self.sandbox = bool(opts.pop("sandbox", False))
-        self.endpoint: str | None = opts.pop("endpoint", None)
-        self.api_key: str | None = opts.pop("api_key", None)
+        opts = self.options(WebSearchOptions)
+        self.sandbox = opts.sandbox
+        self.endpoint = opts.endpoint
+        self.api_key = opts.api_key
         register_secret(self.api_key)
-        self.api_key_header = str(opts.pop("api_key_header", "X-API-Key"))
-        self.query_param = str(opts.pop("query_param", "q"))
-        self.limit_param = str(opts.pop("limit_param", "limit"))
-        self.params = dict(opts.pop("params", {}))
-        self.results_path = str(opts.pop("results_path", "results"))
-        self.fields = {"title": "title", "url": "url", "snippet": "snippet", **dict(opts.pop("fields", {}))}
-        timeout_max = float(opts.pop("timeout_max", 120))
-        timeout = float(opts.pop("timeout", 60))
-        if timeout > timeout_max:
-            raise ConfigError(f"timeout: {timeout:g} is above timeout_max {timeout_max:g}")
-        replay = opts.pop("replay", None)
-        fallback = opts.pop("fallback_cache", None)
-        self.reject_unknown(opts)
-        self.replay = RecordedResults(spec.resolve(replay)) if replay else None
+        self.api_key_header = opts.api_key_header
+        self.query_param = opts.query_param
+        self.limit_param = opts.limit_param
+        self.params = dict(opts.params)
+        self.results_path = opts.results_path
+        self.fields = opts.fields.model_dump()
+        self.replay = self._recorded("replay", spec.resolve(opts.replay)) if opts.replay else None
+        if self.replay is not None and not self.replay.path.is_file():
+            raise OptionError(self.name, "replay", f"no such file {self.replay.path}")
         if self.replay is not None and not len(self.replay):
-            raise ConfigError(f"replay: no recorded results in {spec.resolve(replay)}")
-        self.fallback = RecordedResults(self._path(fallback)) if fallback else None
+            raise OptionError(self.name, "replay", f"no recorded results in {self.replay.path}")
+        fallback = opts.fallback_cache
+        self.fallback = self._recorded("fallback_cache", self._path(fallback)) if fallback else None
         if self.replay is None and not self.sandbox and not self.endpoint:
-            raise ConfigError("endpoint: required (or replay = FILE, or sandbox = true)")
+            raise OptionError(self.name, "endpoint", "required (or replay = FILE, or sandbox = true)")
         self.knobs.declare(
-            Knob("timeout", min(timeout, timeout_max), minimum=1, maximum=timeout_max, unit="s")
+            Knob("timeout", opts.initial_timeout, minimum=1, maximum=opts.timeout_max, unit="s")
         )
         self.fallback_active = False  # switched only by the repair agent, after repairs failed
         self._client: httpx.AsyncClient | None = None
         self._handle = WebSearchHandle(self)
+
+    def _recorded(self, key: str, path: Path) -> RecordedResults:
+        try:
+            return RecordedResults(path)
+        except ConfigError as exc:  # not JSON, or not {query: [results]}
+            raise OptionError(self.name, key, str(exc)) from None
 
     def _path(self, value: str) -> Path:
         """Files the component writes (the fallback cache) live in the night dir."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..components import Component, ComponentSpec, resolve_factory
+from ..components import Component, ComponentSpec, OptionError, resolve_factory
 from ..config import LoadedConfig, ProtectedSettings
 from ..errors import ConfigError, InfraError, LedgerUnavailable, UsageError
 from ..ledger import Ledger, ops, queries
@@ -137,6 +137,8 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
         )
         try:
             built[name] = factory(spec)
+        except OptionError as exc:  # it names components.NAME.KEY itself
+            raise ConfigError(f"{where}: {loaded.key_prefix}{redact(str(exc))}") from None
         except ConfigError as exc:
             raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
         except (TypeError, ValueError) as exc:
