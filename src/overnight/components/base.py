@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from ..config import describe_validation_error
+from ..config import ConfigModel, describe_validation_error
 from ..errors import ConfigError, InfraError, OvernightError
 from ..redaction import redact
 from ..runtime import NullRecorder, Recorder, current_call
@@ -63,12 +63,13 @@ COMMON_OPTIONS: frozenset[str] = frozenset(
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 
 
-class Options(BaseModel):
+class Options(ConfigModel):
     """Base of a component type's options model (``Component.options`` validates it).
 
     TOML gives native types, so they are taken strictly: a string is not a bool, a bool
     is not a number, a float is not an int. Numbers must be finite, and a key the model
-    does not declare is refused (a typo must not silently fall back to a default).
+    does not declare is refused (a typo must not silently fall back to a default). A value
+    read from the environment (``pool_size = "${POOL:-5}"``) converts to the field's type.
     """
 
     model_config = ConfigDict(

@@ -18,7 +18,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import LoadedConfig, RunConfig, format_validation_error, validate_config
+from ..config import (
+    LoadedConfig,
+    RunConfig,
+    describe_validation_error,
+    format_validation_error,
+    validate_config,
+)
 from ..errors import ConfigError, UsageError
 from ..redaction import MASK
 
@@ -146,8 +152,8 @@ def run_settings(loaded: LoadedConfig | None, overrides: Mapping[str, Any] | Non
         first = exc.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else ""
         if key in given:
-            message = format_validation_error(exc, "", "").split(": ", 2)[-1]
-            raise UsageError(f"--{key.replace('_', '-')}: {message}") from None
+            _key, what = describe_validation_error(exc)
+            raise UsageError(f"--{key.replace('_', '-')}: {what}") from None
         where = str(loaded.path) if loaded is not None and loaded.path else "<built-in>"
         prefix = f"{loaded.key_prefix if loaded else ''}run."
         raise ConfigError(format_validation_error(exc, where, prefix)) from None
