@@ -54,6 +54,11 @@ _FAULTS_STOP_S = 60.0
 _CLAIM_CHECK_S = 15.0
 
 
+class ScenarioExited(RuntimeError):
+    """The scenario raised SystemExit or KeyboardInterrupt: a harness error of that
+    attempt, never the end of the night."""
+
+
 class CycleTimeout(TimeoutError):
     """The cycle ran past its ``cycle_timeout`` and was cancelled."""
 
@@ -636,6 +641,11 @@ class Orchestrator:
             if cm.expired():
                 raise CycleTimeout(f"cycle exceeded its timeout of {timeout:g} s") from None
             raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Left alone, these would stop the event loop and the whole night: they are
+            # the scenario's doing (our own signals arrive through the loop's handlers).
+            what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+            raise ScenarioExited(f"the scenario raised {what}") from None
 
     async def _wait_gate(self) -> None:
         if not self.gate.is_open:
@@ -792,7 +802,7 @@ class Orchestrator:
                 result = self.setup(night)
                 if inspect.isawaitable(result):
                     await result
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # the hook's, never the night's end
             detail = f"{type(exc).__name__}: {redact(str(exc))}"
             tb = "".join(traceback.format_exception(exc))[-_TRACEBACK_MAX:]
             await self._event("setup_failed", detail, {"traceback": tb, "verdict": classify(exc).value})
