@@ -42,6 +42,7 @@ class Plan:
     faults: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> str:
+        # Unmasked: ops.create_night masks it (redact_data) at the door of the ledger.
         return json.dumps(asdict(self), sort_keys=True, default=str)
 
     @classmethod
