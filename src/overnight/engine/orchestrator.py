@@ -137,6 +137,9 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
         )
         try:
             built[name] = factory(spec)
+        except SystemExit as exc:  # sys.exit("message") would print its message unredacted
+            code = redact(str(exc.code)) if exc.code is not None else "None"
+            raise ConfigError(f"{where}: {key}: the component's factory called sys.exit({code})") from None
         except ConfigError as exc:
             raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
         except (TypeError, ValueError) as exc:
