@@ -9,12 +9,22 @@ which it sits inside a Basic auth header).
 from __future__ import annotations
 
 import base64
+import json
+import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
-from urllib.parse import quote, quote_plus
+from typing import Any
+from urllib.parse import quote, quote_plus, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from overnight.engine.plan import Plan, _same_but_masked
+from overnight.ledger.ops import _json
 
 from .conftest import make_project, run_cli
 
@@ -130,9 +140,9 @@ def encoded_forms(canary: str) -> dict[str, bytes]:
     return forms
 
 
-def find_leaks(places: dict[str, bytes]) -> list[str]:
+def find_leaks(places: dict[str, bytes], canaries: dict[str, str] = CANARIES) -> list[str]:
     leaks = []
-    for source, canary in CANARIES.items():
+    for source, canary in canaries.items():
         for form, needle in encoded_forms(canary).items():
             for where, blob in places.items():
                 if needle in blob:
@@ -192,18 +202,18 @@ def test_canaries_from_every_source_never_leak(tmp_path: Path, ledger_url: str) 
     # cycle 1 raises (harness error), cycle 2 is a product failure, cycle 3 passes.
     assert run.returncode == 1, run.stderr
     assert "Traceback" not in run.stderr
-    for i, args in enumerate(
-        (
-            ["report", "--ledger", ledger],
-            ["nights", "--ledger", ledger],
-            ["nights", "--json", "--ledger", ledger],
-            ["doctor", "--json"],
-            ["run", "--dry-run", "-v", "--ledger", ledger],
-        )
+    for args, code in (
+        (["report", "--ledger", ledger], 0),
+        (["nights", "--ledger", ledger], 0),
+        (["nights", "--json", "--ledger", ledger], 0),
+        (["doctor", "--json"], 1),  # the component has no probe
+        (["run", "--dry-run", "-v", "--ledger", ledger], 1),
     ):
         res = run_cli(args, cwd=proj, env=ENV)
-        outputs[f"stdout of {' '.join(args[:2])} #{i}"] = res.stdout.encode()
-        outputs[f"stderr of {' '.join(args[:2])} #{i}"] = res.stderr.encode()
+        assert res.returncode == code, (args, res.stdout, res.stderr)
+        name = " ".join(a for a in args if a != ledger)
+        outputs[f"stdout of {name}"] = res.stdout.encode()
+        outputs[f"stderr of {name}"] = res.stderr.encode()
     outputs["stdout of run"] = run.stdout.encode()
     outputs["stderr of run"] = run.stderr.encode()
 
@@ -221,7 +231,10 @@ def test_canaries_from_every_source_never_leak(tmp_path: Path, ledger_url: str) 
         **ledger_bytes(ledger, tmp_path),
         **{f"night dir {k}": v for k, v in night_files.items()},
     }
-    leaks = find_leaks(places)
+    canaries = dict(CANARIES)
+    if ledger.startswith("postgresql"):  # the ledger's own DSN, given with --ledger
+        canaries["ledger URL password"] = urlsplit(ledger).password or ""
+    leaks = find_leaks(places, canaries)
     assert not leaks, summary(leaks)
 
 
@@ -273,3 +286,133 @@ def test_a_failing_component_factory_leaks_nothing(tmp_path: Path, how: str) -> 
                 assert needle not in blob, (
                     f"{canary} ({form}) leaked with OVERNIGHT_DEBUG={debug!r}:\n{res.stderr}"
                 )
+
+
+RESUMABLE = """
+import asyncio, os
+from pathlib import Path
+
+async def cycle(ctx):
+    v, s = ctx.components["vault"].options, ctx.settings
+    assert (v["password"], v["token"]) == ("lit-pw-1234", "Bearer lit-tok-5678"), v
+    assert (s["api_token"], s["vendor"]["client_secret"]) == ("lit-api-9012", "lit-nested-3456"), s
+    assert v["db_password"] == "dflt-pw-7890" and v["endpoint"] == "https://u:lit-url-pw@127.0.0.1:9/x"
+    if ctx.cycle == 2 and ctx.attempt == 1:
+        Path(os.environ["OVN_MARKER"]).write_text("x")
+        await asyncio.sleep(3600)
+"""
+
+RESUMABLE_CONFIG = """
+[components.vault]
+type = "vault:Vault"
+critical = false
+password = "lit-pw-1234"
+token = "Bearer lit-tok-5678"
+db_password = "${OVN_UNSET_DB_PASSWORD:-dflt-pw-7890}"
+endpoint = "https://u:lit-url-pw@127.0.0.1:9/x"
+
+[settings]
+api_token = "lit-api-9012"
+min_sections = 8
+
+[settings.vendor]
+client_secret = "lit-nested-3456"
+"""
+
+
+def test_a_night_with_literal_secrets_resumes_from_its_config_file(tmp_path: Path) -> None:
+    """The ledger keeps the config with literal secrets masked, in any table; a killed
+    night resumes with the real values read back from the unchanged config file, and is
+    refused if anything but a secret changed in it."""
+    proj = make_project(tmp_path / "proj", RESUMABLE, RESUMABLE_CONFIG)
+    (proj / "vault.py").write_text(COMPONENT)
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "overnight", "run", "--cycles", "3", "--retry-attempts", "0"],
+        cwd=proj,
+        env={**os.environ, "OVN_MARKER": str(marker)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None, "the night ended before cycle 2"
+        assert time.monotonic() < deadline, "cycle 2 never started"
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait(timeout=30)
+    db = b"".join(p.read_bytes() for p in (proj / "night_tests").glob("overnight.db*"))  # with its WAL
+    for literal in (
+        "lit-pw-1234",
+        "lit-tok-5678",
+        "lit-api-9012",
+        "lit-nested-3456",
+        "dflt-pw-7890",
+        "lit-url-pw",
+    ):
+        assert literal.encode() not in db, literal
+    assert b"${OVN_UNSET_DB_PASSWORD:-***}" in db  # the reference stays, its default is masked
+
+    config = proj / "overnight.toml"
+    original = config.read_text()
+    config.write_text(original.replace("min_sections = 8", "min_sections = 7"))
+    changed = run_cli(["run", "--resume"], cwd=proj, env={"OVN_MARKER": str(tmp_path / "unused")})
+    assert changed.returncode == 2 and "changed since the night started" in changed.stderr, changed.stderr
+    config.write_text(original)
+    res = run_cli(["run", "--resume"], cwd=proj, env={"OVN_MARKER": str(tmp_path / "unused")})
+    assert res.returncode == 0, res.stderr
+    report = json.loads(next((proj / "night_tests").glob("*/report.json")).read_text())
+    assert report["totals"]["passed"] == 3 and report["status"] == "completed"
+
+
+_KEYS = st.sampled_from(
+    ["password", "api_token", "token", "url", "name", "max_tokens", "api_key_env", "dsn", "note"]
+)
+_TEXT = st.text(alphabet="abcXYZ019@:/+-_ {}$", max_size=12)
+_VALUE = st.one_of(
+    _TEXT,
+    st.builds(
+        lambda a, v, b: f"{a}${{{v}}}{b}", _TEXT, st.sampled_from(["PW", "HOST", "DB_PASSWORD"]), _TEXT
+    ),
+    st.builds(lambda v, d: f"${{{v}:-{d}}}", st.sampled_from(["PW", "HOST", "API_TOKEN"]), _TEXT),
+    st.builds(lambda p: f"postgresql://u:{p}@h/db", _TEXT.filter(lambda t: "@" not in t and " " not in t)),
+    st.integers(),
+)
+_TABLE = st.recursive(
+    st.dictionaries(_KEYS, _VALUE, max_size=4),
+    lambda inner: st.dictionaries(
+        st.sampled_from(["components", "settings", "notify", "vendor"]), inner, max_size=3
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=_TABLE)
+def test_what_the_ledger_keeps_is_the_config_but_masked(raw: dict[str, Any]) -> None:
+    """Whatever the config, the stored plan matches the file it came from except where a
+    secret was masked, so a night with literal secrets resumes from that file."""
+    plan = Plan(
+        scenario="s:cycle", cycles=1, parallel=1, retry_attempts=0, cycle_timeout=1.0, max_hours=1.0,
+        until=None, seed=1, night_dir="/tmp/n", config_raw=raw,
+    )  # fmt: skip
+    stored = json.loads(_json(json.loads(plan.to_json())) or "")["config_raw"]  # as create_night does
+    assert _same_but_masked(stored, raw)
+    for key, written, kept in _leaves(raw, stored):
+        if not isinstance(written, str):
+            continue
+        # Every ${VAR} reference stays, so the night resumes from the environment ...
+        assert _REF_ANY.findall(written) == _REF_ANY.findall(kept)
+        if key in ("password", "api_token", "token"):  # ... and no literal text under a secret key does
+            assert _REF_MASKED.sub("", kept).replace("***", "") == "", (written, kept)
+
+
+_REF_ANY = re.compile(r"\$\{([A-Za-z_]\w*)(?::-[^}]*)?\}")
+_REF_MASKED = re.compile(r"\$\{([A-Za-z_]\w*)(?::-(?:\*\*\*)?)?\}")
+
+
+def _leaves(raw: Any, stored: Any, key: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(raw, dict):
+        return [leaf for k in raw for leaf in _leaves(raw[k], stored[k], k)]
+    return [(key, raw, stored)]
