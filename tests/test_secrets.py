@@ -169,7 +169,7 @@ def night_dir_files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def ledger_bytes(ledger: str, tmp_path: Path) -> dict[str, bytes]:
+def ledger_bytes(ledger: str) -> dict[str, bytes]:
     if ledger.startswith("postgresql"):
         dump = subprocess.run(["pg_dump", "--no-owner", ledger], capture_output=True, timeout=120)
         assert dump.returncode == 0, dump.stderr
@@ -228,7 +228,7 @@ def test_canaries_from_every_source_never_leak(tmp_path: Path, ledger_url: str) 
     assert b"wrong answer with" in night_files[next(n for n in reports if n.endswith("report.json"))]
     places = {
         **outputs,
-        **ledger_bytes(ledger, tmp_path),
+        **ledger_bytes(ledger),
         **{f"night dir {k}": v for k, v in night_files.items()},
     }
     canaries = dict(CANARIES)
