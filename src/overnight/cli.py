@@ -30,7 +30,7 @@ from .engine.progress import make_sink
 from .engine.runner import exit_now, run_loop
 from .errors import ConfigError, LedgerUnavailable, OvernightError, UsageError
 from .ledger import Ledger, queries
-from .redaction import RedactingFormatter, redact
+from .redaction import RedactingFormatter, RedactingStream, redact
 from .report import REPORT_HTML, REPORT_JSON, REPORT_JUNIT, REPORT_MD, write_reports
 
 app = typer.Typer(
@@ -946,7 +946,12 @@ def _sandbox_command(host: str, base_port: int, seed: int) -> None:
 
 def main() -> None:
     """Entry point, and the one door every error leaves by: one redacted line on stderr
-    and its exit code (2 usage or config, 3 overnight itself), never a traceback."""
+    and its exit code (2 usage or config, 3 overnight itself), never a traceback. Every
+    other byte written to stdout or stderr passes through redaction too (promise 7)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, RedactingStream):
+            setattr(sys, name, RedactingStream(stream))
     exit_now(_main())
 
 
@@ -966,6 +971,11 @@ def _main() -> int:
         return 130
     except typer.Exit as exc:
         return int(exc.exit_code or 0)
+    except SystemExit as exc:  # a user's sys.exit("message"): its message is said, redacted
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        _say(f"overnight: error: {exc.code}")
+        return 1
     except (ConfigError, UsageError) as exc:
         _say(f"overnight: error: {exc}")
         return 2

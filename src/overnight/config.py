@@ -1,8 +1,9 @@
 """Configuration: ``overnight.toml`` or ``[tool.overnight]`` in pyproject.toml.
 
 Validated with pydantic. ``${VAR}`` and ``${VAR:-default}`` are replaced from the
-environment after parsing; the raw text (with the references, never the values) is what
-the ledger stores, so a plan can be kept and resumed without writing a secret down.
+environment after parsing; the raw text (with the references, never the values, and
+literal secrets masked) is what the ledger stores, so a plan can be kept and resumed
+without writing a secret down. Loading registers every secret the config holds.
 Every problem becomes one ``ConfigError`` line naming the file, the key and what was
 expected.
 """
@@ -23,11 +24,16 @@ from typing import Any, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError, ProtectedSettingError
-from .redaction import register_secret
+from .redaction import (
+    ENV_REF,
+    is_secret_key,
+    redact_data,
+    register_secret,
+    register_secrets_in,
+    walk_secrets,
+)
 
 CONFIG_FILE = "overnight.toml"
-_ENV_REF = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")
-_SECRETISH = re.compile(r"(?i)(pass|secret|token|key|credential|auth|dsn)")
 _SCENARIO = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -234,7 +240,9 @@ class LoadedConfig:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.raw)
+        # Of the masked config: a plain hash of a literal password would let anyone who
+        # reads the report test guesses against it.
+        return fingerprint(redact_data(self.raw))
 
 
 def fingerprint(data: Any) -> str:
@@ -302,6 +310,7 @@ def load_config(path: Path | None = None) -> LoadedConfig:
 def validate_config(raw: dict[str, Any], path: Path | None, prefix: str = "") -> LoadedConfig:
     name = str(path) if path else "<built-in>"
     resolved = interpolate(raw, name, prefix)
+    register_config_secrets(resolved)
     try:
         config = Config.model_validate(resolved)
     except ValidationError as exc:
@@ -328,11 +337,36 @@ def interpolate(data: Any, file: str, prefix: str = "", _key: str = "") -> Any:
                     f"(set it, or write ${{{var}:-default}})"
                 )
             value = default
-        if _SECRETISH.search(var) or _SECRETISH.search(_key):
+        if is_secret_key(var) or is_secret_key(_leaf_key(_key)):
             register_secret(value)
         return value
 
-    return Interpolated(_ENV_REF.sub(_sub, data))
+    return Interpolated(ENV_REF.sub(_sub, data))
+
+
+def _leaf_key(path: str) -> str:
+    """``components.api.keys[2]`` -> ``keys``: the key a value is held under."""
+    return re.sub(r"(\[\d+\])+$", "", path).rsplit(".", 1)[-1]
+
+
+def _strings(data: Any) -> Iterator[str]:
+    if isinstance(data, dict):
+        for value in data.values():
+            yield from _strings(value)
+    elif isinstance(data, list):
+        for value in data:
+            yield from _strings(value)
+    elif isinstance(data, str):
+        yield data
+
+
+def register_config_secrets(resolved: dict[str, Any]) -> None:
+    """Register the secrets of an interpolated config, in any table: values under a
+    secret-looking key, and passwords in URLs, DSNs and commands under any key."""
+    for value in walk_secrets(resolved):
+        register_secret(value)
+    for value in _strings(resolved):
+        register_secrets_in(value)
 
 
 def format_validation_error(exc: ValidationError, file: str, prefix: str = "") -> str:
@@ -360,7 +394,7 @@ def describe_validation_error(
         msg = first["msg"]
         msg = msg.removeprefix("Value error, ")
         what = f"{msg[0].lower()}{msg[1:]}" if msg else kind
-        secret = any(_SECRETISH.search(str(p)) for p in first["loc"])
+        secret = any(is_secret_key(str(p)) for p in first["loc"])
         if not secret and not isinstance(first.get("input"), dict | list):
             what += f" (got {first.get('input')!r})"
     if len(errors) > 1:

@@ -144,6 +144,9 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
             built[name] = factory(spec)
         except OptionError as exc:  # it names components.NAME.KEY itself
             raise ConfigError(f"{where}: {loaded.key_prefix}{redact(str(exc))}") from None
+        except SystemExit as exc:  # sys.exit("message") would print its message unredacted
+            code = redact(str(exc.code)) if exc.code is not None else "None"
+            raise ConfigError(f"{where}: {key}: the component's factory called sys.exit({code})") from None
         except ConfigError as exc:
             raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
         except (TypeError, ValueError) as exc:

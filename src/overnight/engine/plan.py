@@ -83,6 +83,7 @@ class Plan:
         )
 
     def to_json(self) -> str:
+        # Unmasked: ops.create_night masks it (redact_data) at the door of the ledger.
         return json.dumps(asdict(self), sort_keys=True, default=str)
 
     @classmethod

@@ -11,19 +11,21 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, update
 
-from ..redaction import redact
+from ..redaction import redact, redact_data
 from . import schema as s
 
 
 def _json(data: Any) -> str | None:
     if data is None:
         return None
-    return redact(json.dumps(data, default=str, sort_keys=True))
+    # Redacted value by value: masking the dumped text could leave invalid JSON.
+    return json.dumps(redact_data(json.loads(json.dumps(data, default=str))), sort_keys=True)
 
 
 def create_night(conn: Connection, row: dict[str, Any]) -> None:
     row = dict(row)
-    row["plan"] = redact(row["plan"])
+    # Literal secrets of the config masked; Plan.load_config reads them back from the file.
+    row["plan"] = _json(json.loads(row["plan"]))
     conn.execute(s.nights.insert().values(**row))
 
 

@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from ..errors import LedgerUnavailable, LedgerUnreadable, UsageError
-from ..redaction import redact_url
+from ..redaction import redact_url, register_secrets_in
 from . import schema
 from .ownership import NightClaim, claim_night, schema_lock
 
@@ -66,6 +66,7 @@ class Ledger:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = normalize_url(url)
+        register_secrets_in(self.url)  # a driver's error may show the password decoded
         self.display_url = redact_url(self.url)
         try:
             parsed = make_url(self.url)
