@@ -126,6 +126,10 @@ def _summary(w: Any, r: dict[str, Any]) -> None:
     w("|---|---:|")
     w(f"| Cycles planned | {r['planned_cycles']} |")
     w(f"| Cycles run | {r['cycles_run']} |")
+    held = r.get("held_at_gate") or {}
+    if held and r["cycles_not_run"]:
+        why = _esc("; ".join(held.values()))
+        w(f"| Cycles held at the gate when the night ended | {r['cycles_not_run']} ({why}) |")
     w(f"| {_ICON['passed']} Passed | {t.get('passed', 0)} |")
     w(f"| {_ICON['failed']} Failed (product) | {t.get('failed', 0)} |")
     w(f"| {_ICON['infra_error']} Infra errors repaired (cycles retried to a verdict) | {repaired} |")
