@@ -260,7 +260,7 @@ async def test_closed_vector_store_is_reopened_and_a_degrading_playbook_is_block
     assert report["totals"]["passed"] == 3, report["failures"]
     assert [(r["strategy"], r["result"], r["verified"]) for r in repairs] == [
         ("lower_threshold", "refused", False),
-        ("reconnect", "ok", True),
+        ("reconnect", "done", True),
     ]
     assert incidents[0]["state"] == "repaired" and incidents[0]["fault_kind"] == "unavailable"
     assert len(blocked) == 1 and "min_review_score" in blocked[0]["message"]
