@@ -394,7 +394,7 @@ async def test_a_probe_that_blocks_the_event_loop_is_named_in_the_report(tmp_pat
     (row,) = report["agent"]["loop_blocked"]
     assert (row["component"], row["what"], row["times"]) == ("slow", "probe", 1)
     assert 0.4 <= row["longest_s"] < 2.0
-    assert report["agent"]["loop_lag"]["max_s"] >= 0.3  # the lag it caused, seen by the sampler
+    assert report["agent"]["loop_lag"]["max_s"] >= 0.2  # the lag it caused, seen by the sampler
     md = render_markdown(report)
     assert "The probe of **slow** blocked the event loop 1 time, up to " in md
     assert "quick" not in " ".join(r["component"] for r in report["agent"]["loop_blocked"])
