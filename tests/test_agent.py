@@ -260,7 +260,7 @@ async def test_closed_vector_store_is_reopened_and_a_degrading_playbook_is_block
     assert report["totals"]["passed"] == 3, report["failures"]
     assert [(r["strategy"], r["result"], r["verified"]) for r in repairs] == [
         ("lower_threshold", "refused", False),
-        ("reconnect", "ok", True),
+        ("reconnect", "done", True),
     ]
     assert incidents[0]["state"] == "repaired" and incidents[0]["fault_kind"] == "unavailable"
     assert len(blocked) == 1 and "min_review_score" in blocked[0]["message"]
@@ -321,7 +321,7 @@ async def test_postgres_stopped_mid_night_is_restarted_and_verified(tmp_path: Pa
     assert incidents[0]["state"] == "repaired"
     verified = [r for r in repairs if r["verified"]]
     assert [r["strategy"] for r in verified] == ["restart_command"]
-    assert all(r["result"] in ("ok", "failed") for r in repairs) and len(repairs) <= 4
+    assert all(r["result"] in ("done", "failed") for r in repairs) and len(repairs) <= 4
 
 
 async def test_terminated_backend_is_a_verified_transient_incident(tmp_path: Path, pg_url: str) -> None:

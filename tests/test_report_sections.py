@@ -157,7 +157,7 @@ async def test_sections_from_a_night_with_a_fault_metrics_and_a_previous_night(t
         "Trend",
         "Recommendations",
     ]
-    assert "**llm**: ✅ Healthy (1 repair performed)" in md
+    assert "**llm**: ✅ Healthy (1 repair performed, 1 verified)" in md
     assert "### Repairs Performed: 1 total" in md and "### Fallbacks Used: 0" in md
     assert "### Degradation Prevented: 2 instances" in md
     assert "Cost: **" in md and "RUB" in md

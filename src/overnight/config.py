@@ -136,6 +136,12 @@ class AgentConfig(ConfigModel):
     )
     repair_timeout: float = Field(120.0, gt=0, le=3600, description="seconds a single repair action may take")
     escalation: str = Field("pause", description="when repairs fail: 'pause' (hold cycles) or 'abort'")
+    max_pause: float = Field(
+        1800.0,
+        gt=0,
+        le=86_400,
+        description="longest a 'pause' escalation holds cycles before the night ends aborted",
+    )
     notify_command: str | None = Field(
         None, description="shell command run on escalation (event JSON on stdin)"
     )

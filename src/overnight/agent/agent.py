@@ -9,8 +9,10 @@ jitter, a cap per hour, flapping detection), and closed only when a probe says h
 again. While a critical component is unhealthy the orchestrator's gate is closed. When
 repairs fail: the declared fallback, else escalation (pause or abort, and notify).
 
-The agent itself is supervised: a crash inside a monitor is recorded and the monitor
-restarts with backoff; the night goes on.
+The agent itself is supervised: a crash inside a monitor (whatever a probe, repair or
+strategy raised, a stray CancelledError included) is recorded and the monitor restarts
+with backoff; one that keeps crashing escalates like a component that cannot be repaired.
+A pause is bounded too (``max_pause``): then the night ends aborted, naming the component.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import tenacity
+from pydantic import ValidationError
 
 from ..components import Component, KnobRefused, ProbeResult, describe_error
 from ..config import AgentConfig
@@ -36,6 +39,7 @@ from ..errors import ConfigError, ProtectedSettingError
 from ..ledger import Ledger, ops
 from ..redaction import redact
 from .guard import Guard
+from .loophold import BLOCKING_S, LoopHold
 from .playbooks import DEGRADING_SHORTCUTS, parse_repairs, playbook_for
 from .strategies import RepairContext, RepairFailed, Strategy
 
@@ -51,7 +55,15 @@ _SETTING_KEYS = (
     "cooldown",
     "max_repairs_per_hour",
     "escalation",
+    "max_pause",
 )
+# A monitor that crashed this many times within the window has a deterministic bug (each
+# restart probes the same component the same way, after 1, 2, 4, 8 × the base delay):
+# restarting it again only leaves the component unwatched, so it escalates instead. Five
+# lets a rare race survive; the window is the default flap window.
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 600.0
+_RESTART_DELAY_MAX_S = 60.0
 
 
 @dataclass
@@ -68,6 +80,7 @@ class MonitorSettings:
     flap_window: float
     repair_timeout: float
     escalation: str
+    max_pause: float = 1800.0
     fallback: str | None = None
     repairs: dict[str, list[Strategy]] = field(default_factory=dict)
 
@@ -95,6 +108,7 @@ class MonitorSettings:
                 flap_window=float(values["flap_window"]),
                 repair_timeout=float(values["repair_timeout"]),
                 escalation=str(values["escalation"]),
+                max_pause=float(values["max_pause"]),
                 fallback=opts.get("fallback"),
                 repairs=parse_repairs(opts.get("repairs"), f"{where}.repairs"),
             )
@@ -106,6 +120,12 @@ class MonitorSettings:
             raise ConfigError(f"{where}.fallback: the only declared fallback kind is 'cache'")
         if settings.probe_period <= 0 or settings.probe_timeout <= 0:
             raise ConfigError(f"{where}: probe_period and probe_timeout must be > 0")
+        if "max_pause" in opts:
+            # The same bounds as [agent] max_pause, from the one place they are declared.
+            try:
+                AgentConfig.model_validate({"max_pause": opts["max_pause"]})
+            except ValidationError as exc:
+                raise ConfigError(f"{where}.max_pause: {exc.errors()[0]['msg']}") from None
         return settings
 
 
@@ -124,6 +144,18 @@ class _Incident:
     details: dict[str, Any]
     repairs: int = 0
     verified_repair: bool = False
+    escalated: bool = False  # recorded and notified once, even if its monitor restarts
+
+
+def span(seconds: float) -> str:
+    """A duration as a person says it: 4.2 s, 45 s, 30 min, 2.5 h."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class ComponentMonitor:
@@ -144,6 +176,9 @@ class ComponentMonitor:
         self._verified_at = 0.0
         self._repair_times: deque[float] = deque()
         self._incident_times: deque[float] = deque()
+        # When this component's escalation began holding cycles (monotonic), or None: a
+        # pause is bounded by max_pause, across restarts of the monitor.
+        self.pause_since: float | None = None
 
     # -- signals from cycles (any thread) -------------------------------------------
 
@@ -157,11 +192,14 @@ class ComponentMonitor:
 
     # -- the loop ---------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, restarted: bool = False) -> None:
         if self.incident is not None:
             # Restarted by the supervisor in the middle of an incident: carry on with it.
-            await self._work(self.incident)
-        if self.settings.startup_grace and not self._pending:
+            if self.fallback_id is not None:
+                await self._back_to_primary(self.incident)
+            else:
+                await self._work(self.incident)
+        if self.settings.startup_grace and not self._pending and not restarted:
             await self._wait(self.settings.startup_grace)
         first = True  # probe at once (after the grace): a night must know where it starts
         while True:
@@ -173,7 +211,13 @@ class ComponentMonitor:
             signals = [sig for sig in self._pending if sig.ts > self._verified_at]
             self._pending = []
             trigger = "signal" if signals else "periodic"
-            result = await self._probe(trigger)
+            try:
+                result = await self._probe(trigger)
+            except BaseException:
+                # The monitor is crashing (or stopping): the faults cycles reported stay
+                # pending, so the restarted monitor still opens their incident.
+                self._pending[:0] = signals
+                raise
             if result.healthy:
                 self._failures = 0
                 if signals:
@@ -185,7 +229,7 @@ class ComponentMonitor:
                         incident, "transient", "verified healthy by the next probe; no repair needed"
                     )
                 self._set_state("healthy", "probe healthy")
-                self.agent.gate.open(self.comp.name)
+                self._open_gate()
                 continue
             self._failures += 1
             # Faults a cycle hit while this probe ran count too: detection is when the
@@ -205,6 +249,11 @@ class ComponentMonitor:
             incident = await self._open(kind, "signal" if first else "probe", detected, details, result)
             await self._work(incident)
 
+    def _open_gate(self) -> None:
+        # Verified healthy (or on a fallback): whatever pause this component caused is over.
+        self.pause_since = None
+        self.agent.gate.open(self.comp.name)
+
     async def _wait(self, seconds: float) -> None:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
@@ -213,9 +262,11 @@ class ComponentMonitor:
 
     async def _probe(self, trigger: str) -> ProbeResult:
         t0 = time.perf_counter()
+        hold: LoopHold[ProbeResult] | None = None
         try:
             async with asyncio.timeout(self.settings.probe_timeout):
-                result = await self.comp.probe()
+                hold = LoopHold(self.comp.probe())
+                result = await hold
         except TimeoutError:
             result = ProbeResult(
                 False,
@@ -233,6 +284,24 @@ class ComponentMonitor:
                 describe_error(exc),
                 details=self.comp.fault_details(exc),
             )
+        except BaseException as exc:
+            # A CancelledError (or SystemExit) that is not the agent stopping: the monitor
+            # crashes and restarts. Record the probe as failed first, so the component is
+            # never shown healthy on the strength of an earlier probe.
+            if not self.agent.stopping:
+                self._record_probe(
+                    ProbeResult(
+                        False,
+                        time.perf_counter() - t0,
+                        None,
+                        f"the probe raised {type(exc).__name__} (a bug in the probe)",
+                    ),
+                    trigger,
+                )
+            raise
+        finally:
+            if hold is not None:
+                self._note_hold(hold, "probe", time.perf_counter() - t0)
         self.last_probe = result
         await self.agent.write(
             ops.record_probe,
@@ -246,6 +315,47 @@ class ComponentMonitor:
             trigger,
         )
         return result
+
+    def _record_probe(self, result: ProbeResult, trigger: str) -> None:
+        self.last_probe = result
+        with contextlib.suppress(Exception):
+            self.agent.ledger.submit(
+                ops.record_probe,
+                self.agent.night_id,
+                self.comp.name,
+                result.checked_at,
+                result.healthy,
+                result.latency_s,
+                result.fault_kind,
+                result.detail,
+                trigger,
+            )
+
+    def _note_hold(self, hold: LoopHold[Any], by: str, wall: float, strategy: str | None = None) -> None:
+        """A probe or repair that held the event loop in one stretch for BLOCKING_S or
+        more froze every cycle meanwhile: record who, so the report names it."""
+        if hold.longest < BLOCKING_S:
+            return
+        what = f"{by} {strategy}" if strategy else by
+        log.warning(
+            "the %s of %s blocked the event loop for %.2f s (a blocking call in async code)",
+            what,
+            self.comp.name,
+            hold.longest,
+        )
+        with contextlib.suppress(Exception):
+            self.agent.event_nowait(
+                "loop_blocked",
+                f"the {what} of {self.comp.name} blocked the event loop for {hold.longest:.2f} s",
+                {
+                    "by": by,
+                    "strategy": strategy,
+                    "longest_s": round(hold.longest, 4),
+                    "held_s": round(hold.held, 4),
+                    "wall_s": round(wall, 4),
+                },
+                component=self.comp.name,
+            )
 
     # -- incidents ---------------------------------------------------------------------
 
@@ -316,7 +426,7 @@ class ComponentMonitor:
                     incident, "recovered", "answered again soon after the repairs; verified by probe"
                 )
                 self._set_state("healthy", "recovered")
-                self.agent.gate.open(self.comp.name)
+                self._open_gate()
                 return True
         return False
 
@@ -359,10 +469,14 @@ class ComponentMonitor:
             ops.start_repair, self.agent.night_id, incident.id, self.comp.name, strategy.name, started
         )
         t0 = time.perf_counter()
-        result, detail = "ok", ""
+        # "done" says the action ran to its end, nothing more: only a healthy probe after
+        # it (``verified``) says it restored the component.
+        result, detail = "done", ""
+        hold: LoopHold[str] | None = None
         try:
             async with asyncio.timeout(self.settings.repair_timeout):
-                detail = await strategy.run(ctx)
+                hold = LoopHold(strategy.run(ctx))
+                detail = await hold
         except RepairFailed as exc:
             result, detail = "failed", str(exc)
         except (KnobRefused, ProtectedSettingError) as exc:
@@ -371,19 +485,44 @@ class ComponentMonitor:
             result, detail = "failed", f"ran past {self.settings.repair_timeout:g} s"
         except Exception as exc:
             result, detail = "failed", describe_error(exc)
+        except BaseException as exc:
+            # A stray CancelledError (or SystemExit) from the strategy crashes the monitor,
+            # which restarts; the repair's row is closed first, never left half-written.
+            with contextlib.suppress(Exception):
+                self.agent.ledger.submit(
+                    ops.finish_repair,
+                    repair_id,
+                    time.perf_counter() - t0,
+                    "failed",
+                    ctx.knobs_changed,
+                    "stopped: the night is ending"
+                    if self.agent.stopping
+                    else f"the strategy raised {type(exc).__name__}",
+                )
+            raise
+        finally:
+            if hold is not None:
+                self._note_hold(hold, "repair", time.perf_counter() - t0, strategy.name)
         duration = time.perf_counter() - t0
         await self.agent.write(ops.finish_repair, repair_id, duration, result, ctx.knobs_changed, detail)
         incident.repairs += 1
-        log.info("repair %s of %s: %s (%s)", strategy.name, self.comp.name, result, detail)
-        if result != "ok":
+        if result != "done":
+            log.info("repair %s of %s: %s (%s)", strategy.name, self.comp.name, result, detail)
             return False
         if await self._verify(incident):
             await self.agent.write(ops.verify_repair, repair_id)
+            log.info("repair %s of %s: done, verified healthy (%s)", strategy.name, self.comp.name, detail)
             incident.verified_repair = True
             await self._close(incident, "repaired", f"{strategy.name}: {detail}")
             self._set_state("healthy", f"verified after {strategy.name}")
-            self.agent.gate.open(self.comp.name)
+            self._open_gate()
             return True
+        log.info(
+            "repair %s of %s: done, not verified: the component is still unhealthy (%s)",
+            strategy.name,
+            self.comp.name,
+            detail,
+        )
         return False
 
     async def _verify(self, incident: _Incident) -> bool:
@@ -432,7 +571,7 @@ class ComponentMonitor:
         )
         await self.agent.write(ops.update_incident, incident.id, {"state": "fallback"})
         self._set_state("fallback", f"repairs failed; using the declared {self.settings.fallback} fallback")
-        self.agent.gate.open(self.comp.name)
+        self._open_gate()
         await self._back_to_primary(incident)
         return True
 
@@ -454,36 +593,46 @@ class ComponentMonitor:
     async def _escalate(self, incident: _Incident, why: str) -> None:
         mode = self.settings.escalation
         self._set_state("failed", why)
-        await self.agent.write(
-            ops.update_incident, incident.id, {"state": "escalated", "escalation": f"{mode}: {why}"}
-        )
         reason = f"{self.comp.name} {incident.kind}: {why}"
-        await self.agent.event("escalated", f"{reason} → {mode}", {"incident_id": incident.id, "mode": mode})
-        await self.agent.notify(
-            {
-                "event": "escalated",
-                "component": self.comp.name,
-                "fault_kind": incident.kind,
-                "escalation": mode,
-                "reason": why,
-                "night_id": self.agent.night_id,
-            }
-        )
+        if not incident.escalated:  # a restarted monitor carries on; it does not page again
+            incident.escalated = True
+            await self.agent.write(
+                ops.update_incident, incident.id, {"state": "escalated", "escalation": f"{mode}: {why}"}
+            )
+            await self.agent.event(
+                "escalated", f"{reason} → {mode}", {"incident_id": incident.id, "mode": mode}
+            )
+            await self.agent.notify(
+                {
+                    "event": "escalated",
+                    "component": self.comp.name,
+                    "fault_kind": incident.kind,
+                    "escalation": mode,
+                    "reason": why,
+                    "night_id": self.agent.night_id,
+                }
+            )
         if mode == "abort":
-            self.agent.abort(f"aborted by escalation: {reason}")
-            # Stay here: the night is ending; no further repairs.
-            await asyncio.Event().wait()
-        # pause: cycles stay held; keep probing, and repair again within the bounds,
-        # each round later than the last (backoff with jitter).
+            await self._abort_night(f"aborted by escalation: {reason}")
+        # pause: cycles stay held (a critical component), at most max_pause; keep probing,
+        # and repair again within the bounds, each round later than the last (backoff
+        # with jitter).
+        if self.comp.critical and self.pause_since is None:
+            self.pause_since = time.monotonic()
         rounds = 1
         next_round = time.monotonic() + self._backoff(rounds)
         while True:
-            await self._wait(self.settings.probe_period)
+            left = self.pause_left()
+            if left is not None and left <= 0:
+                await self._end_pause(incident)
+            await self._wait(
+                self.settings.probe_period if left is None else min(self.settings.probe_period, left)
+            )
             self._pending.clear()
             if (await self._probe("periodic")).healthy:
                 await self._close(incident, "recovered", "probed healthy again while paused")
                 self._set_state("healthy", "recovered")
-                self.agent.gate.open(self.comp.name)
+                self._open_gate()
                 return
             if time.monotonic() >= next_round and self._budget_left():
                 if await self._repair_round(incident):
@@ -491,6 +640,45 @@ class ComponentMonitor:
                 self._set_state("failed", why)
                 rounds += 1
                 next_round = time.monotonic() + self._backoff(rounds)
+
+    def pause_left(self) -> float | None:
+        """Seconds before this component's pause reaches max_pause; None when not paused."""
+        if self.pause_since is None:
+            return None
+        return self.settings.max_pause - (time.monotonic() - self.pause_since)
+
+    async def _end_pause(self, incident: _Incident) -> None:
+        """The pause reached max_pause and the component is still down: end the night."""
+        down = self.agent.clock() - incident.detected_at
+        bound = f"max_pause {span(self.settings.max_pause)}"
+        await self.agent.write(
+            ops.update_incident,
+            incident.id,
+            {"escalation": f"pause, then abort: down for {span(down)}, past {bound}"},
+        )
+        await self.agent.event(
+            "escalated",
+            f"{self.comp.name} {incident.kind}: still down after a pause of {bound} → abort",
+            {"incident_id": incident.id, "mode": "abort", "max_pause_s": self.settings.max_pause},
+        )
+        await self.agent.notify(
+            {
+                "event": "escalated",
+                "component": self.comp.name,
+                "fault_kind": incident.kind,
+                "escalation": "abort",
+                "reason": f"still down after a pause of {bound}",
+                "night_id": self.agent.night_id,
+            }
+        )
+        await self._abort_night(
+            f"{self.comp.name} {incident.kind} for {span(down)}; repairs did not restore it ({bound})"
+        )
+
+    async def _abort_night(self, reason: str) -> None:
+        self.agent.abort(reason)
+        # Stay here: the night is ending; no further repairs.
+        await asyncio.Event().wait()
 
     def _set_state(self, state: str, reason: str) -> None:
         if state == self.state:
@@ -502,6 +690,24 @@ class ComponentMonitor:
             {"from": old, "to": state, "reason": reason},
             component=self.comp.name,
         )
+
+
+class _MonitorExit(Exception):
+    """A BaseException raised inside a monitor by code that was not asked to stop (a
+    stray CancelledError; SystemExit, which asyncio would let out of the loop): carried
+    out as a crash of that monitor, with its traceback, never the night's end."""
+
+
+async def _guarded(run: Any) -> None:
+    try:
+        await run
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # a real request to cancel this run: the supervisor decides what it means
+        raise _MonitorExit(describe_error(exc)) from exc
+    except (SystemExit, GeneratorExit) as exc:
+        raise _MonitorExit(describe_error(exc)) from exc
 
 
 class RepairAgent:
@@ -538,6 +744,8 @@ class RepairAgent:
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.restarts = 0
+        # Set by stop(): from then on a CancelledError is the agent's own, not a bug.
+        self.stopping = False
         # 8 bytes a sample (10 a second): about 2 MB over an 8-hour night, not 9 MB of floats.
         self.lag_samples: array[float] = array("d")
         # Called with (component, state, detected_at) when an incident is closed verified.
@@ -560,6 +768,7 @@ class RepairAgent:
         self._tasks.append(asyncio.create_task(self._measure_lag(), name="agent-lag"))
 
     async def stop(self) -> None:
+        self.stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -580,26 +789,119 @@ class RepairAgent:
             )
 
     async def _supervise(self, monitor: ComponentMonitor) -> None:
-        delay = 1.0
+        """Run the monitor; restart it whenever it ends, whatever it raised.
+
+        Each run is a task of its own, so whatever user code does inside it (raise
+        CancelledError, cancel its own task) cannot reach this one: here a cancellation
+        only ever comes from stop(), and it ends the monitor.
+        """
+        name = monitor.comp.name
+        crashes: deque[float] = deque()
+        gave_up = False
+        # Restarting is probing again: the first restart comes within one probe period.
+        base = min(1.0, monitor.settings.probe_period)
+        restarted = False
         while True:
+            run = asyncio.create_task(_guarded(monitor.run(restarted)), name=f"monitor-run-{name}")
             try:
-                await monitor.run()
-                return
+                await asyncio.wait({run})
             except asyncio.CancelledError:
+                run.cancel()
+                # A run whose user code swallows its cancellation is left behind, not awaited.
+                await asyncio.wait({run}, timeout=1.0)
                 raise
-            except Exception as exc:
-                self.restarts += 1
-                tb = "".join(traceback.format_exception(exc))[-8000:]
-                log.error("monitor of %s crashed; restarting in %.0f s", monitor.comp.name, delay)
-                with contextlib.suppress(Exception):
-                    await self.event(
-                        "agent_restarted",
-                        f"monitor of {monitor.comp.name} crashed: {describe_error(exc)}",
-                        {"traceback": tb, "backoff_s": delay},
-                        component=monitor.comp.name,
+            if self.stopping:
+                return
+            if run.cancelled():
+                exc: BaseException = asyncio.CancelledError("the monitor's task was cancelled from within")
+            else:
+                exc = run.exception() or RuntimeError("the monitor returned")
+            restarted = True
+            now = time.monotonic()
+            crashes.append(now)
+            while crashes and crashes[0] < now - RESTART_WINDOW_S:
+                crashes.popleft()
+            if len(crashes) < MAX_RESTARTS:
+                gave_up = False
+            delay = min(base * 2 ** (len(crashes) - 1), _RESTART_DELAY_MAX_S)
+            self.restarts += 1
+            cause = exc.__cause__ if isinstance(exc, _MonitorExit) and exc.__cause__ is not None else exc
+            tb = "".join(traceback.format_exception(cause))[-8000:]
+            log.error("monitor of %s crashed (%s); restarting in %.1f s", name, describe_error(cause), delay)
+            with contextlib.suppress(Exception):
+                await self.event(
+                    "agent_restarted",
+                    f"monitor of {name} crashed: {describe_error(cause)}",
+                    {"traceback": tb, "backoff_s": delay, "crashes_in_window": len(crashes)},
+                    component=name,
+                )
+            if len(crashes) >= MAX_RESTARTS and not gave_up:
+                gave_up = True
+                if not await self._monitor_lost(monitor, len(crashes), cause):
+                    return  # abort: the night is ending
+            left = monitor.pause_left()
+            if left is not None:
+                if left <= 0:
+                    bound = f"max_pause {span(monitor.settings.max_pause)}"
+                    with contextlib.suppress(Exception):
+                        await self.event(
+                            "escalated",
+                            f"{name}: still not watched after a pause of {bound} → abort",
+                            {"mode": "abort", "monitor": True, "max_pause_s": monitor.settings.max_pause},
+                            component=name,
+                        )
+                    held = span(monitor.settings.max_pause - left)
+                    self.abort(
+                        f"{name} not watched for {held}: its monitor kept crashing "
+                        f"({describe_error(cause)}); cycles were held until {bound}"
                     )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                    return
+                delay = min(delay, left)
+            await asyncio.sleep(delay)
+
+    async def _monitor_lost(self, monitor: ComponentMonitor, crashes: int, exc: BaseException) -> bool:
+        """A monitor that keeps crashing escalates as its component is configured. With
+        'abort' the night ends (False); with 'pause' a critical component holds the gate,
+        bounded by max_pause, while the monitor is restarted less and less often (True)."""
+        name = monitor.comp.name
+        mode = monitor.settings.escalation
+        why = (
+            f"its monitor crashed {crashes} times within {span(RESTART_WINDOW_S)} "
+            f"({describe_error(exc)}): the component cannot be watched"
+        )
+        monitor._set_state("failed", why)
+        if monitor.incident is not None:
+            monitor.incident.escalated = True
+            with contextlib.suppress(Exception):
+                await self.write(
+                    ops.update_incident,
+                    monitor.incident.id,
+                    {"state": "escalated", "escalation": f"{mode}: {why}"},
+                )
+        with contextlib.suppress(Exception):
+            await self.event(
+                "escalated", f"{name}: {why} → {mode}", {"mode": mode, "monitor": True}, component=name
+            )
+        await self.notify(
+            {
+                "event": "escalated",
+                "component": name,
+                "fault_kind": monitor.incident.kind if monitor.incident else None,
+                "escalation": mode,
+                "reason": why,
+                "night_id": self.night_id,
+            }
+        )
+        if mode == "abort":
+            self.abort(f"aborted by escalation: {name}: {why}")
+            return False
+        if monitor.comp.critical:
+            # Unwatched, a critical component cannot be vouched for: hold the cycles, as a
+            # pause does, until a restarted monitor probes it healthy or max_pause ends it.
+            self.gate.close(name, f"{name}: its monitor keeps crashing")
+            if monitor.pause_since is None:
+                monitor.pause_since = time.monotonic()
+        return True
 
     async def _measure_lag(self, interval: float = 0.1) -> None:
         while True:

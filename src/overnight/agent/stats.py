@@ -46,7 +46,7 @@ def statistics(ledger: Ledger, night_id: str) -> dict[str, Any]:
             )
         ]
     verified = [r for r in repairs if r["verified"]]
-    acted = [r for r in repairs if r["result"] == "ok"]
+    acted = [r for r in repairs if r["result"] in ("done", "ok")]  # "ok": older ledgers
     by_component: dict[str, dict[str, int]] = defaultdict(lambda: {"repairs": 0, "verified": 0, "failed": 0})
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"incidents": 0, "repaired": 0})
     for r in repairs:

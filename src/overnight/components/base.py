@@ -50,6 +50,7 @@ COMMON_OPTIONS: frozenset[str] = frozenset(
         "success_threshold",
         "startup_grace",
         "escalation",
+        "max_pause",
         "fallback",
         "repairs",
         "max_repairs_per_hour",

@@ -470,6 +470,11 @@ class Orchestrator:
         else:
             status = "completed"
         reason = self._stop_reason or "all planned cycles ran"
+        # Cycles that did not run because the gate held them when the night ended: the
+        # report must never call such a night a clean pass.
+        held = dict(self.gate.reasons) if remaining > 0 and not self.gate.is_open else {}
+        if held and status != "aborted":
+            reason = f"{reason}; held at the gate: {'; '.join(held.values())}"
         fp_end = self.settings.fingerprint
         if fp_end != self.fingerprint:
             await self._event(
@@ -479,7 +484,9 @@ class Orchestrator:
             )
         await self.ledger.write(ops.finish_night, self.night_id, now, status, reason, fp_end)
         await self.ledger.write(ops.end_session, self.night_id, self._session, now, status)
-        await self._event("night_ended", f"{status}: {reason}", {"remaining_cycles": remaining})
+        await self._event(
+            "night_ended", f"{status}: {reason}", {"remaining_cycles": remaining, "held_at_gate": held}
+        )
         log.info("night %s %s: %s", self.night_id, status, reason)
         return NightOutcome(self.night_id, status, reason, self.night_path, self._signal)
 

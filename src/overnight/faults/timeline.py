@@ -189,7 +189,7 @@ def fault_timeline(conn: Connection, night_id: str) -> dict[str, Any]:
                 repairs=[
                     {
                         "strategy": r["strategy"],
-                        "result": r["result"],
+                        "result": "done" if r["result"] == "ok" else r["result"],  # "ok": older ledgers
                         "verified": bool(r["verified"]),
                         "duration_s": _r(r["duration_s"]),
                     }

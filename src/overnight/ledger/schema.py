@@ -206,7 +206,8 @@ repairs = Table(
     Column("strategy", String(64), nullable=False),
     Column("started_at", Float, nullable=False),
     Column("duration_s", Float),
-    # ok (the action ran) | failed | refused (by the guard) | skipped (bounds)
+    # done (the action ran to its end; ``verified`` says whether it restored the
+    # component; "ok" in older ledgers) | failed | refused (by the guard) | skipped (bounds)
     Column("result", String(16)),
     Column("verified", Boolean, nullable=False, default=False),
     Column("knobs_changed", Text),  # JSON {knob: [from, to]}

@@ -126,6 +126,10 @@ def _summary(w: Any, r: dict[str, Any]) -> None:
     w("|---|---:|")
     w(f"| Cycles planned | {r['planned_cycles']} |")
     w(f"| Cycles run | {r['cycles_run']} |")
+    held = r.get("held_at_gate") or {}
+    if held and r["cycles_not_run"]:
+        why = _esc("; ".join(held.values()))
+        w(f"| Cycles held at the gate when the night ended | {r['cycles_not_run']} ({why}) |")
     w(f"| {_ICON['passed']} Passed | {t.get('passed', 0)} |")
     w(f"| {_ICON['failed']} Failed (product) | {t.get('failed', 0)} |")
     w(f"| {_ICON['infra_error']} Infra errors repaired (cycles retried to a verdict) | {repaired} |")
@@ -157,7 +161,7 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
     for h in agent.get("system_health") or []:
         state = _HEALTH.get(h["state"], h["state"])
         n = h["repairs"]
-        repairs = f" ({_n(n, 'repair')} performed)" if n else ""
+        repairs = f" ({_n(n, 'repair')} performed, {h.get('repairs_verified', 0)} verified)" if n else ""
         probe = (
             f" — last probed {_time(h['last_probe_at'])} ({h['last_probe_trigger']}, "
             f"{_s(h['last_probe_latency_s'])}): {_esc(h['last_probe_detail'])}"
@@ -168,11 +172,30 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
     if not agent.get("system_health"):
         w("No components.")
     w("")
+    for b in agent.get("loop_blocked") or []:
+        w(
+            f"- ⚠️ The {b['what']} of **{b['component']}** blocked the event loop {_n(b['times'], 'time')}, "
+            f"up to {_s(b['longest_s'])} ({_s(b['total_s'])} in all; last at {_time(b['last_at'])}): "
+            "every cycle and probe froze meanwhile."
+        )
+    restarts = agent.get("restarts") or []
+    if restarts:
+        last = restarts[-1]
+        w(
+            f"- ⚠️ Monitors restarted after a crash: {len(restarts)} "
+            f"(last: {_esc(last['message'])} at {_time(last['at'])})."
+        )
+    lag = agent.get("loop_lag")
+    if lag:
+        w(f"- Event loop lag: p99 {_s(lag['p99_s'])}, max {_s(lag['max_s'])} over {lag['samples']} samples.")
+    if agent.get("loop_blocked") or restarts or lag:
+        w("")
     repairs = agent.get("repairs") or []
-    w(f"### Repairs Performed: {len(repairs)} total")
+    verified = sum(1 for rp in repairs if rp["verified"])
+    w(f"### Repairs Performed: {len(repairs)} total, {verified} verified")
     w("")
     for rp in repairs:
-        result = "verified ✅" if rp["verified"] else f"{rp['result']}, not verified"
+        result = f"{rp['result']}, verified ✅" if rp["verified"] else f"{rp['result']}, not verified"
         knobs = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in rp["knobs_changed"].items()) or "none"
         cycle = f"cycle {rp['cycle']}" if rp["cycle"] is not None else "between cycles"
         w(

@@ -70,10 +70,24 @@ def assemble_from(conn: Any, night: dict[str, Any]) -> dict[str, Any]:
     artifacts = queries.artifacts_of(conn, night_id)
     sessions = queries.sessions_of(conn, night_id)
     declared = queries.events_of(conn, night_id, kinds=("component_declared",))
-    report = _assemble(night, cycles, attempts, steps, artifacts, sessions)
+    ended = queries.events_of(conn, night_id, kinds=("night_ended",))
+    held = _held_at_gate(ended) if night["status"] != "running" else {}
+    report = _assemble(night, cycles, attempts, steps, artifacts, sessions, held)
     report["components"] = _components(declared)
     report["sandbox_components"] = [c["name"] for c in report["components"] if c["sandbox"]]
     return report
+
+
+def _held_at_gate(ended: list[dict[str, Any]]) -> dict[str, str]:
+    """What held the gate closed when the night last ended ({component: reason}); empty
+    when nothing did, or the night has not ended."""
+    import json
+
+    if not ended or not ended[-1]["data"]:
+        return {}
+    data = json.loads(ended[-1]["data"])
+    held = data.get("held_at_gate") if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in held.items()} if isinstance(held, dict) else {}
 
 
 def _components(declared: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -102,6 +116,7 @@ def _assemble(
     steps: list[dict[str, Any]],
     artifacts: list[dict[str, Any]],
     sessions: list[dict[str, Any]],
+    held_at_gate: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     night_path = Path(night["night_dir"]) / night["id"]
     by_cycle: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -216,6 +231,7 @@ def _assemble(
         "planned_cycles": night["planned_cycles"],
         "cycles_run": run,
         "cycles_not_run": night["planned_cycles"] - run,
+        "held_at_gate": dict(held_at_gate or {}),
         "totals": dict(totals),
         "success_rate": _round(totals["passed"] / run, 4) if run else None,
         "passed_with_fallback": sum(1 for c in done if c["verdict"] == "passed" and c["fallback"]),
@@ -248,7 +264,8 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     """One line for the night, and the exit code that goes with it.
 
     0 when the night ended, cycles ran and every one passed (and protected settings
-    held); 1 otherwise. A night that has not ended is never reported as passed.
+    held); 1 otherwise. A night that has not ended is never reported as passed, nor one
+    whose planned cycles did not run because the gate held them when it ended.
     """
     t = report["totals"]
     fp = report["protected_fingerprint"]
@@ -269,6 +286,11 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     tail = f"; {not_run} planned cycles did not run ({reason})" if not_run else ""
     if run == 0:
         return f"NO RESULT: no cycle finished{tail}", 1
+    if not bad and not_run and report.get("held_at_gate"):
+        # The cycles that ran passed, but the night could not test the rest: a critical
+        # dependency held them back (a pause, a monitor that could not watch it).
+        ran = "the only cycle that ran passed" if run == 1 else f"all {run} cycles that ran passed"
+        return f"INCOMPLETE: {_n(not_run, 'planned cycle')} did not run ({reason}); {ran}", 1
     if not bad:
         every = "the only cycle passed" if run == 1 else f"all {run} cycles passed"
         on_fallback = report.get("passed_with_fallback") or 0

@@ -76,7 +76,17 @@ def build_sections(conn: Connection, night: dict[str, Any], report: dict[str, An
     events = queries.events_of(
         conn,
         night_id,
-        kinds=("unmonitored", "component_state", "degradation_blocked", "metric", "usage", "night_started"),
+        kinds=(
+            "unmonitored",
+            "component_state",
+            "degradation_blocked",
+            "metric",
+            "usage",
+            "night_started",
+            "loop_blocked",
+            "loop_lag",
+            "agent_restarted",
+        ),
     )
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in events:
@@ -121,7 +131,11 @@ def _agent(
     for p in probes:
         last_probe[p["component"]] = p
         first_probe.setdefault(p["component"], p)
-    acted: Counter[str] = Counter(r["component"] for r in repairs if r["result"] == "ok")
+    # One definition of a repair, for every section that counts them: a row of the
+    # repairs table (an action the agent started, whatever its result); "verified" only
+    # when a healthy probe followed it.
+    performed: Counter[str] = Counter(r["component"] for r in repairs)
+    verified: Counter[str] = Counter(r["component"] for r in repairs if r["verified"])
     health = []
     for comp in report.get("components") or []:
         name = comp["name"]
@@ -142,7 +156,8 @@ def _agent(
                 "last_probe_trigger": p["trigger"] if p else None,
                 "last_probe_latency_s": _round(p["latency_s"]) if p else None,
                 "last_probe_detail": p["detail"] if p else None,
-                "repairs": acted.get(name, 0),
+                "repairs": performed.get(name, 0),
+                "repairs_verified": verified.get(name, 0),
             }
         )
     incident_by_id = {i["id"]: i for i in incidents}
@@ -176,7 +191,7 @@ def _agent(
                 "started_at": iso(r["started_at"]),
                 "strategy": r["strategy"],
                 "duration_s": _round(r["duration_s"]),
-                "result": r["result"],
+                "result": repair_result(r["result"]),
                 "verified": bool(r["verified"]),
                 "knobs_changed": _json(r["knobs_changed"]) or {},
                 "detail": r["detail"],
@@ -297,6 +312,12 @@ def _agent(
             "repairs": repair_rows,
             "repairs_total": len(repair_rows),
             "repairs_verified": sum(1 for r in repair_rows if r["verified"]),
+            "loop_blocked": _loop_blocked(events["loop_blocked"]),
+            "loop_lag": _loop_lag(events["loop_lag"]),
+            "restarts": [
+                {"at": iso(e["ts"]), "component": e["component"], "message": e["message"]}
+                for e in events["agent_restarted"]
+            ],
             "time_to_detect_s": _pct(ttd),
             "time_to_repair_s": _pct(ttr),
             "unmonitored": sorted(unmonitored),
@@ -306,6 +327,45 @@ def _agent(
         "degradation_prevented": prevented,
         "blocked_attempts": blocked,
         "health_timeline": timeline,
+    }
+
+
+def repair_result(result: str | None) -> str | None:
+    """A repair's result as the report says it. Older ledgers wrote "ok" for an
+    action that ran to its end, verified or not; that is "done" (``verified`` says more)."""
+    return "done" if result == "ok" else result
+
+
+def _loop_blocked(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Probes and repairs that held the event loop (froze every cycle meanwhile), by
+    component and what ran: how often, the longest stretch, the last time."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in events:
+        data = _json(e["data"]) or {}
+        by = data.get("by") or "probe"
+        what = f"{by} {data['strategy']}" if data.get("strategy") else by
+        row = groups.setdefault(
+            (e["component"] or "-", what),
+            {"component": e["component"], "what": what, "times": 0, "longest_s": 0.0, "total_s": 0.0},
+        )
+        row["times"] += 1
+        row["longest_s"] = max(row["longest_s"], float(data.get("longest_s") or 0.0))
+        row["total_s"] = _round(row["total_s"] + float(data.get("held_s") or 0.0))
+        row["last_at"] = iso(e["ts"])
+    return sorted(groups.values(), key=lambda r: -r["longest_s"])
+
+
+def _loop_lag(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The event loop's lag over the night (the agent samples it every 0.1 s): the worst
+    of its sessions."""
+    rows = [_json(e["data"]) or {} for e in events]
+    rows = [r for r in rows if isinstance(r.get("max_s"), int | float)]
+    if not rows:
+        return None
+    return {
+        "p99_s": _round(max(float(r.get("p99_s") or 0.0) for r in rows)),
+        "max_s": _round(max(float(r["max_s"]) for r in rows)),
+        "samples": sum(int(r.get("samples") or 0) for r in rows),
     }
 
 
@@ -554,6 +614,25 @@ def _recommendations(
                     + (f": {i['escalation']}" if i["escalation"] else ""),
                 }
             )
+    for b in sections["agent"]["loop_blocked"]:
+        out.append(
+            {
+                "text": f"{b['component']}: its {b['what']} blocked the event loop {b['times']} time(s), "
+                f"up to {b['longest_s']:.2f} s, freezing every cycle meanwhile → make it non-blocking "
+                "(an async client, or asyncio.to_thread around the blocking call)",
+                "evidence": f"loop_blocked events of {b['component']}, the last at {b['last_at']}",
+            }
+        )
+    crashed = Counter(r["component"] for r in sections["agent"]["restarts"])
+    for component, n in sorted(crashed.items()):
+        last = [r for r in sections["agent"]["restarts"] if r["component"] == component][-1]
+        out.append(
+            {
+                "text": f"the repair agent's monitor of {component} crashed {n} time(s) and was restarted "
+                "→ fix the probe or repair strategy that raised",
+                "evidence": f"agent_restarted at {last['at']}: {last['message']}",
+            }
+        )
     for h in sections["agent"]["system_health"]:
         if h["state"] == "unhealthy":
             out.append(
