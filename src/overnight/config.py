@@ -155,6 +155,31 @@ class AgentConfig(ConfigModel):
         return value
 
 
+# The [agent] keys a component may set for itself; checked by AgentConfig, same bounds.
+AGENT_KEYS_PER_COMPONENT: tuple[str, ...] = (
+    "probe_period",
+    "probe_timeout",
+    "failure_threshold",
+    "success_threshold",
+    "startup_grace",
+    "cooldown",
+    "max_repairs_per_hour",
+    "escalation",
+    "max_pause",
+)
+
+
+def agent_settings_for(defaults: AgentConfig, options: Mapping[str, Any], where: str) -> AgentConfig:
+    """``[agent]`` with a component's own keys over it, validated as one model, so
+    ``success_threshold = -1`` is refused under a component exactly as under [agent]."""
+    overrides = {k: options[k] for k in AGENT_KEYS_PER_COMPONENT if k in options}
+    try:
+        return AgentConfig.model_validate({**defaults.model_dump(), **overrides})
+    except ValidationError as exc:
+        key, what = describe_validation_error(exc, f"{where}.")
+        raise ConfigError(f"{key}: {what}") from None
+
+
 class FaultsConfig(ConfigModel):
     """What fault injection (``--faults``, ``--inject``) may touch besides loopback."""
 

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import tenacity
-from pydantic import ValidationError
 
 from ..components import Component, KnobRefused, ProbeResult, describe_error
-from ..config import AgentConfig
+from ..config import AgentConfig, agent_settings_for
 from ..errors import ConfigError, ProtectedSettingError
 from ..ledger import Ledger, ops
 from ..redaction import redact
@@ -46,17 +45,6 @@ from .strategies import RepairContext, RepairFailed, Strategy
 log = logging.getLogger("overnight.agent")
 
 STATES = ("healthy", "suspect", "unhealthy", "repairing", "fallback", "failed")
-_SETTING_KEYS = (
-    "probe_period",
-    "probe_timeout",
-    "failure_threshold",
-    "success_threshold",
-    "startup_grace",
-    "cooldown",
-    "max_repairs_per_hour",
-    "escalation",
-    "max_pause",
-)
 # A monitor that crashed this many times within the window has a deterministic bug (each
 # restart probes the same component the same way, after 1, 2, 4, 8 × the base delay):
 # restarting it again only leaves the component unwatched, so it escalates instead. Five
@@ -88,45 +76,27 @@ class MonitorSettings:
     def for_component(cls, comp: Component, defaults: AgentConfig) -> MonitorSettings:
         opts = comp.spec.options
         where = f"components.{comp.name}"
-        values: dict[str, Any] = {
-            k: getattr(defaults, k) for k in cls.__dataclass_fields__ if hasattr(defaults, k)
-        }
-        for key in _SETTING_KEYS:
-            if key in opts:
-                values[key] = opts[key]
-        try:
-            settings = cls(
-                probe_period=float(values["probe_period"]),
-                probe_timeout=float(values["probe_timeout"]),
-                failure_threshold=int(values["failure_threshold"]),
-                success_threshold=int(values["success_threshold"]),
-                startup_grace=float(values["startup_grace"]),
-                cooldown=float(values["cooldown"]),
-                max_backoff=float(values["max_backoff"]),
-                max_repairs_per_hour=int(values["max_repairs_per_hour"]),
-                flap_threshold=int(values["flap_threshold"]),
-                flap_window=float(values["flap_window"]),
-                repair_timeout=float(values["repair_timeout"]),
-                escalation=str(values["escalation"]),
-                max_pause=float(values["max_pause"]),
-                fallback=opts.get("fallback"),
-                repairs=parse_repairs(opts.get("repairs"), f"{where}.repairs"),
-            )
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: probe or repair setting: {exc}") from None
-        if settings.escalation not in ("pause", "abort"):
-            raise ConfigError(f"{where}.escalation: expected 'pause' or 'abort'")
-        if settings.fallback is not None and settings.fallback != "cache":
+        cfg = agent_settings_for(defaults, opts, where)
+        fallback = opts.get("fallback")
+        if fallback is not None and fallback != "cache":
             raise ConfigError(f"{where}.fallback: the only declared fallback kind is 'cache'")
-        if settings.probe_period <= 0 or settings.probe_timeout <= 0:
-            raise ConfigError(f"{where}: probe_period and probe_timeout must be > 0")
-        if "max_pause" in opts:
-            # The same bounds as [agent] max_pause, from the one place they are declared.
-            try:
-                AgentConfig.model_validate({"max_pause": opts["max_pause"]})
-            except ValidationError as exc:
-                raise ConfigError(f"{where}.max_pause: {exc.errors()[0]['msg']}") from None
-        return settings
+        return cls(
+            probe_period=cfg.probe_period,
+            probe_timeout=cfg.probe_timeout,
+            failure_threshold=cfg.failure_threshold,
+            success_threshold=cfg.success_threshold,
+            startup_grace=cfg.startup_grace,
+            cooldown=cfg.cooldown,
+            max_backoff=cfg.max_backoff,
+            max_repairs_per_hour=cfg.max_repairs_per_hour,
+            flap_threshold=cfg.flap_threshold,
+            flap_window=cfg.flap_window,
+            repair_timeout=cfg.repair_timeout,
+            escalation=cfg.escalation,
+            max_pause=cfg.max_pause,
+            fallback=fallback,
+            repairs=parse_repairs(opts.get("repairs"), f"{where}.repairs"),
+        )
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from ..config import ConfigModel, describe_validation_error
+from ..config import AGENT_KEYS_PER_COMPONENT, ConfigModel, describe_validation_error
 from ..errors import ConfigError, InfraError, OvernightError
 from ..redaction import redact
 from ..runtime import NullRecorder, Recorder, current_call
@@ -42,22 +42,7 @@ FAULT_KINDS: tuple[str, ...] = (
 
 
 # Options every component accepts; they configure the repair agent, not the client.
-COMMON_OPTIONS: frozenset[str] = frozenset(
-    {
-        "probe_period",
-        "probe_timeout",
-        "failure_threshold",
-        "success_threshold",
-        "startup_grace",
-        "escalation",
-        "max_pause",
-        "fallback",
-        "repairs",
-        "max_repairs_per_hour",
-        "cooldown",
-        "fault_proxy",
-    }
-)
+COMMON_OPTIONS: frozenset[str] = frozenset({*AGENT_KEYS_PER_COMPONENT, "fallback", "repairs", "fault_proxy"})
 
 
 # A string option that must say something (a URL, a path, a name).
