@@ -664,7 +664,8 @@ class ComponentMonitor:
 
 class _MonitorExit(Exception):
     """A BaseException raised inside a monitor by code that was not asked to stop (a
-    stray CancelledError; SystemExit, which asyncio would let out of the loop): carried
+    stray CancelledError; SystemExit or KeyboardInterrupt, which asyncio would let out of
+    the loop): carried
     out as a crash of that monitor, with its traceback, never the night's end."""
 
 
@@ -676,7 +677,8 @@ async def _guarded(run: Any) -> None:
         if task is not None and task.cancelling():
             raise  # a real request to cancel this run: the supervisor decides what it means
         raise _MonitorExit(describe_error(exc)) from exc
-    except (SystemExit, GeneratorExit) as exc:
+    except (SystemExit, GeneratorExit, KeyboardInterrupt) as exc:
+        # Our own Ctrl-C arrives through the loop's signal handler, never as this.
         raise _MonitorExit(describe_error(exc)) from exc
 
 
