@@ -57,8 +57,8 @@ async def cycle(ctx):
 
 EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130, signal.SIGKILL: -signal.SIGKILL}
 GRACEFUL_BOUND_S = 10.0
-TRIALS_SQLITE = int(os.environ.get("OVERNIGHT_RESILIENCE_TRIALS", "20"))
-TRIALS_PG = int(os.environ.get("OVERNIGHT_RESILIENCE_TRIALS_PG", "5"))
+TRIALS_SQLITE = int(os.environ.get("OVERNIGHT_RESILIENCE_TRIALS", "8"))
+TRIALS_PG = int(os.environ.get("OVERNIGHT_RESILIENCE_TRIALS_PG", "3"))
 
 
 def run_chain(
