@@ -8,10 +8,13 @@ command line's flags, fault specs) and require the same answer every time.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -298,3 +301,33 @@ def test_any_flag_through_the_real_cli(tmp_path: Path, flag: str, value: str) ->
     if res.returncode == 0:
         with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
             assert conn.execute("SELECT status FROM nights").fetchall() == [("completed",)]
+
+
+def test_the_largest_plan_starts_at_once_in_constant_memory(tmp_path: Path) -> None:
+    """2,147,483,647 planned cycles (the bound) and a bound of about a second: the night
+    starts at once, runs until its time bound, and never holds the plan in memory (a
+    queue of every cycle number took 4 GB for 10^8 cycles)."""
+    import psutil
+
+    proj = make_project(tmp_path / "p", NOOP, "[agent]\nenabled = false\n", name="s")
+    log = tmp_path / "night.log"
+    with open(log, "w") as sink:  # a file, not a pipe: nothing blocks however much it logs
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "overnight", "run", "--cycles", str(MAX_CYCLES), "--max-hours", "0.0003"],
+            cwd=proj,
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=sink,
+        )
+    watched = psutil.Process(proc.pid)
+    peak = 0
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error):
+            peak = max(peak, watched.memory_info().rss)
+        time.sleep(0.02)  # sampling the memory, not synchronising
+    proc.wait(timeout=60)
+    err = log.read_text()
+    assert proc.returncode == 0, err[-2000:]
+    assert "planned cycles did not run (time bound reached" in err, err[-1000:]
+    assert peak < 300 * 1024 * 1024, f"peak RSS {peak / 2**20:.0f} MiB"
