@@ -240,3 +240,26 @@ def test_a_full_disk_ends_the_night_with_exit_3_and_resume_completes_it(
     assert [s for _i, s in nights] == ["completed"]
     assert [c for c, _s, _v in cycles] == list(range(1, 61)) and all(v == "passed" for _c, _s, v in cycles)
     assert {c: v for c, _s, v in cycles if c in done_before} == done_before
+
+
+@pytest.mark.postgres
+def test_two_first_runs_at_once_on_a_fresh_postgresql_ledger(
+    tmp_path: Path, pg_url: str, spawned: list
+) -> None:
+    """Both create the schema of one empty PostgreSQL database at once (it used to fail
+    the second with 'table meta already exists'): the schema is made once, both run."""
+    proj = make_project(tmp_path / "p", "async def cycle(ctx):\n    pass\n", "[agent]\nenabled = false\n")
+    pair = [
+        subprocess.Popen(
+            [sys.executable, "-m", "overnight", "run", "--cycles", "3", "--ledger", pg_url],
+            cwd=proj,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    spawned.extend(pair)
+    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in pair]
+    assert [rc for rc, _ in results] == [0, 0], results
