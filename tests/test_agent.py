@@ -6,8 +6,6 @@ verdict changes."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +20,7 @@ from overnight.ledger import Ledger, queries
 from overnight.ledger import schema as s
 from overnight.sandbox import shared_sandbox
 
+from .conftest import PgCluster
 from .helpers import attempts_by_cycle, restore_sandbox, run_night
 
 FAST_AGENT = """
@@ -272,25 +271,17 @@ async def test_closed_vector_store_is_reopened_and_a_degrading_playbook_is_block
     )  # one incident repaired without the shortcut + one blocked write
 
 
-def _pg_cluster() -> tuple[str, str]:
-    out = subprocess.run(["pg_lsclusters", "--no-header"], capture_output=True, text=True, check=True).stdout
-    ver, name = out.split()[:2]
-    return ver, name
-
-
-async def test_postgres_stopped_mid_night_is_restarted_and_verified(tmp_path: Path, pg_url: str) -> None:
-    if shutil.which("pg_ctlcluster") is None:
-        pytest.skip("pg_ctlcluster is not installed")
-    ver, name = _pg_cluster()
+async def test_postgres_stopped_mid_night_is_restarted_and_verified(
+    tmp_path: Path, pg_cluster: PgCluster, pg_cluster_url: str
+) -> None:
+    # The session's throwaway cluster: the only server a test may stop.
     code = f"""
     import asyncio, subprocess
 
     async def cycle(ctx):
         db = ctx.components["db"]
         if ctx.cycle == 2 and ctx.attempt == 1:
-            await asyncio.to_thread(
-                subprocess.run, ["pg_ctlcluster", "{ver}", "{name}", "stop", "-m", "fast"], check=True
-            )
+            await asyncio.to_thread(subprocess.run, {pg_cluster.command("stop -m fast")!r}, shell=True, check=True)
         async with ctx.step("store"):
             await db.execute("CREATE TABLE IF NOT EXISTS t (night TEXT, cycle INT, PRIMARY KEY (night, cycle))")
             await db.execute(
@@ -299,13 +290,13 @@ async def test_postgres_stopped_mid_night_is_restarted_and_verified(tmp_path: Pa
             )
     """
     config = FAST_AGENT + (
-        f'[components.db]\ntype = "database"\nurl = "{pg_url}"\n'
-        f'restart_command = "pg_ctlcluster {ver} {name} start"\nconnect_timeout = 3\n'
+        f'[components.db]\ntype = "database"\nurl = "{pg_cluster_url}"\n'
+        f'restart_command = "{pg_cluster.command("start")}"\nconnect_timeout = 3\n'
     )
     try:
         outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
     finally:
-        subprocess.run(["pg_ctlcluster", ver, name, "start"], capture_output=True)
+        pg_cluster.ctl("start")  # a no-op when the agent restarted it; later tests need it up
     try:
         atts = attempts_by_cycle(ledger, outcome.night_id)
         incidents = _rows(ledger, s.incidents, outcome.night_id)

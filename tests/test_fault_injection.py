@@ -29,7 +29,7 @@ from overnight.ledger import Ledger, ops, queries
 from overnight.report import write_reports
 from overnight.sandbox import shared_sandbox
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, PgCluster, run_cli
 from .helpers import attempts_by_cycle, make_plan, restore_sandbox
 
 EXAMPLE = REPO / "examples" / "grant_pipeline"
@@ -222,19 +222,28 @@ async def test_example_incidents_are_detected_diagnosed_repaired_and_verified(
     assert box.switches["search"].blackhole is False and box.switches["gigachat"].quota_per_day is None
 
 
-async def test_postgres_stopped_revoked_and_proxied_faults(tmp_path: Path, pg_url: str) -> None:
+async def test_postgres_stopped_revoked_and_proxied_faults(
+    tmp_path: Path, pg_cluster: PgCluster, pg_cluster_url: str
+) -> None:
     """PostgreSQL stopped (restarted by the agent's restart_command, then the fault ends as
-    repaired) and connect revoked for a while (recovered when it is restored)."""
+    repaired) and connect revoked for a while (recovered when it is restored). The server
+    stopped is the session's throwaway cluster, never one the tests did not create."""
+    pg_url = pg_cluster_url
     reference = await _reference_verdicts(tmp_path, pg_url)
-    cluster = "pg_ctlcluster 15 main"
-    db = f'restart_command = "{cluster} start"\n'
+    db = f'restart_command = "{pg_cluster.command("start")}"\n'
     extra = "\n[faults]\nallow_service_control = true\n"
     faults = [
         f"db:unavailable@cycle=2,method=stop,until=repaired,max_duration=60s,"
-        f"stop_command={cluster} stop -m fast,start_command={cluster} status || {cluster} start",
+        f"stop_command={pg_cluster.command('stop -m fast')},"
+        f"start_command={pg_cluster.command('status')} || {pg_cluster.command('start')}",
         "db:unavailable@cycle=4,method=revoke,duration=1.5s",
     ]
-    outcome, report, ledger, timeline = await _night(tmp_path, _config(pg_url, db=db, extra=extra), faults)
+    try:
+        outcome, report, ledger, timeline = await _night(
+            tmp_path, _config(pg_url, db=db, extra=extra), faults
+        )
+    finally:
+        pg_cluster.ctl("start")  # a no-op when the fault was undone; later tests need it up
     try:
         rows = _by_fault(timeline)
         stop, revoke = rows["db:unavailable#1"], rows["db:unavailable#2"]
