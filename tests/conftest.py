@@ -15,11 +15,13 @@ import os
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -174,10 +176,21 @@ def pg_cluster() -> Iterator[PgCluster]:
     if reason is not None:
         _no_postgres(reason)
     throwaway = _ThrowawayCluster()
+    # SIGTERM (a CI job cancelled, a terminal closed) would end the process without
+    # finalizers or atexit; as an interrupt it ends the session through its teardown.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield throwaway.create()
     finally:
+        if signal.getsignal(signal.SIGTERM) is _interrupt:
+            signal.signal(signal.SIGTERM, previous)
         throwaway.drop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @pytest.fixture(scope="session")
