@@ -1,91 +1,233 @@
 """Shared fixtures: real ledgers (SQLite files, PostgreSQL databases) and scenario folders.
 
-PostgreSQL: the fixture starts the local cluster with the Debian cluster tools if it is
-down, creates a test role once, and gives each test its own database. Set
-OVERNIGHT_TEST_PG_URL to use another server instead (a superuser URL).
+PostgreSQL: the session makes its own throwaway cluster with Debian's cluster tools
+(``pg_createcluster`` on a free loopback port, password auth), and drops it at the end; no
+test ever starts, stops or changes a cluster it did not create. Each test gets a database
+of its own. OVERNIGHT_TEST_PG_URL (a superuser URL of an existing server) is used instead
+for the tests that leave the server running; a test that stops or restarts a server always
+gets the throwaway cluster (``pg_cluster``, ``pg_cluster_url``).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import secrets
+import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
-import time
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 PG_ROLE = "overnight_test"
-PG_PASSWORD = "overnight-test-pw"
 REPO = Path(__file__).resolve().parent.parent
+_PG_BIN_ROOT = Path("/usr/lib/postgresql")
+_CLUSTER_TOOLS = ("pg_createcluster", "pg_ctlcluster", "pg_dropcluster", "psql")
 
 
 def _run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)  # type: ignore[call-overload]
 
 
-def _local_cluster() -> tuple[str, str, int, str] | None:
-    if not shutil.which("pg_lsclusters"):
-        return None
-    out = _run(["pg_lsclusters", "--no-header"]).stdout.strip().splitlines()
-    if not out:
-        return None
-    ver, name, port, status = out[0].split()[:4]
-    return ver, name, int(port), status
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def _as_postgres(sql: str) -> None:
-    res = _run(["su", "postgres", "-c", f"psql -v ON_ERROR_STOP=1 -qc {_shq(sql)}"])
-    if res.returncode != 0:
-        raise RuntimeError(f"psql failed: {res.stderr.strip()}")
+def _server_version() -> str | None:
+    """The newest installed PostgreSQL server (what ``pg_virtualenv`` picks too)."""
+    found = [p.parent.parent.name for p in _PG_BIN_ROOT.glob("*/bin/pg_ctl")]
+    keyed = [(tuple(int(x) for x in v.split(".")), v) for v in found if v.replace(".", "").isdigit()]
+    return max(keyed)[1] if keyed else None
 
 
-def _shq(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
+def cluster_tools_missing() -> str | None:
+    """Why this machine cannot make a throwaway cluster, or None if it can."""
+    missing = [tool for tool in _CLUSTER_TOOLS if shutil.which(tool) is None]
+    if missing:
+        return f"PostgreSQL's cluster tools are not installed ({', '.join(missing)} not found)"
+    if _server_version() is None:
+        return f"no PostgreSQL server is installed (no {_PG_BIN_ROOT}/*/bin/pg_ctl)"
+    return None
+
+
+@dataclass
+class PgCluster:
+    """A PostgreSQL cluster this test session created, and the only one it may stop or start."""
+
+    version: str
+    name: str
+    port: int
+    admin_url: str = field(repr=False)
+    # Extra environment the cluster tools need: as a non-root user the cluster lives in a
+    # private config root (as pg_virtualenv does it), which every command must name.
+    env: dict[str, str] = field(default_factory=dict)
+
+    def command(self, action: str) -> str:
+        """A shell command that runs ``pg_ctlcluster ... ACTION`` on this cluster only."""
+        prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in self.env.items())
+        return f"{prefix}pg_ctlcluster {self.version} {self.name} {action}"
+
+    def ctl(self, action: str) -> subprocess.CompletedProcess[str]:
+        return _run(
+            ["pg_ctlcluster", self.version, self.name, action], env={**os.environ, **self.env}, cwd="/"
+        )
+
+
+class _ThrowawayCluster:
+    """Creates a cluster on a free port, and drops it once: at session end, or at exit if
+    the session dies before its finalizers run."""
+
+    def __init__(self) -> None:
+        version = _server_version()
+        assert version is not None
+        self.version = version
+        self.name = f"ovt_{os.getpid()}_{secrets.token_hex(3)}"
+        self.root = os.geteuid() == 0
+        self.work: Path | None = None
+        self.env: dict[str, str] = {}
+        self.created = False
+
+    def _tool(self, cmd: list[str], what: str, stdin: str | None = None) -> None:
+        res = _run(cmd, env={**os.environ, **self.env}, cwd="/", input=stdin)
+        if res.returncode != 0:
+            raise RuntimeError(f"{what} failed for cluster {self.version}/{self.name}: {res.stderr.strip()}")
+
+    def create(self) -> PgCluster:
+        port = _free_port()
+        extra: list[str] = []
+        if not self.root:
+            self.work = Path(tempfile.mkdtemp(prefix="ovt-pg-"))
+            self.env = {"PG_CLUSTER_CONF_ROOT": str(self.work / "etc")}
+            extra = ["-d", str(self.work / "data"), "-l", str(self.work / "server.log")]
+            extra += ["-s", str(self.work / "socket")]
+        initdb = ["--auth-local=peer", "--auth-host=scram-sha-256", "--nosync"]
+        # Marked created first: a pg_createcluster that fails half-way is dropped as well.
+        self.created = True
+        atexit.register(self._drop_at_exit)
+        self._tool(
+            ["pg_createcluster", "--quiet", "-p", str(port), *extra, self.version, self.name, "--", *initdb],
+            "pg_createcluster",
+        )
+        conf_root = Path(self.env.get("PG_CLUSTER_CONF_ROOT", "/etc/postgresql"))
+        # Appended to the cluster's own postgresql.conf (pg_dropcluster removes it; a file in
+        # conf.d would be left behind). The last setting wins.
+        with open(conf_root / self.version / self.name / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\n# overnight's test session: loopback only; no fsync (a throwaway cluster)\n"
+                "listen_addresses = '127.0.0.1'\nfsync = off\n"
+            )
+        self._tool(["pg_ctlcluster", self.version, self.name, "start"], "pg_ctlcluster start")
+        password = secrets.token_hex(16)
+        # The SQL goes through stdin, so the password is never in a process's arguments.
+        sql = f"CREATE ROLE {PG_ROLE} LOGIN SUPERUSER PASSWORD '{password}';"
+        psql = f"psql -X -q -v ON_ERROR_STOP=1 -p {port} -d postgres"
+        if self.root:  # the cluster's owner is postgres, who is peer-authenticated on the socket
+            self._tool(["su", "postgres", "-c", psql], "creating the test role", stdin=sql)
+        else:
+            assert self.work is not None
+            socket_dir = str(self.work / "socket")
+            self._tool([*shlex.split(psql), "-h", socket_dir], "creating the test role", stdin=sql)
+        url = f"postgresql://{PG_ROLE}:{password}@127.0.0.1:{port}/postgres"
+        return PgCluster(self.version, self.name, port, url, dict(self.env))
+
+    def drop(self) -> None:
+        try:
+            if self.created:
+                self.created = False
+                self._tool(["pg_dropcluster", "--stop", self.version, self.name], "pg_dropcluster")
+        finally:
+            atexit.unregister(self._drop_at_exit)
+            if self.work is not None:
+                shutil.rmtree(self.work, ignore_errors=True)
+                self.work = None
+
+    def _drop_at_exit(self) -> None:
+        try:
+            self.drop()
+        except Exception as exc:  # at exit there is no test to fail: say what was left behind
+            print(f"overnight tests: {exc}", file=sys.stderr)
+
+
+def _no_postgres(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must have PostgreSQL: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url() -> str:
-    """A superuser URL of a running PostgreSQL (started here if it was down)."""
+def pg_cluster() -> Iterator[PgCluster]:
+    """This session's own PostgreSQL cluster, made on first use and dropped at the end."""
+    reason = cluster_tools_missing()
+    if reason is not None:
+        _no_postgres(reason)
+    throwaway = _ThrowawayCluster()
+    # SIGTERM (a CI job cancelled, a terminal closed) would end the process without
+    # finalizers or atexit; as an interrupt it ends the session through its teardown.
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield throwaway.create()
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _interrupt:
+            signal.signal(signal.SIGTERM, previous)
+        throwaway.drop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(request: pytest.FixtureRequest) -> str:
+    """A superuser URL: OVERNIGHT_TEST_PG_URL if set, else this session's throwaway cluster."""
     url = os.environ.get("OVERNIGHT_TEST_PG_URL")
     if url:
         return url
-    cluster = _local_cluster()
-    if cluster is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have PostgreSQL: no local cluster found (pg_lsclusters)")
-        pytest.skip("PostgreSQL is not installed here (no pg_lsclusters / cluster)")
-    ver, name, port, status = cluster
-    if status != "online":
-        res = _run(["pg_ctlcluster", ver, name, "start"])
-        if res.returncode != 0:
-            raise RuntimeError(f"could not start PostgreSQL {ver}/{name}: {res.stderr.strip()}")
-    for _ in range(100):
-        if _run(["pg_isready", "-h", "127.0.0.1", "-p", str(port)]).returncode == 0:
-            break
-        time.sleep(0.1)
-    _as_postgres(
-        f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{PG_ROLE}') THEN "
-        f"CREATE ROLE {PG_ROLE} LOGIN SUPERUSER PASSWORD '{PG_PASSWORD}'; END IF; END$$;"
-    )
-    return f"postgresql://{PG_ROLE}:{PG_PASSWORD}@127.0.0.1:{port}/postgres"
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    return cluster.admin_url
+
+
+@contextmanager
+def _fresh_database(admin_url: str) -> Iterator[str]:
+    db = f"ovt_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db}"')
+    try:
+        yield make_url(admin_url).set(database=db).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 @pytest.fixture
 def pg_url(pg_admin_url: str) -> Iterator[str]:
     """A fresh, empty database for one test; dropped afterwards."""
-    db = f"ovt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    base = pg_admin_url.rsplit("/", 1)[0]
-    yield f"{base}/{db}"
-    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    with _fresh_database(pg_admin_url) as url:
+        yield url
+
+
+@pytest.fixture
+def pg_cluster_url(pg_cluster: PgCluster) -> Iterator[str]:
+    """A fresh database on the throwaway cluster, for a test that stops or restarts its
+    server (never on OVERNIGHT_TEST_PG_URL's server). The server is running again after."""
+    with _fresh_database(pg_cluster.admin_url) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,12 +25,13 @@ import pytest
 from overnight.config import load_config
 from overnight.engine.orchestrator import Orchestrator
 from overnight.engine.progress import LogProgress
+from overnight.errors import ConfigError
 from overnight.faults import collect, fault_timeline
 from overnight.ledger import Ledger, ops, queries
 from overnight.report import write_reports
 from overnight.sandbox import shared_sandbox
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, PgCluster, run_cli
 from .helpers import attempts_by_cycle, make_plan, restore_sandbox
 
 EXAMPLE = REPO / "examples" / "grant_pipeline"
@@ -222,19 +224,28 @@ async def test_example_incidents_are_detected_diagnosed_repaired_and_verified(
     assert box.switches["search"].blackhole is False and box.switches["gigachat"].quota_per_day is None
 
 
-async def test_postgres_stopped_revoked_and_proxied_faults(tmp_path: Path, pg_url: str) -> None:
+async def test_postgres_stopped_revoked_and_proxied_faults(
+    tmp_path: Path, pg_cluster: PgCluster, pg_cluster_url: str
+) -> None:
     """PostgreSQL stopped (restarted by the agent's restart_command, then the fault ends as
-    repaired) and connect revoked for a while (recovered when it is restored)."""
+    repaired) and connect revoked for a while (recovered when it is restored). The server
+    stopped is the session's throwaway cluster, never one the tests did not create."""
+    pg_url = pg_cluster_url
     reference = await _reference_verdicts(tmp_path, pg_url)
-    cluster = "pg_ctlcluster 15 main"
-    db = f'restart_command = "{cluster} start"\n'
+    db = f'restart_command = "{pg_cluster.command("start")}"\n'
     extra = "\n[faults]\nallow_service_control = true\n"
     faults = [
         f"db:unavailable@cycle=2,method=stop,until=repaired,max_duration=60s,"
-        f"stop_command={cluster} stop -m fast,start_command={cluster} status || {cluster} start",
+        f"stop_command={pg_cluster.command('stop -m fast')},"
+        f"start_command={pg_cluster.command('status')} || {pg_cluster.command('start')}",
         "db:unavailable@cycle=4,method=revoke,duration=1.5s",
     ]
-    outcome, report, ledger, timeline = await _night(tmp_path, _config(pg_url, db=db, extra=extra), faults)
+    try:
+        outcome, report, ledger, timeline = await _night(
+            tmp_path, _config(pg_url, db=db, extra=extra), faults
+        )
+    finally:
+        pg_cluster.ctl("start")  # a no-op when the fault was undone; later tests need it up
     try:
         rows = _by_fault(timeline)
         stop, revoke = rows["db:unavailable#1"], rows["db:unavailable#2"]
@@ -561,3 +572,105 @@ def test_a_fault_nobody_saw_is_not_credited_with_the_next_ones_incident(tmp_path
         (1, False, None),
         (2, True, 1.2),
     ]
+
+
+def _check_target(url: str, spec: str = "db:connection_lost@cycle=1", **settings: Any) -> dict[str, str]:
+    """check() alone: where would this component's client connect, and is a fault allowed there."""
+    from overnight.components import ComponentSpec
+    from overnight.components.database import DatabaseComponent
+    from overnight.faults.injectors import FaultsSettings, check
+
+    comp = DatabaseComponent(ComponentSpec("db", {"url": url}, Path("/nonexistent")))
+    return check(collect([], [spec]), {"db": comp}, FaultsSettings(**settings))
+
+
+@pytest.fixture
+def no_libpq_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("PGHOST", "PGHOSTADDR", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "away"),
+    [
+        # libpq takes the host from the query: urlsplit saw no host and assumed loopback.
+        ("postgresql://u:p@/db?host=10.9.9.9", {}, "10.9.9.9"),
+        ("postgresql://u:p@localhost/db?host=10.9.9.9", {}, "10.9.9.9"),
+        # Every host of a list is tried; one away is enough to refuse.
+        ("postgresql://u:p@/db?host=127.0.0.1,10.9.9.9", {}, "10.9.9.9"),
+        ("postgresql://u:p@/db?host=127.0.0.1:5432&host=10.9.9.9:5433", {}, "10.9.9.9"),
+        # hostaddr is what libpq connects to; the host name then only serves auth and TLS.
+        ("postgresql://u:p@localhost/db?hostaddr=10.9.9.9", {}, "10.9.9.9"),
+        ("postgresql://u:p@127.0.0.1:5432/db?hostaddr=10.9.9.9", {}, "10.9.9.9"),
+        # With no host in the url, libpq takes PGHOST / PGHOSTADDR from the environment.
+        ("postgresql://u:p@/db", {"PGHOST": "10.9.9.9"}, "10.9.9.9"),
+        ("postgresql://u:p@localhost/db", {"PGHOSTADDR": "10.9.9.9"}, "10.9.9.9"),
+        ("postgresql://u:p@/db", {"PGHOST": "/tmp,10.9.9.9"}, "10.9.9.9"),
+    ],
+)
+def test_fault_targets_are_where_libpq_connects(
+    no_libpq_env: pytest.MonkeyPatch, url: str, env: dict[str, str], away: str
+) -> None:
+    for name, value in env.items():
+        no_libpq_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=re.escape(f"db talks to {away}: faults stay on loopback")):
+        _check_target(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:p@/db?host=/var/run/postgresql",  # a Unix socket: this machine
+        "postgresql://u:p@/db",  # libpq's default socket
+        "postgresql://u:p@[::1]:5432/db",
+        "postgresql://u:p@localhost/db?hostaddr=127.0.0.1",
+        "postgresql://u:p@/db?host=/tmp,127.0.0.1",
+    ],
+)
+def test_local_postgres_targets_are_accepted(no_libpq_env: pytest.MonkeyPatch, url: str) -> None:
+    assert _check_target(url) == {"db:connection_lost#1": "postgresql"}
+
+
+def test_allowed_hosts_count_for_the_address_libpq_uses(no_libpq_env: pytest.MonkeyPatch) -> None:
+    url = "postgresql://u:p@/db?host=127.0.0.1,pg.test.internal"
+    assert _check_target(url, allowed_hosts=("pg.test.internal",))
+    with pytest.raises(ConfigError, match=re.escape("talks to 10.9.9.9")):
+        _check_target(url + "&hostaddr=127.0.0.1,10.9.9.9", allowed_hosts=("pg.test.internal",))
+    stop = "db:unavailable@cycle=1,method=stop,duration=1s,stop_command=true,start_command=true"
+    assert _check_target("postgresql://u:p@/db?host=/var/run/postgresql", stop, allow_service_control=True)
+    with pytest.raises(ConfigError, match="method 'stop' stops a local server only"):
+        _check_target(url, stop, allowed_hosts=("pg.test.internal",), allow_service_control=True)
+
+
+def test_a_named_pg_service_is_refused(no_libpq_env: pytest.MonkeyPatch) -> None:
+    # pg_service.conf may name any host, and libpq reads it before the environment.
+    with pytest.raises(ConfigError, match="pg_service entry"):
+        _check_target("postgresql://u:p@/db?service=nightly")
+    no_libpq_env.setenv("PGSERVICE", "nightly")
+    with pytest.raises(ConfigError, match="pg_service entry"):
+        _check_target("postgresql://u:p@127.0.0.1/db")
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("http://127.0.0.1:1@10.9.9.9/search", re.escape("search talks to 10.9.9.9")),
+        ("http://127.0.0.1:80\t@10.9.9.9/search", "cannot tell where it connects"),
+    ],
+)
+def test_http_fault_targets_are_the_host_httpx_connects_to(endpoint: str, message: str) -> None:
+    from overnight.components import ComponentSpec
+    from overnight.components.registry import resolve_factory
+    from overnight.faults.injectors import FaultsSettings, check
+
+    comp = resolve_factory("websearch", "test")(
+        ComponentSpec("search", {"endpoint": endpoint, "api_key": "k"}, Path("/nonexistent"))
+    )
+    specs = collect([], ["search:server_error@cycle=1,method=http,count=1"])
+    with pytest.raises(ConfigError, match=message):
+        check(specs, {"search": comp}, FaultsSettings())
+    local = resolve_factory("websearch", "test")(
+        ComponentSpec("search", {"endpoint": "http://[::1]:8080/search", "api_key": "k"}, Path("/x"))
+    )
+    assert check(specs, {"search": local}, FaultsSettings()) == {"search:server_error#1": "http_layer"}

@@ -198,6 +198,10 @@ class ComponentMonitor:
                     await self._close(
                         incident, "transient", "verified healthy by the next probe; no repair needed"
                     )
+                if any(sig.ts > self._verified_at for sig in self._pending):
+                    # A cycle hit a fault while this probe ran: the probe cannot answer for
+                    # it, nor reopen the gate the signal closed. The next probe (at once) does.
+                    continue
                 self._set_state("healthy", "probe healthy")
                 self._open_gate()
                 continue

@@ -38,7 +38,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+import httpx
+from sqlalchemy.exc import ArgumentError
 
 from ..components import Component
 from ..errors import ConfigError
@@ -255,19 +257,13 @@ class ProxyFault(Injector):
 
 
 def _admin_conninfo(comp: Component, dbname: str | None = None) -> dict[str, Any]:
-    from sqlalchemy.engine import make_url
-
-    url = make_url(comp.url)  # type: ignore[attr-defined]
-    info: dict[str, Any] = {
-        "host": url.host or "127.0.0.1",
-        "port": url.port or 5432,
-        "user": url.username,
-        "password": url.password,
-        "dbname": dbname or url.database,
-        "connect_timeout": 10,
-        "application_name": "overnight-faults",
-    }
-    return {k: v for k, v in info.items() if v is not None}
+    """The component's own connection parameters (the same server, reached the same way),
+    on ``dbname`` if given, named so it does not look like one of the night's backends."""
+    info: dict[str, Any] = dict(_pg_params(comp))
+    if dbname:
+        info["dbname"] = dbname
+    info.update(connect_timeout=10, application_name="overnight-faults")
+    return info
 
 
 def _pg(comp: Component, sql: str, params: tuple[Any, ...] = (), dbname: str | None = None) -> Any:
@@ -461,13 +457,99 @@ MECHANISMS: dict[str, type[Injector]] = {
 # -- choosing and checking --------------------------------------------------------------------
 
 
-def _host_of(comp: Component) -> str | None:
+@dataclass(frozen=True)
+class Endpoint:
+    """One place a component's client connects to: an address or host name, or a Unix socket."""
+
+    where: str
+    socket: bool = False
+
+    @property
+    def local(self) -> bool:
+        return self.socket or is_loopback(self.where)
+
+    def at_home(self, settings: FaultsSettings) -> bool:
+        allowed = {h.strip().lower() for h in settings.allowed_hosts}
+        return self.local or self.where.strip().lower() in allowed
+
+    def __str__(self) -> str:
+        return f"the Unix socket {self.where}" if self.socket else self.where
+
+
+def _pg_params(comp: Component) -> dict[str, str]:
+    """The libpq parameters the database component's driver gets from its URL: SQLAlchemy's
+    psycopg dialect, multi-host query forms included, turned into a conninfo as psycopg does."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
+    from sqlalchemy.engine import make_url
+
+    _, kwargs = PGDialect_psycopg().create_connect_args(make_url(comp.url))  # type: ignore[attr-defined]
+    plain = {k: v for k, v in kwargs.items() if isinstance(v, str | int | float)}
+    return {k: str(v) for k, v in conninfo_to_dict(make_conninfo("", **plain)).items()}
+
+
+def libpq_endpoints(params: Mapping[str, str], environ: Mapping[str, str] | None = None) -> list[Endpoint]:
+    """Where libpq connects for these conninfo ``params``, as libpq decides it: PGHOST and
+    PGHOSTADDR fill what the params leave out; per entry of the host lists ``hostaddr`` is
+    the address used when given, else ``host``; a host starting with ``/`` or ``@`` is a
+    Unix socket, and none at all is the default socket. ValueError if a pg_service entry
+    could name the host instead (it is read before the environment)."""
+    env = os.environ if environ is None else environ
+    if params.get("service") or env.get("PGSERVICE"):
+        raise ValueError(
+            "its connection names a pg_service entry, which can name another host; "
+            "give host (and hostaddr) in the url instead"
+        )
+    host = params["host"] if "host" in params else env.get("PGHOST", "")
+    hostaddr = params["hostaddr"] if "hostaddr" in params else env.get("PGHOSTADDR", "")
+    hosts, addrs = host.split(","), hostaddr.split(",")
+    out: list[Endpoint] = []
+    for i in range(max(len(hosts), len(addrs))):
+        name = hosts[i].strip() if i < len(hosts) else ""
+        addr = addrs[i].strip() if i < len(addrs) else ""
+        if addr:
+            out.append(Endpoint(addr))
+        elif not name:
+            out.append(Endpoint("(libpq's default directory)", socket=True))
+        else:
+            out.append(Endpoint(name, socket=name.startswith(("/", "@"))))
+    return out
+
+
+def endpoints_of(comp: Component) -> list[Endpoint]:
+    """Where ``comp``'s client really connects (promise 8 is checked on this). ValueError
+    when that cannot be told from its configuration."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    if comp.type_name == "database":
+        if getattr(comp, "dialect", "") != "postgresql":
+            return [Endpoint("(a SQLite file)", socket=True)]
+        try:
+            return libpq_endpoints(_pg_params(comp))
+        except (ArgumentError, psycopg.ProgrammingError):
+            # The parser's message may quote the url, password included.
+            raise ValueError("its url cannot be read as a PostgreSQL connection") from None
     for attr in ("url", "base_url", "endpoint"):
         value = getattr(comp, attr, None)
-        if value:
-            parsed = urlsplit(str(value).replace("+asyncpg", "").replace("+psycopg", ""))
-            return parsed.hostname or ("127.0.0.1" if comp.type_name == "database" else None)
-    return None
+        if not value:
+            continue
+        text = str(value)
+        if text.split("://", 1)[0].split("+", 1)[0] in ("postgresql", "postgres"):
+            # A libpq URL that a user's component passes to libpq itself.
+            try:
+                scheme, rest = text.split("://", 1)
+                return libpq_endpoints(conninfo_to_dict(scheme.split("+", 1)[0] + "://" + rest))
+            except psycopg.ProgrammingError:
+                raise ValueError(f"its {attr} cannot be read as a PostgreSQL connection") from None
+        try:
+            host = httpx.URL(text).host  # what the HTTP clients (httpx underneath) connect to
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"its {attr} is not a URL: {redact(str(exc))}") from None
+        if not host:
+            raise ValueError(f"its {attr} names no host")
+        return [Endpoint(host)]
+    raise ValueError("it has no url to tell where it connects")
 
 
 def choose(spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str:
@@ -538,11 +620,18 @@ def check(
                 known = ", ".join(sorted(components)) or "none"
                 raise ValueError(f"no component named {spec.target!r} (components: {known})")
             mechanism = choose(spec, comp, settings)
-            host = _host_of(comp)
-            at_home = host is not None and (is_loopback(host) or host in settings.allowed_hosts)
-            if mechanism in ("http_layer", "tcp_proxy", "postgresql") and not at_home:
+            networked = mechanism in ("http_layer", "tcp_proxy", "postgresql")
+            stop = spec.params.get("method") == "stop"
+            endpoints: list[Endpoint] = []
+            if networked or stop:
+                try:
+                    endpoints = endpoints_of(comp)
+                except ValueError as exc:
+                    raise ValueError(f"{comp.name}: cannot tell where it connects ({exc})") from None
+            away = [str(e) for e in endpoints if not e.at_home(settings)]
+            if networked and away:
                 raise ValueError(
-                    f"{comp.name} talks to {host or 'an unknown host'}: faults stay on loopback or "
+                    f"{comp.name} talks to {', '.join(away)}: faults stay on loopback or "
                     "the project's test hosts ([faults] allowed_hosts)"
                 )
             revoke = spec.kind == "unavailable" and spec.params.get("method") in (None, "revoke")
@@ -552,7 +641,7 @@ def check(
                 and _admin_conninfo(comp).get("dbname") in (None, "postgres")
             ):
                 raise ValueError("connect cannot be revoked on the maintenance database 'postgres'")
-            if spec.params.get("method") == "stop" and (host is None or not is_loopback(host)):
+            if stop and not all(e.local for e in endpoints):
                 raise ValueError("method 'stop' stops a local server only (the url is not loopback)")
             # Constructing an injector has no side effect; it knows whether it is one action.
             instant = MECHANISMS[mechanism](spec, comp, _NO_ENV).instant
