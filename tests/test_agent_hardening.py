@@ -463,3 +463,56 @@ def test_max_pause_is_a_per_component_key_with_the_agent_bounds(tmp_path: Path) 
     for bad in ("0", "-5", "86401"):
         with pytest.raises(ConfigError, match=r"components\.db\.max_pause"):
             settings(f"max_pause = {bad}\n")
+
+
+async def test_a_verifying_probe_that_sees_another_fault_rediagnoses_the_incident(tmp_path: Path) -> None:
+    """A server being stopped first drops connections, then refuses them. The incident
+    opened as connection_lost is corrected to unavailable by the probe that verifies the
+    first repair, and the round goes on with the unavailable playbook, which restores it."""
+    name = _module(
+        tmp_path,
+        """
+        import overnight
+        from overnight.agent import Strategy
+        from overnight.components import ProbeResult
+
+        state = {"probes": 0, "restarted": False}
+
+        class Server(overnight.Component):
+            async def probe(self):
+                state["probes"] += 1
+                if state["restarted"]:
+                    return ProbeResult(True, 0.0)
+                kind = "connection_lost" if state["probes"] == 1 else "unavailable"
+                return ProbeResult(False, 0.0, kind, kind)
+
+        class Reconnect(Strategy):
+            name = "my_reconnect"
+            async def run(self, ctx):
+                return "reconnected (the server is still down)"
+
+        class Restart(Strategy):
+            name = "my_restart"
+            async def run(self, ctx):
+                state["restarted"] = True
+                return "started the server"
+        """,
+    )
+    config = FAST + (
+        f'[components.srv]\ntype = "{name}:Server"\ncritical = false\n'
+        f'repairs = {{ connection_lost = ["{name}:Reconnect"], unavailable = ["{name}:Restart"] }}\n'
+    )
+    code = "import asyncio\n\nasync def cycle(ctx):\n    await asyncio.sleep(0.3)\n"
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3)
+    try:
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        repairs = _rows(ledger, s.repairs, outcome.night_id)
+        rediagnosed = _events(ledger, outcome.night_id, "rediagnosed")
+    finally:
+        ledger.close()
+    assert [(i["fault_kind"], i["state"]) for i in incidents] == [("unavailable", "repaired")]
+    assert [(r["strategy"], r["result"], r["verified"]) for r in repairs] == [
+        ("my_reconnect", "done", False),
+        ("my_restart", "done", True),
+    ]
+    assert len(rediagnosed) == 1 and "connection_lost → unavailable" in rediagnosed[0]["message"]

@@ -406,9 +406,14 @@ class ComponentMonitor:
 
     async def _repair_round(self, incident: _Incident) -> bool:
         """One pass through the playbook. True once a repair is verified."""
-        strategies = playbook_for(self.comp.type_name, incident.kind, self.settings.repairs)
+        strategies = list(playbook_for(self.comp.type_name, incident.kind, self.settings.repairs))
+        tried: set[str] = set()
         attempt = 0
-        for strategy in strategies:
+        while strategies:
+            strategy = strategies.pop(0)
+            if strategy.name in tried:
+                continue
+            tried.add(strategy.name)
             ctx = RepairContext(
                 component=self.comp,
                 incident_id=incident.id,
@@ -431,8 +436,12 @@ class ComponentMonitor:
             if attempt:
                 await asyncio.sleep(self._backoff(attempt))
             attempt += 1
+            kind = incident.kind
             if await self._attempt(incident, strategy, ctx):
                 return True
+            if incident.kind != kind:
+                # Re-diagnosed by the verifying probe: go on with the new kind's playbook.
+                strategies = list(playbook_for(self.comp.type_name, incident.kind, self.settings.repairs))
         return False
 
     async def _attempt(self, incident: _Incident, strategy: Strategy, ctx: RepairContext) -> bool:
@@ -505,8 +514,25 @@ class ComponentMonitor:
             if not result.healthy:
                 # The next strategy in the round works from what the server says now.
                 incident.details.update(result.details)
+                await self._rediagnose(incident, result)
                 return False
         return True
+
+    async def _rediagnose(self, incident: _Incident, result: ProbeResult) -> None:
+        """The first diagnosis is what the first failure looked like (a server being
+        stopped first drops connections, then refuses them): a probe that now sees
+        another kind of fault corrects it, on the record."""
+        if result.fault_kind is None or result.fault_kind == incident.kind:
+            return
+        old, incident.kind = incident.kind, result.fault_kind
+        await self.agent.write(ops.update_incident, incident.id, {"fault_kind": incident.kind})
+        await self.agent.event(
+            "rediagnosed",
+            f"{self.comp.name}: {old} → {incident.kind} (verifying probe: {result.detail})",
+            {"incident_id": incident.id, "from": old, "to": incident.kind},
+            component=self.comp.name,
+        )
+        log.info("incident %d: %s re-diagnosed %s → %s", incident.id, self.comp.name, old, incident.kind)
 
     def _budget_left(self) -> bool:
         horizon = time.time() - 3600
