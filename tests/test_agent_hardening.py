@@ -503,7 +503,7 @@ async def test_a_verifying_probe_that_sees_another_fault_rediagnoses_the_inciden
         f'repairs = {{ connection_lost = ["{name}:Reconnect"], unavailable = ["{name}:Restart"] }}\n'
     )
     code = "import asyncio\n\nasync def cycle(ctx):\n    await asyncio.sleep(0.3)\n"
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3)
+    outcome, _report, ledger = await run_night(tmp_path, code, config, cycles=3)
     try:
         incidents = _rows(ledger, s.incidents, outcome.night_id)
         repairs = _rows(ledger, s.repairs, outcome.night_id)
