@@ -1,7 +1,8 @@
 """The night as JUnit XML, so CI systems (Jenkins, GitLab, …) show it like a test run.
 
 One ``<testsuites>`` holding one ``<testsuite name="overnight.<scenario>">``, and one
-``<testcase>`` per planned cycle, in the Maven Surefire convention
+``<testcase>`` per planned cycle (``classname`` the scenario, the same every night, so CI
+tracks each cycle's history), in the Maven Surefire convention
 (``surefire-test-report-3.0.xsd``):
 
 - ``passed`` → a plain testcase; ``failed`` (the product is wrong) → ``<failure>``;
@@ -161,7 +162,7 @@ def _testcase(
         suite,
         "testcase",
         name=f"cycle {number:0{width}d}",
-        classname=f"overnight.{report.get('night_id')}",
+        classname=_classname(report),
         time=_secs(cycle.get("duration_s")),
     )
     final = _final_attempt(cycle)
@@ -197,6 +198,12 @@ def _testcase(
     for prior in earlier_e:
         _retry_element(tc, prefix, prior)
     return result
+
+
+def _classname(report: dict[str, Any]) -> str:
+    """The same from night to night (the scenario, never the night id), so CI can follow
+    a test's history: ``overnight.my_tests.cycle`` for ``my_tests:cycle``."""
+    return clean(f"overnight.{str(report.get('scenario') or 'scenario').replace(':', '.')}")
 
 
 def _why_not_run(report: dict[str, Any]) -> str:
@@ -249,7 +256,7 @@ def render_junit(report: dict[str, Any]) -> str:
     failure_tb = {f.get("cycle"): f.get("traceback_tail") for f in report.get("failures") or []}
     counts = {"passed": 0, "failure": 0, "error": 0, "skipped": 0}
     why = f"did not run: {_why_not_run(report)}"
-    classname = f"overnight.{report.get('night_id')}"
+    classname = _classname(report)
     not_started = _not_started(planned, listed)
     total_not_started = planned - sum(1 for n in listed if isinstance(n, int) and 1 <= n <= planned)
     shown = list(itertools.islice(not_started, MAX_NOT_STARTED))
