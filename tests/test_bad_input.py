@@ -278,7 +278,7 @@ FLAG_VALUES = st.sampled_from(
 )
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     flag=st.sampled_from(
         ["--cycles", "--parallel", "--max-hours", "--cycle-timeout", "--seed", "--retry-attempts", "--until"]

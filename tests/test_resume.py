@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
@@ -647,43 +646,8 @@ def test_kill_between_cycles_then_resume(
     assert all(a["verdict"] == "passed" for a in final.attempts.values())
 
 
-# -- kill -9 at random moments of a fast night --------------------------------------------------
-
-
-KILLS = 5
-
-
-def test_kill_at_random_moments_then_resume(
-    ledger_url: str, tmp_path: Path, spawned: list[subprocess.Popen]
-) -> None:
-    """Five SIGKILLs of a fast night (several steps and an artifact per cycle, parallel 2),
-    each once a few more cycles are done plus a seeded random 0-50 ms: they land inside
-    steps, inside ledger writes (group commits), between cycles, wherever. After each kill
-    the night is resumed; the last resume runs it to the end."""
-    n, seed = 150, 90210
-    rng = random.Random(f"resume-{seed}")
-    runner = NightRunner(tmp_path, ledger_url, {"OVN_WORK_S": "0.004"}, n, seed, parallel=2, procs=spawned)
-    kills: list[Snapshot] = []
-    night_id: str | None = None
-    done = 0
-    with read_only(ledger_url) as ro:
-        for round_no in range(KILLS):
-            proc = runner.start() if night_id is None else runner.resume()
-            target = done + rng.randint(2, 5)
-            progress = wait_for(
-                lambda t=target, nid=night_id: (p := _progress(ro, nid)) is not None and len(p[1]) >= t and p,
-                f"{target} cycles done (round {round_no + 1})",
-                proc,
-            )
-            night_id = progress[0]
-            time.sleep(rng.uniform(0.0, 0.05))  # the random moment (not a synchronisation)
-            kill9(proc)
-            kills.append(snapshot_after_kill(ro, ledger_url, night_id))
-            done = len(kills[-1].done)
-            assert done < n, "the night finished before the kill; raise the cycle count"
-        assert night_id is not None
-        finish(runner.resume())
-    assert_resumed(ledger_url, night_id, seed, n, kills)
+# Kills at random moments of step-heavy nights, on both ledgers: tests/resilience/test_signals.py
+# (SIGKILL, SIGTERM and SIGINT chains; bench/resilience.py runs them with more trials).
 
 
 # -- midnight ---------------------------------------------------------------------------------------

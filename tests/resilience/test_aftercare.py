@@ -60,7 +60,7 @@ def test_the_next_command_writes_the_missing_report_and_notifies_once(
     server: Recorder,  # noqa: F811
     spawned: list,
 ) -> None:
-    config = f'[run]\ncycles = 400\nparallel = 4\n[agent]\nenabled = false\n[notify]\nwebhook = "{server.url}/hook"\n'
+    config = f'[run]\ncycles = 150\nparallel = 4\n[agent]\nenabled = false\n[notify]\nwebhook = "{server.url}/hook"\n'
     proj = make_project(tmp_path / "p", CODE, config)
     ledger = proj / "night_tests" / "overnight.db"
     night_id = None

@@ -131,6 +131,11 @@ def check_night(
             assert [st["name"] for st in steps][:1] in ([], [f"input-{expected}"]), (c, steps[:1])
         finished = final.steps[(c, atts[-1]["attempt"])]
         assert len(finished) == 32 and finished[-1]["name"] == "check", (c, len(finished))
+        # Every attempt's artifacts hold its own input; the finished one has its artifact.
+        for a in atts:
+            for art in final.artifacts.get((c, a["attempt"]), []):
+                assert Path(art["path"]).read_text() == str(expected), art
+        assert [x["name"] for x in final.artifacts.get((c, atts[-1]["attempt"]), [])] == ["input.txt"]
 
     for i, snap in enumerate(hits, 1):
         # What was finished when the signal landed was kept exactly, never run again.
