@@ -54,7 +54,14 @@ def test_user_scenario_in_a_fresh_folder(tmp_path: Path) -> None:
     night_dirs = [p for p in (proj / "night_tests").iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(night_dirs) == 1
     report = json.loads((night_dirs[0] / "report.json").read_text())
-    assert report["totals"] == {"passed": 19, "failed": 1, "infra_error": 0, "timeout": 0, "harness_error": 0}
+    assert report["totals"] == {
+        "passed": 19,
+        "failed": 1,
+        "infra_error": 0,
+        "timeout": 0,
+        "harness_error": 0,
+        "failed_on_fallback": 0,
+    }
     by_cycle = {c["cycle"]: c for c in report["cycles"]}
     assert len(by_cycle) == 20
     assert [a["verdict"] for a in by_cycle[5]["attempts"]] == ["infra_error", "passed"]

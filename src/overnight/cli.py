@@ -588,6 +588,10 @@ def nights(
     )
 
 
+# The cycle verdicts, as report.json's totals name them.
+_TOTALS = ("passed", "failed", "infra_error", "timeout", "harness_error", "failed_on_fallback")
+
+
 def _nights_command(
     config: Path | None, night_dir: Path | None, ledger: str | None, limit: int, as_json: bool
 ) -> None:
@@ -610,9 +614,7 @@ def _nights_command(
                 "scenario": r["scenario"],
                 "planned_cycles": r["planned_cycles"],
                 "done": r["done"] or 0,
-                "totals": {
-                    k: r[k] or 0 for k in ("passed", "failed", "infra_error", "timeout", "harness_error")
-                },
+                "totals": {k: r[k] or 0 for k in _TOTALS},
             }
             for r in rows
         ]
@@ -632,6 +634,7 @@ def _nights_command(
         "infra",
         "timeout",
         "harness",
+        "on fallback",
     ):
         text_col = col in ("night", "started", "status")
         table.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
@@ -647,8 +650,10 @@ def _nights_command(
             str(r["infra_error"] or 0),
             str(r["timeout"] or 0),
             str(r["harness_error"] or 0),
+            # Failed on a fallback, no rerun on the primary: no product verdict.
+            str(r["failed_on_fallback"] or 0),
         )
-    Console(highlight=False, width=max(Console().width, 130)).print(table)
+    Console(highlight=False, width=max(Console().width, 145)).print(table)
 
 
 @app.command()
