@@ -530,8 +530,10 @@ def _execute(orch: Orchestrator, led: Ledger) -> None:
                 write_reports(led, orch.night_id)
         raise _fail(_stopped_by(orch, orch.fatal), 3)
     report, folder, failures = report_night(led, outcome.night_id, orch.loaded.config.notify)
-    err.print(f"{report['verdict']}", markup=False, soft_wrap=True)
-    err.print(f"report: {folder / REPORT_MD}", markup=False, soft_wrap=True)
+    # The verdict and where the report is go to stdout (``overnight run … > verdict.txt``
+    # in cron); logs, hints and errors stay on stderr.
+    typer.echo(report["verdict"])
+    typer.echo(f"report: {folder / REPORT_MD}")
     for line in failures:  # a failure to notify never changes the night's exit code
         _say(f"overnight: notification failed: {line}")
     if outcome.status == "interrupted":
