@@ -20,7 +20,7 @@ from overnight.ledger import Ledger, queries
 from overnight.ledger import schema as s
 from overnight.sandbox import shared_sandbox
 
-from .conftest import PgCluster
+from .conftest import PgCluster, make_project, run_cli
 from .helpers import attempts_by_cycle, restore_sandbox, run_night
 
 FAST_AGENT = """
@@ -178,8 +178,11 @@ async def test_slow_search_raises_the_timeout_within_its_bound(tmp_path: Path) -
             results = await ctx.components["search"].search("grants for rural libraries", limit=2)
         assert len(results) == 2
     """
+    # Search stays slow all night: the raised timeout must stay raised for this test (a
+    # return to 1 s would meet the same fault again; see the quiet-period test below).
     config = FAST_AGENT + (
         '[components.search]\ntype = "websearch"\nsandbox = true\ntimeout = 1\ntimeout_max = 3\nprobe_timeout = 5\n'
+        "knob_quiet_period = 600\n"
     )
     outcome, report, ledger = await run_night(tmp_path, code, config, cycles=4, retry_attempts=2)
     try:
@@ -198,6 +201,9 @@ async def test_slow_search_raises_the_timeout_within_its_bound(tmp_path: Path) -
     # Each cycle records the knob values it ran with: before and after the repair.
     assert json.loads(cycles[1]["knobs"])["search"]["timeout"] == 1.0
     assert json.loads(cycles[4]["knobs"])["search"]["timeout"] == 3.0
+    # ... and, like a fallback, the mark of a knob off its configured value.
+    assert cycles[1]["knobs_off"] is None
+    assert json.loads(cycles[4]["knobs_off"]) == {"search": {"timeout": [1.0, 3.0]}}
 
 
 async def test_closed_vector_store_is_reopened_and_a_degrading_playbook_is_blocked(tmp_path: Path) -> None:
@@ -516,6 +522,8 @@ async def test_revoked_llm_key_is_rotated_and_a_product_bug_stays_failed(
         '[components.llm]\ntype = "llm"\nprovider = "gigachat"\n'
         f'base_url = "{box.gigachat_url}"\nauth_url = "{box.gigachat_auth_url}"\nverify_ssl = false\n'
         'api_key_envs = ["OVN_GC_KEY_A", "OVN_GC_KEY_B"]\n'
+        # The first key stays revoked: the rotated key stays in use within this night.
+        "knob_quiet_period = 600\n"
     )
     try:
         outcome, report, ledger = await run_night(tmp_path, code, config, cycles=5, retry_attempts=2)
@@ -551,8 +559,10 @@ async def test_slow_llm_answers_raise_its_timeout(tmp_path: Path) -> None:
         async with ctx.step("ask"):
             await ctx.components["llm"].chat("hello")
     """
+    # The LLM stays slow all night: the raised timeout stays raised within this night.
     config = FAST_AGENT + (
         '[components.llm]\ntype = "llm"\nprovider = "gigachat"\nsandbox = true\ntimeout = 1\ntimeout_max = 2\n'
+        "knob_quiet_period = 600\n"
     )
     outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
     try:
@@ -611,6 +621,180 @@ async def test_declared_fallback_only_after_repairs_fail_and_back_to_primary(tmp
     for c, v in sources.items():
         if "fallback" in v:
             assert c in marked
+
+
+# A cycle researches its own topic; the review (the product check) fails when the results
+# are about another topic. The declared cache fallback serves the results recorded for the
+# nearest query it has: right for a topic an earlier cycle searched live, wrong otherwise.
+# Cycle 3 takes the search API down; ``restore`` says when the test brings it back.
+_TOPIC_RESEARCH = """
+import asyncio
+from overnight.sandbox import shared_sandbox
+
+TOPICS = ["rural libraries", "youth theatre", "river cleanup", "school robotics", "elder care"]
+
+async def cycle(ctx):
+    sw = shared_sandbox().switches["search"]
+    topic = TOPICS[(ctx.cycle - 1) % len(TOPICS)]
+    if ctx.cycle == 3 and ctx.attempt == 1:
+        sw.update(refuse_connections=True)  # the search API goes down
+    async with ctx.step("research"):
+        results = await ctx.components["search"].search(f"grants for {topic}", limit=1)
+        ctx.artifact("sources.json", [r.source for r in results])
+    if RESTORE and results and results[0].source == "fallback":
+        # The API comes back a little after a cycle ran on the fallback.
+        asyncio.get_running_loop().call_later(0.3, lambda: sw.update(refuse_connections=False))
+    async with ctx.step("review"):
+        assert results and topic in (results[0].title + results[0].snippet).lower(), (
+            f"the research is not about {topic}"
+        )
+"""
+_SEARCH_WITH_CACHE = FAST_AGENT + (
+    '[components.search]\ntype = "websearch"\nsandbox = true\ntimeout = 2\n'
+    'fallback_cache = "search_cache.json"\nfallback = "cache"\n'
+)
+
+
+async def test_a_failure_on_a_fallback_is_rerun_on_the_primary_once_it_is_back(tmp_path: Path) -> None:
+    code = "RESTORE = True\n" + _TOPIC_RESEARCH
+    outcome, report, ledger = await run_night(tmp_path, code, _SEARCH_WITH_CACHE, cycles=4, retry_attempts=2)
+    try:
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+        fallbacks = _rows(ledger, s.fallbacks, outcome.night_id)
+    finally:
+        ledger.close()
+    # Down (infra error), then the review failed on the cached results of another topic;
+    # that was no product verdict: rerun on the primary once a probe found it healthy.
+    assert [(a["verdict"], a["fallback"]) for a in atts[3]] == [
+        ("infra_error", False),
+        ("failed", True),
+        ("passed", False),
+    ]
+    assert len(fallbacks) == 1 and fallbacks[0]["ended_at"] is not None
+    assert atts[3][2]["started_at"] >= fallbacks[0]["ended_at"]
+    by_cycle = {c["cycle"]: c for c in report["cycles"]}
+    # The cycle ends with the primary's verdict; the attempt on the fallback is kept, marked.
+    assert by_cycle[3]["verdict"] == "passed" and by_cycle[3]["fallback"] is False
+    assert [a["fallback"] for a in by_cycle[3]["attempts"]] == [False, True, False]
+    assert report["totals"]["passed"] == 4 and report["totals"]["failed"] == 0
+    assert report["exit_code"] == 0 and report["verdict"] == "PASSED: all 4 cycles passed"
+    log = (outcome.night_path / "orchestrator.log").read_text()
+    assert "fallback started: search is served by its declared cache fallback" in log
+    assert "fallback ended: search is back on its primary" in log
+    assert "cycle 3 attempt 2: failed in" in log and "on the search fallback: rerun on the primary" in log
+
+
+def test_a_failure_on_a_fallback_whose_primary_never_returns_is_no_product_verdict(
+    tmp_path: Path,
+) -> None:
+    # Through the CLI: the night's time bound ends the wait for the primary; the verdict
+    # goes to stdout, and `overnight nights` counts the cycle apart.
+    proj = make_project(tmp_path / "proj", "RESTORE = False\n" + _TOPIC_RESEARCH, _SEARCH_WITH_CACHE)
+    res = run_cli(["run", "--cycles", "3", "--max-hours", str(5 / 3600), "--seed", "1"], cwd=proj)
+    assert res.returncode == 1, res.stderr[-3000:]
+    verdict = "INCOMPLETE: 1 cycle failed on a fallback (no product verdict); the other 2 cycles passed"
+    assert res.stdout.splitlines()[0] == verdict, res.stdout
+    assert res.stdout.splitlines()[1].startswith("report: ")
+    report = json.loads(next((proj / "night_tests").glob("*/report.json")).read_text())
+    by_cycle = {c["cycle"]: c for c in report["cycles"]}
+    assert by_cycle[3]["verdict"] == "failed_on_fallback"
+    assert [(a["verdict"], a["fallback"]) for a in by_cycle[3]["attempts"]] == [
+        ("infra_error", False),
+        ("failed", True),
+    ]
+    assert report["totals"]["failed"] == 0 and report["totals"]["failed_on_fallback"] == 1
+    assert [f["verdict"] for f in report["failures"]] == ["failed_on_fallback"]
+    listing = run_cli(["nights", "--json"], cwd=proj)
+    assert json.loads(listing.stdout)[0]["totals"]["failed_on_fallback"] == 1
+    assert "on fallback" in run_cli(["nights"], cwd=proj).stdout
+
+
+async def test_a_failure_on_a_fallback_with_no_retry_left_is_no_product_verdict(tmp_path: Path) -> None:
+    code = "RESTORE = True\n" + _TOPIC_RESEARCH
+    _outcome, report, ledger = await run_night(tmp_path, code, _SEARCH_WITH_CACHE, cycles=3, retry_attempts=1)
+    ledger.close()
+    by_cycle = {c["cycle"]: c for c in report["cycles"]}
+    assert by_cycle[3]["verdict"] == "failed_on_fallback"
+    assert [a["verdict"] for a in by_cycle[3]["attempts"]] == ["infra_error", "failed"]
+    assert report["totals"]["failed"] == 0 and report["exit_code"] == 1
+    assert report["verdict"].startswith("INCOMPLETE: 1 cycle failed on a fallback (no product verdict)")
+
+
+async def test_a_raised_knob_returns_to_its_configured_value_after_a_quiet_period(tmp_path: Path) -> None:
+    code = """
+    import asyncio
+    from overnight.sandbox import shared_sandbox
+
+    async def cycle(ctx):
+        sw = shared_sandbox().switches["search"]
+        if ctx.cycle == 2 and ctx.attempt == 1:
+            sw.update(latency_s=1.5)  # slower than the configured 1 s timeout
+        if ctx.cycle == 3 and ctx.attempt == 1:
+            sw.update(fail_next_5xx=1)  # a fault while the knob is off: the quiet restarts
+        async with ctx.step("research"):
+            results = await ctx.components["search"].search("grants for rural libraries", limit=2)
+        if ctx.cycle == 2:
+            sw.update(latency_s=0)  # search is fast again
+        assert len(results) == 2
+        await asyncio.sleep(0.3)
+    """
+    config = FAST_AGENT + (
+        '[components.search]\ntype = "websearch"\nsandbox = true\ntimeout = 1\ntimeout_max = 3\n'
+        "probe_timeout = 5\nknob_quiet_period = 2.5\n"
+    )
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=14, retry_attempts=2)
+    try:
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        changed = _events(ledger, outcome.night_id, "knob_changed")
+        restored = _events(ledger, outcome.night_id, "knob_restored")
+    finally:
+        ledger.close()
+    assert [(i["fault_kind"], i["state"]) for i in incidents] == [
+        ("timeout", "repaired"),
+        ("server_error", "transient"),
+    ]
+    # Back to 1 s once search had been healthy for 2.5 s since its last fault, by the guard.
+    assert len(restored) == 1 and restored[0]["component"] == "search"
+    data = json.loads(restored[0]["data"])
+    assert (data["knob"], data["from"], data["to"], data["incident_id"]) == (
+        "timeout",
+        3.0,
+        1.0,
+        incidents[0]["id"],
+    )
+    assert restored[0]["ts"] - incidents[1]["verified_at"] >= 2.5 - 0.05
+    # Every attempt that ran while the knob was off is marked, and only those.
+    off_from, off_until = changed[0]["ts"], restored[0]["ts"]
+    for cycle, attempts in atts.items():
+        for a in attempts:
+            ran_off = a["started_at"] <= off_until and a["ended_at"] >= off_from
+            expected = {"search": {"timeout": [1.0, 3.0]}} if ran_off else None
+            assert (json.loads(a["knobs_off"]) if a["knobs_off"] else None) == expected, (cycle, a)
+    by_cycle = {c["cycle"]: c for c in report["cycles"]}
+    marked = [n for n, c in by_cycle.items() if c["knobs_off"]]
+    assert marked and 1 not in marked and 14 not in marked
+    assert by_cycle[2]["knobs_off"] == {"search": {"timeout": [1.0, 3.0]}}
+    assert report["totals"]["passed"] == 14 and report["passed_with_knobs_off"] == len(marked)
+    assert report["exit_code"] == 0
+    assert report["verdict"] == (
+        f"PASSED WITH A KNOB OFF ITS CONFIGURED VALUE: all 14 cycles passed, "
+        f"{len(marked)} of them with a knob off its configured value"
+    )
+    # The agent said what it did as it did it (#8).
+    log = (outcome.night_path / "orchestrator.log").read_text()
+    for line in (
+        "overnight.agent: repair agent started: monitoring search (probe every 0.5 s, critical); "
+        "not monitored (no probe): none",
+        f"incident {incidents[0]['id']} opened: search timeout (detected by a cycle's failed call)",
+        "repair raise_timeout of search: done, verified healthy",
+        "knob changed: search.timeout 1.0 → 3.0 (configured 1.0; by strategy raise_timeout",
+        f"incident {incidents[0]['id']} closed: search timeout repaired after",
+        f"incident {incidents[1]['id']} closed: search server_error transient after",
+        "knob returned: search.timeout 3.0 → 1.0, its configured value",
+        "repair agent stopped: 0 incidents open, 1 repair done (1 verified), every knob at its configured value",
+    ):
+        assert line in log, line
 
 
 async def test_pause_escalation_holds_cycles_and_keeps_probing(tmp_path: Path) -> None:

@@ -465,6 +465,31 @@ def test_max_pause_is_a_per_component_key_with_the_agent_bounds(tmp_path: Path) 
             settings(f"max_pause = {bad}\n")
 
 
+def test_knob_quiet_period_defaults_to_three_probe_periods_and_has_bounds(tmp_path: Path) -> None:
+    def settings(agent: str, extra: str = "") -> MonitorSettings:
+        cfg = tmp_path / f"c{uuid.uuid4().hex[:6]}.toml"
+        cfg.write_text(
+            f'scenario = "x:cycle"\n[agent]\n{agent}'
+            '[components.db]\ntype = "database"\nurl = "postgresql://u:pw@127.0.0.1:1/x"\n' + extra
+        )
+        loaded = load_config(cfg)
+        comp = build_components(loaded, tmp_path / "nights")["db"]
+        return MonitorSettings.for_component(comp, loaded.config.agent)
+
+    assert settings("").knob_quiet_period == 30  # 3 × the default 10 s probe period
+    assert settings("probe_period = 2\n").knob_quiet_period == 6
+    assert settings("", "probe_period = 4\n").knob_quiet_period == 12  # the component's own period
+    assert settings("knob_quiet_period = 45\n").knob_quiet_period == 45
+    assert settings("knob_quiet_period = 45\n", "knob_quiet_period = 5\n").knob_quiet_period == 5
+    for bad in ("0", "-5", "604801", "true", '"60"'):
+        with pytest.raises(ConfigError, match=r"components\.db\.knob_quiet_period"):
+            settings("", f"knob_quiet_period = {bad}\n")
+        top = tmp_path / "top.toml"
+        top.write_text(f'scenario = "x:cycle"\n[agent]\nknob_quiet_period = {bad}\n')
+        with pytest.raises(ConfigError, match=r"agent\.knob_quiet_period"):
+            load_config(top)
+
+
 async def test_a_verifying_probe_that_sees_another_fault_rediagnoses_the_incident(tmp_path: Path) -> None:
     """A server being stopped first drops connections, then refuses them. The incident
     opened as connection_lost is corrected to unavailable by the probe that verifies the

@@ -4,6 +4,7 @@ night does when the ledger's connection is cut under it (real PostgreSQL)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -25,6 +26,61 @@ def test_schema_is_versioned_and_newer_ledgers_are_refused(ledger_url: str) -> N
     led.close()
     with pytest.raises(UsageError, match="upgrade overnight"):
         Ledger(ledger_url)
+
+
+def test_a_v3_ledger_is_upgraded_to_v4(ledger_url: str) -> None:
+    """v4 adds the attempts' fallback and knobs-off marks and the cycles' knobs off, and
+    makes room for ``failed_on_fallback`` (PostgreSQL enforces VARCHAR(16))."""
+    from sqlalchemy import inspect, text
+
+    led = Ledger(ledger_url)
+    pg = led.dialect == "postgresql"
+
+    def back_to_v3(conn: Any) -> None:
+        for table, column in (("attempts", "fallback"), ("attempts", "knobs_off"), ("cycles", "knobs_off")):
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        if pg:
+            for table in ("cycles", "attempts"):
+                conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN verdict TYPE VARCHAR(16)"))
+        conn.execute(update(s.meta).values(value="3"))
+
+    led.write_sync(back_to_v3)
+    led.close()
+    led = Ledger(ledger_url)
+    try:
+        with led.read() as conn:
+            version = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
+            columns = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("cycles", "attempts")}
+        assert int(version) == SCHEMA_VERSION == 4
+        assert {"fallback", "knobs_off"} <= columns["attempts"] and "knobs_off" in columns["cycles"]
+        night = {
+            "id": "n1",
+            "scenario": "x:y",
+            "started_at": 1.0,
+            "status": "running",
+            "seed": 1,
+            "planned_cycles": 1,
+            "parallel": 1,
+            "plan": "{}",
+            "config_fingerprint": "f",
+            "protected_fingerprint": "p",
+            "night_dir": "/tmp",
+            "dry_run": False,
+        }
+        led.write_sync(ops.create_night, night)
+        led.write_sync(ops.cycle_started, "n1", 1, "7", 1.0, "p")
+        led.write_sync(ops.attempt_started, "n1", 1, 1, 1, 1.0)
+        result = {"ended_at": 2.0, "duration_s": 1.0, "verdict": "failed", "fallback": True, "knobs_off": {}}
+        led.write_sync(
+            ops.attempt_finished, "n1", 1, 1, result, True, {"verdict": "failed_on_fallback", "knobs_off": {}}
+        )
+        with led.read() as conn:
+            cycle = queries.cycles_of(conn, "n1")[0]
+            attempt = queries.attempts_of(conn, "n1")[0]
+        assert (cycle["verdict"], cycle["knobs_off"]) == ("failed_on_fallback", None)
+        assert (attempt["verdict"], attempt["fallback"], attempt["knobs_off"]) == ("failed", True, None)
+    finally:
+        led.close()
 
 
 def test_one_bad_write_does_not_take_its_batch_down(tmp_path: Path) -> None:

@@ -530,8 +530,10 @@ def _execute(orch: Orchestrator, led: Ledger) -> None:
                 write_reports(led, orch.night_id)
         raise _fail(_stopped_by(orch, orch.fatal), 3)
     report, folder, failures = report_night(led, outcome.night_id, orch.loaded.config.notify)
-    err.print(f"{report['verdict']}", markup=False, soft_wrap=True)
-    err.print(f"report: {folder / REPORT_MD}", markup=False, soft_wrap=True)
+    # The verdict and where the report is go to stdout (``overnight run … > verdict.txt``
+    # in cron); logs, hints and errors stay on stderr.
+    typer.echo(report["verdict"])
+    typer.echo(f"report: {folder / REPORT_MD}")
     for line in failures:  # a failure to notify never changes the night's exit code
         _say(f"overnight: notification failed: {line}")
     if outcome.status == "interrupted":
@@ -588,6 +590,10 @@ def nights(
     )
 
 
+# The cycle verdicts, as report.json's totals name them.
+_TOTALS = ("passed", "failed", "infra_error", "timeout", "harness_error", "failed_on_fallback")
+
+
 def _nights_command(
     config: Path | None, night_dir: Path | None, ledger: str | None, limit: int, as_json: bool
 ) -> None:
@@ -610,9 +616,7 @@ def _nights_command(
                 "scenario": r["scenario"],
                 "planned_cycles": r["planned_cycles"],
                 "done": r["done"] or 0,
-                "totals": {
-                    k: r[k] or 0 for k in ("passed", "failed", "infra_error", "timeout", "harness_error")
-                },
+                "totals": {k: r[k] or 0 for k in _TOTALS},
             }
             for r in rows
         ]
@@ -632,6 +636,7 @@ def _nights_command(
         "infra",
         "timeout",
         "harness",
+        "on fallback",
     ):
         text_col = col in ("night", "started", "status")
         table.add_column(col, justify="left" if text_col else "right", no_wrap=text_col)
@@ -647,8 +652,10 @@ def _nights_command(
             str(r["infra_error"] or 0),
             str(r["timeout"] or 0),
             str(r["harness_error"] or 0),
+            # Failed on a fallback, no rerun on the primary: no product verdict.
+            str(r["failed_on_fallback"] or 0),
         )
-    Console(highlight=False, width=max(Console().width, 130)).print(table)
+    Console(highlight=False, width=max(Console().width, 145)).print(table)
 
 
 @app.command()

@@ -142,6 +142,13 @@ class AgentConfig(ConfigModel):
         le=86_400,
         description="longest a 'pause' escalation holds cycles before the night ends aborted",
     )
+    knob_quiet_period: float | None = Field(
+        None,
+        gt=0,
+        le=MAX_HOURS * 3600,
+        description="seconds a component must stay healthy before a knob a repair changed returns "
+        "to its configured value; default 3 probe periods",
+    )
     notify_command: str | None = Field(
         None, description="shell command run on escalation (event JSON on stdin)"
     )
@@ -166,6 +173,7 @@ AGENT_KEYS_PER_COMPONENT: tuple[str, ...] = (
     "max_repairs_per_hour",
     "escalation",
     "max_pause",
+    "knob_quiet_period",
 )
 
 

@@ -14,6 +14,11 @@ class Verdict(StrEnum):
     INFRA_ERROR = "infra_error"
     TIMEOUT = "timeout"
     HARNESS_ERROR = "harness_error"
+    # Cycle-only: the cycle's attempt failed its product check while a declared fallback
+    # was active, and no rerun on the primary gave a verdict (the primary did not return
+    # before the night stopped, or the retry budget ran out). Not a product failure: the
+    # night has no trustworthy product verdict for that cycle.
+    FAILED_ON_FALLBACK = "failed_on_fallback"
     # Attempt-only: the process stopped (signal or crash) before the attempt ended.
     # An interrupted attempt does not end its cycle; the cycle reruns on resume.
     INTERRUPTED = "interrupted"
@@ -25,6 +30,7 @@ CYCLE_VERDICTS: tuple[Verdict, ...] = (
     Verdict.INFRA_ERROR,
     Verdict.TIMEOUT,
     Verdict.HARNESS_ERROR,
+    Verdict.FAILED_ON_FALLBACK,
 )
 
 # Only dependency trouble earns another attempt. A product failure is final (promise 1),

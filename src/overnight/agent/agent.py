@@ -69,6 +69,9 @@ class MonitorSettings:
     repair_timeout: float
     escalation: str
     max_pause: float = 1800.0
+    # Healthy this long after its last fault, a component gets back the knob values it
+    # was configured with (a repair's change is a fix of the client, not a new baseline).
+    knob_quiet_period: float = 30.0
     fallback: str | None = None
     repairs: dict[str, list[Strategy]] = field(default_factory=dict)
 
@@ -94,6 +97,9 @@ class MonitorSettings:
             repair_timeout=cfg.repair_timeout,
             escalation=cfg.escalation,
             max_pause=cfg.max_pause,
+            knob_quiet_period=(
+                cfg.knob_quiet_period if cfg.knob_quiet_period is not None else 3 * cfg.probe_period
+            ),
             fallback=fallback,
             repairs=parse_repairs(opts.get("repairs"), f"{where}.repairs"),
         )
@@ -128,6 +134,10 @@ def span(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 class ComponentMonitor:
     """Probes one component, opens and works its incidents."""
 
@@ -149,12 +159,24 @@ class ComponentMonitor:
         # When this component's escalation began holding cycles (monotonic), or None: a
         # pause is bounded by max_pause, across restarts of the monitor.
         self.pause_since: float | None = None
+        # Set while the component runs on its primary; cleared while a fallback serves it.
+        # Cycles that failed on the fallback wait on it to rerun on the primary.
+        self.primary = asyncio.Event()
+        self.primary.set()
+        # Knobs a repair moved: the last fault seen (agent clock) starts the quiet period
+        # after which they return; which incident moved each; refused returns are not retried.
+        self._unquiet_at = 0.0
+        self.knob_incident: dict[str, int | None] = {}
+        self._restored_at: float | None = None
+        self._quiet_factor = 1
+        self._restore_refused: set[str] = set()
 
     # -- signals from cycles (any thread) -------------------------------------------
 
     def signal(self, kind: str, ts: float, details: dict[str, Any]) -> None:
         """Called in the loop thread: a cycle's call to this component just failed."""
         self._pending.append(_Signal(kind, ts, details))
+        self._unquiet_at = max(self._unquiet_at, ts)
         if self.comp.critical and self.state in ("healthy", "suspect"):
             # Hold new attempts now; the probe that follows decides how long.
             self.agent.gate.close(self.comp.name, f"{self.comp.name}: {kind}")
@@ -174,7 +196,7 @@ class ComponentMonitor:
         first = True  # probe at once (after the grace): a night must know where it starts
         while True:
             if not self._pending and not first:
-                await self._wait(self.settings.probe_period)
+                await self._wait(self._next_period())
             first = False
             # Faults a cycle hit before the last verified recovery belong to the incident
             # that was just closed; they must not open another one.
@@ -204,6 +226,8 @@ class ComponentMonitor:
                     continue
                 self._set_state("healthy", "probe healthy")
                 self._open_gate()
+                if self._restore_knobs():
+                    first = True  # probe at once with the configured values back
                 continue
             self._failures += 1
             # Faults a cycle hit while this probe ran count too: detection is when the
@@ -277,6 +301,8 @@ class ComponentMonitor:
             if hold is not None:
                 self._note_hold(hold, "probe", time.perf_counter() - t0)
         self.last_probe = result
+        if not result.healthy:
+            self._unquiet_at = self.agent.clock()
         await self.agent.write(
             ops.record_probe,
             self.agent.night_id,
@@ -292,6 +318,7 @@ class ComponentMonitor:
 
     def _record_probe(self, result: ProbeResult, trigger: str) -> None:
         self.last_probe = result
+        self._unquiet_at = self.agent.clock()
         with contextlib.suppress(Exception):
             self.agent.ledger.submit(
                 ops.record_probe,
@@ -345,7 +372,27 @@ class ComponentMonitor:
         self._incident_times.append(now)
         while self._incident_times and self._incident_times[0] < now - self.settings.flap_window:
             self._incident_times.popleft()
-        log.warning("incident %d: %s %s (%s)", incident_id, self.comp.name, kind, trigger)
+        log.warning(
+            "incident %d opened: %s %s (detected by %s)",
+            incident_id,
+            self.comp.name,
+            kind,
+            "a cycle's failed call" if trigger == "signal" else "a probe",
+        )
+        since_restored = None if self._restored_at is None else self.agent.clock() - self._restored_at
+        if since_restored is not None and since_restored < self._quiet_period():
+            # The fault came back soon after knobs returned to their configured values:
+            # wait longer before the next return, so a return cannot keep the component
+            # flapping all night.
+            self._quiet_factor = min(self._quiet_factor * 2, 64)
+            log.info(
+                "%s failed again %s after its knobs returned to their configured values; "
+                "the next return waits %s of quiet",
+                self.comp.name,
+                span(since_restored),
+                span(self._quiet_period()),
+            )
+            self._restored_at = None
         return self.incident
 
     async def _close(self, incident: _Incident, state: str, detail: str) -> None:
@@ -359,6 +406,17 @@ class ComponentMonitor:
             "incident_closed",
             f"{self.comp.name} {incident.kind}: {state} ({detail})",
             {"incident_id": incident.id, "state": state},
+        )
+        self._unquiet_at = self._verified_at
+        log.info(
+            "incident %d closed: %s %s %s after %s, %s (%s)",
+            incident.id,
+            self.comp.name,
+            incident.kind,
+            state,
+            span(max(self._verified_at - incident.detected_at, 0.0)),
+            _n(incident.repairs, "repair"),
+            detail,
         )
         self.incident = None
         for listener in self.agent.incident_listeners:
@@ -489,11 +547,13 @@ class ComponentMonitor:
         duration = time.perf_counter() - t0
         await self.agent.write(ops.finish_repair, repair_id, duration, result, ctx.knobs_changed, detail)
         incident.repairs += 1
+        self.agent.repairs_done += 1
         if result != "done":
             log.info("repair %s of %s: %s (%s)", strategy.name, self.comp.name, result, detail)
             return False
         if await self._verify(incident):
             await self.agent.write(ops.verify_repair, repair_id)
+            self.agent.repairs_verified += 1
             log.info("repair %s of %s: done, verified healthy (%s)", strategy.name, self.comp.name, detail)
             incident.verified_repair = True
             await self._close(incident, "repaired", f"{strategy.name}: {detail}")
@@ -549,6 +609,45 @@ class ComponentMonitor:
         state.attempt_number = attempt
         return float(wait(state))
 
+    # -- knobs back to their configured values ---------------------------------------
+
+    def _quiet_period(self) -> float:
+        return self.settings.knob_quiet_period * self._quiet_factor
+
+    def _knobs_to_restore(self) -> dict[str, list[Any]]:
+        return {k: v for k, v in self.comp.knobs.off().items() if k not in self._restore_refused}
+
+    def _next_period(self) -> float:
+        """The next periodic probe: within a probe period, and no later than the end of
+        the quiet period while a knob is off, so the knob returns on time."""
+        if self.incident is not None or not self._knobs_to_restore():
+            return self.settings.probe_period
+        left = self._quiet_period() - (self.agent.clock() - self._unquiet_at)
+        return min(self.settings.probe_period, max(left, 0.0))
+
+    def _restore_knobs(self) -> bool:
+        """After a healthy probe: return every knob a repair changed to its configured
+        value once the component has been healthy for the quiet period. True if any was."""
+        off = self._knobs_to_restore()
+        quiet = self.agent.clock() - self._unquiet_at
+        if not off or quiet < self._quiet_period():
+            return False
+        for name in off:
+            try:
+                self.agent.guard.restore_knob(
+                    self.comp,
+                    name,
+                    by=f"the agent, after {span(quiet)} healthy",
+                    incident_id=self.knob_incident.get(name),
+                )
+            except KnobRefused as exc:  # recorded by the guard; not tried again
+                self._restore_refused.add(name)
+                log.warning(
+                    "knob %s.%s could not return to its configured value: %s", self.comp.name, name, exc
+                )
+        self._restored_at = self.agent.clock()
+        return True
+
     # -- fallback and escalation -----------------------------------------------------
 
     async def _start_fallback(self, incident: _Incident) -> bool:
@@ -560,6 +659,7 @@ class ComponentMonitor:
             )
             return False
         self.comp.fallback_active = True  # type: ignore[attr-defined]
+        self.primary.clear()
         self.fallback_periods.append((self.agent.clock(), None))
         self.fallback_id = await self.agent.write(
             ops.start_fallback,
@@ -571,6 +671,13 @@ class ComponentMonitor:
         )
         await self.agent.write(ops.update_incident, incident.id, {"state": "fallback"})
         self._set_state("fallback", f"repairs failed; using the declared {self.settings.fallback} fallback")
+        log.warning(
+            "fallback started: %s is served by its declared %s fallback (incident %d): "
+            "repairs did not restore the primary",
+            self.comp.name,
+            self.settings.fallback,
+            incident.id,
+        )
         self._open_gate()
         await self._back_to_primary(incident)
         return True
@@ -586,8 +693,20 @@ class ComponentMonitor:
                 if self.fallback_id is not None:
                     await self.agent.write(ops.end_fallback, self.fallback_id, time.time())
                     self.fallback_id = None
+                start, end = self.fallback_periods[-1]
+                log.info(
+                    "fallback ended: %s is back on its primary after %s on the %s fallback "
+                    "(probed healthy; incident %d)",
+                    self.comp.name,
+                    span((end or start) - start),
+                    self.settings.fallback,
+                    incident.id,
+                )
                 await self._close(incident, "recovered", "primary probed healthy; fallback ended")
                 self._set_state("healthy", "back on the primary")
+                # Only now, with the primary verified: cycles that failed on the fallback
+                # may rerun on it.
+                self.primary.set()
                 return
 
     async def _escalate(self, incident: _Incident, why: str) -> None:
@@ -734,7 +853,13 @@ class RepairAgent:
         self.config = config
         self.on_abort = on_abort
         self.clock = clock
-        self.guard = Guard(self.event_nowait)
+        self.components = dict(components)
+        self.guard = Guard(self.event_nowait, on_knob=self._knob_moved)
+        # (component, knob) -> [(agent clock, value set)]: which values were in force
+        # when, so every attempt can be marked with the knobs off their configured value.
+        self._knob_history: dict[tuple[str, str], list[tuple[float, Any]]] = {}
+        self.repairs_done = 0
+        self.repairs_verified = 0
         # Without a probe nothing can be verified, so nothing is monitored or repaired:
         # such components are listed as unmonitored, never shown as healthy.
         self.monitors = {
@@ -759,6 +884,15 @@ class RepairAgent:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        watched = ", ".join(
+            f"{name} (probe every {span(m.settings.probe_period)}{', critical' if m.comp.critical else ''})"
+            for name, m in self.monitors.items()
+        )
+        log.info(
+            "repair agent started: monitoring %s; not monitored (no probe): %s",
+            watched or "nothing",
+            ", ".join(self.unmonitored) or "none",
+        )
         for name in self.unmonitored:
             self.event_nowait(
                 "unmonitored", f"{name} has no probe: not monitored, not repaired", component=name
@@ -781,6 +915,18 @@ class RepairAgent:
             if monitor.fallback_id is not None:
                 await self.write(ops.end_fallback, monitor.fallback_id, self.clock())
                 monitor.fallback_id = None
+        still_open = [f"{m.comp.name} #{m.incident.id}" for m in self.monitors.values() if m.incident]
+        knobs_off = [f"{m.comp.name}.{k}" for m in self.monitors.values() for k in m.comp.knobs.off()]
+        log.info(
+            "repair agent stopped: %s%s, %s (%d verified), %s",
+            _n(len(still_open), "incident") + " open",
+            f" ({', '.join(still_open)})" if still_open else "",
+            _n(self.repairs_done, "repair") + " done",
+            self.repairs_verified,
+            f"knobs still off their configured values: {', '.join(knobs_off)}"
+            if knobs_off
+            else "every knob at its configured value",
+        )
         if self.lag_samples:
             data = sorted(self.lag_samples)
             p99 = data[min(len(data) - 1, int(len(data) * 0.99))]
@@ -1006,6 +1152,52 @@ class RepairAgent:
                     out.append(name)
                     break
         return out
+
+    async def primary_back(self, names: list[str]) -> None:
+        """Return once each named component runs on its primary again: its fallback ended,
+        which the monitor does only after a healthy probe of the primary. Not bounded
+        here: the caller waits on it together with the night's stop."""
+        for name in names:
+            monitor = self.monitors.get(name)
+            if monitor is not None:
+                await monitor.primary.wait()
+
+    def knobs_off_during(self, t0: float, t1: float) -> dict[str, dict[str, list[Any]]]:
+        """Knobs off their configured value at any moment between t0 and t1:
+        ``{component: {knob: [configured, value]}}`` (the last off value in force)."""
+        out: dict[str, dict[str, list[Any]]] = {}
+        for (comp_name, knob), changes in self._knob_history.items():
+            configured = self.components[comp_name].knobs.configured(knob)
+            in_force = [configured]
+            for ts, value in changes:
+                if ts <= t0:
+                    in_force = [value]
+                elif ts <= t1:
+                    in_force.append(value)
+            off = [v for v in in_force if v != configured]
+            if off:
+                out.setdefault(comp_name, {})[knob] = [configured, off[-1]]
+        return out
+
+    def _knob_moved(
+        self, comp: Component, knob: str, old: Any, new: Any, by: str, incident_id: int | None
+    ) -> None:
+        """The guard changed a knob (a repair, or its return): keep its history, log it."""
+        self._knob_history.setdefault((comp.name, knob), []).append((self.clock(), new))
+        configured = comp.knobs.configured(knob)
+        monitor = self.monitors.get(comp.name)
+        if new == configured:
+            log.info(
+                "knob returned: %s.%s %r → %r, its configured value (by %s; incident %s)",
+                comp.name, knob, old, new, by, incident_id,
+            )  # fmt: skip
+            return
+        if monitor is not None:
+            monitor.knob_incident[knob] = incident_id
+        log.info(
+            "knob changed: %s.%s %r → %r (configured %r; by %s; incident %s)",
+            comp.name, knob, old, new, configured, by, incident_id,
+        )  # fmt: skip
 
     def active_fallbacks(self) -> list[str]:
         return [name for name, m in self.monitors.items() if m.state == "fallback"]

@@ -14,11 +14,14 @@ from ..components import Component, KnobRefused
 from ..errors import ProtectedSettingError
 
 Record = Callable[..., None]
+# (component, knob, old, new, by, incident_id): told of every knob the guard changed.
+KnobListener = Callable[[Component, str, Any, Any, str, int | None], None]
 
 
 class Guard:
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, on_knob: KnobListener | None = None) -> None:
         self._record = record
+        self._on_knob = on_knob
         self.blocked_count = 0
 
     def set_knob(
@@ -38,6 +41,31 @@ class Guard:
             {"knob": name, "from": old, "to": value, "by": by, "incident_id": incident_id},
             component=component.name,
         )
+        if self._on_knob is not None:
+            self._on_knob(component, name, old, value, by, incident_id)
+        return old
+
+    def restore_knob(
+        self, component: Component, name: str, *, by: str, incident_id: int | None = None
+    ) -> Any:
+        """Return a knob to its configured value (recorded as ``knob_restored``); returns
+        the value it had."""
+        configured = component.knobs.configured(name)
+        try:
+            old = component.knobs.set(name, configured)
+        except KnobRefused as exc:
+            self.blocked(
+                by, f"return {component.name}.{name} to {configured!r}", str(exc), component.name, incident_id
+            )
+            raise
+        self._record(
+            "knob_restored",
+            f"{component.name}.{name}: {old!r} → {configured!r}, its configured value (by {by})",
+            {"knob": name, "from": old, "to": configured, "by": by, "incident_id": incident_id},
+            component=component.name,
+        )
+        if self._on_knob is not None:
+            self._on_knob(component, name, old, configured, by, incident_id)
         return old
 
     def write_setting(self, key: str, value: Any, *, by: str, incident_id: int | None = None) -> None:

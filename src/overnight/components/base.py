@@ -178,13 +178,29 @@ class Knobs:
     def __init__(self, owner: str) -> None:
         self.owner = owner
         self._knobs: dict[str, Knob] = {}
+        # The value each knob was declared with (from the config): the baseline a knob a
+        # repair changed returns to.
+        self._configured: dict[str, Any] = {}
 
     def declare(self, knob: Knob) -> Knob:
         reason = knob.refusal(knob.value)
         if reason is not None:
             raise ValueError(f"initial value out of bounds: {reason}")
         self._knobs[knob.name] = knob
+        self._configured[knob.name] = knob.value
         return knob
+
+    def configured(self, name: str) -> Any:
+        """The value ``name`` was declared with."""
+        return self._configured[name]
+
+    def off(self) -> dict[str, list[Any]]:
+        """Knobs whose value is not the configured one: ``{name: [configured, actual]}``."""
+        return {
+            name: [self._configured[name], knob.value]
+            for name, knob in self._knobs.items()
+            if knob.value != self._configured[name]
+        }
 
     def __contains__(self, name: str) -> bool:
         return name in self._knobs

@@ -533,7 +533,7 @@ class Orchestrator:
             if self.faults is not None:
                 await self.faults.before_cycle(cycle)  # once per cycle: it meets its faults
             attempt = last_no = last_no + 1
-            verdict, result, error, meta = await self._run_attempt(cycle, attempt, cycle_input)
+            verdict, result, error, meta, fallbacks = await self._run_attempt(cycle, attempt, cycle_input)
             if verdict is Verdict.INTERRUPTED:
                 await self.ledger.write(ops.attempt_finished, self.night_id, cycle, attempt, result, False)
                 self.progress.attempt_finished(
@@ -541,38 +541,69 @@ class Orchestrator:
                 )
                 return
             counted += 1
-            final = verdict not in RETRYABLE or counted >= budget or self._stop_starting
+            # A product check that failed while a declared fallback served the cycle says
+            # nothing trustworthy about the product: rerun on the primary (promise 2).
+            # Only a failure on primaries is a product failure, final (promise 1).
+            on_fallback = verdict is Verdict.FAILED and bool(fallbacks)
+            final = (verdict not in RETRYABLE and not on_fallback) or counted >= budget or self._stop_starting
+            cycle_verdict = Verdict.FAILED_ON_FALLBACK if on_fallback and final else verdict
+            fields = {"protected_fingerprint": self.fingerprint, **meta, "verdict": cycle_verdict.value}
             await self.ledger.write(
-                ops.attempt_finished,
-                self.night_id,
-                cycle,
-                attempt,
-                result,
-                final,
-                {"protected_fingerprint": self.fingerprint, **meta},
+                ops.attempt_finished, self.night_id, cycle, attempt, result, final, fields
             )
+            why = "" if final else " (retrying)"
+            if on_fallback:
+                then = "cycle failed_on_fallback" if final else "rerun on the primary once it is back"
+                why = f" on the {', '.join(fallbacks)} fallback: {then}"
             log.info(
                 "cycle %d attempt %d: %s in %.3fs%s%s",
                 cycle,
                 attempt,
                 verdict.value,
                 result["duration_s"],
-                "" if final else " (retrying)",
+                why,
                 f" — {error}" if error else "",
                 extra={"attempt_line": True},
             )
-            self.progress.attempt_finished(cycle, attempt, verdict.value, final, result["duration_s"], error)
+            self.progress.attempt_finished(
+                cycle, attempt, cycle_verdict.value, final, result["duration_s"], error
+            )
             if final:
                 return
+            if on_fallback:
+                if not await self._wait_primary(fallbacks):
+                    # The night stopped before the primary was back: no product verdict.
+                    await self.ledger.write(
+                        ops.finish_cycle,
+                        self.night_id,
+                        cycle,
+                        result,
+                        fields | {"verdict": Verdict.FAILED_ON_FALLBACK.value},
+                    )
+                    log.info(
+                        "cycle %d: failed_on_fallback — %s not back on its primary before the night "
+                        "stopped (%s)",
+                        cycle,
+                        ", ".join(fallbacks),
+                        self._stop_reason,
+                    )
+                    self.progress.attempt_finished(
+                        cycle, attempt, Verdict.FAILED_ON_FALLBACK.value, True, result["duration_s"], error
+                    )
+                    return
+                continue
             await self._backoff(counted)
 
     async def _run_attempt(
         self, cycle: int, attempt: int, cycle_input: CycleInput
-    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any]]:
+    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str]]:
+        """Run one attempt. Returns its verdict, its attempt row, its error message, the
+        cycle's fields should it be final, and the components whose fallback touched it."""
         started = self.clock()
         # The knob values this attempt ran with, and whether any fallback touched it.
         knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
         fallbacks: set[str] = set()
+        knobs_off: dict[str, dict[str, list[Any]]] = {}
         await self.ledger.write(ops.attempt_started, self.night_id, cycle, attempt, self._session, started)
         ctx = CycleContext(
             night_id=self.night_id,
@@ -597,9 +628,11 @@ class Orchestrator:
             ctx._closed = True
         duration = time.perf_counter() - t0
         if self.agent is not None:
-            # Any fallback that was active at any moment of the attempt marks the cycle.
+            # Any fallback that was active, and any knob a repair had moved off its
+            # configured value, at any moment of the attempt marks it (and the cycle).
             fallbacks |= set(self.agent.fallbacks_during(started, started + duration))
-        meta: dict[str, Any] = {"knobs": knobs, "fallback": bool(fallbacks)}
+            knobs_off = self.agent.knobs_off_during(started, started + duration)
+        meta: dict[str, Any] = {"knobs": knobs, "fallback": bool(fallbacks), "knobs_off": knobs_off}
         exc: BaseException | None
         if task.cancelled():
             verdict, exc = Verdict.INTERRUPTED, None
@@ -617,6 +650,8 @@ class Orchestrator:
             "step": ctx._step_for(exc)
             if exc is not None
             else (ctx._cancelled_step if task.cancelled() else None),
+            "fallback": bool(fallbacks),
+            "knobs_off": knobs_off,
         }
         message = None
         if verdict is Verdict.INTERRUPTED:
@@ -630,7 +665,7 @@ class Orchestrator:
             )
             if isinstance(exc, InfraError):
                 result.update(fault_component=exc.component, fault_kind=exc.kind)
-        return verdict, result, message, meta
+        return verdict, result, message, meta, sorted(fallbacks)
 
     async def _call_scenario(self, ctx: CycleContext) -> None:
         # Component handles read this to attribute usage and faults to cycle and step;
@@ -665,6 +700,22 @@ class Orchestrator:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stopper.cancel()
+
+    async def _wait_primary(self, components: list[str]) -> bool:
+        """Wait until each component's fallback has ended on a healthy probe of its
+        primary, or the night stops (its time bound, a signal, an abort: ``_stopped``).
+        True when the cycle may rerun on the primary."""
+        if self.agent is None:
+            return not self._stop_starting
+        log.info("waiting for %s to be back on the primary", ", ".join(components))
+        waiter = asyncio.create_task(self.agent.primary_back(components))
+        stopper = asyncio.create_task(self._stopped.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        return not self._stop_starting
 
     async def _backoff(self, counted: int) -> None:
         delay = min(self.plan.retry_backoff * (2 ** (counted - 1)), 60.0)

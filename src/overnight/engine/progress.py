@@ -25,6 +25,7 @@ _COLOURS = {
     "infra_error": "yellow",
     "timeout": "magenta",
     "harness_error": "bright_red",
+    "failed_on_fallback": "dark_orange",
     "interrupted": "dim",
 }
 

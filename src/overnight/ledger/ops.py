@@ -132,6 +132,8 @@ def attempt_finished(
     for key in ("error_message", "traceback", "step"):
         if values.get(key) is not None:
             values[key] = redact(values[key])
+    if "knobs_off" in values and not isinstance(values["knobs_off"], str | None):
+        values["knobs_off"] = _json(values["knobs_off"] or None)
     conn.execute(
         update(s.attempts)
         .where(
@@ -157,20 +159,35 @@ def attempt_finished(
         .values(outcome=result["verdict"])
     )
     if final:
-        fields = dict(cycle_fields or {})
-        if "knobs" in fields and not isinstance(fields["knobs"], str | None):
-            fields["knobs"] = _json(fields["knobs"])
-        conn.execute(
-            update(s.cycles)
-            .where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
-            .values(
-                status="done",
-                verdict=result["verdict"],
-                ended_at=result["ended_at"],
-                duration_s=result["duration_s"],
-                **fields,
-            )
+        finish_cycle(conn, night_id, cycle, result, cycle_fields)
+
+
+def finish_cycle(
+    conn: Connection,
+    night_id: str,
+    cycle: int,
+    result: dict[str, Any],
+    cycle_fields: dict[str, Any] | None = None,
+) -> None:
+    """Mark a cycle done with its final attempt's ``result``. ``cycle_fields`` may carry a
+    ``verdict`` of the cycle's own (``failed_on_fallback``) besides the attempt's."""
+    fields = dict(cycle_fields or {})
+    verdict = fields.pop("verdict", None) or result["verdict"]
+    if "knobs" in fields and not isinstance(fields["knobs"], str | None):
+        fields["knobs"] = _json(fields["knobs"])
+    if "knobs_off" in fields and not isinstance(fields["knobs_off"], str | None):
+        fields["knobs_off"] = _json(fields["knobs_off"] or None)  # none off: NULL
+    conn.execute(
+        update(s.cycles)
+        .where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
+        .values(
+            status="done",
+            verdict=verdict,
+            ended_at=result["ended_at"],
+            duration_s=result["duration_s"],
+            **fields,
         )
+    )
 
 
 def step_started(

@@ -48,6 +48,7 @@ def list_nights(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
             func.sum(case((c.verdict == "infra_error", 1), else_=0)).label("infra_error"),
             func.sum(case((c.verdict == "timeout", 1), else_=0)).label("timeout"),
             func.sum(case((c.verdict == "harness_error", 1), else_=0)).label("harness_error"),
+            func.sum(case((c.verdict == "failed_on_fallback", 1), else_=0)).label("failed_on_fallback"),
         )
         .group_by(c.night_id)
         .subquery()

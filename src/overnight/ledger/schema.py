@@ -21,10 +21,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    inspect,
     text,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -82,7 +83,7 @@ cycles = Table(
     Column("cycle", Integer, primary_key=True),
     # pending (started, not final) | done
     Column("status", String(16), nullable=False),
-    Column("verdict", String(16)),
+    Column("verdict", String(32)),  # 32 since v4: failed_on_fallback
     Column("attempts", Integer, nullable=False, default=0),
     Column("input_seed", String(32), nullable=False),
     Column("started_at", Float, nullable=False),
@@ -92,6 +93,9 @@ cycles = Table(
     Column("protected_fingerprint", String(64)),
     Column("fallback", Boolean, nullable=False, default=False),
     Column("knobs", Text),
+    # v4, of the final attempt: JSON {component: {knob: [configured, actual]}} of the knobs
+    # a repair had moved off their configured values while it ran; NULL when none were.
+    Column("knobs_off", Text),
     ForeignKeyConstraint(["night_id"], ["nights.id"]),
 )
 
@@ -106,13 +110,17 @@ attempts = Table(
     Column("ended_at", Float),
     Column("duration_s", Float),
     # NULL while running; interrupted when the process stopped under it.
-    Column("verdict", String(16)),
+    Column("verdict", String(32)),
     Column("step", Text),
     Column("error_type", Text),
     Column("error_message", Text),
     Column("traceback", Text),
     Column("fault_component", Text),
     Column("fault_kind", Text),
+    # v4: the attempt's own marks (the cycle's are its final attempt's). ``fallback``: a
+    # declared fallback was active at some moment of it (NULL: recorded before v4).
+    Column("fallback", Boolean),
+    Column("knobs_off", Text),
     ForeignKeyConstraint(["night_id", "cycle"], ["cycles.night_id", "cycles.cycle"]),
 )
 
@@ -243,5 +251,22 @@ def _v3(conn: Any) -> None:
         conn.execute(text("ALTER TABLE nights ALTER COLUMN seed TYPE BIGINT"))
 
 
+def _v4(conn: Any) -> None:
+    """v3 → v4: per-attempt fallback and knobs-off marks, knobs off on cycles, and room
+    for the ``failed_on_fallback`` verdict (PostgreSQL enforces VARCHAR lengths)."""
+    have = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("cycles", "attempts")}
+    added = (
+        ("attempts", "fallback", "BOOLEAN"),
+        ("attempts", "knobs_off", "TEXT"),
+        ("cycles", "knobs_off", "TEXT"),
+    )
+    for table, column, kind in added:
+        if column not in have[table]:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+    if conn.dialect.name == "postgresql":
+        for table in ("cycles", "attempts"):
+            conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN verdict TYPE VARCHAR(32)"))
+
+
 # version -> callable(connection) that upgrades from version-1 to version.
-MIGRATIONS: dict[int, object] = {2: _v2, 3: _v3}
+MIGRATIONS: dict[int, object] = {2: _v2, 3: _v3, 4: _v4}

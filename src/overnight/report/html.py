@@ -37,6 +37,7 @@ VERDICT_COLORS = {
     "infra_error": "#f08c1a",
     "timeout": "#8e44ad",
     "harness_error": "#7f8c8d",
+    "failed_on_fallback": "#c0813a",
     None: "#d5d8dc",  # not done (pending)
 }
 VERDICT_LABELS = {
@@ -45,6 +46,7 @@ VERDICT_LABELS = {
     "infra_error": "infra error",
     "timeout": "timeout",
     "harness_error": "harness error",
+    "failed_on_fallback": "failed on a fallback (no product verdict)",
     None: "not done",
 }
 HEALTH_COLORS = {

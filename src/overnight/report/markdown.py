@@ -10,6 +10,7 @@ _ICON = {
     "infra_error": "🔌",
     "timeout": "⏱️",
     "harness_error": "🛠️",
+    "failed_on_fallback": "🩹",
 }
 
 
@@ -137,8 +138,13 @@ def _summary(w: Any, r: dict[str, Any]) -> None:
     w(f"| {_ICON['timeout']} Timeouts (final) | {t.get('timeout', 0)} |")
     if t.get("harness_error"):
         w(f"| {_ICON['harness_error']} Harness errors | {t['harness_error']} |")
+    if t.get("failed_on_fallback"):
+        n = t["failed_on_fallback"]
+        w(f"| {_ICON['failed_on_fallback']} Failed on a fallback (no product verdict) | {n} |")
     w(f"| Success rate | {f'{rate * 100:.1f}%' if rate is not None else '– (no cycle finished)'} |")
     w(f"| Passed with a fallback | {r.get('passed_with_fallback', 0)} |")
+    if r.get("passed_with_knobs_off"):
+        w(f"| Passed with a knob off its configured value | {r['passed_with_knobs_off']} |")
     w(f"| Cycles retried | {r['retried_cycles']} |")
     if r["interrupted_attempts"]:
         w(f"| Attempts interrupted by a stop or crash | {r['interrupted_attempts']} |")

@@ -45,6 +45,13 @@ def _round(x: float | None, digits: int = 4) -> float | None:
     return None if x is None else round(x, digits)
 
 
+def _knobs_off(text: str | None) -> dict[str, Any]:
+    import json
+
+    data = json.loads(text) if text else None
+    return data if isinstance(data, dict) else {}
+
+
 def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
 
@@ -153,6 +160,7 @@ def _assemble(
             "ended_at": iso(c["ended_at"]),
             "duration_s": _round(c["duration_s"]),
             "fallback": bool(c["fallback"]),
+            "knobs_off": _knobs_off(c.get("knobs_off")),
             "artifacts_dir": str(final_dir.relative_to(night_path)) if final else None,
             "attempts": [
                 {
@@ -167,6 +175,8 @@ def _assemble(
                     "error_message": a["error_message"],
                     "fault_component": a["fault_component"],
                     "fault_kind": a["fault_kind"],
+                    "fallback": bool(a.get("fallback")),
+                    "knobs_off": _knobs_off(a.get("knobs_off")),
                     "artifacts": arts.get((c["cycle"], a["attempt"]), []),
                     "steps": steps_of.get((c["cycle"], a["attempt"]), []),
                 }
@@ -235,6 +245,9 @@ def _assemble(
         "totals": dict(totals),
         "success_rate": _round(totals["passed"] / run, 4) if run else None,
         "passed_with_fallback": sum(1 for c in done if c["verdict"] == "passed" and c["fallback"]),
+        "passed_with_knobs_off": sum(
+            1 for c in done if c["verdict"] == "passed" and _knobs_off(c.get("knobs_off"))
+        ),
         "retried_cycles": len(retried),
         "attempts_total": len(attempts),
         "interrupted_attempts": interrupted_attempts,
@@ -264,8 +277,10 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     """One line for the night, and the exit code that goes with it.
 
     0 when the night ended, cycles ran and every one passed (and protected settings
-    held); 1 otherwise. A night that has not ended is never reported as passed, nor one
-    whose planned cycles did not run because the gate held them when it ended.
+    held), on a fallback or with a knob off its configured value included (the line says
+    so); 1 otherwise, a cycle that failed on a fallback included (no product verdict). A
+    night that has not ended is never reported as passed, nor one whose planned cycles
+    did not run because the gate held them when it ended.
     """
     t = report["totals"]
     fp = report["protected_fingerprint"]
@@ -294,10 +309,30 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     if not bad:
         every = "the only cycle passed" if run == 1 else f"all {run} cycles passed"
         on_fallback = report.get("passed_with_fallback") or 0
+        knobs_off = report.get("passed_with_knobs_off") or 0
+
+        def share(k: int, what: str) -> str:
+            return what if run == 1 else f"{k} of them {what}"
+
+        # Never a clean pass: say how many ran on a declared fallback, or with a knob a
+        # repair had moved off its configured value. Still exit 0: both are declared,
+        # bounded operational changes, and the product checks passed.
+        knobs = share(knobs_off, "with a knob off its configured value")
         if on_fallback:
-            # Never a clean pass: say how many ran on a declared fallback.
-            return f"PASSED WITH FALLBACK: {every}, {on_fallback} of them on a fallback{tail}", 0
+            extra = f", {knobs}" if knobs_off else ""
+            return f"PASSED WITH FALLBACK: {every}, {share(on_fallback, 'on a fallback')}{extra}{tail}", 0
+        if knobs_off:
+            return f"PASSED WITH A KNOB OFF ITS CONFIGURED VALUE: {every}, {knobs}{tail}", 0
         return f"PASSED: {every}{tail}", 0
+    on_fallback_failed = t.get("failed_on_fallback") or 0
+    no_verdict = f"{_n(on_fallback_failed, 'cycle')} failed on a fallback (no product verdict)"
+    if set(bad) == {"failed_on_fallback"}:
+        # No product failure, but no product verdict either for these cycles (their
+        # primary did not come back for a rerun before the night stopped, or the retries
+        # ran out): exit 1, the night did not test them.
+        rest = run - on_fallback_failed
+        others = f"; the other {_n(rest, 'cycle')} passed" if rest else ""
+        return f"INCOMPLETE: {no_verdict}{others}{tail}", 1
     parts = []
     if t.get("failed"):
         parts.append(_n(t["failed"], "product failure"))
@@ -307,6 +342,8 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
         parts.append(_n(t["timeout"], "timeout"))
     if t.get("harness_error"):
         parts.append(_n(t["harness_error"], "harness error"))
+    if on_fallback_failed:
+        parts.append(no_verdict)
     return f"FAILED: {', '.join(parts)} in {_n(run, 'cycle')}{tail}", 1
 
 
