@@ -37,7 +37,7 @@ from benchutil import machine, save
 from overnight.faults import fault_timeline
 from overnight.faults.timeline import summarise
 from overnight.ledger import Ledger, queries
-from overnight.report.model import percentile
+from overnight.numbers import percentile
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "grant_pipeline"

@@ -69,7 +69,7 @@ from faults import drop_database, fresh_database, local_pg_admin_url
 
 from overnight.faults import fault_timeline
 from overnight.ledger import Ledger, queries
-from overnight.report.model import percentile
+from overnight.numbers import percentile
 
 KINDS: dict[str, dict[str, str]] = {
     # kind: target component, the spec's extra keys

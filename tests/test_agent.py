@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy import select
 
-from overnight.agent import statistics
 from overnight.ledger import Ledger, queries
 from overnight.ledger import schema as s
+from overnight.report import statistics
 from overnight.sandbox import shared_sandbox
 
 from .conftest import PgCluster, make_project, run_cli

@@ -14,9 +14,9 @@ from overnight.engine.orchestrator import Orchestrator
 from overnight.engine.progress import LogProgress
 from overnight.faults import collect
 from overnight.ledger import Ledger
+from overnight.numbers import wilson
 from overnight.report import build_report, write_reports
 from overnight.report.markdown import render_markdown
-from overnight.report.sections import wilson
 from overnight.sandbox import shared_sandbox
 
 from .helpers import make_plan, restore_sandbox, run_night, write_project

@@ -604,7 +604,7 @@ def _nights_command(
             rows = queries.list_nights(conn, limit)
     finally:
         led.close()
-    from .report.model import iso
+    from .numbers import iso
 
     if as_json:
         out = [

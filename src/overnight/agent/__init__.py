@@ -3,7 +3,6 @@
 from .agent import ComponentMonitor, MonitorSettings, RepairAgent
 from .guard import Guard
 from .playbooks import DEGRADING_SHORTCUTS, playbook_for, register_playbook
-from .stats import statistics
 from .strategies import (
     BUILTIN_STRATEGIES,
     FreeOwnSpace,
@@ -41,5 +40,4 @@ __all__ = [
     "WaitRetryAfter",
     "playbook_for",
     "register_playbook",
-    "statistics",
 ]

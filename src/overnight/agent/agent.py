@@ -1136,13 +1136,6 @@ class RepairAgent:
 
     # -- views ---------------------------------------------------------------------------
 
-    def statistics(self) -> dict[str, Any]:
-        """Totals, verification, time to detect / repair, fallbacks, blocked attempts."""
-        from .stats import statistics
-
-        self.ledger.flush()
-        return statistics(self.ledger, self.night_id)
-
     def fallbacks_during(self, t0: float, t1: float) -> list[str]:
         """Components whose fallback was active at any moment between t0 and t1."""
         out = []

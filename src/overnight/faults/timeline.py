@@ -15,11 +15,10 @@ import json
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from ..ledger import queries
-from ..ledger import schema as s
+from ..numbers import percentile, rnd
 
 # An incident detected this long after a fault ended still counts as caused by it (a
 # one-shot fault is noticed at the next use of the component).
@@ -39,15 +38,22 @@ def event_data(raw: Any) -> dict[str, Any]:
 
 
 def _r(value: float | None, digits: int = 3) -> float | None:
-    return None if value is None else round(value, digits)
+    return rnd(value, digits)
 
 
 def fault_timeline(conn: Connection, night_id: str) -> dict[str, Any]:
-    """``{"injections": [...], "skipped": [...], "failed": [...], "summary": {...}}``."""
-    events = queries.events_of(
-        conn,
-        night_id,
-        kinds=("fault_injected", "fault_cleared", "fault_undo_failed", "fault_skipped", "fault_failed"),
+    """The timeline of one night (``overnight faults``); see ``timeline_of``."""
+    rows = queries.read_night(conn, night_id)
+    if rows is None:
+        raise KeyError(night_id)
+    return timeline_of(rows)
+
+
+def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
+    """``{"injections": [...], "skipped": [...], "failed": [...], "summary": {...}}``,
+    from the night's rows as read once for its report."""
+    events = rows.events_of(
+        "fault_injected", "fault_cleared", "fault_undo_failed", "fault_skipped", "fault_failed"
     )
     injections: list[dict[str, Any]] = []
     by_key: dict[tuple[str, int], dict[str, Any]] = {}
@@ -91,43 +97,17 @@ def fault_timeline(conn: Connection, night_id: str) -> dict[str, Any]:
                 }
             )
 
-    incidents = [
-        dict(r._mapping)
-        for r in conn.execute(
-            select(s.incidents).where(s.incidents.c.night_id == night_id).order_by(s.incidents.c.detected_at)
-        )
-    ]
+    incidents = rows.incidents  # in the order they were detected
     repairs: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in conn.execute(
-        select(s.repairs).where(s.repairs.c.night_id == night_id).order_by(s.repairs.c.started_at)
-    ):
-        repairs[r.incident_id].append(dict(r._mapping))
-    attempts = [
-        dict(r._mapping)
-        for r in conn.execute(
-            select(
-                s.attempts.c.cycle,
-                s.attempts.c.attempt,
-                s.attempts.c.started_at,
-                s.attempts.c.ended_at,
-                s.attempts.c.verdict,
-                s.attempts.c.fault_component,
-            ).where(s.attempts.c.night_id == night_id)
-        )
-    ]
-    final = {
-        r.cycle: (r.verdict, r.status)
-        for r in conn.execute(
-            select(s.cycles.c.cycle, s.cycles.c.verdict, s.cycles.c.status).where(
-                s.cycles.c.night_id == night_id
-            )
-        )
-    }
+    for r in rows.repairs:
+        repairs[r["incident_id"]].append(r)
+    attempts = rows.attempts
+    final = {c["cycle"]: (c["verdict"], c["status"]) for c in rows.cycles}
     last_attempt: dict[int, dict[str, Any]] = {}
     for a in attempts:
         if a["cycle"] not in last_attempt or a["attempt"] > last_attempt[a["cycle"]]["attempt"]:
             last_attempt[a["cycle"]] = a
-    night = queries.get_night(conn, night_id) or {}
+    night = rows.night
     night_end = night.get("ended_at")
 
     # An incident detected after a later fault on the same component went in answers that
@@ -238,8 +218,6 @@ def fault_timeline(conn: Connection, night_id: str) -> dict[str, Any]:
 
 def summarise(injections: list[dict[str, Any]]) -> dict[str, Any]:
     """Per injected kind: count, detected, correctly diagnosed, repaired, p50/p95 TTD/TTR."""
-    from ..report.model import percentile
-
     kinds: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in injections:
         kinds[str(row["injected_kind"])].append(row)

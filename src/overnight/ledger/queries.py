@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, func, select
@@ -147,3 +148,59 @@ def has_event(conn: Connection, night_id: str, kinds: tuple[str, ...]) -> bool:
     t = s.events.c
     q = select(t.id).where(and_(t.night_id == night_id, t.kind.in_(kinds))).limit(1)
     return conn.execute(q).first() is not None
+
+
+@dataclass(frozen=True)
+class NightRows:
+    """Every row of one night, each table read once: the one read the report, the fault
+    timeline and the agent's figures are computed from."""
+
+    night: dict[str, Any]
+    sessions: list[dict[str, Any]]
+    cycles: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
+    steps: list[dict[str, Any]]
+    artifacts: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    incidents: list[dict[str, Any]]
+    repairs: list[dict[str, Any]]
+    fallbacks: list[dict[str, Any]]
+    _by_kind: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for event in self.events:
+            self._by_kind.setdefault(event["kind"], []).append(event)
+
+    @property
+    def id(self) -> str:
+        return str(self.night["id"])
+
+    def events_of(self, *kinds: str) -> list[dict[str, Any]]:
+        """Events of these kinds, in the order they happened."""
+        if len(kinds) == 1:
+            return self._by_kind.get(kinds[0], [])
+        return [e for e in self.events if e["kind"] in kinds]
+
+
+def read_night(conn: Connection, night_id: str) -> NightRows | None:
+    night = get_night(conn, night_id)
+    if night is None:
+        return None
+
+    def rows(table: Any, *order: Any) -> list[dict[str, Any]]:
+        return _rows(conn.execute(select(table).where(table.c.night_id == night_id).order_by(*order)))
+
+    return NightRows(
+        night=night,
+        sessions=sessions_of(conn, night_id),
+        cycles=cycles_of(conn, night_id),
+        attempts=attempts_of(conn, night_id),
+        steps=steps_of(conn, night_id),
+        artifacts=artifacts_of(conn, night_id),
+        events=events_of(conn, night_id),
+        probes=rows(s.probes, s.probes.c.ts, s.probes.c.id),
+        incidents=rows(s.incidents, s.incidents.c.detected_at, s.incidents.c.id),
+        repairs=rows(s.repairs, s.repairs.c.started_at, s.repairs.c.id),
+        fallbacks=rows(s.fallbacks, s.fallbacks.c.started_at, s.fallbacks.c.id),
+    )

@@ -10,6 +10,7 @@ from typing import Any
 from ..ledger import Ledger
 from .markdown import render_markdown
 from .model import REPORT_VERSION, build_report, night_verdict
+from .stats import statistics
 
 REPORT_MD = "MORNING_REPORT.md"
 REPORT_JSON = "report.json"
@@ -63,5 +64,6 @@ __all__ = [
     "build_report",
     "night_verdict",
     "report_paths",
+    "statistics",
     "write_reports",
 ]

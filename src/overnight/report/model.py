@@ -6,80 +6,50 @@
 
 from __future__ import annotations
 
-import math
+import json
 from collections import Counter, defaultdict
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from ..ledger import Ledger, queries
+from ..numbers import duration_stats, iso, rnd
 from ..verdicts import CYCLE_VERDICTS
 
 REPORT_FORMAT = "overnight-report"
 REPORT_VERSION = 1
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in 0..100); None for no data."""
-    if not values:
-        return None
-    data = sorted(values)
-    if len(data) == 1:
-        return data[0]
-    pos = (len(data) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
-def duration_stats(values: list[float]) -> dict[str, Any]:
-    return {
-        "n": len(values),
-        "p50": _round(percentile(values, 50)),
-        "p95": _round(percentile(values, 95)),
-        "max": _round(max(values)) if values else None,
-        "mean": _round(sum(values) / len(values)) if values else None,
-    }
-
-
-def _round(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None else round(x, digits)
+# One definition of each number, shared with the fault timeline and the CLI.
+_round = rnd
 
 
 def _knobs_off(text: str | None) -> dict[str, Any]:
-    import json
-
     data = json.loads(text) if text else None
     return data if isinstance(data, dict) else {}
 
 
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts).astimezone().isoformat(timespec="seconds")
-
-
 def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
-    from .sections import build_sections
+    """The one read path: every table of the night read once (and the previous night's,
+    for the trend), then every section computed from those rows."""
+    from .sections import build_sections, previous_night
 
     with ledger.read() as conn:
-        night = queries.get_night(conn, night_id)
-        if night is None:
+        rows = queries.read_night(conn, night_id)
+        if rows is None:
             raise KeyError(night_id)
-        report = assemble_from(conn, night)
-        report.update(build_sections(conn, night, report))
+        previous = previous_night(conn, rows.night)
+    report = assemble(rows)
+    report.update(build_sections(rows, report, previous))
     return report
 
 
-def assemble_from(conn: Any, night: dict[str, Any]) -> dict[str, Any]:
+def assemble(rows: queries.NightRows) -> dict[str, Any]:
     """Cycles, attempts, totals, durations and components of one night."""
-    night_id = night["id"]
-    cycles = queries.cycles_of(conn, night_id)
-    attempts = queries.attempts_of(conn, night_id)
-    steps = queries.steps_of(conn, night_id)
-    artifacts = queries.artifacts_of(conn, night_id)
-    sessions = queries.sessions_of(conn, night_id)
-    declared = queries.events_of(conn, night_id, kinds=("component_declared",))
-    ended = queries.events_of(conn, night_id, kinds=("night_ended",))
+    night = rows.night
+    declared = rows.events_of("component_declared")
+    ended = rows.events_of("night_ended")
     held = _held_at_gate(ended) if night["status"] != "running" else {}
-    report = _assemble(night, cycles, attempts, steps, artifacts, sessions, held)
+    report = _assemble(night, rows.cycles, rows.attempts, rows.steps, rows.artifacts, rows.sessions, held)
     report["components"] = _components(declared)
     report["sandbox_components"] = [c["name"] for c in report["components"] if c["sandbox"]]
     return report
@@ -88,8 +58,6 @@ def assemble_from(conn: Any, night: dict[str, Any]) -> dict[str, Any]:
 def _held_at_gate(ended: list[dict[str, Any]]) -> dict[str, str]:
     """What held the gate closed when the night last ended ({component: reason}); empty
     when nothing did, or the night has not ended."""
-    import json
-
     if not ended or not ended[-1]["data"]:
         return {}
     data = json.loads(ended[-1]["data"])
@@ -99,8 +67,6 @@ def _held_at_gate(ended: list[dict[str, Any]]) -> dict[str, str]:
 
 def _components(declared: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each component as last declared (a resumed session declares them again)."""
-    import json
-
     latest: dict[str, dict[str, Any]] = {}
     for event in declared:
         data = json.loads(event["data"]) if event["data"] else {}

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import Counter, defaultdict
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
+from ..faults.timeline import timeline_of
 from ..ledger import queries
 from ..ledger import schema as s
-from .model import _round, iso, percentile
+from ..numbers import hhmm, iso, spread, wilson
+from ..numbers import rnd as _round
 
 BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.9", 0.0, 5.0))
 ADVICE = {
@@ -41,17 +42,6 @@ def _json(raw: Any) -> Any:
         return None
 
 
-def _table(conn: Connection, table: Any, night_id: str, order: Any = None) -> list[dict[str, Any]]:
-    q = select(table).where(table.c.night_id == night_id)
-    if order is not None:
-        q = q.order_by(order)
-    return [dict(r._mapping) for r in conn.execute(q)]
-
-
-def _hhmm(ts: float) -> str:
-    return time.strftime("%H:%M", time.localtime(ts))
-
-
 def report_settings(night: dict[str, Any]) -> dict[str, Any]:
     """The night's ``[report]`` table, from its stored plan (defaults when absent)."""
     plan = _json(night.get("plan")) or {}
@@ -64,36 +54,35 @@ def report_settings(night: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_sections(conn: Connection, night: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    from ..faults.timeline import fault_timeline
-
-    night_id = night["id"]
+def build_sections(
+    rows: queries.NightRows, report: dict[str, Any], previous: queries.NightRows | None
+) -> dict[str, Any]:
+    """Every section beyond the cycle counts, from the rows read once (``previous``: the
+    previous ended night of the same scenario, for the trend)."""
+    night = rows.night
     settings = report_settings(night)
-    incidents = _table(conn, s.incidents, night_id, s.incidents.c.detected_at)
-    repairs = _table(conn, s.repairs, night_id, s.repairs.c.started_at)
-    fallbacks = _table(conn, s.fallbacks, night_id, s.fallbacks.c.started_at)
-    probes = _table(conn, s.probes, night_id, s.probes.c.ts)
-    events = queries.events_of(
-        conn,
-        night_id,
-        kinds=(
-            "unmonitored",
-            "component_state",
-            "degradation_blocked",
-            "metric",
-            "usage",
-            "night_started",
-            "loop_blocked",
-            "loop_lag",
-            "agent_restarted",
-        ),
+    incidents = rows.incidents
+    repairs = rows.repairs
+    fallbacks = rows.fallbacks
+    probes = rows.probes
+    events = rows.events_of(
+        "unmonitored",
+        "component_state",
+        "degradation_blocked",
+        "metric",
+        "usage",
+        "night_started",
+        "loop_blocked",
+        "loop_lag",
+        "agent_restarted",
+        "component_fault",
     )
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in events:
         by_kind[e["kind"]].append(e)
-    attempts = queries.attempts_of(conn, night_id)
-    cycles = queries.cycles_of(conn, night_id)
-    faults = fault_timeline(conn, night_id)
+    attempts = rows.attempts
+    cycles = rows.cycles
+    faults = timeline_of(rows)
 
     out: dict[str, Any] = {}
     started = next((_json(e["data"]) or {} for e in by_kind["night_started"]), {})
@@ -104,9 +93,9 @@ def build_sections(conn: Connection, night: dict[str, Any], report: dict[str, An
     out.update(_agent(report, incidents, repairs, fallbacks, probes, by_kind, attempts, cycles, faults))
     out["quality"] = _quality(by_kind["metric"], cycles, settings)
     out["metrics"] = _metrics(by_kind["metric"], cycles)
-    out["flaky_steps"] = _flaky(conn, night_id, cycles)
+    out["flaky_steps"] = _flaky(rows.steps, cycles)
     out["tokens"] = _tokens(by_kind["usage"], settings)
-    out["trend"] = _trend(conn, night, report, out)
+    out["trend"] = _trend(previous, report, out)
     out["recommendations"] = _recommendations(report, out, incidents)
     return out
 
@@ -162,6 +151,22 @@ def _agent(
         )
     incident_by_id = {i["id"]: i for i in incidents}
     injected = {r["incident_id"]: r for r in faults["injections"] if r.get("incident_id") is not None}
+    failed_calls: dict[str, list[float]] = defaultdict(list)
+    for e in events["component_fault"]:
+        if e["component"]:
+            failed_calls[e["component"]].append(e["ts"])
+
+    def time_to_detect(i: dict[str, Any]) -> float | None:
+        """The one definition: from the fault's first known moment to the incident. An
+        injected fault's start is known; otherwise a cycle's failed call is the first
+        evidence; a fault a periodic probe found started at an unknown moment: None."""
+        match = injected.get(i["id"])
+        if match is not None:
+            return match["time_to_detect_s"]
+        if i["trigger"] == "signal":
+            earlier = [t for t in failed_calls.get(i["component"], []) if t <= i["detected_at"] + 1e-6]
+            return _round(i["detected_at"] - max(earlier), 3) if earlier else 0.0
+        return None
 
     def cycle_of(component: str, t0: float, t1: float | None) -> int | None:
         hit = [
@@ -218,6 +223,7 @@ def _agent(
                 "escalation": i["escalation"],
                 "detail": i["detail"],
                 "cycle": cycle_of(i["component"], i["detected_at"], i["verified_at"]),
+                "time_to_detect_s": time_to_detect(i),
                 "time_to_repair_s": _round(i["verified_at"] - i["detected_at"]) if i["verified_at"] else None,
                 "repairs": [
                     {k: row[k] for k in ("strategy", "started_at", "duration_s", "verified", "result")}
@@ -277,20 +283,25 @@ def _agent(
                 "message": e["message"],
             }
         )
-    for r in repairs:
-        if r["result"] == "refused":  # the guard refused a knob change out of bounds
-            blocked.append(
-                {
-                    "at": iso(r["started_at"]),
-                    "component": r["component"],
-                    "by": f"repair {r['strategy']}",
-                    "attempted": r["detail"],
-                    "reason": "outside the knob's declared bounds",
-                    "message": r["detail"],
-                }
-            )
-    ttd = [r["time_to_detect_s"] for r in faults["injections"] if r.get("time_to_detect_s") is not None]
+    # (A repair the guard refused is in the list once, by its degradation_blocked event:
+    # every refusal of the guard records one.)
+    ttd = [r["time_to_detect_s"] for r in incident_rows if r["time_to_detect_s"] is not None]
     ttr = [i["verified_at"] - i["detected_at"] for i in incidents if i["verified_at"] is not None]
+    waits = [
+        r["duration_s"]
+        for r in repairs
+        if r["strategy"] == "wait_retry_after" and r["duration_s"] is not None
+    ]
+    by_component: dict[str, dict[str, int]] = defaultdict(lambda: {"repairs": 0, "verified": 0, "failed": 0})
+    for r in repairs:
+        row = by_component[r["component"]]
+        row["repairs"] += 1
+        row["verified" if r["verified"] else "failed"] += 1
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"incidents": 0, "restored": 0})
+    for i in incidents:
+        by_kind[i["fault_kind"]]["incidents"] += 1
+        if i["state"] in ("repaired", "transient", "recovered"):
+            by_kind[i["fault_kind"]]["restored"] += 1
     timeline: dict[str, list[dict[str, Any]]] = {}
     for name in [c["name"] for c in report.get("components") or []]:
         if name in unmonitored:
@@ -318,8 +329,11 @@ def _agent(
                 {"at": iso(e["ts"]), "component": e["component"], "message": e["message"]}
                 for e in events["agent_restarted"]
             ],
-            "time_to_detect_s": _pct(ttd),
-            "time_to_repair_s": _pct(ttr),
+            "time_to_detect_s": spread(ttd),
+            "time_to_repair_s": spread(ttr),
+            "retry_after_waits_s": spread(waits),
+            "by_component": dict(by_component),
+            "by_fault_kind": dict(by_kind),
             "unmonitored": sorted(unmonitored),
         },
         "incidents": incident_rows,
@@ -367,10 +381,6 @@ def _loop_lag(events: list[dict[str, Any]]) -> dict[str, Any] | None:
         "max_s": _round(max(float(r["max_s"]) for r in rows)),
         "samples": sum(int(r.get("samples") or 0) for r in rows),
     }
-
-
-def _pct(values: list[float]) -> dict[str, Any]:
-    return {"n": len(values), "p50": _round(percentile(values, 50)), "p95": _round(percentile(values, 95))}
 
 
 # -- quality, metrics, flaky steps --------------------------------------------------------------
@@ -429,23 +439,12 @@ def _quality(
     }
 
 
-def wilson(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a pass rate (95 % by default)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = passed / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
-
-
-def _flaky(conn: Connection, night_id: str, cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _flaky(steps: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Steps whose outcome (passed / failed as a product verdict) differs between cycles of
     the night, on their final attempts; infra errors are not the step's own outcome."""
     final = _final_attempts(cycles)
     counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for st in queries.steps_of(conn, night_id):
+    for st in steps:
         if final.get(st["cycle"]) == st["attempt"] and st["outcome"] in ("passed", "failed"):
             counts[st["name"]][st["outcome"]] += 1
     out = []
@@ -528,10 +527,10 @@ def figures(report: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _trend(conn: Connection, night: dict[str, Any], report: dict[str, Any], sections: dict[str, Any]) -> Any:
-    """The same figures for the previous ended night of the same scenario, with deltas."""
+def previous_night(conn: Connection, night: dict[str, Any]) -> queries.NightRows | None:
+    """The rows of the previous ended night of the same scenario (the trend's baseline)."""
     previous = conn.execute(
-        select(s.nights.c.id, s.nights.c.started_at)
+        select(s.nights.c.id)
         .where(
             s.nights.c.scenario == night["scenario"],
             s.nights.c.started_at < night["started_at"],
@@ -541,28 +540,26 @@ def _trend(conn: Connection, night: dict[str, Any], report: dict[str, Any], sect
         .order_by(s.nights.c.started_at.desc())
         .limit(1)
     ).first()
+    return queries.read_night(conn, previous.id) if previous is not None else None
+
+
+def _trend(previous: queries.NightRows | None, report: dict[str, Any], sections: dict[str, Any]) -> Any:
+    """The same figures for the previous ended night of the same scenario, with deltas."""
     if previous is None:
         return None
-    from .model import assemble_from
+    from .model import assemble
 
-    prev_night = queries.get_night(conn, previous.id)
-    assert prev_night is not None
-    prev_report = assemble_from(conn, prev_night)
+    prev_report = assemble(previous)
+    prev_settings = report_settings(previous.night)
     prev_sections = {
-        "quality": _quality(
-            queries.events_of(conn, previous.id, kinds=("metric",)),
-            queries.cycles_of(conn, previous.id),
-            report_settings(prev_night),
-        ),
-        "tokens": _tokens(
-            queries.events_of(conn, previous.id, kinds=("usage",)), report_settings(prev_night)
-        ),
-        "incidents": _table(conn, s.incidents, previous.id),
+        "quality": _quality(previous.events_of("metric"), previous.cycles, prev_settings),
+        "tokens": _tokens(previous.events_of("usage"), prev_settings),
+        "incidents": previous.incidents,
     }
     now, before = figures(report, sections), figures(prev_report, prev_sections)
     return {
         "previous_night_id": previous.id,
-        "previous_started_at": iso(previous.started_at),
+        "previous_started_at": iso(previous.night["started_at"]),
         "figures": {
             k: {
                 "now": now[k],
@@ -591,9 +588,7 @@ def _recommendations(
     for (component, kind), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         times = sorted(i["detected_at"] for i in items)
         when = (
-            f"at {_hhmm(times[0])}"
-            if len(times) == 1
-            else f"between {_hhmm(times[0])} and {_hhmm(times[-1])}"
+            f"at {hhmm(times[0])}" if len(times) == 1 else f"between {hhmm(times[0])} and {hhmm(times[-1])}"
         )
         advice = ADVICE.get(kind, "check the dependency")
         if len(items) >= 2 or kind in ("quota_exceeded", "auth_expired", "resource_low"):
