@@ -32,6 +32,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from .support import zygote
+
 PG_ROLE = "overnight_test"
 REPO = Path(__file__).resolve().parent.parent
 _PG_BIN_ROOT = Path("/usr/lib/postgresql")
@@ -250,9 +252,14 @@ def make_project(folder: Path, scenario_code: str, config: str = "", name: str =
 def run_cli(
     args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m overnight ARGS`` as a real subprocess, no terminal."""
+    """Run ``python -m overnight ARGS`` as a real process, no terminal: forked from a warm
+    parent that has imported overnight already (tests/support/zygote.py), or a fresh
+    interpreter with ``OVERNIGHT_TEST_EXEC=1``."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("COLUMNS", None)
+    warm = zygote.zygote()
+    if warm is not None:
+        return warm.run(args, cwd, full_env, timeout)
     return subprocess.run(
         [sys.executable, "-m", "overnight", *args],
         cwd=cwd,
@@ -262,3 +269,7 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    zygote.close()
