@@ -28,8 +28,9 @@ def test_schema_is_versioned_and_newer_ledgers_are_refused(ledger_url: str) -> N
         Ledger(ledger_url)
 
 
-def test_a_v3_ledger_is_upgraded_to_v4(ledger_url: str) -> None:
-    """v4 adds the attempts' fallback and knobs-off marks and the cycles' knobs off, and
+def test_a_v3_ledger_is_upgraded_to_the_current_version(ledger_url: str) -> None:
+    """v4 adds the attempts' fallback and knobs-off marks and the cycles' knobs off (v5 the
+    attempts' calls per step), and
     makes room for ``failed_on_fallback`` (PostgreSQL enforces VARCHAR(16))."""
     from sqlalchemy import inspect, text
 
@@ -37,7 +38,12 @@ def test_a_v3_ledger_is_upgraded_to_v4(ledger_url: str) -> None:
     pg = led.dialect == "postgresql"
 
     def back_to_v3(conn: Any) -> None:
-        for table, column in (("attempts", "fallback"), ("attempts", "knobs_off"), ("cycles", "knobs_off")):
+        for table, column in (
+            ("attempts", "fallback"),
+            ("attempts", "knobs_off"),
+            ("cycles", "knobs_off"),
+            ("attempts", "calls"),
+        ):
             conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
         if pg:
             for table in ("cycles", "attempts"):
@@ -51,8 +57,8 @@ def test_a_v3_ledger_is_upgraded_to_v4(ledger_url: str) -> None:
         with led.read() as conn:
             version = conn.execute(select(s.meta.c.value).where(s.meta.c.key == "schema_version")).scalar()
             columns = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("cycles", "attempts")}
-        assert int(version) == SCHEMA_VERSION == 4
-        assert {"fallback", "knobs_off"} <= columns["attempts"] and "knobs_off" in columns["cycles"]
+        assert int(version) == SCHEMA_VERSION == 5
+        assert {"fallback", "knobs_off", "calls"} <= columns["attempts"] and "knobs_off" in columns["cycles"]
         night = {
             "id": "n1",
             "scenario": "x:y",

@@ -38,7 +38,7 @@ SECTIONS = [
     "Repair agent",
     "Quality",
     "Failures",
-    "Flaky steps",
+    "Flaky or input-dependent",
     "Token usage and cost",
     "Trend",
     "Recommendations",
@@ -412,7 +412,7 @@ def full_report() -> dict[str, Any]:
             "worst": [{"cycle": 3, "score": 4.2}],
             "weaknesses": [{"text": "budget justification is vague", "count": 6}],
         },
-        "flaky_steps": [
+        "input_dependent_steps": [
             {
                 "step": "research",
                 "runs": 19,
@@ -420,6 +420,18 @@ def full_report() -> dict[str, Any]:
                 "failed": 2,
                 "pass_rate": 0.8947,
                 "ci95": [0.686, 0.971],
+                "failed_inputs": [{"cycle": 3, "input_seed": "11"}, {"cycle": 7, "input_seed": "12"}],
+            }
+        ],
+        "flaky": [
+            {
+                "input_seed": "13",
+                "cycle": 5,
+                "outcomes": ["passed", "timeout"],
+                "evidence": [
+                    {"night_id": "n1", "cycle": 5, "attempt": 1, "verdict": "timeout", "step": "writer"},
+                    {"night_id": "n1", "cycle": 5, "attempt": 2, "verdict": "passed", "step": None},
+                ],
             }
         ],
         "tokens": {
@@ -603,7 +615,7 @@ def test_full_report_sections_escaping_and_charts() -> None:
     assert "GigaChat → GigaChat-Plus" in html  # knobs changed by a repair
 
     # Failures: product failure with step, message and a relative link to its artifacts.
-    failures = html[html.index("<h2>Failures</h2>") : html.index("<h2>Flaky steps</h2>")]
+    failures = html[html.index("<h2>Failures</h2>") : html.index("<h2>Flaky or input-dependent</h2>")]
     assert '<a href="cycles/004/">cycles/004</a>' in failures
     assert (
         "infra error: rate_limited — 1 cycle" in failures
@@ -683,7 +695,8 @@ def test_passed_night_verdict_is_green() -> None:
             "quality": None,
             "tokens": None,
             "trend": None,
-            "flaky_steps": [],
+            "flaky": [],
+            "input_dependent_steps": [],
             "recommendations": [],
             "fallbacks": [],
             "git_commit": None,
@@ -717,7 +730,8 @@ def test_empty_report_renders_honest_lines_and_empty_charts(report: dict[str, An
         "no faults injected",
         "no score metric recorded" if not report.get("quality") else "no cycle was scored (score)",
         "no product failures",
-        "no flaky steps",
+        "no input gave different outcomes",
+        "no step passed on some inputs and failed on others",
         "no token usage recorded",
         "no previous night to compare with",
         "no recommendations",
@@ -803,8 +817,8 @@ async def test_report_of_a_real_night(tmp_path: Path) -> None:
     assert written.read_text(encoding="utf-8") == html
     assert (written.parent / page.links[0] / "draft.md").is_file()
     # What the model computes today beyond the old keys shows up too.
-    for flaky in report.get("flaky_steps") or []:
-        assert f"<td>{flaky['step']}</td>" in html
+    for step in report.get("input_dependent_steps") or []:
+        assert f"<td>{step['step']}</td>" in html
     for rec in report.get("recommendations") or []:
         assert str(escape(rec["text"])) in html
 

@@ -117,10 +117,13 @@ async def test_sections_from_a_night_with_a_fault_metrics_and_a_previous_night(t
         {"text": "thin evidence", "count": 3},
     ]
 
-    # Flaky: "check" passed 5 times and failed once
-    (flaky,) = r["flaky_steps"]
-    assert (flaky["step"], flaky["passed"], flaky["failed"]) == ("check", 5, 1)
-    assert flaky["ci95"] == list(wilson(5, 6)) and flaky["ci95"][0] < 5 / 6 < flaky["ci95"][1]
+    # "check" passed on 5 inputs and failed on one: input-dependent, not flaky (each
+    # cycle had its own input, and no input gave two outcomes)
+    (step,) = r["input_dependent_steps"]
+    assert (step["step"], step["passed"], step["failed"]) == ("check", 5, 1)
+    assert step["ci95"] == list(wilson(5, 6)) and step["ci95"][0] < 5 / 6 < step["ci95"][1]
+    assert [i["cycle"] for i in step["failed_inputs"]] == [f["cycle"] for f in r["failures"]]
+    assert r["flaky"] == []
 
     # Tokens: every answered call (the 429 answered none), cost from the prices
     tokens = r["tokens"]
@@ -134,8 +137,12 @@ async def test_sections_from_a_night_with_a_fault_metrics_and_a_previous_night(t
     # Trend against the first night
     trend = r["trend"]
     assert trend["previous_night_id"] == first["night_id"]
-    assert trend["figures"]["incidents"] == {"now": 1, "before": 0, "delta": 1}
-    assert trend["figures"]["failed"]["delta"] == 0 and trend["figures"]["mean_score"]["delta"] == 0
+    # The second night injected a fault the first did not: not like for like, no deltas.
+    assert trend["comparable"] is False and trend["faults_now"] == [
+        "llm:quota_exceeded@cycle=3,duration=1s,retry_after=1s"
+    ]
+    assert trend["figures"]["incidents"] == {"now": 1, "before": 0, "delta": None}
+    assert trend["figures"]["failed"]["now"] == trend["figures"]["failed"]["before"] == 1
 
     # Recommendations: the drill is not advice; the product failure is
     texts = [x["text"] for x in r["recommendations"]]
@@ -152,7 +159,7 @@ async def test_sections_from_a_night_with_a_fault_metrics_and_a_previous_night(t
         "Repair agent",
         "Quality",
         "Failures",
-        "Flaky steps",
+        "Flaky or input-dependent",
         "Token usage and cost",
         "Trend",
         "Recommendations",

@@ -471,7 +471,12 @@ def _run_command(
     ndir = _resolve_night_dir(night_dir, None if demo else loaded)
     url = _resolve_ledger(ledger, ndir, None if demo else loaded)
     plan = Plan.from_config(
-        loaded, ndir, flags, dry_run=dry_run, faults=[spec.to_dict() for spec in fault_specs]
+        loaded,
+        ndir,
+        flags,
+        dry_run=dry_run,
+        faults=[spec.to_dict() for spec in fault_specs],
+        choices=overrides,
     )
     _prepare_night_dir(ndir)
     led = _open_ledger(url)

@@ -10,7 +10,7 @@ to the right cycle and step.
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 
@@ -20,10 +20,17 @@ class CallScope:
     cycle: int
     attempt: int
     steps: list[str]
+    # step -> component -> calls: which components the attempt really used, per step
+    # (a component declared but replayed or skipped shows as unused in the report).
+    calls: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def step(self) -> str | None:
         return self.steps[-1] if self.steps else None
+
+    def count(self, component: str) -> None:
+        per_step = self.calls.setdefault(self.step or "-", {})
+        per_step[component] = per_step.get(component, 0) + 1
 
 
 current_call: ContextVar[CallScope | None] = ContextVar("overnight_current_call", default=None)

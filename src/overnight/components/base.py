@@ -369,6 +369,9 @@ class Component:
 
     async def call(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
         """Run one client call; classify its failure into an InfraError."""
+        scope = current_call.get()
+        if scope is not None:
+            scope.count(self.name)
         try:
             return await fn(*args, **kwargs)
         except InfraError:

@@ -432,6 +432,9 @@ class Orchestrator:
                 "deadline": self.deadline,
                 "dry_run": self.plan.dry_run,
                 "git_commit": await git_commit(self.loaded.base_dir),
+                # The values, not only their hash (redacted at the ledger's door).
+                "settings": self.settings.to_dict(),
+                "plan_choices": dict(self.plan.choices),
             },
         )
         done = await asyncio.to_thread(self._done_cycles)
@@ -619,7 +622,8 @@ class Orchestrator:
         )
         self.progress.attempt_started(cycle, attempt)
         t0 = time.perf_counter()
-        task = asyncio.create_task(self._call_scenario(ctx), name=f"cycle-{cycle}-attempt-{attempt}")
+        scope = CallScope(self.night_id, cycle, attempt, ctx._steps)
+        task = asyncio.create_task(self._call_scenario(ctx, scope), name=f"cycle-{cycle}-attempt-{attempt}")
         self._running[cycle] = (task, ctx)
         try:
             await asyncio.wait({task})
@@ -652,6 +656,7 @@ class Orchestrator:
             else (ctx._cancelled_step if task.cancelled() else None),
             "fallback": bool(fallbacks),
             "knobs_off": knobs_off,
+            "calls": scope.calls,
         }
         message = None
         if verdict is Verdict.INTERRUPTED:
@@ -667,10 +672,10 @@ class Orchestrator:
                 result.update(fault_component=exc.component, fault_kind=exc.kind)
         return verdict, result, message, meta, sorted(fallbacks)
 
-    async def _call_scenario(self, ctx: CycleContext) -> None:
+    async def _call_scenario(self, ctx: CycleContext, scope: CallScope) -> None:
         # Component handles read this to attribute usage and faults to cycle and step;
         # the list is ctx's own step stack, so it follows the scenario as it moves on.
-        current_call.set(CallScope(self.night_id, ctx.cycle, ctx.attempt, ctx._steps))
+        current_call.set(scope)
         timeout = self.plan.cycle_timeout
         try:
             async with asyncio.timeout(timeout) as cm:

@@ -49,6 +49,9 @@ class Plan:
     config_raw: dict[str, Any] = field(default_factory=dict)
     # The night's fault plan (``--faults``, ``--inject``), as normalised specs.
     faults: list[dict[str, Any]] = field(default_factory=list)
+    # Protected settings the command line chose for this night (they are in the config's
+    # settings too): shown in the report as the night's plan choices.
+    choices: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_config(
@@ -59,6 +62,7 @@ class Plan:
         *,
         dry_run: bool = False,
         faults: list[dict[str, Any]] | None = None,
+        choices: Mapping[str, Any] | None = None,
     ) -> Plan:
         """The night's plan: the config's ``[run]`` with the command line's values over
         it, checked by the one model, so ``--max-hours`` and ``max_hours`` share their
@@ -80,6 +84,7 @@ class Plan:
             key_prefix=loaded.key_prefix,
             config_raw=loaded.raw,
             faults=list(faults or []),
+            choices=dict(choices or {}),
         )
 
     def to_json(self) -> str:

@@ -132,8 +132,9 @@ def attempt_finished(
     for key in ("error_message", "traceback", "step"):
         if values.get(key) is not None:
             values[key] = redact(values[key])
-    if "knobs_off" in values and not isinstance(values["knobs_off"], str | None):
-        values["knobs_off"] = _json(values["knobs_off"] or None)
+    for key in ("knobs_off", "calls"):
+        if key in values and not isinstance(values[key], str | None):
+            values[key] = _json(values[key] or None)
     conn.execute(
         update(s.attempts)
         .where(

@@ -204,3 +204,28 @@ def read_night(conn: Connection, night_id: str) -> NightRows | None:
         repairs=rows(s.repairs, s.repairs.c.started_at, s.repairs.c.id),
         fallbacks=rows(s.fallbacks, s.fallbacks.c.started_at, s.fallbacks.c.id),
     )
+
+
+def same_inputs(conn: Connection, night: dict[str, Any], nights: int = 5) -> list[dict[str, Any]]:
+    """Finished cycles of up to ``nights`` earlier nights of the same scenario and the same
+    protected settings that ran an input this night ran too (same input seed): the
+    evidence that an outcome on one input is flaky across nights."""
+    n, c = s.nights.c, s.cycles.c
+    earlier = (
+        select(n.id)
+        .where(
+            n.scenario == night["scenario"],
+            n.protected_fingerprint == night["protected_fingerprint"],
+            n.id != night["id"],
+            n.started_at < night["started_at"],
+        )
+        .order_by(n.started_at.desc())
+        .limit(nights)
+    )
+    ours = select(c.input_seed).where(c.night_id == night["id"])
+    q = (
+        select(c.night_id, c.cycle, c.input_seed, c.verdict, c.attempts)
+        .where(c.night_id.in_(earlier), c.status == "done", c.input_seed.in_(ours))
+        .order_by(c.night_id, c.cycle)
+    )
+    return _rows(conn.execute(q))

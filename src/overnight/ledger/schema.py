@@ -25,7 +25,7 @@ from sqlalchemy import (
     text,
 )
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -121,6 +121,7 @@ attempts = Table(
     # declared fallback was active at some moment of it (NULL: recorded before v4).
     Column("fallback", Boolean),
     Column("knobs_off", Text),
+    Column("calls", Text),  # JSON {step: {component: calls}} (v5)
     ForeignKeyConstraint(["night_id", "cycle"], ["cycles.night_id", "cycles.cycle"]),
 )
 
@@ -269,4 +270,10 @@ def _v4(conn: Any) -> None:
 
 
 # version -> callable(connection) that upgrades from version-1 to version.
-MIGRATIONS: dict[int, object] = {2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Any) -> None:
+    """v4 → v5: each attempt records which components it called, per step."""
+    if "calls" not in {c["name"] for c in inspect(conn).get_columns("attempts")}:
+        conn.execute(text("ALTER TABLE attempts ADD COLUMN calls TEXT"))
+
+
+MIGRATIONS: dict[int, object] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}

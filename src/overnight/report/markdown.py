@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 _ICON = {
@@ -101,6 +102,17 @@ def _header(w: Any, r: dict[str, Any]) -> None:
         w(f"| Sandbox components | {', '.join(fake)} (answers generated locally, not by the real APIs) |")
     if replay:
         w(f"| Replayed components | {', '.join(replay)} (recorded data) |")
+    settings = r.get("protected_settings") or {}
+    if settings:
+        shown = ", ".join(f"`{k}` = {_esc(json.dumps(v, ensure_ascii=False))}" for k, v in settings.items())
+        w(f"| Protected settings (values) | {shown} |")
+    choices = r.get("plan_choices") or {}
+    if choices:
+        shown = ", ".join(f"`{k}` = {_esc(json.dumps(v, ensure_ascii=False))}" for k, v in choices.items())
+        w(f"| Plan choices (command line) | {shown} |")
+    use = r.get("component_use") or {}
+    if use.get("known") and use.get("unused"):
+        w(f"| Declared, never called this night | {', '.join(use['unused'])} |")
     w("")
     if comps:
         w("| component | type | target | real / sandbox | critical |")
@@ -113,6 +125,14 @@ def _header(w: Any, r: dict[str, Any]) -> None:
                 f"| {c['name']} | {c['type']} | {_esc(c['target'])} | {kind} "
                 f"| {'yes' if c['critical'] else 'no'} |"
             )
+        w("")
+    if use.get("known") and use.get("by_step"):
+        w("Components the scenario called, per step:")
+        w("")
+        w("| step | components (calls) |")
+        w("|---|---|")
+        for step, per in use["by_step"].items():
+            w(f"| `{step}` | {', '.join(f'{c} ({n})' for c, n in per.items())} |")
         w("")
 
 
@@ -378,22 +398,45 @@ def _failures(w: Any, r: dict[str, Any]) -> None:
 
 
 def _flaky(w: Any, r: dict[str, Any]) -> None:
-    w("## Flaky steps")
+    w("## Flaky or input-dependent")
     w("")
-    flaky = r.get("flaky_steps") or []
+    flaky = r.get("flaky") or []
+    w("**Flaky** (the same input gave different outcomes):")
+    w("")
     if not flaky:
-        w("None: no step both passed and failed across the night's cycles.")
+        w(
+            "None: no input gave different outcomes on two attempts of a cycle, or in an earlier "
+            "night with the same settings."
+        )
+    for f in flaky:
+        evidence = "; ".join(
+            f"night {e['night_id']} cycle {e['cycle']}"
+            + (f" attempt {e['attempt']}" if e["attempt"] is not None else "")
+            + f": {e['verdict']}"
+            + (f" at `{e['step']}`" if e.get("step") else "")
+            for e in f["evidence"]
+        )
+        w(f"- cycle {f['cycle']} (input `{f['input_seed']}`): {' / '.join(f['outcomes'])} — {_esc(evidence)}")
+    w("")
+    steps = r.get("input_dependent_steps") or []
+    w(
+        "**Fails on some inputs** (a step that passed on some cycles' inputs and failed on "
+        "others'; not flaky):"
+    )
+    w("")
+    if not steps:
+        w("None.")
         w("")
         return
-    w("Steps whose outcome differs between cycles (final attempts; pass rate with a 95% Wilson interval):")
-    w("")
-    w("| step | runs | passed | failed | pass rate | 95% CI |")
-    w("|---|---:|---:|---:|---:|---|")
-    for f in flaky:
+    w("| step | runs | passed | failed | pass rate | 95% CI | failed on cycles |")
+    w("|---|---:|---:|---:|---:|---|---|")
+    for f in steps:
         lo, hi = f["ci95"]
+        cycles = ", ".join(str(i["cycle"]) for i in f["failed_inputs"])
+        more = " …" if f["failed"] > len(f["failed_inputs"]) else ""
         w(
             f"| `{f['step']}` | {f['runs']} | {f['passed']} | {f['failed']} | {f['pass_rate'] * 100:.1f}% "
-            f"| {lo * 100:.1f}–{hi * 100:.1f}% |"
+            f"| {lo * 100:.1f}–{hi * 100:.1f}% | {cycles}{more} |"
         )
     w("")
 
@@ -442,6 +485,16 @@ def _trend(w: Any, r: dict[str, Any]) -> None:
         return
     w(f"Against night {tr['previous_night_id']} (started {tr['previous_started_at']}):")
     w("")
+    if not tr.get("comparable", True):
+        diffs = [f"{d['key']}: {_v(d['before'])} → {_v(d['now'])}" for d in tr.get("settings_differ") or []]
+        if tr.get("choices_now") != tr.get("choices_before"):
+            diffs.append(f"plan choices: {_v(tr.get('choices_before'))} → {_v(tr.get('choices_now'))}")
+        w(
+            "**Not like for like: the two nights ran different plans** ("
+            + _esc("; ".join(diffs))
+            + "). Their figures are shown side by side, without changes."
+        )
+        w("")
     w("| figure | this night | previous | change |")
     w("|---|---:|---:|---:|")
     for name, f in tr["figures"].items():

@@ -16,7 +16,7 @@ from ..numbers import duration_stats, iso, rnd
 from ..verdicts import CYCLE_VERDICTS
 
 REPORT_FORMAT = "overnight-report"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 
 # One definition of each number, shared with the fault timeline and the CLI.
@@ -38,8 +38,9 @@ def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
         if rows is None:
             raise KeyError(night_id)
         previous = previous_night(conn, rows.night)
+        history = queries.same_inputs(conn, rows.night)
     report = assemble(rows)
-    report.update(build_sections(rows, report, previous))
+    report.update(build_sections(rows, report, previous, history))
     return report
 
 

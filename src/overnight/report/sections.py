@@ -16,8 +16,10 @@ from sqlalchemy.engine import Connection
 from ..faults.timeline import timeline_of
 from ..ledger import queries
 from ..ledger import schema as s
-from ..numbers import hhmm, iso, spread, wilson
+from ..numbers import hhmm, iso, spread
 from ..numbers import rnd as _round
+from .inputs import flaky_inputs, input_dependent_steps
+from .plan_view import comparison, component_use, plan_choices, protected_settings
 
 BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.9", 0.0, 5.0))
 ADVICE = {
@@ -55,10 +57,14 @@ def report_settings(night: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_sections(
-    rows: queries.NightRows, report: dict[str, Any], previous: queries.NightRows | None
+    rows: queries.NightRows,
+    report: dict[str, Any],
+    previous: queries.NightRows | None,
+    history: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every section beyond the cycle counts, from the rows read once (``previous``: the
-    previous ended night of the same scenario, for the trend)."""
+    previous ended night of the same scenario, for the trend; ``history``: earlier
+    nights' cycles on the same inputs, for flakiness across nights)."""
     night = rows.night
     settings = report_settings(night)
     incidents = rows.incidents
@@ -87,15 +93,19 @@ def build_sections(
     out: dict[str, Any] = {}
     started = next((_json(e["data"]) or {} for e in by_kind["night_started"]), {})
     out["git_commit"] = started.get("git_commit")
+    out["protected_settings"] = protected_settings(rows)
+    out["plan_choices"] = plan_choices(rows)
+    out["component_use"] = component_use(rows, [c["name"] for c in report.get("components") or []])
     out["started_ts"] = night["started_at"]
     out["ended_ts"] = night["ended_at"]
     out["faults"] = faults
     out.update(_agent(report, incidents, repairs, fallbacks, probes, by_kind, attempts, cycles, faults))
     out["quality"] = _quality(by_kind["metric"], cycles, settings)
     out["metrics"] = _metrics(by_kind["metric"], cycles)
-    out["flaky_steps"] = _flaky(rows.steps, cycles)
+    out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles)
+    out["flaky"] = flaky_inputs(cycles, attempts, history or [], rows.id)
     out["tokens"] = _tokens(by_kind["usage"], settings)
-    out["trend"] = _trend(previous, report, out)
+    out["trend"] = _trend(previous, report, out, comparison(rows, previous))
     out["recommendations"] = _recommendations(report, out, incidents)
     return out
 
@@ -439,31 +449,6 @@ def _quality(
     }
 
 
-def _flaky(steps: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Steps whose outcome (passed / failed as a product verdict) differs between cycles of
-    the night, on their final attempts; infra errors are not the step's own outcome."""
-    final = _final_attempts(cycles)
-    counts: dict[str, Counter[str]] = defaultdict(Counter)
-    for st in steps:
-        if final.get(st["cycle"]) == st["attempt"] and st["outcome"] in ("passed", "failed"):
-            counts[st["name"]][st["outcome"]] += 1
-    out = []
-    for name, c in counts.items():
-        if c["passed"] and c["failed"]:
-            n = c["passed"] + c["failed"]
-            out.append(
-                {
-                    "step": name,
-                    "runs": n,
-                    "passed": c["passed"],
-                    "failed": c["failed"],
-                    "pass_rate": round(c["passed"] / n, 4),
-                    "ci95": list(wilson(c["passed"], n)),
-                }
-            )
-    return sorted(out, key=lambda r: r["pass_rate"])
-
-
 # -- tokens and cost ---------------------------------------------------------------------------
 
 
@@ -543,9 +528,15 @@ def previous_night(conn: Connection, night: dict[str, Any]) -> queries.NightRows
     return queries.read_night(conn, previous.id) if previous is not None else None
 
 
-def _trend(previous: queries.NightRows | None, report: dict[str, Any], sections: dict[str, Any]) -> Any:
-    """The same figures for the previous ended night of the same scenario, with deltas."""
-    if previous is None:
+def _trend(
+    previous: queries.NightRows | None,
+    report: dict[str, Any],
+    sections: dict[str, Any],
+    compared: dict[str, Any] | None,
+) -> Any:
+    """The same figures for the previous ended night of the same scenario, with deltas;
+    no deltas when the two nights ran different plans (settings or plan choices)."""
+    if previous is None or compared is None:
         return None
     from .model import assemble
 
@@ -557,14 +548,18 @@ def _trend(previous: queries.NightRows | None, report: dict[str, Any], sections:
         "incidents": previous.incidents,
     }
     now, before = figures(report, sections), figures(prev_report, prev_sections)
+    like = compared["comparable"]
     return {
         "previous_night_id": previous.id,
         "previous_started_at": iso(previous.night["started_at"]),
+        **compared,
         "figures": {
             k: {
                 "now": now[k],
                 "before": before[k],
-                "delta": _round(now[k] - before[k]) if now[k] is not None and before[k] is not None else None,
+                "delta": _round(now[k] - before[k])
+                if like and now[k] is not None and before[k] is not None
+                else None,
             }
             for k in now
         },

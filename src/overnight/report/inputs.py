@@ -1,0 +1,112 @@
+"""Flaky or input-dependent: two different findings the report keeps apart.
+
+A step that fails on some cycles and passes on others met different inputs (each cycle
+has its own): that is an input-dependent failure, reported with the inputs it failed
+on. Flaky means the same input gave different outcomes: two attempts of one cycle, or
+the same input seed in an earlier night with the same protected settings. Only those
+are reported as flaky, each with its evidence.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from ..numbers import wilson
+
+# Outcomes that say something about the product on that input. Infra errors are the
+# dependency's; interrupted attempts were stopped from outside; an attempt on a
+# fallback ran against a substitute.
+_OUTCOMES = ("passed", "failed", "timeout")
+MAX_INPUTS = 20
+
+
+def input_dependent_steps(steps: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Steps whose outcome (passed / failed) differs between cycles, on their final
+    attempts, with the inputs they failed on."""
+    final = {c["cycle"]: c for c in cycles if c["status"] == "done"}
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    failed_on: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for st in steps:
+        cycle = final.get(st["cycle"])
+        if cycle is None or cycle["attempts"] != st["attempt"] or st["outcome"] not in ("passed", "failed"):
+            continue
+        counts[st["name"]][st["outcome"]] += 1
+        if st["outcome"] == "failed":
+            failed_on[st["name"]].append({"cycle": st["cycle"], "input_seed": cycle["input_seed"]})
+    out = []
+    for name, c in counts.items():
+        if c["passed"] and c["failed"]:
+            n = c["passed"] + c["failed"]
+            out.append(
+                {
+                    "step": name,
+                    "runs": n,
+                    "passed": c["passed"],
+                    "failed": c["failed"],
+                    "pass_rate": round(c["passed"] / n, 4),
+                    "ci95": list(wilson(c["passed"], n)),
+                    "failed_inputs": failed_on[name][:MAX_INPUTS],
+                }
+            )
+    return sorted(out, key=lambda r: (r["pass_rate"], r["step"]))
+
+
+def flaky_inputs(
+    cycles: list[dict[str, Any]], attempts: list[dict[str, Any]], history: list[dict[str, Any]], night_id: str
+) -> list[dict[str, Any]]:
+    """Inputs that gave different outcomes: within this night (attempts of one cycle) or
+    across nights (the same input seed, the same protected settings). Each with the
+    attempts or nights that disagree."""
+    by_cycle: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for a in attempts:
+        if a["verdict"] in _OUTCOMES and not a.get("fallback"):
+            by_cycle[a["cycle"]].append(a)
+    seeds = {c["cycle"]: c["input_seed"] for c in cycles}
+    found: dict[str, dict[str, Any]] = {}
+
+    def entry(seed: str, cycle: int) -> dict[str, Any]:
+        return found.setdefault(seed, {"input_seed": seed, "cycle": cycle, "outcomes": [], "evidence": []})
+
+    for cycle, atts in sorted(by_cycle.items()):
+        outcomes = {a["verdict"] for a in atts}
+        if len(outcomes) > 1:
+            row = entry(seeds[cycle], cycle)
+            for a in atts:
+                row["evidence"].append(
+                    {
+                        "night_id": night_id,
+                        "cycle": cycle,
+                        "attempt": a["attempt"],
+                        "verdict": a["verdict"],
+                        "step": a["step"],
+                    }
+                )
+    final = {c["input_seed"]: c for c in cycles if c["status"] == "done" and c["verdict"] in _OUTCOMES}
+    for h in history:
+        ours = final.get(h["input_seed"])
+        if ours is None or h["verdict"] not in _OUTCOMES or h["verdict"] == ours["verdict"]:
+            continue
+        row = entry(h["input_seed"], ours["cycle"])
+        if not any(e["night_id"] == night_id and e.get("attempt") is None for e in row["evidence"]):
+            row["evidence"].append(
+                {
+                    "night_id": night_id,
+                    "cycle": ours["cycle"],
+                    "attempt": None,
+                    "verdict": ours["verdict"],
+                    "step": None,
+                }
+            )
+        row["evidence"].append(
+            {
+                "night_id": h["night_id"],
+                "cycle": h["cycle"],
+                "attempt": None,
+                "verdict": h["verdict"],
+                "step": None,
+            }
+        )
+    for row in found.values():
+        row["outcomes"] = sorted({e["verdict"] for e in row["evidence"]})
+    return sorted(found.values(), key=lambda r: r["cycle"])
