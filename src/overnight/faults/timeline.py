@@ -102,6 +102,7 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
     for r in rows.repairs:
         repairs[r["incident_id"]].append(r)
     attempts = rows.attempts
+    verified = rows.verified_repairs
     final = {c["cycle"]: (c["verdict"], c["status"]) for c in rows.cycles}
     last_attempt: dict[int, dict[str, Any]] = {}
     for a in attempts:
@@ -170,7 +171,7 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
                     {
                         "strategy": r["strategy"],
                         "result": "done" if r["result"] == "ok" else r["result"],  # "ok": older ledgers
-                        "verified": bool(r["verified"]),
+                        "verified": r["id"] in verified,
                         "duration_s": _r(r["duration_s"]),
                     }
                     for r in repairs.get(match["id"], [])

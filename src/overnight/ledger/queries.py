@@ -176,6 +176,21 @@ class NightRows:
     def id(self) -> str:
         return str(self.night["id"])
 
+    @property
+    def verified_repairs(self) -> set[int]:
+        """Repairs the agent flagged verified *and* a healthy probe of their component
+        followed: the one definition of "verified" every section uses (a flag without
+        the probe that earned it is not evidence)."""
+        healthy: dict[str, list[float]] = {}
+        for p in self.probes:
+            if p["healthy"]:
+                healthy.setdefault(p["component"], []).append(p["ts"])
+        return {
+            r["id"]
+            for r in self.repairs
+            if r["verified"] and any(ts >= r["started_at"] for ts in healthy.get(r["component"], ()))
+        }
+
     def events_of(self, *kinds: str) -> list[dict[str, Any]]:
         """Events of these kinds, in the order they happened."""
         if len(kinds) == 1:

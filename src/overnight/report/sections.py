@@ -99,7 +99,20 @@ def build_sections(
     out["started_ts"] = night["started_at"]
     out["ended_ts"] = night["ended_at"]
     out["faults"] = faults
-    out.update(_agent(report, incidents, repairs, fallbacks, probes, by_kind, attempts, cycles, faults))
+    out.update(
+        _agent(
+            report,
+            incidents,
+            repairs,
+            fallbacks,
+            probes,
+            by_kind,
+            attempts,
+            cycles,
+            faults,
+            rows.verified_repairs,
+        )
+    )
     out["quality"] = _quality(by_kind["metric"], cycles, settings)
     out["metrics"] = _metrics(by_kind["metric"], cycles)
     out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles)
@@ -123,6 +136,7 @@ def _agent(
     attempts: list[dict[str, Any]],
     cycles: list[dict[str, Any]],
     faults: dict[str, Any],
+    verified_repairs: set[int] | None = None,
 ) -> dict[str, Any]:
     unmonitored = {e["component"] for e in events["unmonitored"]}
     last_probe: dict[str, dict[str, Any]] = {}
@@ -133,8 +147,15 @@ def _agent(
     # One definition of a repair, for every section that counts them: a row of the
     # repairs table (an action the agent started, whatever its result); "verified" only
     # when a healthy probe followed it.
+    verified_ids = (
+        verified_repairs if verified_repairs is not None else {r["id"] for r in repairs if r["verified"]}
+    )
+
+    def is_verified(r: dict[str, Any]) -> bool:
+        return r["id"] in verified_ids
+
     performed: Counter[str] = Counter(r["component"] for r in repairs)
-    verified: Counter[str] = Counter(r["component"] for r in repairs if r["verified"])
+    verified: Counter[str] = Counter(r["component"] for r in repairs if is_verified(r))
     health = []
     for comp in report.get("components") or []:
         name = comp["name"]
@@ -207,7 +228,7 @@ def _agent(
                 "strategy": r["strategy"],
                 "duration_s": _round(r["duration_s"]),
                 "result": repair_result(r["result"]),
-                "verified": bool(r["verified"]),
+                "verified": is_verified(r),
                 "knobs_changed": _json(r["knobs_changed"]) or {},
                 "detail": r["detail"],
             }
@@ -306,7 +327,7 @@ def _agent(
     for r in repairs:
         row = by_component[r["component"]]
         row["repairs"] += 1
-        row["verified" if r["verified"] else "failed"] += 1
+        row["verified" if is_verified(r) else "failed"] += 1
     by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"incidents": 0, "restored": 0})
     for i in incidents:
         by_kind[i["fault_kind"]]["incidents"] += 1
