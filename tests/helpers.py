@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
 
-from overnight.config import load_config
+from overnight.config import RunConfig, load_config
 from overnight.engine.orchestrator import NightOutcome, Orchestrator
 from overnight.engine.plan import Plan
 from overnight.engine.progress import LogProgress
@@ -25,25 +26,17 @@ def write_project(folder: Path, code: str, config: str = "") -> tuple[Path, str]
 
 
 def make_plan(config_path: Path, night_dir: Path, **kw: Any) -> Plan:
+    """The plan ``overnight run`` would build (``Plan.from_config``), with a fixed seed
+    and no backoff unless given; ``[run]`` keys in ``kw`` are checked like flags, the
+    plan's other fields (``faults``, ``dry_run``…) set as given."""
     loaded = load_config(config_path)
-    rc = loaded.config.run
-    values: dict[str, Any] = {
-        "scenario": loaded.config.scenario,
-        "cycles": rc.cycles,
-        "parallel": rc.parallel,
-        "retry_attempts": rc.retry_attempts,
-        "cycle_timeout": rc.cycle_timeout,
-        "max_hours": rc.max_hours,
-        "until": rc.until,
-        "seed": rc.seed if rc.seed is not None else 1234,
-        "night_dir": str(night_dir),
-        "retry_backoff": 0.0,
-        "config_path": str(loaded.path),
-        "key_prefix": loaded.key_prefix,
-        "config_raw": loaded.raw,
-    }
-    values.update(kw)
-    return Plan(**values)
+    run_keys = set(RunConfig.model_fields)
+    defaults: dict[str, Any] = {"retry_backoff": 0.0}
+    if loaded.config.run.seed is None:
+        defaults["seed"] = 1234
+    overrides = defaults | {k: kw.pop(k) for k in list(kw) if k in run_keys}
+    plan = Plan.from_config(loaded, night_dir, overrides)
+    return dataclasses.replace(plan, **kw)
 
 
 async def run_night(

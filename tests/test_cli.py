@@ -369,15 +369,59 @@ def test_run_night_tests_script_forwards_to_run(tmp_path: Path) -> None:
         [sys.executable, str(script), "--nope"], cwd=proj, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "No such option: --nope" in bad.stderr
+    # The old script's own flags are plan choices now.
+    code = "async def cycle(ctx):\n    ctx.artifact('s.json', dict(ctx.settings))\n"
+    old = make_project(tmp_path / "old", code, "[settings]\nexpert = true\nmock_websearch = false\n")
+    res = subprocess.run(
+        [sys.executable, str(script), "--cycles", "1", "--mock-websearch", "--no-expert"],
+        cwd=old, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    settings = json.loads(next((old / "night_tests").glob("*/cycles/001/s.json")).read_text())
+    assert settings == {"expert": False, "mock_websearch": True}
+
+
+def test_run_night_tests_at_the_repository_root_runs_the_reference_pipeline(tmp_path: Path) -> None:
+    """The old cron line, at the repository root where there is no overnight.toml: the
+    shim runs the reference pipeline's config and says so in one line."""
+    repo = Path(__file__).resolve().parent.parent
+    assert not (repo / "overnight.toml").exists()
+    res = subprocess.run(
+        [sys.executable, "run_night_tests.py", "--cycles", "1", "--mock-websearch", "--night-dir", str(tmp_path)],
+        cwd=repo, capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "run_night_tests.py: no overnight.toml here; running " in res.stderr
+    assert res.stdout.startswith("PASSED")
+    report = json.loads(next(tmp_path.glob("*/report.json")).read_text())
+    assert report["plan_choices"] == {"mock_websearch": True}
 
 
 def test_plan_choices_become_protected_settings(tmp_path: Path) -> None:
+    """--set KEY=VALUE, typed by the setting's TOML type; a value of the wrong type is
+    one line; a new key reads as TOML (a bare word is a string)."""
     code = "async def cycle(ctx):\n    ctx.artifact('s.json', dict(ctx.settings))\n"
-    proj = make_project(tmp_path / "proj", code, "[settings]\nexpert = true\n")
-    res = run_cli(["run", "--cycles", "1", "--mock-websearch", "--no-expert"], cwd=proj)
+    proj = make_project(tmp_path / "proj", code, "[settings]\nexpert = true\nmin_length = 15000\n")
+    sets = [
+        "--set",
+        "mock_websearch=true",
+        "--set",
+        "expert=false",
+        "--set",
+        "min_length=500",
+        "--set",
+        "model=Pro",
+    ]
+    res = run_cli(["run", "--cycles", "1", *sets], cwd=proj)
     assert res.returncode == 0, res.stderr
     settings = json.loads(next((proj / "night_tests").glob("*/cycles/001/s.json")).read_text())
-    assert settings == {"expert": False, "mock_websearch": True}
+    assert settings == {"expert": False, "mock_websearch": True, "min_length": 500, "model": "Pro"}
+    bad = run_cli(["run", "--cycles", "1", "--set", "expert=maybe"], cwd=proj)
+    assert (
+        bad.returncode == 2 and "--set expert=maybe: settings.expert is a boolean in the config" in bad.stderr
+    )
+    resumed = run_cli(["run", "--resume", "--set", "expert=false"], cwd=proj)
+    assert resumed.returncode == 2 and "a resumed night keeps its original plan choices" in resumed.stderr
 
 
 def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def test_rows_are_keyed_by_night_and_cycle_and_a_second_night_does_not_collide(t
 
 
 def test_plan_choices_mock_websearch_and_no_expert(tmp_path: Path) -> None:
-    res = _run(tmp_path, "--mock-websearch", "--no-expert")
+    res = _run(tmp_path, "--set", "mock_websearch=true", "--set", "expert=false")
     assert res.returncode == 0, res.stderr[-3000:]
     night = _nights(tmp_path)[0]
     report = _report(night)

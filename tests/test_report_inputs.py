@@ -111,7 +111,7 @@ def test_plan_choices_are_shown_and_a_replayed_component_is_unused(tmp_path: Pat
         'db = ctx.components["db"]', 'db = ctx.components["db"]\n    assert ctx.settings["mock_websearch"]'
     )
     proj = make_project(tmp_path / "p", code, CONFIG)
-    res = run_cli(["run", "--cycles", "2", "--mock-websearch"], cwd=proj)
+    res = run_cli(["run", "--cycles", "2", "--set", "mock_websearch=true"], cwd=proj)
     assert res.returncode in (0, 1), res.stderr[-2000:]
     folder = next(p for p in (proj / "night_tests").iterdir() if p.is_dir() and not p.name.startswith("."))
     report = json.loads((folder / "report.json").read_text())

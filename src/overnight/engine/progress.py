@@ -63,6 +63,9 @@ class ProgressState:
 class ProgressSink:
     """Base sink: keeps the state; subclasses decide how to show it."""
 
+    # Whether it draws on a terminal (the CLI then keeps console logging to warnings).
+    interactive: bool = False
+
     def __init__(self) -> None:
         self.state = ProgressState()
 
@@ -156,6 +159,8 @@ class LogProgress(ProgressSink):
 
 
 class RichProgress(ProgressSink):
+    interactive = True  # a live view: the console log keeps to warnings
+
     """A live view: cycles done of total, verdict counts, ETA, the running cycles."""
 
     def __init__(self, console: Console | None = None) -> None:
