@@ -30,7 +30,9 @@ from .test_agent_hardening import FAST, _events, _module, _rows
 from .test_report_html import visible_text
 
 # Counts that read as English: never "(s)", never "1 cycles".
-_BAD_PLURAL = re.compile(r"\(s\)|\b1 (?:instances|cycles|times|repairs|attempts|incidents|failures|faults)\b")
+_BAD_PLURAL = re.compile(
+    r"\(s\)|\b1 (?:instances|cycles|times|repairs|attempts|incidents|failures|faults|results)\b"
+)
 
 # A server that goes down when a cycle says so and comes back by itself 1.5 s later,
 # whatever the agent does: its only repair "does nothing" (like rebuild_pool against a
@@ -225,6 +227,8 @@ async def test_a_raised_knob_and_its_time_in_force_and_action_time_apart_from_ti
     (rec,) = [r for r in report["recommendations"] if "search.timeout" in r["text"]]
     assert f"cycles {cycles}" in rec["evidence"] or f"cycle {cycles}" in rec["evidence"]
     assert "knob_changed" in rec["evidence"] and "knob_restored" in rec["evidence"]
+    for text in (md, visible_text(html), *(r["text"] for r in report["recommendations"])):
+        assert not _BAD_PLURAL.search(text), _BAD_PLURAL.search(text)
 
 
 async def test_a_failure_on_a_fallback_is_listed_apart_and_no_shortcut_contradicts_it(
@@ -295,3 +299,8 @@ async def cycle(ctx):
     (rec,) = [r for r in report["recommendations"] if "failed on a fallback" in r["text"]]
     assert "cycle 3" in rec["text"] and "rerun" in rec["text"]
     assert f"incident #{fallback['incident_id']}" in rec["evidence"] and "cycle 3" in rec["evidence"]
+    # Cycle 4 started while the fallback still served (it ends at the next probe of the primary).
+    assert report["passed_with_fallback"] == 1
+    assert "1 passed cycle ran while a fallback was active (not a clean pass)" in visible_text(html)
+    for text in (md, visible_text(html), report["verdict"], *(r["text"] for r in report["recommendations"])):
+        assert not _BAD_PLURAL.search(text), _BAD_PLURAL.search(text)
