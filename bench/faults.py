@@ -137,7 +137,7 @@ def aggregate(nights: list[dict[str, Any]]) -> dict[str, Any]:
     for kind, rs in sorted(kinds.items()):
         ttd = [r["time_to_detect_s"] for r in rs if r["time_to_detect_s"] is not None]
         ttdiag = [r["time_to_diagnose_s"] for r in rs if r["time_to_diagnose_s"] is not None]
-        ttr = [r["time_to_repair_s"] for r in rs if r["time_to_repair_s"] is not None]
+        ttr = [r["time_to_healthy_s"] for r in rs if r["time_to_healthy_s"] is not None]
         waits = [
             sum(x["duration_s"] or 0 for x in r["repairs"] if x["strategy"] == "wait_retry_after") for r in rs
         ]

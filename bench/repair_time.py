@@ -221,14 +221,14 @@ def _pct(values: list[float]) -> dict[str, Any]:
 def summarise(night: dict[str, Any]) -> dict[str, Any]:
     rows = night["timeline"]["injections"]
     ttd = [r["time_to_detect_s"] for r in rows if r["time_to_detect_s"] is not None]
-    ttr = [r["time_to_repair_s"] for r in rows if r["time_to_repair_s"] is not None]
+    ttr = [r["time_to_healthy_s"] for r in rows if r["time_to_healthy_s"] is not None]
     waits, ttr_no_wait = [], []
     for r in rows:
-        if r["time_to_repair_s"] is None:
+        if r["time_to_healthy_s"] is None:
             continue
         wait = sum(x["duration_s"] or 0 for x in r["repairs"] if x["strategy"] == "wait_retry_after")
         waits.append(wait)
-        ttr_no_wait.append(r["time_to_repair_s"] - wait)
+        ttr_no_wait.append(r["time_to_healthy_s"] - wait)
     return {
         "kind": night["kind"],
         "mode": night["mode"],

@@ -131,7 +131,7 @@ async def test_a_probe_raising_a_base_exception_restarts_its_monitor_and_the_gat
     # The cycle's fault was not lost with the crash: a transient incident, verified.
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [("connection_lost", "transient")]
     assert any(r["component"] == "jumpy" for r in report["agent"]["restarts"])
-    assert any("monitor of jumpy crashed 2 time(s)" in r["text"] for r in report["recommendations"])
+    assert any("monitor of jumpy crashed 2 times" in r["text"] for r in report["recommendations"])
 
 
 @pytest.mark.parametrize("escalation", ["abort", "pause"])
@@ -346,7 +346,7 @@ async def test_a_pause_is_bounded_by_max_pause_and_the_repair_counts_agree(tmp_p
     assert health["repairs"] == len(repairs) and health["repairs_verified"] == 0
     md = render_markdown(report)
     n = len(repairs)
-    assert f"**db**: ❌ Unhealthy ({n} repairs performed, 0 verified)" in md
+    assert "- **db**: ❌ Unhealthy — last probed " in md and f"  - {n} repairs performed, 0 verified\n" in md
     assert f"### Repairs Performed: {n} total, 0 verified" in md
     assert "done, not verified" in md and "verified ✅" not in md
     # The log says what happened, not "ok".

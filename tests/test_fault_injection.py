@@ -200,7 +200,7 @@ async def test_example_incidents_are_detected_diagnosed_repaired_and_verified(
         }
         for row in rows.values():
             assert row["detected"] and row["diagnosis_correct"], row
-            assert row["verified_at"] is not None and row["time_to_repair_s"] is not None, row
+            assert row["verified_at"] is not None and row["time_to_healthy_s"] is not None, row
             assert 0 <= row["time_to_detect_s"] < 5, row
         # Pre-ping found the terminated connections and the pool reconnected: a transient
         # incident, verified by a probe; no cycle failed for it.

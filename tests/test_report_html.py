@@ -146,6 +146,10 @@ def full_report() -> dict[str, Any]:
         "success_rate": 0.7368,
         "passed_with_fallback": 3,
         "retried_cycles": 2,
+        "infra_retried_to_verdict": {
+            "count": 1,
+            "cycles": [{"cycle": 7, "verdict": "passed", "faults": ["llm/rate_limited"]}],
+        },
         "attempts_total": 22,
         "interrupted_attempts": 0,
         "durations": {
@@ -214,6 +218,13 @@ def full_report() -> dict[str, Any]:
                     "last_probe_latency_s": 0.183,
                     "last_probe_detail": "200 OK, model GigaChat-Plus",
                     "repairs": 2,
+                    "repairs_verified": 1,
+                    "incidents": 1,
+                    "incidents_repaired": 1,
+                    "notes": [
+                        "incident #inc-1 (rate_limited): repaired by rotate_model, after 1 repair attempt "
+                        "that did not restore it; verified healthy by a probe 36 s after detection"
+                    ],
                 },
                 {
                     "component": "search",
@@ -257,6 +268,7 @@ def full_report() -> dict[str, Any]:
                     "duration_s": 1.2,
                     "result": "probe healthy",
                     "verified": True,
+                    "time_to_healthy_s": 36.0,
                     "knobs_changed": {"model": ["GigaChat", "GigaChat-Plus"]},
                 },
                 {
@@ -283,7 +295,11 @@ def full_report() -> dict[str, Any]:
                 "trigger": "error signal from cycle 7",
                 "detected_at": iso(inc_llm_at),
                 "verified_at": iso(inc_llm_at + 36),
-                "state": "verified",
+                "time_to_healthy_s": 36.0,
+                "time_to_repair_s": 36.0,
+                "repaired_by_us": True,
+                "outcome": "repaired by rotate_model; verified healthy by a probe 36 s after detection",
+                "state": "repaired",
                 "escalation": None,
                 "repairs": [
                     {
@@ -303,7 +319,12 @@ def full_report() -> dict[str, Any]:
                 "trigger": "probe failed 3×",
                 "detected_at": iso(T0 + 2428),
                 "verified_at": iso(T0 + 2960),
-                "state": "verified",
+                "time_to_healthy_s": 532.0,
+                "time_to_repair_s": None,
+                "repaired_by_us": False,
+                "outcome": "down for 9 min; no repair was tried; served by its cache fallback; healthy again "
+                "without a verified repair of ours",
+                "state": "recovered",
                 "escalation": None,
                 "repairs": [],
                 "injected": None,
@@ -317,6 +338,23 @@ def full_report() -> dict[str, Any]:
                 "ended_at": iso(T0 + 2960),
                 "duration_s": 530.0,
                 "cycles": [13, 14, 15],
+            },
+        ],
+        "knob_changes": [
+            {
+                "component": "llm",
+                "knob": "model",
+                "configured": "GigaChat",
+                "from": "GigaChat",
+                "to": "GigaChat-Plus",
+                "by": f"strategy rotate_model {XSS}",
+                "incident_id": "inc-1",
+                "changed_at": iso(inc_llm_at + 34),
+                "ended_at": None,
+                "ended_by": None,
+                "returned_by": None,
+                "in_force_s": 1900.0,
+                "cycles": [8, 9, 10],
             },
         ],
         "degradation_prevented": [
@@ -606,13 +644,20 @@ def test_full_report_sections_escaping_and_charts() -> None:
         "1,523",
         "RUB",
         "36.00 s",
-        "-0.113",
+        "-11.3 pp",  # the trend's success rate, in percentage points like the summary's percent
         "+15.5",
         "89.5%",
         "68.6% – 97.1%",
     ):
         assert shown in html, shown
     assert "GigaChat → GigaChat-Plus" in html  # knobs changed by a repair
+    agent = visible_text(html[html.index('<section id="agent">') : html.index('<section id="quality">')])
+    assert (
+        "llm.model GigaChat → GigaChat-Plus GigaChat" in agent
+        and "the end of the night 31.7 min 8, 9, 10" in agent
+    )
+    assert "strategy rotate_model &lt;script&gt;alert(1)&lt;/script&gt;" in html  # the knob table escapes too
+    assert "down for 9 min; no repair was tried" in agent and "verified healthy by a probe 36 s" in agent
 
     # Failures: product failure with step, message and a relative link to its artifacts.
     failures = html[html.index("<h2>Failures</h2>") : html.index("<h2>Flaky or input-dependent</h2>")]

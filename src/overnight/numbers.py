@@ -54,6 +54,21 @@ def hhmm(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
 
 
+def hhmmss(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def span(seconds: float) -> str:
+    """A duration as a person says it: 4.2 s, 45 s, 30 min, 2.5 h."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def wilson(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """Wilson score interval of a pass rate (95 % by default)."""
     if n == 0:
@@ -65,6 +80,11 @@ def wilson(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
 
 
+def noun(count: float, word: str, many: str | None = None) -> str:
+    """The form of ``word`` that goes with ``count``: ``cycle`` for 1, ``cycles`` otherwise."""
+    return word if count == 1 else (many or word + "s")
+
+
 def plural(count: int, word: str, many: str | None = None) -> str:
     """``1 cycle``, ``2 cycles`` (``many`` for irregular plurals)."""
-    return f"{count} {word if count == 1 else (many or word + 's')}"
+    return f"{count} {noun(count, word, many)}"

@@ -36,6 +36,7 @@ from ..components import Component, KnobRefused, ProbeResult, describe_error
 from ..config import AgentConfig, agent_settings_for
 from ..errors import ConfigError, ProtectedSettingError
 from ..ledger import Ledger, ops
+from ..numbers import plural, span
 from ..redaction import redact
 from .guard import Guard
 from .loophold import BLOCKING_S, LoopHold
@@ -121,21 +122,7 @@ class _Incident:
     repairs: int = 0
     verified_repair: bool = False
     escalated: bool = False  # recorded and notified once, even if its monitor restarts
-
-
-def span(seconds: float) -> str:
-    """A duration as a person says it: 4.2 s, 45 s, 30 min, 2.5 h."""
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 2 * 3600:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    on_fallback: bool = False  # its component's declared fallback served cycles meanwhile
 
 
 class ComponentMonitor:
@@ -399,7 +386,9 @@ class ComponentMonitor:
         self._verified_at = self.agent.clock()
         values: dict[str, Any] = {"verified_at": time.time(), "state": state}
         shortcut = DEGRADING_SHORTCUTS.get(self.comp.type_name)
-        if state in ("repaired", "recovered") and shortcut is not None:
+        # A shortcut "not taken" would contradict a fallback that was taken (cached search
+        # results are recorded results): nothing to claim for an incident the fallback served.
+        if state in ("repaired", "recovered") and shortcut is not None and not incident.on_fallback:
             values["degradation_avoided"] = {**shortcut, "instead": detail}
         await self.agent.write(ops.update_incident, incident.id, values)
         await self.agent.event(
@@ -415,7 +404,7 @@ class ComponentMonitor:
             incident.kind,
             state,
             span(max(self._verified_at - incident.detected_at, 0.0)),
-            _n(incident.repairs, "repair"),
+            plural(incident.repairs, "repair"),
             detail,
         )
         self.incident = None
@@ -659,6 +648,7 @@ class ComponentMonitor:
             )
             return False
         self.comp.fallback_active = True  # type: ignore[attr-defined]
+        incident.on_fallback = True
         self.primary.clear()
         self.fallback_periods.append((self.agent.clock(), None))
         self.fallback_id = await self.agent.write(
@@ -919,9 +909,9 @@ class RepairAgent:
         knobs_off = [f"{m.comp.name}.{k}" for m in self.monitors.values() for k in m.comp.knobs.off()]
         log.info(
             "repair agent stopped: %s%s, %s (%d verified), %s",
-            _n(len(still_open), "incident") + " open",
+            plural(len(still_open), "incident") + " open",
             f" ({', '.join(still_open)})" if still_open else "",
-            _n(self.repairs_done, "repair") + " done",
+            plural(self.repairs_done, "repair") + " done",
             self.repairs_verified,
             f"knobs still off their configured values: {', '.join(knobs_off)}"
             if knobs_off

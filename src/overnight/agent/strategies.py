@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..components import Component, KnobRefused
+from ..numbers import plural
 from .guard import Guard
 
 
@@ -234,7 +235,7 @@ class FreeOwnSpace(Strategy):
             raise RepairFailed(
                 f"nothing of overnight's own to free (keeping the newest {self.keep_nights} nights)"
             )
-        return f"removed artifacts of {removed} old night(s), {freed / 1e6:.1f} MB"
+        return f"removed artifacts of {plural(removed, 'old night')}, {freed / 1e6:.1f} MB"
 
 
 BUILTIN_STRATEGIES: dict[str, type[Strategy]] = {

@@ -197,8 +197,8 @@ def _fault_row(r: dict[str, Any]) -> tuple[str, ...]:
         "none needed" if r["incident_state"] == "transient" else "—"
     )
     verified = (
-        f"{r['time_to_repair_s']:.3f} s ({r['incident_state']})"
-        if r["time_to_repair_s"] is not None
+        f"{r['time_to_healthy_s']:.3f} s ({r['incident_state']})"
+        if r["time_to_healthy_s"] is not None
         else (r["incident_state"] or "—")
     )
     hit = ", ".join(map(str, r["cycles_hit"])) or "none"

@@ -32,6 +32,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
+from ..numbers import plural
 from ..redaction import register_secret
 from .base import (
     Component,
@@ -264,7 +265,7 @@ class VectorStoreComponent(Component):
             kind = self.classify(exc) or "unavailable"
             return ProbeResult(False, time.perf_counter() - t0, kind, describe_error(exc))
         names = [c.name for c in collections.collections]
-        return ProbeResult(True, time.perf_counter() - t0, None, f"{len(names)} collection(s)")
+        return ProbeResult(True, time.perf_counter() - t0, None, plural(len(names), "collection"))
 
     def classify(self, exc: BaseException) -> str | None:
         message = str(exc).lower()

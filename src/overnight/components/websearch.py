@@ -42,6 +42,7 @@ import httpx
 from pydantic import Field, field_validator
 
 from ..errors import ConfigError
+from ..numbers import plural
 from ..redaction import register_secret
 from .base import (
     Component,
@@ -305,7 +306,9 @@ class WebSearchComponent(Component):
             return ProbeResult(
                 False, time.perf_counter() - t0, kind, describe_error(exc), details=self.fault_details(exc)
             )
-        return ProbeResult(True, time.perf_counter() - t0, None, f"search answered {len(results)} result(s)")
+        return ProbeResult(
+            True, time.perf_counter() - t0, None, f"search answered {plural(len(results), 'result')}"
+        )
 
     def classify(self, exc: BaseException) -> str | None:
         if isinstance(exc, BadResponse):

@@ -147,12 +147,19 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
             time_to_detect_s=None,
             time_to_diagnose_s=None,
             verified_at=None,
+            time_to_healthy_s=None,
             time_to_repair_s=None,
             incident_state=None,
             repairs=[],
         )
         if match is not None:
             used.add(match["id"])
+            healthy = (
+                _r(match["verified_at"] - match["detected_at"]) if match["verified_at"] is not None else None
+            )
+            ours = match["state"] == "repaired" and any(
+                r["id"] in verified for r in repairs.get(match["id"], [])
+            )
             row.update(
                 incident_id=match["id"],
                 detected_at=match["detected_at"],
@@ -163,9 +170,10 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
                 if match["diagnosed_at"] is not None
                 else None,
                 verified_at=match["verified_at"],
-                time_to_repair_s=_r(match["verified_at"] - match["detected_at"])
-                if match["verified_at"] is not None
-                else None,
+                # Detection → verified healthy, whatever restored it; "repair" only when a
+                # verified repair of ours did (the report's definitions, said once).
+                time_to_healthy_s=healthy,
+                time_to_repair_s=healthy if ours else None,
                 incident_state=match["state"],
                 repairs=[
                     {
@@ -226,6 +234,7 @@ def summarise(injections: list[dict[str, Any]]) -> dict[str, Any]:
     for kind, rows in sorted(kinds.items()):
         ttd = [r["time_to_detect_s"] for r in rows if r["time_to_detect_s"] is not None]
         ttr = [r["time_to_repair_s"] for r in rows if r["time_to_repair_s"] is not None]
+        tth = [r["time_to_healthy_s"] for r in rows if r["time_to_healthy_s"] is not None]
         per_kind[kind] = {
             "injected": len(rows),
             "detected": sum(1 for r in rows if r["detected"]),
@@ -240,6 +249,11 @@ def summarise(injections: list[dict[str, Any]]) -> dict[str, Any]:
                 "p50": _r(percentile(ttr, 50)),
                 "p95": _r(percentile(ttr, 95)),
                 "n": len(ttr),
+            },
+            "time_to_healthy_s": {
+                "p50": _r(percentile(tth, 50)),
+                "p95": _r(percentile(tth, 95)),
+                "n": len(tth),
             },
         }
     detected = [r for r in injections if r["detected"]]

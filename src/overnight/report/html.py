@@ -29,6 +29,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 
+from ..numbers import noun
+
 TEMPLATE = "report.html.j2"
 
 VERDICT_COLORS = {
@@ -75,7 +77,12 @@ def render_html(report: dict[str, Any]) -> str:
     quality = r.get("quality") if isinstance(r.get("quality"), dict) else None
     failures = _l(r.get("failures"))
     product = [f for f in failures if isinstance(f, dict) and f.get("verdict") == "failed"]
-    other = [f for f in failures if isinstance(f, dict) and f.get("verdict") != "failed"]
+    # Failures on a fallback are no product verdict, nor an infrastructure failure: listed apart.
+    other = [
+        f
+        for f in failures
+        if isinstance(f, dict) and f.get("verdict") not in ("failed", "failed_on_fallback")
+    ]
     charts = {
         "cycle_timeline": cycle_timeline_svg(r),
         "health_timeline": health_timeline_svg(r),
@@ -102,6 +109,8 @@ def render_html(report: dict[str, Any]) -> str:
             injections=[i for i in _l(faults.get("injections")) if isinstance(i, dict)],
             quality=quality,
             product_failures=product,
+            fallback_failures=[f for f in _l(r.get("fallback_failures")) if isinstance(f, dict)],
+            knob_changes=[k for k in _l(r.get("knob_changes")) if isinstance(k, dict)],
             infra_groups=_group_failures(other),
             flaky=[f for f in _l(r.get("flaky")) if isinstance(f, dict)],
             input_dependent=[f for f in _l(r.get("input_dependent_steps")) if isinstance(f, dict)],
@@ -137,6 +146,8 @@ def _env() -> Environment:
         short=lambda s, n=12: "" if s is None else str(s)[:n],
         link=_relative_link,
         knobs=_fmt_knobs,
+        plural=fmt_plural,
+        figure=fmt_figure,
     )
     env.globals["yesno"] = _yesno
     env.globals["fault_name"] = _fault_name
@@ -190,6 +201,19 @@ def fmt_num(x: Any, signed: bool = False) -> str:
     if ax >= 10:
         return f"{sign}{x:.1f}"
     return f"{sign}{x:.3g}"
+
+
+def fmt_plural(x: Any, word: str, many: str | None = None) -> str:
+    """``1 cycle``, ``1,200 cycles``: the count as ``num`` shows it, the word that goes with it."""
+    return f"{fmt_num(x)} {noun(x if _is_num(x) else 0, word, many)}"
+
+
+def fmt_figure(x: Any, name: str, change: bool = False) -> str:
+    """A trend figure as the summary shows it: the success rate in percent (its change in
+    percentage points), the rest as numbers."""
+    if name == "success_rate" and _is_num(x):
+        return f"{'+' if change and x > 0 else ''}{x * 100:.1f} pp" if change else fmt_pct(x)
+    return fmt_num(x, signed=change)
 
 
 def _yesno(x: Any) -> str:
@@ -844,7 +868,7 @@ def score_distribution_svg(r: dict[str, Any]) -> Markup:
                     "height": h,
                     "fill": SCORE_COLORS.get(b, "#3b82c4"),
                 },
-                _title(f"score {b}: {fmt_num(n)} cycles ({fmt_pct(n / total)})"),
+                _title(f"score {b}: {fmt_plural(n, 'cycle')} ({fmt_pct(n / total)})"),
             )
         )
         body.append(_text(cx, base - h - 4, fmt_num(n), "middle", "val"))

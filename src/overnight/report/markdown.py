@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..numbers import plural
+
 _ICON = {
     "passed": "✅",
     "failed": "❌",
@@ -35,10 +37,6 @@ _HEALTH = {
     "unmonitored": "➖ Unmonitored (no probe)",
     "never probed": "❔ Never probed",
 }
-
-
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _time(iso_ts: str | None) -> str:
@@ -140,8 +138,6 @@ def _summary(w: Any, r: dict[str, Any]) -> None:
     w("## Executive summary")
     w("")
     t = r["totals"]
-    infra_cycles = [c for c in r["cycles"] if any(a["verdict"] == "infra_error" for a in c["attempts"])]
-    repaired = sum(1 for c in infra_cycles if c["verdict"] in ("passed", "failed"))
     rate = r["success_rate"]
     w("| | |")
     w("|---|---:|")
@@ -153,8 +149,9 @@ def _summary(w: Any, r: dict[str, Any]) -> None:
         w(f"| Cycles held at the gate when the night ended | {r['cycles_not_run']} ({why}) |")
     w(f"| {_ICON['passed']} Passed | {t.get('passed', 0)} |")
     w(f"| {_ICON['failed']} Failed (product) | {t.get('failed', 0)} |")
-    w(f"| {_ICON['infra_error']} Infra errors repaired (cycles retried to a verdict) | {repaired} |")
-    w(f"| {_ICON['infra_error']} Infra errors unrepaired (final) | {t.get('infra_error', 0)} |")
+    retried = (r.get("infra_retried_to_verdict") or {}).get("count", 0)
+    w(f"| {_ICON['infra_error']} Met an infra error, final verdict on a later attempt | {retried} |")
+    w(f"| {_ICON['infra_error']} Infra errors (final verdict) | {t.get('infra_error', 0)} |")
     w(f"| {_ICON['timeout']} Timeouts (final) | {t.get('timeout', 0)} |")
     if t.get("harness_error"):
         w(f"| {_ICON['harness_error']} Harness errors | {t['harness_error']} |")
@@ -185,22 +182,27 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
     w("### System Health")
     w("")
     for h in agent.get("system_health") or []:
+        # The state is the last probe's; what the night's incidents came to, and whether a
+        # repair of ours restored the component, is said below it, never folded into it.
         state = _HEALTH.get(h["state"], h["state"])
-        n = h["repairs"]
-        repairs = f" ({_n(n, 'repair')} performed, {h.get('repairs_verified', 0)} verified)" if n else ""
         probe = (
             f" — last probed {_time(h['last_probe_at'])} ({h['last_probe_trigger']}, "
             f"{_s(h['last_probe_latency_s'])}): {_esc(h['last_probe_detail'])}"
             if h["last_probe_at"]
             else ""
         )
-        w(f"- **{h['component']}**: {state}{repairs}{probe}")
+        w(f"- **{h['component']}**: {state}{probe}")
+        if h["repairs"]:
+            w(f"  - {plural(h['repairs'], 'repair')} performed, {h.get('repairs_verified', 0)} verified")
+        for note in h.get("notes") or []:
+            w(f"  - {_esc(note)}")
     if not agent.get("system_health"):
         w("No components.")
     w("")
     for b in agent.get("loop_blocked") or []:
+        times = plural(b["times"], "time")
         w(
-            f"- ⚠️ The {b['what']} of **{b['component']}** blocked the event loop {_n(b['times'], 'time')}, "
+            f"- ⚠️ The {b['what']} of **{b['component']}** blocked the event loop {times}, "
             f"up to {_s(b['longest_s'])} ({_s(b['total_s'])} in all; last at {_time(b['last_at'])}): "
             "every cycle and probe froze meanwhile."
         )
@@ -221,20 +223,26 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
     w(f"### Repairs Performed: {len(repairs)} total, {verified} verified")
     w("")
     for rp in repairs:
-        result = f"{rp['result']}, verified ✅" if rp["verified"] else f"{rp['result']}, not verified"
+        # The action's own time, and apart from it the time to healthy: a raised timeout
+        # takes no time to set, and is no faster a recovery for it.
+        result = (
+            f"verified healthy {_s(rp.get('time_to_healthy_s'))} after detection ✅"
+            if rp["verified"]
+            else f"{rp['result']}, not verified"
+        )
         knobs = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in rp["knobs_changed"].items()) or "none"
         cycle = f"cycle {rp['cycle']}" if rp["cycle"] is not None else "between cycles"
         w(
-            f"- **{rp['component']} — {rp['fault_kind']}** ({cycle}, {_time(rp['started_at'])}): "
-            f"`{rp['strategy']}` in {_s(rp['duration_s'])}, {result}; knobs changed: {knobs}"
-            + (f" — {_esc(rp['detail'])}" if rp.get("detail") else "")
+            f"- **{rp['component']} — {rp['fault_kind']}** (incident #{rp['incident_id']}, {cycle}, "
+            f"{_time(rp['started_at'])}): `{rp['strategy']}`: action took {_s(rp['duration_s'])}; "
+            f"{result}; knobs changed: {knobs}" + (f" — {_esc(rp['detail'])}" if rp.get("detail") else "")
         )
     if not repairs:
         w("None needed." if not r.get("incidents") else "No repair actions (incidents closed without one).")
     w("")
     prevented = r.get("degradation_prevented") or []
     blocked = r.get("blocked_attempts") or []
-    w(f"### Degradation Prevented: {len(prevented) + len(blocked)} instances")
+    w(f"### Degradation Prevented: {plural(len(prevented) + len(blocked), 'instance')}")
     w("")
     for d in prevented:
         w(
@@ -259,25 +267,55 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
     if not fallbacks:
         w("None: every cycle ran against its primary dependencies.")
     w("")
+    knobs = r.get("knob_changes") or []
+    w(f"### Knob changes: {len(knobs)}")
+    w("")
+    for k in knobs:
+        who = f"by {k['by']}" + (f", incident #{k['incident_id']}" if k["incident_id"] is not None else "")
+        if k["ended_by"] == "knob_restored":
+            until = f"until {_time(k['ended_at'])} (returned to its configured value by {k['returned_by']})"
+        elif k["ended_by"] == "knob_changed":
+            until = f"until {_time(k['ended_at'])} (changed again)"
+        else:
+            until = "until the end of the night"
+        ran = ", ".join(map(str, k["cycles"])) or "none"
+        w(
+            f"- **{k['component']}.{k['knob']}** {k['from']} → {k['to']} (configured {k['configured']}) "
+            f"at {_time(k['changed_at'])} ({who}); in force {until}, {_s(k['in_force_s'])}; "
+            f"cycles that ran with it off: {ran}"
+        )
+    if not knobs:
+        w("None: every knob kept its configured value.")
+    w("")
     incidents = r.get("incidents") or []
     ttd, ttr = agent.get("time_to_detect_s") or {}, agent.get("time_to_repair_s") or {}
     w(f"### Incidents: {len(incidents)}")
     w("")
     if incidents:
-        w("| # | component | diagnosed | detected | cycle | repairs | state | time to repair |")
-        w("|---|---|---|---|---|---|---|---|")
+        w(
+            "| # | component | diagnosed | detected | cycle | repair actions (action time) | state "
+            "| detection → verified healthy | what happened |"
+        )
+        w("|---|---|---|---|---|---|---|---|---|")
         for i in incidents:
-            reps = ", ".join(f"{x['strategy']}{' ✓' if x['verified'] else ''}" for x in i["repairs"]) or "–"
+            reps = (
+                ", ".join(
+                    f"{x['strategy']} ({_s(x['duration_s'])}){' ✓' if x['verified'] else ''}"
+                    for x in i["repairs"]
+                )
+                or "–"
+            )
             w(
                 f"| {i['id']} | {i['component']} | {i['fault_kind']} "
                 f"| {_time(i['detected_at'])} ({i['trigger']}) "
                 f"| {i['cycle'] if i['cycle'] is not None else '–'} | {reps} | {i['state']} "
-                f"| {_s(i['time_to_repair_s'])} |"
+                f"| {_s(i.get('time_to_healthy_s'))} | {_esc(i.get('outcome'))} |"
             )
         w("")
+        n = plural(ttr.get("n", 0), "incident")
         w(
-            f"Time to repair (detection → verified healthy): p50 {_s(ttr.get('p50'))}, "
-            f"p95 {_s(ttr.get('p95'))} over {ttr.get('n', 0)} verified incidents."
+            "Time to repair (detection → verified healthy after a repair of ours): "
+            f"p50 {_s(ttr.get('p50'))}, p95 {_s(ttr.get('p95'))} over {n} repaired by us."
         )
         w("")
     faults = r.get("faults") or {}
@@ -335,7 +373,7 @@ def _quality(w: Any, r: dict[str, Any]) -> None:
         w('No quality score was recorded (a scenario records one with `ctx.metric("score", value)`).')
         w("")
         return
-    w(f"`{q['metric']}` of {_n(q['n'], 'cycle')}: average **{q['mean']}**.")
+    w(f"`{q['metric']}` of {plural(q['n'], 'cycle')}: average **{q['mean']}**.")
     w("")
     w("| score | cycles |")
     w("|---|---:|")
@@ -361,12 +399,27 @@ def _failures(w: Any, r: dict[str, Any]) -> None:
         w("None: every cycle that ran passed." if r["cycles_run"] else "No cycle finished.")
         w("")
     product = [f for f in r["failures"] if f["verdict"] == "failed"]
-    other = [f for f in r["failures"] if f["verdict"] != "failed"]
+    other = [f for f in r["failures"] if f["verdict"] not in ("failed", "failed_on_fallback")]
+    on_fallback = r.get("fallback_failures") or []
     if product:
         w(f"### Product failures ({len(product)})")
         w("")
         for f in product:
             _failure(w, f)
+    if on_fallback:
+        # Not product failures: a declared fallback served the final attempt, and no rerun
+        # on the primary gave a verdict.
+        w(f"### Failed on a fallback — no product verdict ({len(on_fallback)})")
+        w("")
+        for f in on_fallback:
+            _failure(w, f)
+            for fb in f["fallbacks"]:
+                w(
+                    f"  - ran on {fb['component']}'s {fb['kind']} fallback (incident #{fb['incident_id']}, "
+                    f"from {_time(fb['started_at'])} to "
+                    f"{_time(fb['ended_at']) if fb['ended_at'] else 'the end of the night'})"
+                )
+            w("")
     if other:
         w(f"### Infrastructure, timeouts and harness errors ({len(other)})")
         w("")
@@ -379,21 +432,16 @@ def _failures(w: Any, r: dict[str, Any]) -> None:
             )
             groups.setdefault(key, []).append(f)
         for key, items in groups.items():
-            w(f"**{key}** — {len(items)} cycle{'s' if len(items) != 1 else ''}")
+            w(f"**{key}** — {plural(len(items), 'cycle')}")
             w("")
             for f in items:
                 _failure(w, f)
-    met = {}
-    for c in r["cycles"]:
-        for a in c["attempts"][:-1]:
-            if a["verdict"] == "infra_error":
-                key = f"{a['fault_component']}/{a['fault_kind']}"
-                met.setdefault(key, []).append(c["cycle"])
+    met = (r.get("infra_retried_to_verdict") or {}).get("cycles") or []
     if met:
-        w("Infra errors that were retried to a verdict, by fault kind:")
+        w("Cycles that met an infra error and got their final verdict on a later attempt:")
         w("")
-        for key, cs in sorted(met.items()):
-            w(f"- {key}: cycles {', '.join(map(str, sorted(set(cs))))}")
+        for m in met:
+            w(f"- cycle {m['cycle']} ({', '.join(m['faults'])}) → {m['verdict']}")
         w("")
 
 
@@ -489,6 +537,9 @@ def _trend(w: Any, r: dict[str, Any]) -> None:
         diffs = [f"{d['key']}: {_v(d['before'])} → {_v(d['now'])}" for d in tr.get("settings_differ") or []]
         if tr.get("choices_now") != tr.get("choices_before"):
             diffs.append(f"plan choices: {_v(tr.get('choices_before'))} → {_v(tr.get('choices_now'))}")
+        if tr.get("faults_now") != tr.get("faults_before"):
+            before = ", ".join(tr.get("faults_before") or []) or "none"
+            diffs.append(f"injected faults: {before} → {', '.join(tr.get('faults_now') or []) or 'none'}")
         w(
             "**Not like for like: the two nights ran different plans** ("
             + _esc("; ".join(diffs))
@@ -500,8 +551,17 @@ def _trend(w: Any, r: dict[str, Any]) -> None:
     for name, f in tr["figures"].items():
         delta = f["delta"]
         sign = "" if delta is None else ("+" if delta > 0 else "")
-        w(f"| {name.replace('_', ' ')} | {_v(f['now'])} | {_v(f['before'])} | {sign}{_v(delta)} |")
+        now, before, change = _figure(name, f["now"]), _figure(name, f["before"]), _figure(name, delta, True)
+        w(f"| {name.replace('_', ' ')} | {now} | {before} | {sign}{change} |")
     w("")
+
+
+def _figure(name: str, x: Any, change: bool = False) -> str:
+    """A trend figure as the summary shows it: the success rate in percent (its change in
+    percentage points), the rest as numbers."""
+    if name == "success_rate" and isinstance(x, int | float):
+        return f"{x * 100:.1f} pp" if change else f"{x * 100:.1f}%"
+    return _v(x)
 
 
 def _v(x: Any) -> str:
@@ -526,8 +586,7 @@ def _recommendations(w: Any, r: dict[str, Any]) -> None:
 def _failure(w: Any, f: dict[str, Any]) -> None:
     step = f" in step `{f['step']}`" if f["step"] else ""
     link = f" — artifacts: [{f['artifacts_dir']}]({f['artifacts_dir']}/)" if f["artifacts_dir"] else ""
-    n = f["attempts"]
-    w(f"- **Cycle {f['cycle']}**{step}, after {n} attempt{'s' if n != 1 else ''}{link}")
+    w(f"- **Cycle {f['cycle']}**{step}, after {plural(f['attempts'], 'attempt')}{link}")
     err = f"{f['error_type'] or ''}: {f['error_message'] or ''}".strip(": ")
     if err:
         w(f"  `{_esc(err)[:400]}`")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ledger import Ledger, queries
-from ..numbers import duration_stats, iso, rnd
+from ..numbers import duration_stats, iso, noun, plural, rnd
 from ..verdicts import CYCLE_VERDICTS
 
 REPORT_FORMAT = "overnight-report"
@@ -178,6 +178,14 @@ def _assemble(
 
     run = len(done)
     retried = [c for c in cycle_objs if len([a for a in c["attempts"] if a["verdict"] != "interrupted"]) > 1]
+    # Cycles that met an infra error and still got their final verdict on a later attempt,
+    # whichever verdict that was: a count of retries, not of repairs (none may have run).
+    infra_retried = []
+    for c in cycle_objs:
+        met = [a for a in c["attempts"][:-1] if a["verdict"] == "infra_error"]
+        if c["status"] == "done" and c["verdict"] != "infra_error" and met:
+            faults = sorted({f"{a['fault_component']}/{a['fault_kind']}" for a in met})
+            infra_retried.append({"cycle": c["cycle"], "verdict": c["verdict"], "faults": faults})
     interrupted_attempts = sum(1 for a in attempts if a["verdict"] == "interrupted")
     wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None
     busy = sum((s["ended_at"] - s["started_at"]) for s in sessions if s["ended_at"] is not None)
@@ -216,6 +224,7 @@ def _assemble(
             1 for c in done if c["verdict"] == "passed" and _knobs_off(c.get("knobs_off"))
         ),
         "retried_cycles": len(retried),
+        "infra_retried_to_verdict": {"count": len(infra_retried), "cycles": infra_retried},
         "attempts_total": len(attempts),
         "interrupted_attempts": interrupted_attempts,
         "durations": {
@@ -236,10 +245,6 @@ def _assemble(
     return report
 
 
-def _n(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     """One line for the night, and the exit code that goes with it.
 
@@ -254,25 +259,26 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     run = report["cycles_run"]
     if report["status"] == "running":
         return (
-            f"UNFINISHED: the night has not ended ({run} of {report['planned_cycles']} cycles done); "
+            f"UNFINISHED: the night has not ended ({run} of {report['planned_cycles']} "
+            f"{noun(report['planned_cycles'], 'cycle')} done); "
             "it is still running, or its process died — 'overnight run --resume' continues it",
             1,
         )
     if fp["match"] is False:
         return "FAILED: protected settings changed during the night", 1
     if report["status"] == "aborted":
-        return f"ABORTED: {report['end_reason']} ({_n(run, 'cycle')} finished)", 1
+        return f"ABORTED: {report['end_reason']} ({plural(run, 'cycle')} finished)", 1
     bad = {k: v for k, v in t.items() if k != "passed" and v}
     not_run = report["cycles_not_run"]
     reason = report["end_reason"] or report["status"]
-    tail = f"; {not_run} planned cycles did not run ({reason})" if not_run else ""
+    tail = f"; {plural(not_run, 'planned cycle')} did not run ({reason})" if not_run else ""
     if run == 0:
         return f"NO RESULT: no cycle finished{tail}", 1
     if not bad and not_run and report.get("held_at_gate"):
         # The cycles that ran passed, but the night could not test the rest: a critical
         # dependency held them back (a pause, a monitor that could not watch it).
         ran = "the only cycle that ran passed" if run == 1 else f"all {run} cycles that ran passed"
-        return f"INCOMPLETE: {_n(not_run, 'planned cycle')} did not run ({reason}); {ran}", 1
+        return f"INCOMPLETE: {plural(not_run, 'planned cycle')} did not run ({reason}); {ran}", 1
     if not bad:
         every = "the only cycle passed" if run == 1 else f"all {run} cycles passed"
         on_fallback = report.get("passed_with_fallback") or 0
@@ -292,26 +298,26 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
             return f"PASSED WITH A KNOB OFF ITS CONFIGURED VALUE: {every}, {knobs}{tail}", 0
         return f"PASSED: {every}{tail}", 0
     on_fallback_failed = t.get("failed_on_fallback") or 0
-    no_verdict = f"{_n(on_fallback_failed, 'cycle')} failed on a fallback (no product verdict)"
+    no_verdict = f"{plural(on_fallback_failed, 'cycle')} failed on a fallback (no product verdict)"
     if set(bad) == {"failed_on_fallback"}:
         # No product failure, but no product verdict either for these cycles (their
         # primary did not come back for a rerun before the night stopped, or the retries
         # ran out): exit 1, the night did not test them.
         rest = run - on_fallback_failed
-        others = f"; the other {_n(rest, 'cycle')} passed" if rest else ""
+        others = f"; the other {plural(rest, 'cycle')} passed" if rest else ""
         return f"INCOMPLETE: {no_verdict}{others}{tail}", 1
     parts = []
     if t.get("failed"):
-        parts.append(_n(t["failed"], "product failure"))
+        parts.append(plural(t["failed"], "product failure"))
     if t.get("infra_error"):
-        parts.append(_n(t["infra_error"], "unrepaired infra error"))
+        parts.append(plural(t["infra_error"], "unrepaired infra error"))
     if t.get("timeout"):
-        parts.append(_n(t["timeout"], "timeout"))
+        parts.append(plural(t["timeout"], "timeout"))
     if t.get("harness_error"):
-        parts.append(_n(t["harness_error"], "harness error"))
+        parts.append(plural(t["harness_error"], "harness error"))
     if on_fallback_failed:
         parts.append(no_verdict)
-    return f"FAILED: {', '.join(parts)} in {_n(run, 'cycle')}{tail}", 1
+    return f"FAILED: {', '.join(parts)} in {plural(run, 'cycle')}{tail}", 1
 
 
 def _tail(tb: str | None, lines: int = 12) -> str | None:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 from ..faults.timeline import timeline_of
 from ..ledger import queries
 from ..ledger import schema as s
-from ..numbers import hhmm, iso, spread
+from ..numbers import hhmm, hhmmss, iso, plural, span, spread
 from ..numbers import rnd as _round
 from .inputs import flaky_inputs, input_dependent_steps
 from .plan_view import comparison, component_use, plan_choices, protected_settings
@@ -82,6 +82,8 @@ def build_sections(
         "loop_lag",
         "agent_restarted",
         "component_fault",
+        "knob_changed",
+        "knob_restored",
     )
     by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for e in events:
@@ -113,6 +115,8 @@ def build_sections(
             rows.verified_repairs,
         )
     )
+    out["knob_changes"] = _knob_changes(by_kind, attempts, report, night["ended_at"])
+    out["fallback_failures"] = _fallback_failures(report, attempts, fallbacks)
     out["quality"] = _quality(by_kind["metric"], cycles, settings)
     out["metrics"] = _metrics(by_kind["metric"], cycles)
     out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles)
@@ -138,54 +142,25 @@ def _agent(
     faults: dict[str, Any],
     verified_repairs: set[int] | None = None,
 ) -> dict[str, Any]:
+    if verified_repairs is not None:
+        # "Verified" is the agent's flag *and* the healthy probe that earned it (one
+        # definition: NightRows.verified_repairs); a flag without the probe is not evidence.
+        repairs = [{**r, "verified": r["id"] in verified_repairs} for r in repairs]
     unmonitored = {e["component"] for e in events["unmonitored"]}
     last_probe: dict[str, dict[str, Any]] = {}
     first_probe: dict[str, dict[str, Any]] = {}
     for p in probes:
         last_probe[p["component"]] = p
         first_probe.setdefault(p["component"], p)
-    # One definition of a repair, for every section that counts them: a row of the
-    # repairs table (an action the agent started, whatever its result); "verified" only
-    # when a healthy probe followed it.
-    verified_ids = (
-        verified_repairs if verified_repairs is not None else {r["id"] for r in repairs if r["verified"]}
-    )
-
-    def is_verified(r: dict[str, Any]) -> bool:
-        return r["id"] in verified_ids
-
-    performed: Counter[str] = Counter(r["component"] for r in repairs)
-    verified: Counter[str] = Counter(r["component"] for r in repairs if is_verified(r))
-    health = []
-    for comp in report.get("components") or []:
-        name = comp["name"]
-        p = last_probe.get(name)
-        if name in unmonitored:
-            state = "unmonitored"
-        elif p is None:
-            state = "never probed"
-        else:
-            state = "healthy" if p["healthy"] else "unhealthy"
-        health.append(
-            {
-                "component": name,
-                "type": comp.get("type"),
-                "sandbox": comp.get("sandbox"),
-                "state": state,
-                "last_probe_at": iso(p["ts"]) if p else None,
-                "last_probe_trigger": p["trigger"] if p else None,
-                "last_probe_latency_s": _round(p["latency_s"]) if p else None,
-                "last_probe_detail": p["detail"] if p else None,
-                "repairs": performed.get(name, 0),
-                "repairs_verified": verified.get(name, 0),
-            }
-        )
     incident_by_id = {i["id"]: i for i in incidents}
     injected = {r["incident_id"]: r for r in faults["injections"] if r.get("incident_id") is not None}
     failed_calls: dict[str, list[float]] = defaultdict(list)
     for e in events["component_fault"]:
         if e["component"]:
             failed_calls[e["component"]].append(e["ts"])
+    fallbacks_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for f in fallbacks:
+        fallbacks_of[f["incident_id"]].append(f)
 
     def time_to_detect(i: dict[str, Any]) -> float | None:
         """The one definition: from the fault's first known moment to the incident. An
@@ -199,6 +174,10 @@ def _agent(
             return _round(i["detected_at"] - max(earlier), 3) if earlier else 0.0
         return None
 
+    def time_to_healthy(i: dict[str, Any]) -> float | None:
+        """Detection → verified healthy by a probe, whatever (or whoever) restored it."""
+        return _round(i["verified_at"] - i["detected_at"]) if i["verified_at"] is not None else None
+
     def cycle_of(component: str, t0: float, t1: float | None) -> int | None:
         hit = [
             a["cycle"]
@@ -211,6 +190,18 @@ def _agent(
             return min(hit)
         running = [a["cycle"] for a in attempts if a["started_at"] <= t0 <= (a["ended_at"] or math.inf)]
         return min(running) if running else None
+
+    # "Repaired" is said of an incident only when a repair of ours was followed by a
+    # healthy probe (promise 6): its state is ``repaired`` and that repair's row is verified.
+    # Anything else that ended healthy came back by itself, by a person's hand, or after a
+    # fallback, and is said so.
+    verified_repair: dict[int, dict[str, Any]] = {}
+    for r in repairs:
+        if r["verified"]:
+            verified_repair.setdefault(r["incident_id"], r)
+
+    def repaired_by_us(i: dict[str, Any]) -> bool:
+        return i["state"] == "repaired" and i["id"] in verified_repair
 
     repair_rows = []
     for r in repairs:
@@ -226,9 +217,14 @@ def _agent(
                 ),
                 "started_at": iso(r["started_at"]),
                 "strategy": r["strategy"],
+                # The action's own time: raising a timeout takes no time, restoring the
+                # service may take long; the second is time_to_healthy_s.
                 "duration_s": _round(r["duration_s"]),
                 "result": repair_result(r["result"]),
-                "verified": is_verified(r),
+                "verified": bool(r["verified"]),
+                "time_to_healthy_s": time_to_healthy(inc)
+                if r["verified"] and inc and repaired_by_us(inc) and verified_repair[inc["id"]] is r
+                else None,
                 "knobs_changed": _json(r["knobs_changed"]) or {},
                 "detail": r["detail"],
             }
@@ -239,6 +235,7 @@ def _agent(
     incident_rows = []
     for i in incidents:
         match = injected.get(i["id"])
+        ours = repaired_by_us(i)
         incident_rows.append(
             {
                 "id": i["id"],
@@ -255,9 +252,22 @@ def _agent(
                 "detail": i["detail"],
                 "cycle": cycle_of(i["component"], i["detected_at"], i["verified_at"]),
                 "time_to_detect_s": time_to_detect(i),
-                "time_to_repair_s": _round(i["verified_at"] - i["detected_at"]) if i["verified_at"] else None,
+                "time_to_healthy_s": time_to_healthy(i),
+                "time_to_repair_s": time_to_healthy(i) if ours else None,
+                "repaired_by_us": ours,
+                "outcome": _outcome(i, repairs_of.get(i["id"], []), fallbacks_of.get(i["id"], []), ours),
                 "repairs": [
-                    {k: row[k] for k in ("strategy", "started_at", "duration_s", "verified", "result")}
+                    {
+                        k: row[k]
+                        for k in (
+                            "strategy",
+                            "started_at",
+                            "duration_s",
+                            "verified",
+                            "result",
+                            "time_to_healthy_s",
+                        )
+                    }
                     for row in repairs_of.get(i["id"], [])
                 ],
                 "injected": {
@@ -273,6 +283,39 @@ def _agent(
                 }
                 if match
                 else None,
+            }
+        )
+    # One definition of a repair, for every section that counts them: a row of the
+    # repairs table (an action the agent started, whatever its result); "verified" only
+    # when a healthy probe followed it.
+    performed: Counter[str] = Counter(r["component"] for r in repairs)
+    verified: Counter[str] = Counter(r["component"] for r in repairs if r["verified"])
+    health = []
+    for comp in report.get("components") or []:
+        name = comp["name"]
+        p = last_probe.get(name)
+        if name in unmonitored:
+            state = "unmonitored"
+        elif p is None:
+            state = "never probed"
+        else:
+            state = "healthy" if p["healthy"] else "unhealthy"
+        mine = [row for row in incident_rows if row["component"] == name]
+        health.append(
+            {
+                "component": name,
+                "type": comp.get("type"),
+                "sandbox": comp.get("sandbox"),
+                "state": state,
+                "last_probe_at": iso(p["ts"]) if p else None,
+                "last_probe_trigger": p["trigger"] if p else None,
+                "last_probe_latency_s": _round(p["latency_s"]) if p else None,
+                "last_probe_detail": p["detail"] if p else None,
+                "repairs": performed.get(name, 0),
+                "repairs_verified": verified.get(name, 0),
+                "incidents": len(mine),
+                "incidents_repaired": sum(1 for row in mine if row["repaired_by_us"]),
+                "notes": _health_notes(mine),
             }
         )
     fallback_rows = []
@@ -299,7 +342,9 @@ def _agent(
     prevented = []
     for i in incidents:
         avoided = _json(i["degradation_avoided"])
-        if avoided:
+        # Ledgers written before the agent knew better recorded a shortcut "not taken" for
+        # incidents its fallback served: that claim contradicts the fallback row.
+        if avoided and i["id"] not in fallbacks_of:
             prevented.append({"incident_id": i["id"], "component": i["component"], **avoided})
     blocked = []
     for e in events["degradation_blocked"]:
@@ -317,7 +362,7 @@ def _agent(
     # (A repair the guard refused is in the list once, by its degradation_blocked event:
     # every refusal of the guard records one.)
     ttd = [r["time_to_detect_s"] for r in incident_rows if r["time_to_detect_s"] is not None]
-    ttr = [i["verified_at"] - i["detected_at"] for i in incidents if i["verified_at"] is not None]
+    ttr = [r["time_to_repair_s"] for r in incident_rows if r["time_to_repair_s"] is not None]
     waits = [
         r["duration_s"]
         for r in repairs
@@ -327,12 +372,15 @@ def _agent(
     for r in repairs:
         row = by_component[r["component"]]
         row["repairs"] += 1
-        row["verified" if is_verified(r) else "failed"] += 1
-    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"incidents": 0, "restored": 0})
-    for i in incidents:
-        by_kind[i["fault_kind"]]["incidents"] += 1
-        if i["state"] in ("repaired", "transient", "recovered"):
-            by_kind[i["fault_kind"]]["restored"] += 1
+        row["verified" if r["verified"] else "failed"] += 1
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"incidents": 0, "restored": 0, "repaired": 0})
+    for row in incident_rows:
+        counts = by_kind[row["fault_kind"]]
+        counts["incidents"] += 1
+        if row["verified_ts"] is not None:
+            counts["restored"] += 1
+        if row["repaired_by_us"]:
+            counts["repaired"] += 1
     timeline: dict[str, list[dict[str, Any]]] = {}
     for name in [c["name"] for c in report.get("components") or []]:
         if name in unmonitored:
@@ -373,6 +421,144 @@ def _agent(
         "blocked_attempts": blocked,
         "health_timeline": timeline,
     }
+
+
+def _outcome(
+    i: dict[str, Any], repairs: list[dict[str, Any]], fallbacks: list[dict[str, Any]], ours: bool
+) -> str:
+    """How an incident ended, in one sentence, from its rows alone."""
+    healthy = i["verified_at"]
+    down = span(max(healthy - i["detected_at"], 0.0)) if healthy is not None else None
+    failed = [r for r in repairs if not r["verified"]]
+    tried = f"{plural(len(failed), 'repair attempt')} did not restore it" if failed else "no repair was tried"
+    served = [
+        f"served by its {f['kind']} fallback from {hhmmss(f['started_at'])} to "
+        + (hhmmss(f["ended_at"]) if f["ended_at"] else "the end of the night")
+        for f in fallbacks
+    ]
+    if ours:
+        fixed = next(r for r in repairs if r["verified"])
+        earlier = f", after {tried}" if failed else ""
+        return f"repaired by {fixed['strategy']}{earlier}; verified healthy by a probe {down} after detection"
+    if i["state"] == "transient":
+        return f"healthy at the next probe, {down} after detection; nothing to repair"
+    if healthy is not None:
+        return "; ".join(
+            [
+                f"down for {down}",
+                tried,
+                *served,
+                f"healthy again at {hhmmss(healthy)} without a verified repair of ours",
+            ]
+        )
+    if i["state"] == "escalated":
+        return "; ".join(["not restored", tried, *served, f"escalated ({i['escalation']})"])
+    return "; ".join(["not verified healthy by the end of the record", tried, *served])
+
+
+def _health_notes(incidents: list[dict[str, Any]]) -> list[str]:
+    """What a component's incidents came to, for System Health: one line per incident that
+    was not transient, one for the transient ones."""
+    notes = [
+        f"incident #{i['id']} ({i['fault_kind']}): {i['outcome']}"
+        for i in incidents
+        if i["state"] != "transient"
+    ]
+    transient = [i for i in incidents if i["state"] == "transient"]
+    if transient:
+        ids = ", ".join(f"#{i['id']}" for i in transient)
+        many = plural(len(transient), "transient incident")
+        notes.append(f"{many} ({ids}): healthy at the next probe, nothing to repair")
+    return notes
+
+
+def _knob_changes(
+    events: dict[str, list[dict[str, Any]]],
+    attempts: list[dict[str, Any]],
+    report: dict[str, Any],
+    night_end: float | None,
+) -> list[dict[str, Any]]:
+    """Each knob a repair changed, with its time in force: until the next change of that
+    knob (its return to the configured value, or a further change) or the end of the
+    night, and the cycles an attempt of which ran with it off (the engine's knobs_off marks)."""
+    configured = {(c["name"], k): v for c in report.get("components") or [] for k, v in c["knobs"].items()}
+    history: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in sorted(events["knob_changed"] + events["knob_restored"], key=lambda e: e["ts"]):
+        data = _json(e["data"]) or {}
+        if e["component"] and data.get("knob"):
+            history[(e["component"], data["knob"])].append({**e, "data": data})
+    marks = [(a, _json(a.get("knobs_off")) or {}) for a in attempts]
+    out = []
+    for (component, knob), changes in history.items():
+        for k, e in enumerate(changes):
+            if e["kind"] != "knob_changed":
+                continue
+            data = e["data"]
+            end = changes[k + 1] if k + 1 < len(changes) else None
+            until = end["ts"] if end else night_end
+            ran_off = sorted(
+                {
+                    a["cycle"]
+                    for a, off in marks
+                    if knob in (off.get(component) or {})
+                    and a["started_at"] <= (until if until is not None else math.inf)
+                    and (a["ended_at"] or math.inf) >= e["ts"]
+                }
+            )
+            out.append(
+                {
+                    "component": component,
+                    "knob": knob,
+                    "configured": configured.get((component, knob)),
+                    "from": data.get("from"),
+                    "to": data.get("to"),
+                    "by": data.get("by"),
+                    "incident_id": data.get("incident_id"),
+                    "changed_at": iso(e["ts"]),
+                    "ended_at": iso(end["ts"]) if end else None,
+                    "ended_by": end["kind"] if end else None,
+                    "returned_by": end["data"].get("by") if end and end["kind"] == "knob_restored" else None,
+                    "in_force_s": _round(until - e["ts"]) if until is not None else None,
+                    "cycles": ran_off,
+                    "changed_ts": e["ts"],
+                }
+            )
+    out.sort(key=lambda r: r["changed_ts"])
+    for row in out:
+        del row["changed_ts"]
+    return out
+
+
+def _fallback_failures(
+    report: dict[str, Any], attempts: list[dict[str, Any]], fallbacks: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Cycles that failed on a fallback (no product verdict), each with the fallback
+    periods that served its final attempt: the evidence that it was not tested on the
+    primary."""
+    final: dict[int, dict[str, Any]] = {}
+    for a in attempts:
+        if a["verdict"] not in (None, "interrupted"):
+            final[a["cycle"]] = a
+    out = []
+    for f in report["failures"]:
+        if f["verdict"] != "failed_on_fallback" or f["cycle"] not in final:
+            continue
+        a = final[f["cycle"]]
+        served = [
+            {
+                "component": fb["component"],
+                "kind": fb["kind"],
+                "incident_id": fb["incident_id"],
+                "started_at": iso(fb["started_at"]),
+                "ended_at": iso(fb["ended_at"]),
+            }
+            for fb in fallbacks
+            if fb["started_at"] <= (a["ended_at"] or math.inf)
+            and (fb["ended_at"] or math.inf) >= a["started_at"]
+        ]
+        keys = ("cycle", "step", "error_type", "error_message", "attempts", "artifacts_dir")
+        out.append({**{k: f[k] for k in keys}, "fallbacks": served})
+    return out
 
 
 def repair_result(result: str | None) -> str | None:
@@ -590,13 +776,21 @@ def _trend(
 # -- recommendations ---------------------------------------------------------------------------------
 
 
+def _cycles(numbers: list[int], limit: int = 20) -> str:
+    """``cycle 3`` / ``cycles 3, 5, 8 …`` (the first ``limit``)."""
+    shown = ", ".join(map(str, numbers[:limit])) + (" …" if len(numbers) > limit else "")
+    return f"{'cycle' if len(numbers) == 1 else 'cycles'} {shown}"
+
+
 def _recommendations(
     report: dict[str, Any], sections: dict[str, Any], incidents: list[dict[str, Any]]
 ) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     faults = sections["faults"]
+    rows = sections["incidents"]
     # Incidents a planned fault caused are the drill, not advice about the dependency.
     drilled = {r["incident_id"] for r in faults["injections"] if r.get("incident_id") is not None}
+    served = {f["incident_id"] for f in sections["fallbacks"]}
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for i in incidents:
         if i["id"] not in drilled:
@@ -610,7 +804,8 @@ def _recommendations(
         if len(items) >= 2 or kind in ("quota_exceeded", "auth_expired", "resource_low"):
             out.append(
                 {
-                    "text": f"{component}: {kind.replace('_', ' ')} {len(items)} time(s) {when} → {advice}",
+                    "text": f"{component}: {kind.replace('_', ' ')} {plural(len(items), 'time')} {when} "
+                    f"→ {advice}",
                     "evidence": "incidents " + ", ".join(f"#{i['id']}" for i in items),
                 }
             )
@@ -625,12 +820,40 @@ def _recommendations(
                     + (f": {i['escalation']}" if i["escalation"] else ""),
                 }
             )
+    # Healthy again, but not by a verified repair of ours (by itself, or by someone's
+    # hand): nothing was fixed, so whatever took it down may do so again. Incidents a
+    # fallback served have their own recommendation below; the drill's are expected.
+    came_back: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if (
+            row["verified_ts"] is not None
+            and row["state"] != "transient"
+            and not row["repaired_by_us"]
+            and row["id"] not in drilled | served
+        ):
+            came_back[row["component"]].append(row)
+    for component, items in came_back.items():
+        tried = sum(1 for row in items for x in row["repairs"] if not x["verified"])
+        times = f"at {hhmm(items[0]['detected_ts'])}" if len(items) == 1 else plural(len(items), "time")
+        out.append(
+            {
+                "text": f"{component}: went down {times} and came back without a verified repair of ours "
+                f"(by itself or by someone's hand; {plural(tried, 'repair attempt')} did not restore it) "
+                "→ find out why it went down: nothing was fixed, so it may happen again",
+                "evidence": "; ".join(
+                    f"incident #{row['id']} {row['state']} ({row['fault_kind']}): detected "
+                    f"{hhmmss(row['detected_ts'])}, verified healthy {hhmmss(row['verified_ts'])} by a probe"
+                    for row in items
+                ),
+            }
+        )
     for b in sections["agent"]["loop_blocked"]:
         out.append(
             {
-                "text": f"{b['component']}: its {b['what']} blocked the event loop {b['times']} time(s), "
-                f"up to {b['longest_s']:.2f} s, freezing every cycle meanwhile → make it non-blocking "
-                "(an async client, or asyncio.to_thread around the blocking call)",
+                "text": f"{b['component']}: its {b['what']} blocked the event loop "
+                f"{plural(b['times'], 'time')}, up to {b['longest_s']:.2f} s, freezing every cycle "
+                "meanwhile → make it non-blocking (an async client, or asyncio.to_thread around the "
+                "blocking call)",
                 "evidence": f"loop_blocked events of {b['component']}, the last at {b['last_at']}",
             }
         )
@@ -639,8 +862,8 @@ def _recommendations(
         last = [r for r in sections["agent"]["restarts"] if r["component"] == component][-1]
         out.append(
             {
-                "text": f"the repair agent's monitor of {component} crashed {n} time(s) and was restarted "
-                "→ fix the probe or repair strategy that raised",
+                "text": f"the repair agent's monitor of {component} crashed {plural(n, 'time')} and was "
+                "restarted → fix the probe or repair strategy that raised",
                 "evidence": f"agent_restarted at {last['at']}: {last['message']}",
             }
         )
@@ -654,17 +877,69 @@ def _recommendations(
             )
     for f in sections["fallbacks"]:
         evidence = f"fallback from {f['started_at']} to {f['ended_at'] or 'the end of the night'}"
+        n = plural(len(f["cycles"]), "cycle")
         if f["incident_id"] in drilled and f["ended_at"]:
             text = (
-                f"{len(f['cycles'])} cycle(s) ran on {f['component']}'s {f['kind']} fallback during an "
-                "injected fault: they did not test the live dependency; rerun them if that matters"
+                f"{n} ran on {f['component']}'s {f['kind']} fallback during an injected fault: "
+                "they did not test the live dependency; rerun them if that matters"
             )
         else:
             text = (
-                f"{f['component']} ran on its {f['kind']} fallback for {len(f['cycles'])} cycle(s): "
+                f"{f['component']} ran on its {f['kind']} fallback for {n}: "
                 "those cycles did not test the live dependency; fix the primary"
             )
         out.append({"text": text, "evidence": evidence + f" (incident #{f['incident_id']})"})
+    on_fallback = sections["fallback_failures"]
+    if on_fallback:
+        numbers = [f["cycle"] for f in on_fallback]
+        it = "it" if len(numbers) == 1 else "them"
+        out.append(
+            {
+                "text": f"{_cycles(numbers)} failed on a fallback and got no product verdict (no rerun on "
+                f"the primary before the night stopped or the retries ran out) → rerun {it} on the primary",
+                "evidence": "; ".join(
+                    f"cycle {f['cycle']}: attempt {f['attempts']} "
+                    + (
+                        ", ".join(
+                            f"on {fb['component']}'s {fb['kind']} fallback (incident #{fb['incident_id']}, "
+                            f"{fb['started_at']} → {fb['ended_at'] or 'the end of the night'})"
+                            for fb in f["fallbacks"]
+                        )
+                        or "marked as run on a fallback"
+                    )
+                    for f in on_fallback[:20]
+                ),
+            }
+        )
+    knobs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for k in sections["knob_changes"]:
+        if k["cycles"]:
+            knobs[(k["component"], k["knob"])].append(k)
+    for (component, knob), changes in knobs.items():
+        ran = sorted({c for k in changes for c in k["cycles"]})
+        values = ", ".join(dict.fromkeys(str(k["to"]) for k in changes))
+        last = changes[-1]
+        still = " and was still off when the night ended" if last["ended_at"] is None else ""
+        out.append(
+            {
+                "text": f"{component}.{knob} ran at {values} instead of its configured {last['configured']} "
+                f"for {plural(len(ran), 'cycle')}{still}: {'its' if len(ran) == 1 else 'their'} results were "
+                "not measured with the "
+                "configured value → find out why a repair needed it (fix the dependency, or change the "
+                "configured value if the new one is right)",
+                "evidence": "; ".join(
+                    f"knob_changed {k['from']} → {k['to']} at {k['changed_at']} by {k['by']}"
+                    + (f" (incident #{k['incident_id']})" if k["incident_id"] is not None else "")
+                    + (
+                        f", {k['ended_by']} at {k['ended_at']}"
+                        if k["ended_at"]
+                        else ", in force until the end of the night"
+                    )
+                    for k in changes
+                )
+                + f"; {_cycles(ran)}",
+            }
+        )
     failures = [f for f in report["failures"] if f["verdict"] == "failed"]
     by_step: dict[str, list[int]] = defaultdict(list)
     for f in failures:
@@ -672,33 +947,35 @@ def _recommendations(
     for step, cs in sorted(by_step.items(), key=lambda kv: -len(kv[1])):
         out.append(
             {
-                "text": f"{len(cs)} product failure(s) at step {step}: "
+                "text": f"{plural(len(cs), 'product failure')} at step {step}: "
                 f"read the artifacts of cycle {cs[0]} first",
-                "evidence": "cycles " + ", ".join(map(str, cs[:20])) + (" …" if len(cs) > 20 else ""),
+                "evidence": _cycles(cs),
             }
         )
     unrepaired = [f for f in report["failures"] if f["verdict"] in ("infra_error", "timeout")]
     if unrepaired:
         out.append(
             {
-                "text": f"{len(unrepaired)} cycle(s) ended without a product verdict (infra errors or "
-                "timeouts that outlasted the retries): rerun them once the dependency is fixed",
-                "evidence": "cycles " + ", ".join(str(f["cycle"]) for f in unrepaired[:20]),
+                "text": f"{plural(len(unrepaired), 'cycle')} ended without a product verdict (infra errors "
+                "or timeouts that outlasted the retries): rerun them once the dependency is fixed",
+                "evidence": _cycles([f["cycle"] for f in unrepaired]),
             }
         )
     missed = [r for r in faults["injections"] if not r["detected"]]
     if missed:
+        were = "was" if len(missed) == 1 else "were"
         out.append(
             {
-                "text": f"{len(missed)} injected fault(s) were not detected: "
+                "text": f"{plural(len(missed), 'injected fault')} {were} not detected: "
                 "add a probe or a use of that component",
                 "evidence": ", ".join(r["spec"] or r["fault"] for r in missed),
             }
         )
     if faults["failed"]:
+        n = len(faults["failed"])
         out.append(
             {
-                "text": f"{len(faults['failed'])} planned fault(s) could not be injected: fix the fault plan",
+                "text": f"{plural(n, 'planned fault')} could not be injected: fix the fault plan",
                 "evidence": "; ".join(f"{f['spec']}: {f['error']}" for f in faults["failed"]),
             }
         )
@@ -711,37 +988,58 @@ def _recommendations(
             }
         )
     if sections["blocked_attempts"]:
+        n = len(sections["blocked_attempts"])
+        were = "was" if n == 1 else "were"
         out.append(
             {
-                "text": f"{len(sections['blocked_attempts'])} attempt(s) to weaken the night were blocked: "
+                "text": f"{plural(n, 'attempt')} to weaken the night {were} blocked: "
                 "check who tried (a scenario or hook writing a protected setting?)",
                 "evidence": "; ".join(b["message"] or "" for b in sections["blocked_attempts"][:5]),
             }
         )
     injections = faults["injections"]
     if injections and not missed and all(r["diagnosis_correct"] and r["verified_at"] for r in injections):
+        every = (
+            "the only injected fault was"
+            if len(injections) == 1
+            else f"all {len(injections)} injected faults were"
+        )
         out.append(
             {
-                "text": f"the fault drill passed: all {len(injections)} injected fault(s) were detected, "
+                "text": f"the fault drill passed: {every} detected, "
                 "diagnosed correctly and verified healthy again; nothing to do about them",
                 "evidence": f"diagnosis accuracy {faults['summary']['diagnosis_accuracy']:.0%}, "
                 + ", ".join(f"#{r['incident_id']}" for r in injections),
             }
         )
     if not [o for o in out if not o["text"].startswith("the fault drill passed")]:
-        if incidents and all(i["verified_at"] is not None for i in incidents):
-            verified = sum(1 for i in incidents if i["verified_at"] is not None)
+        ours = [row for row in rows if row["repaired_by_us"]]
+        transient = [row for row in rows if row["state"] == "transient"]
+        ids = ", ".join(f"#{row['id']}" for row in ours + transient)
+        if rows and ours and len(ours) + len(transient) == len(rows):
+            # Said only when every incident was repaired by a verified repair of ours, or
+            # needed none: one that came back by itself is not "repaired".
+            also = f"; {len(transient)} transient (healthy at the next probe)" if transient else ""
             out.append(
                 {
                     "text": "all repairs verified, no manual action needed",
-                    "evidence": f"{verified} of {len(incidents)} incidents verified healthy by a probe",
+                    "evidence": f"{len(ours)} of {plural(len(rows), 'incident')} repaired by a repair of "
+                    f"ours and verified healthy by a probe{also}: {ids}",
                 }
             )
-        elif report["cycles_run"] and report["exit_code"] == 0:
+        elif rows and len(transient) == len(rows) and report["exit_code"] == 0:
+            out.append(
+                {
+                    "text": "nothing to do: every cycle passed, and every incident was transient "
+                    "(healthy at the next probe, nothing to repair)",
+                    "evidence": f"{plural(report['cycles_run'], 'cycle')} passed; incidents {ids}",
+                }
+            )
+        elif not rows and report["cycles_run"] and report["exit_code"] == 0:
             out.append(
                 {
                     "text": "nothing to do: every cycle passed and no dependency failed",
-                    "evidence": f"{report['cycles_run']} cycles passed, 0 incidents",
+                    "evidence": f"{plural(report['cycles_run'], 'cycle')} passed, 0 incidents",
                 }
             )
     return out

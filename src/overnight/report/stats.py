@@ -10,8 +10,8 @@ from .model import build_report
 
 
 def statistics(ledger: Ledger, night_id: str) -> dict[str, Any]:
-    """Incidents, repairs and their verification, time to detect and to repair,
-    Retry-After waits, fallbacks, blocked degradations, monitor restarts."""
+    """Incidents and how they ended, repairs and their verification, time to detect and
+    to repair, Retry-After waits, fallbacks, blocked degradations, monitor restarts."""
     return agent_figures(build_report(ledger, night_id))
 
 
@@ -19,8 +19,19 @@ def agent_figures(report: dict[str, Any]) -> dict[str, Any]:
     agent = report["agent"]
     repairs = agent["repairs"]
     verified = sum(1 for r in repairs if r["verified"])
+    incidents = report["incidents"]
     return {
-        "incidents": len(report["incidents"]),
+        "incidents": len(incidents),
+        # How each incident ended: repaired by a verified repair of ours; healthy again
+        # without one (by itself, by someone's hand, after a fallback); transient (healthy
+        # at the next probe, nothing to repair). The rest were not restored.
+        "incidents_repaired": sum(1 for i in incidents if i["repaired_by_us"]),
+        "incidents_recovered": sum(
+            1
+            for i in incidents
+            if i["verified_at"] is not None and not i["repaired_by_us"] and i["state"] != "transient"
+        ),
+        "incidents_transient": sum(1 for i in incidents if i["state"] == "transient"),
         "repairs_total": len(repairs),
         "repairs_acted": sum(1 for r in repairs if r["result"] == "done"),
         "repairs_verified": verified,
