@@ -227,7 +227,7 @@ async def test_cycles_a_time_bound_stopped_are_skipped(tmp_path: Path) -> None:
     ran = {c["cycle"] for c in report["cycles"]}
     for n in range(1, 41):
         skipped = cases[f"cycle {n:02d}"].find("skipped")
-        assert (skipped is None) == (n in ran)
+        assert (skipped is None) == (n in ran), [c for c in report["cycles"] if c["cycle"] == n]
         if skipped is not None:
             assert skipped.get("message") == f"did not run: {report['end_reason']}"
             assert "time bound" in skipped.get("message")

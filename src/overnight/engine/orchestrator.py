@@ -519,6 +519,9 @@ class Orchestrator:
         cycle_input = CycleInput.derive(plan.seed, cycle)
         last_no, counted = self._attempts_used.get(cycle, (0, 0))
         budget = 1 + plan.retry_attempts
+        await self._wait_gate()
+        if self._stop_starting:
+            return  # never started: nothing written, a later session runs it
         await self.ledger.write(
             ops.cycle_started,
             self.night_id,
@@ -527,12 +530,17 @@ class Orchestrator:
             self.clock(),
             self.fingerprint,
         )
+        # A cycle recorded as started runs its first attempt even when the time bound
+        # lands during that write: otherwise it would stay "started" with nothing run.
+        first = True
         while True:
-            await self._wait_gate()
-            if self._interrupted or self._stop_starting:
+            if not first:
+                await self._wait_gate()
+            if self._interrupted or (self._stop_starting and not first):
                 # Nothing new starts once the night is stopping; a cycle held at the gate
                 # stays pending (resume runs it) rather than failing for want of time.
                 return
+            first = False
             if self.faults is not None:
                 await self.faults.before_cycle(cycle)  # once per cycle: it meets its faults
             attempt = last_no = last_no + 1
