@@ -3,7 +3,7 @@ its dependencies break and its product is buggy, for overnight and for the basel
 would otherwise use. A measurement, not a test.
 
     python bench/goodput.py [--cycles 100] [--seed 11] [--plans bench/plans/goodput.toml]
-                            [--only NAME,...] [--faults PLAN] [--bug-rate 0.06] [--bug-seed 3]
+                            [--only NAME,...] [--faults PLAN] [--bug-rate 0.04] [--bug-seed 3]
                             [--intermittent-bug-rate 0.02] [--intermittent-bug-seed 5]
                             [--json OUT] [--pg-url URL] [--approaches ...]
 
@@ -1300,7 +1300,7 @@ def main() -> None:
         "--max-hours", type=float, default=None, help="with --faults: overnight's --max-hours"
     )
     parser.add_argument(
-        "--bug-rate", type=float, default=0.06, help="sandbox GigaChat bug_rate: deterministic (default 0.06)"
+        "--bug-rate", type=float, default=0.04, help="sandbox GigaChat bug_rate: deterministic (default 0.04)"
     )
     parser.add_argument("--bug-seed", type=int, default=3, help="sandbox GigaChat bug_seed (default 3)")
     parser.add_argument(
