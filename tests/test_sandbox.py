@@ -34,7 +34,7 @@ from overnight.sandbox import (
     shared_sandbox,
     textgen,
 )
-from overnight.sandbox.textgen import count_tokens, embed, generate, is_bugged
+from overnight.sandbox.textgen import count_tokens, embed, fires_intermittently, generate, is_bugged
 
 CREDS = DEFAULT_GIGACHAT_CREDENTIALS[0]
 CREDS_2 = DEFAULT_GIGACHAT_CREDENTIALS[1]
@@ -718,6 +718,69 @@ async def test_bug_switch_through_the_server(giga: GigaChatServer, gc: gigachat.
     giga.switches.update(bug_rate=1.0, bug_seed=4)
     broken = (await gc.achat(prompt)).choices[0].message.content
     assert len(healthy) >= 600 and len(broken) < 200
+
+
+def test_bugs_are_keyed_on_the_input_not_on_the_research_results() -> None:
+    """A cycle served by the search fallback gets other CITE lines than on the live API; it
+    must meet the same deterministic bug (the bug is the product's, not the search's)."""
+
+    def prompt(i: int, cite: str) -> str:
+        return f'Topic: project {i}.\nFORMAT: section title="Budget"\nCITE: [1] {cite}\n[2] {cite} too'
+
+    live = [is_bugged(prompt(i, "Rosstat, 2023"), 0.25, bug_seed=1) for i in range(200)]
+    cached = [is_bugged(prompt(i, "a cached page"), 0.25, bug_seed=1) for i in range(200)]
+    assert live == cached and 20 <= sum(live) <= 80
+    for i in range(30):
+        short = len(generate(prompt(i, "a cached page"), 0, bug_rate=0.25, bug_seed=1)) < 200
+        assert short == live[i]
+
+
+def test_intermittent_bug_is_a_draw_per_call_fixed_by_its_seed() -> None:
+    p = 'Topic: rural libraries.\nFORMAT: section title="Budget"'
+    draws = [fires_intermittently(p, n, 0.3, seed=7) for n in range(1, 401)]
+    assert draws == [fires_intermittently(p, n, 0.3, seed=7) for n in range(1, 401)]  # same seed, same
+    assert draws != [fires_intermittently(p, n, 0.3, seed=8) for n in range(1, 401)]
+    assert 80 <= sum(draws) <= 160  # ~30 % of the calls of one and the same prompt
+    assert not any(fires_intermittently(p, n, 0.0, seed=7) for n in range(1, 50))
+    assert all(fires_intermittently(p, n, 1.0, seed=7) for n in range(1, 50))
+    assert len(generate(p, 0, intermittent=True)) < 200 <= len(generate(p, 0))
+
+
+async def test_intermittent_bug_through_the_server(giga: GigaChatServer, gc: gigachat.GigaChat) -> None:
+    """The n-th ask of a prompt fires as fires_intermittently(prompt, n) says; the server records
+    what fired; other prompts are not counted; reset() starts the count again."""
+    section = 'Topic: rural libraries.\nFORMAT: section title="Budget" min_chars=600'
+    giga.switches.update(intermittent_bug_rate=0.5, intermittent_bug_seed=3)
+
+    async def ask(n: int) -> list[bool]:
+        return [len((await gc.achat(section)).choices[0].message.content) < 200 for _ in range(n)]
+
+    await gc.achat("Tell me about rural libraries.")  # not a section prompt: not counted
+    # The SDK sends the prompt as one user message.
+    expected = [fires_intermittently([{"role": "user", "content": section}], n, 0.5, 3) for n in range(1, 13)]
+    got = await ask(12)
+    assert got == expected and any(got) and not all(got)  # the same input passes and fails
+    fired = giga.bugs.fired(drain=True)
+    assert [f["occurrence"] for f in fired] == [n for n, hit in enumerate(expected, 1) if hit]
+    assert {f["kind"] for f in fired} == {"intermittent"} and {f["title"] for f in fired} == {"Budget"}
+    assert giga.bugs.fired() == []
+    giga.bugs.reset()
+    assert await ask(12) == expected  # deterministic given the seed and the order of calls
+    # The deterministic bug wins and is recorded as such.
+    giga.switches.update(bug_rate=1.0)
+    assert await ask(2) == [True, True]
+    assert [f["kind"] for f in giga.bugs.fired()[-2:]] == ["deterministic", "deterministic"]
+
+
+async def test_intermittent_bug_on_the_openai_server(oai: OpenAIServer) -> None:
+    section = 'Topic: museums.\nFORMAT: section title="Team" min_chars=600'
+    oai.switches.update(intermittent_bug_rate=1.0)
+    async with oai_client(oai) as client:
+        r = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": section}]
+        )
+    assert len(r.choices[0].message.content or "") < 200
+    assert [f["kind"] for f in oai.bugs.fired()] == ["intermittent"]
 
 
 def test_embeddings_are_unit_vectors_and_similar_for_shared_words() -> None:

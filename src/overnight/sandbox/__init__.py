@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from .bugs import ProductBugs
 from .gigachat import GigaChatServer
 from .openai_api import OpenAIServer
 from .search import SearchServer
@@ -42,6 +43,7 @@ __all__ = [
     "ControlServer",
     "GigaChatServer",
     "OpenAIServer",
+    "ProductBugs",
     "Sandbox",
     "SandboxServer",
     "SearchServer",

@@ -34,6 +34,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .bugs import ProductBugs
 from .server import (
     HTTPError,
     Request,
@@ -96,6 +97,7 @@ class GigaChatServer(SandboxServer):
         self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
         self._tokens: dict[str, _Token] = {}
         self._tokens_lock = threading.Lock()
+        self.bugs = ProductBugs()  # the product-bug switches' call counts and record
         super().__init__(**kwargs)
 
     @property
@@ -207,6 +209,7 @@ class GigaChatServer(SandboxServer):
             max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
             bug_rate=sw.bug_rate,
             bug_seed=sw.bug_seed,
+            intermittent=self.bugs.roll(messages, sw) == "intermittent",
         )
 
     def _usage(self, c: Completion) -> dict[str, int]:

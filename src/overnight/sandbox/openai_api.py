@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from .bugs import ProductBugs
 from .server import (
     HTTPError,
     Request,
@@ -73,6 +74,7 @@ class OpenAIServer(SandboxServer):
         self.api_keys = accepted_secrets(api_keys)
         self.chat_models = tuple(chat_models)
         self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
+        self.bugs = ProductBugs()  # the product-bug switches' call counts and record
         super().__init__(**kwargs)
 
     @property
@@ -140,6 +142,7 @@ class OpenAIServer(SandboxServer):
             max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
             bug_rate=sw.bug_rate,
             bug_seed=sw.bug_seed,
+            intermittent=self.bugs.roll(messages, sw) == "intermittent",
             json_mode=isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"),
         )
         ident = "chatcmpl-" + secrets.token_hex(12)

@@ -132,6 +132,8 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "token_ttl_s": _pos_float,
     "bug_rate": _rate,
     "bug_seed": _int,
+    "intermittent_bug_rate": _rate,
+    "intermittent_bug_seed": _int,
 }
 
 
@@ -144,7 +146,9 @@ class Switches:
     closes and reopens the port synchronously). Quotas count per API key / credentials
     over sliding windows of ``minute_window_s`` and ``day_window_s`` (shrink them in tests
     and dry runs). ``bug_rate`` / ``bug_seed`` drive the "missing section" product bug of
-    ``textgen``. ``token_epoch`` is read-only: ``expire_tokens_now()`` bumps it.
+    ``textgen`` for a fixed share of inputs; ``intermittent_bug_rate`` /
+    ``intermittent_bug_seed`` make it fire on some calls of the same input only (see
+    ``sandbox.bugs``). ``token_epoch`` is read-only: ``expire_tokens_now()`` bumps it.
     """
 
     latency_s: float = 0.0
@@ -159,6 +163,8 @@ class Switches:
     token_ttl_s: float = 1800.0
     bug_rate: float = 0.0
     bug_seed: int = 0
+    intermittent_bug_rate: float = 0.0
+    intermittent_bug_seed: int = 0
     token_epoch: int = 0
 
     NAMES: ClassVar[tuple[str, ...]] = tuple(_VALIDATORS)

@@ -17,11 +17,14 @@ message; when there are several, the last one wins):
     A Markdown section body (no heading) of at least N characters (default 1800), 2-4
     paragraphs separated by blank lines. If the prompt has a line ``CITE: [1] ... [2] ...``
     (further ``[n] ...`` lines may follow it), every listed reference is cited inline as
-    ``[n]``. The product-bug switch: when ``bug_rate > 0`` and ``is_bugged(messages,
-    bug_rate, bug_seed)`` selects this prompt, the body is one short paragraph under 200
-    characters instead (the "missing section" bug). The choice depends only on the prompt,
-    ``bug_rate`` and ``bug_seed`` (not on the generation seed), so the same input always
-    gets the same bug.
+    ``[n]``. The product-bug switches: when ``is_bugged(messages, bug_rate, bug_seed)``
+    selects this prompt, or the caller says the intermittent bug fired on this call
+    (``intermittent=True``, see ``fires_intermittently``), the body is one short paragraph
+    under 200 characters instead (the "missing section" bug). Both are keyed on
+    ``bug_key``: the prompt without its CITE block, i.e. what the product asks and not the
+    research results a dependency (live search, or its cache fallback) handed it, so the
+    same input meets the same deterministic bug whichever search served it. Neither
+    depends on the generation seed.
 
 anything else
     One plain paragraph of 3-5 sentences about the prompt's topic words (wrapped as
@@ -55,10 +58,12 @@ __all__ = [
     "Completion",
     "Directive",
     "Rng",
+    "bug_key",
     "complete",
     "count_tokens",
     "embed",
     "find_directive",
+    "fires_intermittently",
     "generate",
     "is_bugged",
     "prompt_key",
@@ -419,11 +424,25 @@ def _bugged_section(w: _Writer, title: str) -> str:
     return text[: BUG_MAX_CHARS - 1]
 
 
+def bug_key(messages: Messages) -> str:
+    """What the product bugs are keyed on: the prompt with its CITE blocks left out."""
+    return "\x1e".join(f"{role}\x1f{_CITE.sub('', text)}" for role, text in _normalise(messages))
+
+
 def is_bugged(messages: Messages, bug_rate: float, bug_seed: int = 0) -> bool:
-    """Whether the product-bug switch selects this prompt (same input, same answer)."""
+    """Whether the deterministic product bug selects this prompt (same input, same answer)."""
     if bug_rate <= 0:
         return False
-    return bug_rate >= 1 or _unit("bug", bug_seed, prompt_key(messages)) < bug_rate
+    return bug_rate >= 1 or _unit("bug", bug_seed, bug_key(messages)) < bug_rate
+
+
+def fires_intermittently(messages: Messages, occurrence: int, rate: float, seed: int = 0) -> bool:
+    """Whether the intermittent product bug fires on the ``occurrence``-th call (from 1) of
+    this prompt: an independent draw per call with probability ``rate``, fixed by ``seed``,
+    ``bug_key`` and ``occurrence``, so a rerun of the same input may or may not meet it."""
+    if rate <= 0:
+        return False
+    return rate >= 1 or _unit("intermittent-bug", seed, bug_key(messages), occurrence) < rate
 
 
 def generate(
@@ -432,10 +451,12 @@ def generate(
     *,
     bug_rate: float = 0.0,
     bug_seed: int = 0,
+    intermittent: bool = False,
     json_mode: bool = False,
 ) -> str:
     """The answer to ``messages`` (a list of role/content mappings, or a user prompt string).
 
+    ``intermittent``: the intermittent bug fired on this call (a section gets the bug).
     ``json_mode`` (OpenAI ``response_format: json_object``) wraps a plain answer as
     ``{"answer": ...}`` when the prompt has no ``FORMAT:`` directive of its own.
     """
@@ -449,7 +470,7 @@ def generate(
         return _score(w)
     if d is not None and d.kind == "section":
         title = d.args.get("title", "")
-        if is_bugged(messages, bug_rate, bug_seed):
+        if intermittent or is_bugged(messages, bug_rate, bug_seed):
             return _bugged_section(w, title)
         try:
             min_chars = max(0, int(d.args.get("min_chars", DEFAULT_MIN_CHARS)))
@@ -485,10 +506,13 @@ def complete(
     max_tokens: int | None = None,
     bug_rate: float = 0.0,
     bug_seed: int = 0,
+    intermittent: bool = False,
     json_mode: bool = False,
 ) -> Completion:
     """``generate`` plus what a chat API reports: usage and why the answer ended."""
-    text = generate(messages, seed, bug_rate=bug_rate, bug_seed=bug_seed, json_mode=json_mode)
+    text = generate(
+        messages, seed, bug_rate=bug_rate, bug_seed=bug_seed, intermittent=intermittent, json_mode=json_mode
+    )
     finish = "stop"
     if max_tokens is not None and count_tokens(text) > max_tokens:
         kept, used = [], 0
