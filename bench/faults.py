@@ -6,8 +6,8 @@ from real nights of the grant pipeline with the example fault plan. A measuremen
 
 Each night is ``python -m overnight run --config CONFIG --faults PLAN`` as a subprocess,
 in a fresh temporary folder, against PostgreSQL (``--pg-url``, else ``$OVERNIGHT_PG_URL``,
-else the local cluster: started if it is down, with a role ``overnight_bench`` and a fresh
-database per night, which needs root for ``su postgres``). The defaults are the example
+else a throwaway cluster made for the run with ``pg_createcluster`` on a free port, a
+fresh database per night, dropped at the end; it needs root for ``su postgres``). The defaults are the example
 plan and config of examples/grant_pipeline: a database connection lost at cycle 23,
 GigaChat quota exceeded at cycle 45 and web search timing out at cycle 78, on 100 cycles.
 
@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from benchutil import machine, save
+from benchutil import machine, save, throwaway_pg_admin_url
 
 from overnight.faults import fault_timeline
 from overnight.faults.timeline import summarise
@@ -41,7 +41,6 @@ from overnight.numbers import percentile
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "grant_pipeline"
-ROLE, PASSWORD = "overnight_bench", "overnight-bench-pw"
 
 
 def _sh(cmd: list[str]) -> subprocess.CompletedProcess[str]:
@@ -49,26 +48,9 @@ def _sh(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def local_pg_admin_url() -> str:
-    """A superuser URL of the local cluster (started if down); needs root."""
-    out = _sh(["pg_lsclusters", "--no-header"]).stdout.split()
-    if len(out) < 4:
-        sys.exit("bench/faults.py: no PostgreSQL cluster here; give --pg-url")
-    ver, name, port, status = out[:4]
-    if status != "online" and _sh(["pg_ctlcluster", ver, name, "start"]).returncode != 0:
-        sys.exit(f"bench/faults.py: could not start PostgreSQL {ver}/{name}")
-    for _ in range(100):
-        if _sh(["pg_isready", "-h", "127.0.0.1", "-p", port]).returncode == 0:
-            break
-        time.sleep(0.1)
-    sql = (
-        f"DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{ROLE}') THEN "
-        f"CREATE ROLE {ROLE} LOGIN SUPERUSER PASSWORD '{PASSWORD}'; END IF; END$$;"
-    )
-    quoted = "'" + sql.replace("'", "'\"'\"'") + "'"  # single quotes: the shell must not expand $$
-    res = _sh(["su", "postgres", "-c", f"psql -v ON_ERROR_STOP=1 -qc {quoted}"])
-    if res.returncode != 0:
-        sys.exit(f"bench/faults.py: could not create the bench role: {res.stderr.strip()}")
-    return f"postgresql://{ROLE}:{PASSWORD}@127.0.0.1:{port}/postgres"
+    """A superuser URL of a throwaway cluster made for this run and dropped at exit (never
+    the machine's own clusters); needs root for ``su postgres``."""
+    return throwaway_pg_admin_url()
 
 
 def fresh_database(admin_url: str) -> str:

@@ -13,8 +13,8 @@ and two fallback-heavy plans of search 5xx outages that put cycles on the declar
 cache fallback. ``--only`` picks plans by name; ``--faults PLAN`` runs one plan instead.
 Each plan runs every approach; one no-fault reference night serves all plans. JSON to
 bench/results/goodput.json (the tables go beside it, as goodput.md). PostgreSQL from
---pg-url, else $OVERNIGHT_PG_URL, else the local cluster with a fresh database per run
-(bench/faults.py: needs root for ``su postgres``).
+--pg-url, else $OVERNIGHT_PG_URL, else a throwaway cluster made for the run with a fresh
+database per approach and plan (bench/benchutil.py: needs root for ``su postgres``).
 
 The same reference pipeline (examples/grant_pipeline, config overnight.faults.toml), the
 same seeded inputs and the same two kinds of product bug, both the sandbox GigaChat's
@@ -71,7 +71,8 @@ pass. Scored per approach and plan:
   miss a flaky bug. It is counted as a wrong verdict.
 * false product failures (truth passed, verdict failed), lost cycles (no verdict), no
   product verdict (infra_error, timeout, harness_error, failed_on_fallback on a bug), wall
-  time; for overnight also TTD/TTR per fault and its wall time over the reference night's.
+  time; for overnight also time to detect, to healthy and (when our repair ended it) to
+  repair per fault, and its wall time over the reference night's.
 
 Prints the tables and says where a target (overnight: 100 % correct, 0 masked, 0 false
 failures, wall ≤ 1.15 × no-fault night) is missed and why.
@@ -404,6 +405,9 @@ def run_overnight(
                 "detected": r["detected"],
                 "diagnosed_kind": r["diagnosed_kind"],
                 "ttd_s": r["time_to_detect_s"],
+                # detection -> a verified healthy probe, whoever ended the fault; TTR
+                # only when a verified repair of ours did
+                "tth_s": r["time_to_healthy_s"],
                 "ttr_s": r["time_to_repair_s"],
                 "incident_state": r["incident_state"],
                 "repairs": [x["strategy"] + (" ✓" if x["verified"] else "") for x in r["repairs"]],
@@ -1092,7 +1096,7 @@ def targets(
             )
     floor_s = sum(x for _, x, _ in floor)
     waits = [
-        f"{f['fault']} {(f['ttd_s'] or 0) + (f['ttr_s'] or 0):.1f} s"
+        f"{f['fault']} {(f['ttd_s'] or 0) + (f['tth_s'] or 0):.1f} s"
         for f in ov.get("faults", [])
         if f["cycles_hit"]
     ]
@@ -1198,15 +1202,15 @@ def markdown(result: dict[str, Any]) -> str:
                     "",
                     "overnight, per fault:",
                     "",
-                    "| fault | kind | cycle | detected as | TTD s | TTR s | incident | repairs "
-                    "| cycles hit → verdict |",
-                    "|---|---|---|---|---|---|---|---|---|",
+                    "| fault | kind | cycle | detected as | TTD s | to healthy s | TTR (ours) s | incident "
+                    "| repairs | cycles hit → verdict |",
+                    "|---|---|---|---|---|---|---|---|---|---|",
                 ]
                 for f in ov["faults"]:
                     lines.append(
                         f"| {f['fault']} | {f['kind']} | {f['cycle']} "
                         f"| {f['diagnosed_kind'] or 'not detected'} "
-                        f"| {_num(f['ttd_s'])} | {_num(f['ttr_s'])} "
+                        f"| {_num(f['ttd_s'])} | {_num(f['tth_s'])} | {_num(f['ttr_s'])} "
                         f"| {f['incident_state'] or '—'} | {', '.join(f['repairs']) or 'none'} "
                         f"| {fmt_cycles(f['cycles_hit'])} {f['hit_verdicts'] or ''} |"
                     )
@@ -1322,8 +1326,8 @@ def main() -> None:
     parser.add_argument(
         "--pg-url",
         default=os.environ.get("OVERNIGHT_PG_URL"),
-        help="PostgreSQL for the pipeline (default $OVERNIGHT_PG_URL, else the local cluster, "
-        "a fresh database per run)",
+        help="PostgreSQL for the pipeline (default $OVERNIGHT_PG_URL, else a throwaway cluster "
+        "made for the run, a fresh database per run)",
     )
     parser.add_argument(
         "--approaches",
@@ -1405,7 +1409,7 @@ def main() -> None:
             "config": os.path.relpath(CONFIG, REPO),
             "postgresql": "--pg-url / $OVERNIGHT_PG_URL (shared)"
             if args.pg_url
-            else "local cluster, fresh database per run",
+            else "throwaway cluster, fresh database per run",
             "approaches": approaches,
             "plain_loop": f"any exception: up to {PLAIN_RETRIES} more tries, {PLAIN_PAUSE_S:g} s apart",
             "blind_rerun": f"any failure: up to {BLIND_RERUNS} reruns, no delay; passed if any run passes",

@@ -79,7 +79,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -89,7 +88,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchutil import machine, save
+from benchutil import Cluster, machine, save
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -186,109 +185,6 @@ def raw_hit(hits: dict[str, list[str]]) -> bool:
 
 
 # -- PostgreSQL: a throwaway cluster of our own -------------------------------------------
-
-
-def _shq(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Cluster:
-    """``pg_createcluster`` on a free port, dropped by ``close`` (only if created here)."""
-
-    ROLE = "ovtbench"
-
-    def __init__(self, password: str) -> None:
-        self.password = password
-        self.version = ""
-        self.name = ""
-        self.port = 0
-        self.created = False
-
-    @staticmethod
-    def unavailable() -> str | None:
-        for tool in ("pg_createcluster", "pg_ctlcluster", "pg_dropcluster", "pg_lsclusters", "su"):
-            if not shutil.which(tool):
-                return f"{tool} not found"
-        if os.geteuid() != 0:
-            return "not root (su postgres is needed)"
-        try:
-            import psycopg  # noqa: F401
-        except ImportError:
-            return "psycopg is not installed"
-        return None
-
-    def _psql(self, sql: str, db: str = "postgres") -> str:
-        res = run(
-            ["su", "postgres", "-c", f"psql -p {self.port} -d {db} -v ON_ERROR_STOP=1 -qAtc {_shq(sql)}"]
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"psql on port {self.port}: {res.stderr.strip()}")
-        return res.stdout
-
-    def start(self) -> None:
-        versions = sorted(
-            (p.name for p in Path("/usr/lib/postgresql").glob("*") if (p / "bin" / "postgres").exists()),
-            key=lambda v: [int(x) for x in v.split(".") if x.isdigit()],
-        )
-        if not versions:
-            raise RuntimeError("no PostgreSQL server under /usr/lib/postgresql")
-        self.version = versions[-1]
-        existing = {line.split()[1] for line in run(["pg_lsclusters", "--no-header"]).stdout.splitlines()}
-        self.name = f"ovtbench_{os.getpid()}"
-        if self.name in existing:
-            raise RuntimeError(f"a cluster {self.version}/{self.name} already exists; not touching it")
-        self.port = free_port()
-        res = run(["pg_createcluster", self.version, self.name, "-p", str(self.port)])
-        if res.returncode != 0:
-            raise RuntimeError(f"pg_createcluster: {res.stderr.strip()}")
-        self.created = True
-        res = run(["pg_ctlcluster", self.version, self.name, "start"])
-        if res.returncode != 0:
-            raise RuntimeError(f"pg_ctlcluster start: {res.stderr.strip()}")
-        for _ in range(200):
-            if run(["pg_isready", "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode == 0:
-                break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"cluster {self.version}/{self.name} did not become ready")
-        self._psql(f"CREATE ROLE {self.ROLE} LOGIN SUPERUSER PASSWORD '{self.password}'")
-        log(f"PostgreSQL: created cluster {self.version}/{self.name} on port {self.port}")
-
-    def url(self, db: str) -> str:
-        return f"postgresql://{self.ROLE}:{self.password}@127.0.0.1:{self.port}/{db}"
-
-    def create_db(self, db: str) -> str:
-        self._psql(f'CREATE DATABASE "{db}"')
-        return self.url(db)
-
-    def drop_db(self, db: str) -> None:
-        with contextlib.suppress(Exception):
-            self._psql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-    def dump(self, db: str) -> bytes:
-        res = subprocess.run(
-            ["su", "postgres", "-c", f"pg_dump -p {self.port} -d {db}"],
-            capture_output=True,
-            timeout=120,
-        )
-        if res.returncode != 0:
-            raise RuntimeError(f"pg_dump {db}: {res.stderr.decode(errors='replace').strip()}")
-        return res.stdout
-
-    def close(self) -> None:
-        if self.created:
-            res = run(["pg_dropcluster", "--stop", self.version, self.name])
-            if res.returncode != 0:
-                log(f"PostgreSQL: pg_dropcluster {self.version} {self.name} failed: {res.stderr.strip()}")
-            else:
-                log(f"PostgreSQL: dropped cluster {self.version}/{self.name}")
-            self.created = False
 
 
 # -- reading the ledger, read-only ------------------------------------------------------
