@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy import select
 
+from overnight.errors import ConfigError
 from overnight.ledger import Ledger, queries
 from overnight.ledger import schema as s
 from overnight.report import statistics
@@ -79,6 +80,12 @@ async def test_llm_rate_limit_waits_retry_after_and_retries_the_cycle(tmp_path: 
     import asyncio
     from overnight.sandbox import shared_sandbox
 
+    # The scenario's own shortcut for its llm; one for a component this config lacks.
+    DEGRADING_SHORTCUTS = {
+        "llm": {"shortcut": "answer from last week's drafts", "harm": "drafting goes unchecked"},
+        "rag": {"shortcut": "skip the context", "harm": "x"},
+    }
+
     async def cycle(ctx):
         llm = ctx.components["llm"]
         if ctx.cycle == 3 and ctx.attempt == 1:
@@ -114,7 +121,37 @@ async def test_llm_rate_limit_waits_retry_after_and_retries_the_cycle(tmp_path: 
     assert json.loads(faults[0]["data"])["retry_after_s"] > 0
     assert repairs[0]["strategy"] == "wait_retry_after" and repairs[0]["verified"]
     assert stats["repairs_verified"] == 1 and stats["time_to_detect_s"]["p95"] < 0.5
-    assert json.loads(inc["degradation_avoided"])["shortcut"] == "switch the pipeline to canned LLM answers"
+    avoided = json.loads(inc["degradation_avoided"])
+    assert (avoided["shortcut"], avoided["harm"]) == (
+        "answer from last week's drafts",
+        "drafting goes unchecked",
+    )
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        "['llm']",
+        "{'llm': 'skip it'}",
+        "{'llm': {'shortcut': 'skip it'}}",
+        "{'llm': {'shortcut': '', 'harm': 'x'}}",
+        "{'llm': {'shortcut': 'skip it', 'harm': 3}}",
+    ],
+)
+def test_a_malformed_scenario_shortcut_is_a_config_error(tmp_path: Path, declared: str) -> None:
+    from overnight.engine.orchestrator import Orchestrator
+
+    from .helpers import make_plan, write_project
+
+    code = f"DEGRADING_SHORTCUTS = {declared}\n\nasync def cycle(ctx):\n    pass\n"
+    cfg, _ = write_project(tmp_path / "p", code, '[components.llm]\ntype = "llm"\nsandbox = true\n')
+    plan = make_plan(cfg, tmp_path / "nights", cycles=1)
+    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
+    try:
+        with pytest.raises(ConfigError, match=r"DEGRADING_SHORTCUTS"):
+            Orchestrator(plan, ledger)
+    finally:
+        ledger.close()
 
 
 async def test_a_quota_found_by_the_probe_waits_the_retry_after_the_probe_got(tmp_path: Path) -> None:

@@ -14,8 +14,8 @@ import httpx2
 import openai
 import pytest
 
+from overnight.chaos.http import HTTP_FAULT_KINDS, HttpFault, HttpFaults, fault_transport
 from overnight.components.base import classify_status
-from overnight.faults.http import HTTP_FAULT_KINDS, HttpFault, HttpFaults, fault_transport
 from overnight.sandbox import Sandbox
 from overnight.sandbox.search import search_results
 

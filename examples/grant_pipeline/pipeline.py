@@ -111,6 +111,24 @@ REQUIRED_SECTIONS = (
     "Risks and Mitigation",
     "Expected Impact",
 )
+# What a careless night script would do when one of these breaks, and what it would cost;
+# the repair agent never takes these shortcuts, and the report says so ("degradation
+# prevented"). Keys are this pipeline's component names (overnight.toml).
+DEGRADING_SHORTCUTS = {
+    "vectors": {
+        "shortcut": "skip the RAG context",
+        "harm": "applications would be written without the grant requirements they must follow",
+    },
+    "search": {
+        "shortcut": "switch research to mocked search results",
+        "harm": "research would cite recorded sources: the live search integration goes untested",
+    },
+    "llm": {
+        "shortcut": "switch the pipeline to canned LLM answers",
+        "harm": "applications would pass on fixed text: the real model's drafting goes unchecked",
+    },
+}
+
 SECTION_MIN_CHARS = 2000  # asked of the LLM per section: 10 sections comfortably > 15000
 PLACEHOLDER_CHARS = 400  # a section body shorter than this is a placeholder, not a section
 MIN_ANSWER_CHARS = 40  # an interview answer shorter than this is not an answer

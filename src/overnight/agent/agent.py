@@ -385,7 +385,7 @@ class ComponentMonitor:
     async def _close(self, incident: _Incident, state: str, detail: str) -> None:
         self._verified_at = self.agent.clock()
         values: dict[str, Any] = {"verified_at": time.time(), "state": state}
-        shortcut = DEGRADING_SHORTCUTS.get(self.comp.type_name)
+        shortcut = self.agent.shortcuts.get(self.comp.name) or DEGRADING_SHORTCUTS.get(self.comp.type_name)
         # A shortcut "not taken" would contradict a fallback that was taken (cached search
         # results are recorded results): nothing to claim for an incident the fallback served.
         if state in ("repaired", "recovered") and shortcut is not None and not incident.on_fallback:
@@ -835,8 +835,11 @@ class RepairAgent:
         *,
         on_abort: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        shortcuts: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.ledger = ledger
+        # component name -> the scenario's own {shortcut, harm}; else the type's default
+        self.shortcuts = {name: dict(s) for name, s in (shortcuts or {}).items()}
         self.night_id = night_id
         self.night_dir = night_dir
         self.gate = gate

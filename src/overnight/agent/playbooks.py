@@ -52,6 +52,7 @@ for _kind in _NETWORK:
 
 # What a careless script would have done instead, for each component type: the shortcut
 # that is available and that the agent never takes. Reported as "degradation prevented".
+# A scenario names its own, per component, in its module's ``DEGRADING_SHORTCUTS``.
 DEGRADING_SHORTCUTS: dict[str, dict[str, str]] = {
     "database": {
         "shortcut": "run the remaining cycles without the database",
@@ -66,8 +67,8 @@ DEGRADING_SHORTCUTS: dict[str, dict[str, str]] = {
         "harm": "research would cite recorded sources: the live search integration goes untested",
     },
     "vectorstore": {
-        "shortcut": "skip the RAG context",
-        "harm": "applications would be written without the grant requirements they must follow",
+        "shortcut": "skip the retrieved context",
+        "harm": "outputs would be produced without the documents they are meant to draw on",
     },
     "system": {
         "shortcut": "lower the free-disk threshold",

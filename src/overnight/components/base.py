@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
@@ -105,6 +105,25 @@ class _BaseOptions(Options):
     fault_proxy: bool = False
 
 
+class SandboxEndpoints(Protocol):
+    """Where the in-process sandbox APIs listen, and the credentials they accept."""
+
+    @property
+    def gigachat_url(self) -> str: ...
+    @property
+    def gigachat_auth_url(self) -> str: ...
+    @property
+    def openai_url(self) -> str: ...
+    @property
+    def search_url(self) -> str: ...
+    @property
+    def credentials(self) -> str: ...
+    @property
+    def api_key(self) -> str: ...
+    @property
+    def search_key(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """What a factory receives: the component's name, its config table, where things live."""
@@ -114,6 +133,17 @@ class ComponentSpec:
     night_dir: Path
     critical: bool = True
     base_dir: Path | None = None  # the config's folder: relative input files resolve here
+    # The sandbox for ``sandbox = true``, started on first call. Given by whoever builds
+    # the components (the engine), so components do not depend on the sandbox package.
+    sandbox: Callable[[], SandboxEndpoints] | None = None
+
+    def sandbox_endpoints(self) -> SandboxEndpoints:
+        if self.sandbox is None:
+            raise ConfigError(
+                f"components.{self.name}: sandbox = true, but whoever built this component "
+                "gave it no sandbox (ComponentSpec.sandbox)"
+            )
+        return self.sandbox()
 
     def resolve(self, value: str | Path) -> Path:
         """An input file named in config: absolute, or relative to the config's folder."""
@@ -253,7 +283,7 @@ class Component:
         # Put overnight's TCP fault proxy between it and its server (fault injection).
         self.fault_proxy = self._validate(_BaseOptions, spec.options).fault_proxy
         # Set by the fault driver before connect when a fault plan targets this component's
-        # HTTP API (overnight.faults.http.HttpFaults); HTTP components wrap their client.
+        # HTTP API (overnight.chaos.http.HttpFaults); HTTP components wrap their client.
         self.http_faults: Any = None
 
     def options(self, model: type[OptionsT]) -> OptionsT:

@@ -197,9 +197,7 @@ class LLMComponent(Component):
         self._client = self._make_client()
 
     def _attach_sandbox(self) -> None:
-        from ..sandbox import shared_sandbox
-
-        box = shared_sandbox()
+        box = self.spec.sandbox_endpoints()
         if self.provider == "gigachat":
             self.base_url, self.auth_url = box.gigachat_url, box.gigachat_auth_url
         else:
@@ -234,7 +232,7 @@ class LLMComponent(Component):
         if self.http_faults is not None:
             import httpx2
 
-            from ..faults.http import fault_transport
+            from ..chaos.http import fault_transport
 
             http_client = httpx2.AsyncClient(
                 timeout=timeout,
@@ -256,7 +254,7 @@ class LLMComponent(Component):
         import httpx
         from gigachat.client import _get_kwargs
 
-        from ..faults.http import fault_transport
+        from ..chaos.http import fault_transport
 
         kwargs = _get_kwargs(client._settings)
         inner = httpx.AsyncHTTPTransport(verify=kwargs.get("verify", True))

@@ -225,15 +225,13 @@ class WebSearchComponent(Component):
 
     async def connect(self) -> None:
         if self.sandbox and self.replay is None:
-            from ..sandbox import shared_sandbox
-
-            box = shared_sandbox()
+            box = self.spec.sandbox_endpoints()
             self.endpoint = box.search_url
             self.api_key = box.search_key
             self.api_key_header = "X-API-Key"
         transport = None
         if self.http_faults is not None:
-            from ..faults.http import fault_transport
+            from ..chaos.http import fault_transport
 
             transport = fault_transport(httpx.AsyncHTTPTransport(), self.http_faults)
         self._client = httpx.AsyncClient(timeout=float(self.knobs.get("timeout")), transport=transport)

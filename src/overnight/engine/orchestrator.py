@@ -28,7 +28,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ..components import Component, ComponentSpec, OptionError, resolve_factory
+from ..components import Component, ComponentSpec, OptionError, SandboxEndpoints, resolve_factory
 from ..config import LoadedConfig, ProtectedSettings
 from ..errors import ConfigError, InfraError, LedgerUnavailable, UsageError
 from ..ledger import Ledger, ops, queries
@@ -123,6 +123,38 @@ async def git_commit(folder: Path) -> str | None:
     return f"{head}-dirty" if dirty else head
 
 
+def scenario_shortcuts(
+    scenario: Callable[..., Any], components: Mapping[str, Any], where: str
+) -> dict[str, dict[str, str]]:
+    """The scenario module's ``DEGRADING_SHORTCUTS``: per component name, the shortcut a
+    careless script would take when it breaks and the harm it would do (both text)."""
+    module = sys.modules.get(getattr(scenario, "__module__", "") or "")
+    declared = getattr(module, "DEGRADING_SHORTCUTS", None)
+    if declared is None:
+        return {}
+    name = f"{where}: scenario {getattr(module, '__name__', '?')}.DEGRADING_SHORTCUTS"
+    if not isinstance(declared, Mapping):
+        raise ConfigError(f"{name}: must be a dict of component name -> {{shortcut, harm}}")
+    out: dict[str, dict[str, str]] = {}
+    for comp, entry in declared.items():
+        if (
+            not isinstance(entry, Mapping)
+            or set(entry) != {"shortcut", "harm"}
+            or not all(isinstance(v, str) and v.strip() for v in entry.values())
+        ):
+            raise ConfigError(f"{name}[{comp!r}]: must be {{'shortcut': text, 'harm': text}}")
+        if comp in components:  # a scenario shared by several configs may name more
+            out[str(comp)] = {"shortcut": entry["shortcut"].strip(), "harm": entry["harm"].strip()}
+    return out
+
+
+def _shared_sandbox() -> SandboxEndpoints:
+    # Imported on first use: a night without sandbox components never pays for it (0.13 s).
+    from ..sandbox import shared_sandbox
+
+    return shared_sandbox()
+
+
 def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Component]:
     """Instantiate every ``[components.NAME]``. Bad options are config errors (exit 2)."""
     where = str(loaded.path) if loaded.path else "<built-in>"
@@ -139,6 +171,7 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
             night_dir=night_dir,
             critical=cc.critical,
             base_dir=loaded.base_dir,
+            sandbox=_shared_sandbox,
         )
         try:
             built[name] = factory(spec)
@@ -188,6 +221,7 @@ class Orchestrator:
         setup = self.loaded.config.setup
         self.setup = import_scenario(setup, self.loaded.base_dir, where, key="setup") if setup else None
         self.is_async = inspect.iscoroutinefunction(self.scenario)
+        self.shortcuts = scenario_shortcuts(self.scenario, self.loaded.config.components, where)
         self.settings = ProtectedSettings(self.loaded.config.settings, on_write=self._settings_written)
         self.fingerprint = self.settings.fingerprint
         self.night_dir = Path(plan.night_dir)
@@ -833,6 +867,7 @@ class Orchestrator:
             cfg,
             on_abort=self.abort,
             clock=self.clock,
+            shortcuts=self.shortcuts,
         )
         self.agent.start()
 

@@ -2,13 +2,14 @@
 
 ``plan`` parses fault plans (``--faults``, ``--inject``), ``injectors`` makes real faults
 on the components' real connections, ``driver`` injects them on time during a night and
-always undoes them, ``timeline`` matches each to the incident it caused. ``FaultProxy``
-and the HTTP fault layer (``http``) can also be used on their own.
+always undoes them, ``timeline`` matches each to the incident it caused. The TCP fault
+proxy and the HTTP fault layer live in the leaf package ``overnight.chaos`` (components
+wrap their clients with them) and are re-exported here.
 """
 
-from .http import HttpFault, HttpFaults, fault_transport
+from ..chaos.http import HttpFault, HttpFaults, fault_transport
+from ..chaos.proxy import FaultProxy, FaultProxyStats, is_loopback
 from .plan import FaultSpec, collect, load_plan, parse_inject
-from .proxy import FaultProxy, FaultProxyStats, is_loopback
 from .timeline import fault_timeline
 
 __all__ = [

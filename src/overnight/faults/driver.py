@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..chaos.proxy import FaultProxy
 from ..components import Component
 from ..ledger import Ledger, ops, queries
 from ..redaction import redact
 from .injectors import MECHANISMS, FaultsSettings, InjectEnv, Injector, default_duration, make
 from .plan import FaultSpec
-from .proxy import FaultProxy
 from .timeline import event_data
 
 log = logging.getLogger("overnight.faults")
@@ -79,7 +79,7 @@ class FaultDriver:
         """Start a TCP proxy in front of every component with ``fault_proxy = true`` and
         point the component at it (before it connects); give components whose HTTP API a
         fault targets the HTTP fault layer."""
-        from .http import HttpFaults
+        from ..chaos.http import HttpFaults
 
         for spec in self.specs:
             comp = self.components[spec.target]

@@ -10,7 +10,7 @@ llm / websearch, sandbox        the sandbox server's switches: rate_limited and
                                 auth_expired (the key in use is revoked), server_error
                                 (5xx burst), timeout (black hole, or ``latency``),
                                 unavailable (the port is closed)
-llm / websearch, real endpoint  the HTTP fault layer inside the client (faults.http): the
+llm / websearch, real endpoint  the HTTP fault layer inside the client (chaos.http): the
                                 same kinds, answered before the request leaves the host
 database, PostgreSQL            connection_lost: the night's backends are terminated;
                                 unavailable: connect revoked (``method = "revoke"``) or the
@@ -42,11 +42,11 @@ from typing import Any
 import httpx
 from sqlalchemy.exc import ArgumentError
 
+from ..chaos.proxy import FaultProxy, is_loopback
 from ..components import Component
 from ..errors import ConfigError
 from ..redaction import redact
 from .plan import DEFAULT_MAX_DURATION_S, FaultSpec
-from .proxy import FaultProxy, is_loopback
 
 GB = 1024**3
 HTTP_KINDS = ("rate_limited", "quota_exceeded", "auth_expired", "server_error", "timeout", "unavailable")
@@ -192,7 +192,7 @@ class HttpLayer(Injector):
         self._token: int | None = None
 
     def _fault(self) -> Any:
-        from .http import HttpFault
+        from ..chaos.http import HttpFault
 
         p, kind = self.spec.params, self.spec.kind
         if kind == "timeout" and "bytes_per_s" in p:

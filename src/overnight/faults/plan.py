@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..chaos.http import STATUSES
 from ..errors import ConfigError
 
 WHEN_KEYS = ("cycle", "after", "every", "probability")
@@ -58,14 +59,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 DEFAULT_MAX_DURATION_S = 300.0
 _LONGEST_S = 7 * 24 * 3600.0  # the longest night (max_hours = 168)
-# The HTTP statuses a fault kind may answer with (every mechanism: sandbox switch, HTTP
-# layer); a kind not listed has no status of its own.
-STATUSES: dict[str, tuple[int, ...]] = {
-    "rate_limited": (429,),
-    "quota_exceeded": (429,),
-    "auth_expired": (401, 403),
-    "server_error": tuple(range(500, 600)),
-}
 
 
 @dataclass(frozen=True)

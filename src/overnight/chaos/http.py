@@ -30,9 +30,16 @@ from http import HTTPStatus
 from types import ModuleType
 from typing import Any, Protocol
 
-from .plan import STATUSES
+__all__ = ["HTTP_FAULT_KINDS", "STATUSES", "HttpFault", "HttpFaults", "fault_transport"]
 
-__all__ = ["HTTP_FAULT_KINDS", "HttpFault", "HttpFaults", "fault_transport"]
+# The HTTP statuses a fault kind may answer with (every mechanism: sandbox switch, HTTP
+# layer); a kind not listed has no status of its own.
+STATUSES: dict[str, tuple[int, ...]] = {
+    "rate_limited": (429,),
+    "quota_exceeded": (429,),
+    "auth_expired": (401, 403),
+    "server_error": tuple(range(500, 600)),
+}
 
 HTTP_FAULT_KINDS = (
     "rate_limited",
