@@ -27,7 +27,7 @@ RANKS: dict[str, int] = {
     "agent": 4,
     "faults": 4,
     "engine": 5,
-    "scenarios": 5,
+    "scenarios": 6,  # scenarios type against the engine's context
     "report": 6,
     "notify": 6,
     "aftercare": 7,

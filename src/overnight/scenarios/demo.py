@@ -9,7 +9,10 @@ works on a fresh machine.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..engine.context import CycleContext
 
 APPLICANTS = [
     ("a rural school library", "education", "reading clubs for 300 pupils"),
@@ -22,7 +25,7 @@ APPLICANTS = [
 SECTIONS = ["Summary", "Problem", "Goals", "Activities", "Budget", "Team", "Risks", "Impact"]
 
 
-async def cycle(ctx: Any) -> None:
+async def cycle(ctx: CycleContext) -> None:
     rng = ctx.input.random()
     name, field, activity = ctx.input.choice(APPLICANTS)
     budget = rng.randrange(50, 500) * 1000

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..engine.context import CycleContext
 
 
-async def cycle(ctx: Any) -> None:
+async def cycle(ctx: CycleContext) -> None:
     return None
 
 
-async def one_step(ctx: Any) -> None:
+async def one_step(ctx: CycleContext) -> None:
     async with ctx.step("noop"):
         return None
