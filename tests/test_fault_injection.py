@@ -37,8 +37,10 @@ from .helpers import attempts_by_cycle, make_plan, restore_sandbox
 EXAMPLE = REPO / "examples" / "grant_pipeline"
 SEED = 11
 CYCLES = 6
-# The sandbox's "missing section" bug, seeded: the same cycles fail on every night.
-BUG = {"bug_rate": 0.06, "bug_seed": 3}
+# The sandbox's "missing section" bug, seeded: the same cycles fail on every night. Seed 4
+# fails cycles 5 and 6 of seed 11's inputs (keyed on the prompt without its CITE block):
+# the faults of cycles 2-4 meet passing cycles, cycle 5's a failing one.
+BUG = {"bug_rate": 0.06, "bug_seed": 4}
 FAST_AGENT = """
 [agent]
 probe_period = 0.5
