@@ -232,7 +232,7 @@ def pg_cluster_url(pg_cluster: PgCluster) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Every ledger test runs on both back ends, through the same code path."""
     if request.param == "sqlite":
@@ -269,6 +269,17 @@ def run_cli(
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+# The postgres mark follows the fixtures, so no test has to remember it (a label: it skips
+# nothing). Fixtures that pick PostgreSQL by parameter mark that parameter instead.
+_PG_FIXTURES = frozenset({"pg_cluster", "pg_admin_url", "pg_url", "pg_cluster_url"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.postgres)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

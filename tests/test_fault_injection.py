@@ -178,6 +178,7 @@ def _by_fault(timeline: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["fault"]: row for row in timeline["injections"]}
 
 
+@pytest.mark.slow
 async def test_example_incidents_are_detected_diagnosed_repaired_and_verified(
     tmp_path: Path, pg_url: str
 ) -> None:
@@ -226,6 +227,7 @@ async def test_example_incidents_are_detected_diagnosed_repaired_and_verified(
     assert box.switches["search"].blackhole is False and box.switches["gigachat"].quota_per_day is None
 
 
+@pytest.mark.slow
 async def test_postgres_stopped_revoked_and_proxied_faults(
     tmp_path: Path, pg_cluster: PgCluster, pg_cluster_url: str
 ) -> None:
@@ -265,6 +267,7 @@ async def test_postgres_stopped_revoked_and_proxied_faults(
         ).fetchone() == (True,)
 
 
+@pytest.mark.slow
 async def test_http_layer_disk_fill_and_locked_vector_store(tmp_path: Path, pg_url: str) -> None:
     """The HTTP fault layer inside the search client (a real endpoint, not the sandbox's
     switches): a slow API whose timeout the agent raises within its bound; a disk filled

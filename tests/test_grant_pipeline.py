@@ -46,6 +46,7 @@ def two_nights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # the two nights of the module's fixture (the first test to use it pays)
 def test_demo_night_passes_with_six_steps_and_a_real_application(two_nights: Path) -> None:
     night = _nights(two_nights)[0]
     report = _report(night)
@@ -77,6 +78,7 @@ def test_demo_night_passes_with_six_steps_and_a_real_application(two_nights: Pat
         assert len(interview["answers"]) == 13 and interview["llm"]["model"] == "GigaChat"
 
 
+@pytest.mark.slow  # the two nights of the module's fixture (the first test to use it pays)
 def test_rows_are_keyed_by_night_and_cycle_and_a_second_night_does_not_collide(two_nights: Path) -> None:
     first, second = (n.name for n in _nights(two_nights))
     assert _report(_nights(two_nights)[1])["totals"]["passed"] == 3

@@ -899,6 +899,7 @@ def chromium_args(exe: str, profile: Path) -> list[str]:
     ]
 
 
+@pytest.mark.chromium
 def test_chromium_loads_the_file_without_console_messages(tmp_path: Path) -> None:
     """The page as a user opens it: chromium's own file loading, its console on stderr."""
     exe = chromium()
@@ -930,6 +931,7 @@ def test_chromium_loads_the_file_without_console_messages(tmp_path: Path) -> Non
     assert shot.stat().st_size > 20_000  # a page of text, tables and charts, not a blank image
 
 
+@pytest.mark.chromium
 def test_chromium_renders_charts_at_phone_width(tmp_path: Path) -> None:
     """Driven over the DevTools protocol at a phone's viewport: no console message or
     exception, no horizontal overflow, every chart laid out with visible marks, and the

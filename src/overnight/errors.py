@@ -50,7 +50,8 @@ class InfraError(OvernightError):
         self.message = message
         super().__init__(f"{component}: {kind}: {message}" if message else f"{component}: {kind}")
 
-    def __reduce__(self):  # keep pickling/copying working with the 3-arg constructor
+    def __reduce__(self) -> tuple[type[InfraError], tuple[str, str, str]]:
+        # keep pickling/copying working with the 3-arg constructor
         return (type(self), (self.component, self.kind, self.message))
 
 

@@ -125,7 +125,9 @@ def _excerpt(response: httpx.Response) -> str:
     return text[:_BODY_EXCERPT] + ("…" if len(text) > _BODY_EXCERPT else "")
 
 
-def _send_webhook(client: httpx.Client, url: str, report: dict[str, Any], paths: dict[str, str]) -> dict:
+def _send_webhook(
+    client: httpx.Client, url: str, report: dict[str, Any], paths: dict[str, str]
+) -> dict[str, Any]:
     secrets = _webhook_secrets(url)
     try:
         response = client.post(url, json=webhook_payload(report, paths))
@@ -139,7 +141,7 @@ def _send_webhook(client: httpx.Client, url: str, report: dict[str, Any], paths:
 
 def _send_telegram(
     client: httpx.Client, cfg: NotifyConfig, report: dict[str, Any], paths: dict[str, str]
-) -> dict:
+) -> dict[str, Any]:
     token = os.environ.get(cfg.telegram_token_env) or ""
     register_secret(token)  # first: whatever fails below, the token is masked
     chat_id = os.environ.get(cfg.telegram_chat_id_env) or ""

@@ -24,7 +24,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 MASK = "***"
@@ -157,6 +157,14 @@ def _mask_assignment(m: re.Match[str]) -> str:
         return m.group("name") + m.group("sep") + MASK
     # Not a secret, but its value may hold one: "url: password=x".
     return m.group("name") + m.group("sep") + _ASSIGNMENT.sub(_mask_assignment, m.group("val"))
+
+
+@overload
+def redact(text: str) -> str: ...
+@overload
+def redact(text: None) -> None: ...
+@overload
+def redact(text: str | None) -> str | None: ...
 
 
 def redact(text: str | None) -> str | None:

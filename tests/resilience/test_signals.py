@@ -175,6 +175,7 @@ def check_night(
     assert len(report["sessions"]) == len(hits) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
 def test_signals_on_a_sqlite_night(
     sig: signal.Signals, tmp_path: Path, spawned: list[subprocess.Popen]
@@ -182,6 +183,7 @@ def test_signals_on_a_sqlite_night(
     run_chain(tmp_path, str(tmp_path / "ledger" / "overnight.db"), sig, TRIALS_SQLITE, 4242, spawned)
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
 def test_signals_on_a_postgresql_night(

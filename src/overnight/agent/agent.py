@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import tenacity
 
@@ -104,6 +104,12 @@ class MonitorSettings:
             fallback=fallback,
             repairs=parse_repairs(opts.get("repairs"), f"{where}.repairs"),
         )
+
+
+class _FallbackOwner(Protocol):
+    """A component that can be switched to its declared fallback (the websearch component)."""
+
+    fallback_active: bool
 
 
 @dataclass
@@ -202,11 +208,12 @@ class ComponentMonitor:
                 if signals:
                     # The cycle saw a real fault, but the dependency answers again: a
                     # transient incident, verified by this probe, with nothing to repair.
-                    first = signals[0]
-                    incident = await self._open(first.kind, "signal", first.ts, first.details, result)
+                    sig = signals[0]
+                    incident = await self._open(sig.kind, "signal", sig.ts, sig.details, result)
                     await self._close(
                         incident, "transient", "verified healthy by the next probe; no repair needed"
                     )
+                    first = True  # after a cycle's fault, the next probe comes at once
                 if any(sig.ts > self._verified_at for sig in self._pending):
                     # A cycle hit a fault while this probe ran: the probe cannot answer for
                     # it, nor reopen the gate the signal closed. The next probe (at once) does.
@@ -226,13 +233,14 @@ class ComponentMonitor:
                     "suspect", f"probe failed ({self._failures}/{self.settings.failure_threshold})"
                 )
                 continue
-            first = signals[0] if signals else None
-            kind = result.fault_kind or (first.kind if first else "unavailable")
-            detected = first.ts if first else time.time()
+            cause = signals[0] if signals else None
+            kind = result.fault_kind or (cause.kind if cause else "unavailable")
+            detected = cause.ts if cause else time.time()
             # The probe's facts are the freshest (a Retry-After counts from now).
-            details = {**(first.details if first else {}), **result.details}
-            incident = await self._open(kind, "signal" if first else "probe", detected, details, result)
+            details = {**(cause.details if cause else {}), **result.details}
+            incident = await self._open(kind, "signal" if cause else "probe", detected, details, result)
             await self._work(incident)
+            first = cause is not None  # after a cycle's fault, the next probe comes at once
 
     def _open_gate(self) -> None:
         # Verified healthy (or on a fallback): whatever pause this component caused is over.
@@ -594,7 +602,8 @@ class ComponentMonitor:
         wait = tenacity.wait_fixed(self.settings.cooldown) + tenacity.wait_random_exponential(
             multiplier=self.settings.cooldown, max=self.settings.max_backoff
         )
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        # The wait strategies read only attempt_number; the Retrying is there for the type.
+        state = tenacity.RetryCallState(retry_object=tenacity.Retrying(), fn=None, args=(), kwargs={})
         state.attempt_number = attempt
         return float(wait(state))
 
@@ -647,7 +656,7 @@ class ComponentMonitor:
                 {"incident_id": incident.id},
             )
             return False
-        self.comp.fallback_active = True  # type: ignore[attr-defined]
+        self.comp.fallback_active = True
         incident.on_fallback = True
         self.primary.clear()
         self.fallback_periods.append((self.agent.clock(), None))
@@ -678,7 +687,8 @@ class ComponentMonitor:
             await self._wait(self.settings.probe_period)
             self._pending.clear()
             if (await self._probe("periodic")).healthy:
-                self.comp.fallback_active = False  # type: ignore[attr-defined]
+                # Only reached once _start_fallback found the component has one.
+                cast(_FallbackOwner, self.comp).fallback_active = False
                 self.fallback_periods[-1] = (self.fallback_periods[-1][0], self.agent.clock())
                 if self.fallback_id is not None:
                     await self.agent.write(ops.end_fallback, self.fallback_id, time.time())

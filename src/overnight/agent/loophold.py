@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Generator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -47,7 +47,7 @@ class LoopHold(Generic[T]):
                     out = inner.send(send) if throw is None else inner.throw(throw)
                 except StopIteration as stop:
                     self._note(t0)
-                    return stop.value  # type: ignore[no-any-return]
+                    return cast(T, stop.value)  # what the wrapped awaitable returned
                 except BaseException:
                     self._note(t0)
                     raise

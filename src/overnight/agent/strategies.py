@@ -12,11 +12,30 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 from ..components import Component, KnobRefused
 from ..numbers import plural
 from .guard import Guard
+
+
+class _PoolOwner(Protocol):
+    """A component with a connection pool to rebuild (the database component)."""
+
+    async def rebuild_pool(self) -> None: ...
+
+
+class _TokenOwner(Protocol):
+    """A component with an access token to refresh (the LLM component)."""
+
+    async def refresh_token(self) -> None: ...
+
+
+class _Restartable(Protocol):
+    """A component with a configured ``restart_command``."""
+
+    @property
+    def restart_command(self) -> str: ...
 
 
 class RepairFailed(Exception):
@@ -72,7 +91,7 @@ class RebuildPool(Strategy):
         return hasattr(ctx.component, "rebuild_pool")
 
     async def run(self, ctx: RepairContext) -> str:
-        await ctx.component.rebuild_pool()  # type: ignore[attr-defined]
+        await cast(_PoolOwner, ctx.component).rebuild_pool()  # applicable() checked it has one
         return "disposed of every pooled connection and built a fresh pool"
 
 
@@ -88,7 +107,7 @@ class RestartCommand(Strategy):
         return bool(getattr(ctx.component, "restart_command", None))
 
     async def run(self, ctx: RepairContext) -> str:
-        command = ctx.component.restart_command  # type: ignore[attr-defined]
+        command = cast(_Restartable, ctx.component).restart_command  # applicable() checked it is set
         proc = await asyncio.create_subprocess_shell(
             command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -102,7 +121,7 @@ class RestartCommand(Strategy):
             tail = (out or b"").decode(errors="replace").strip().splitlines()[-1:] or [""]
             raise RepairFailed(f"restart command exited {proc.returncode}: {tail[0]}")
         if hasattr(ctx.component, "rebuild_pool"):
-            await ctx.component.rebuild_pool()  # type: ignore[attr-defined]
+            await ctx.component.rebuild_pool()
         return f"ran restart command ({command.split()[0]}…) and rebuilt the pool"
 
 
@@ -113,7 +132,7 @@ class RefreshToken(Strategy):
         return hasattr(ctx.component, "refresh_token")
 
     async def run(self, ctx: RepairContext) -> str:
-        await ctx.component.refresh_token()  # type: ignore[attr-defined]
+        await cast(_TokenOwner, ctx.component).refresh_token()  # applicable() checked it has one
         return "dropped the access token and authenticated again"
 
 

@@ -249,7 +249,8 @@ class _FaultTransportBase:
                 # The client's read timeout lives in the connection we never open, so enforce it here.
                 if read is None:
                     await asyncio.get_running_loop().create_future()  # stalls until cancelled
-                await asyncio.sleep(read)
+                else:
+                    await asyncio.sleep(read)
                 raise hx.ReadTimeout("timed out (injected fault)", request=request)
             await asyncio.sleep(fault.latency_s)
             return await self.inner.handle_async_request(request)

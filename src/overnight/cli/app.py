@@ -58,6 +58,12 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+class _ConsoleHandler(logging.StreamHandler[_CurrentStderr]):
+    """The CLI's console handler; the mark lets setup_logging replace an earlier one."""
+
+    _overnight_console = True
+
+
 class _OneLineFormatter(RedactingFormatter):
     """A console line per record: tracebacks go to orchestrator.log (and --verbose)."""
 
@@ -76,8 +82,7 @@ def setup_logging(verbose: bool, interactive: bool) -> None:
     for h in list(root.handlers):
         if getattr(h, "_overnight_console", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(_CurrentStderr())
-    handler._overnight_console = True  # type: ignore[attr-defined]
+    handler = _ConsoleHandler(_CurrentStderr())
     # Secrets stay out of the console as they stay out of orchestrator.log (promise 7).
     formatter = RedactingFormatter if verbose else _OneLineFormatter
     handler.setFormatter(formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
+from typing import Protocol, cast
 
 import typer
 from sqlalchemy.exc import DBAPIError
@@ -18,6 +20,20 @@ from .app import app, say
 # The help lists the commands in the order a user meets them.
 _ORDER = ("run", "demo", "nights", "report", "faults", "doctor", "sandbox")
 app.registered_commands.sort(key=lambda c: _ORDER.index(c.callback.__name__ if c.callback else ""))
+
+
+class _ClickContext(Protocol):
+    @property
+    def command_path(self) -> str: ...
+
+
+class _ClickUsageError(Protocol):
+    """What is read of click's UsageError (typer's vendored click, or click itself)."""
+
+    @property
+    def ctx(self) -> _ClickContext | None: ...
+
+    def format_message(self) -> str: ...
 
 
 def main() -> None:
@@ -38,8 +54,9 @@ def _main() -> int:
     except no_args_error:
         return 2  # typer has printed the help already
     except usage_error as exc:
-        where = f"{exc.ctx.command_path}: " if exc.ctx is not None else ""
-        message = " ".join(exc.format_message().split())
+        err = cast(_ClickUsageError, exc)
+        where = f"{err.ctx.command_path}: " if err.ctx is not None else ""
+        message = " ".join(err.format_message().split())
         say(f"overnight: error: {where}{message}")
         return 2
     except (typer.Abort, KeyboardInterrupt):
@@ -79,7 +96,7 @@ def _first_line(exc: BaseException) -> str:
 def _click_errors() -> tuple[type[Exception], type[Exception]]:
     """Typer >= 0.22 vendors click as ``typer._click``; older versions use click itself."""
     try:
-        from typer._click.exceptions import NoArgsIsHelpError, UsageError
+        exceptions = importlib.import_module("typer._click.exceptions")
     except ImportError:  # pragma: no cover - depends on the installed typer
-        from click.exceptions import NoArgsIsHelpError, UsageError  # type: ignore[no-redef]
-    return UsageError, NoArgsIsHelpError
+        exceptions = importlib.import_module("click.exceptions")
+    return exceptions.UsageError, exceptions.NoArgsIsHelpError

@@ -462,8 +462,8 @@ def classify_common(exc: BaseException) -> str | None:
     try:
         import httpx
     except ImportError:  # pragma: no cover - httpx is a dependency
-        httpx = None  # type: ignore[assignment]
-    if httpx is not None:
+        pass
+    else:
         if isinstance(exc, httpx.TimeoutException):
             return "timeout"
         if isinstance(exc, httpx.ConnectError):

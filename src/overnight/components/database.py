@@ -309,9 +309,10 @@ class DatabaseComponent(Component):
         try:
             import psycopg
         except ImportError:  # pragma: no cover
-            psycopg = None  # type: ignore[assignment]
-        if psycopg is not None and isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-            return _by_message(str(exc).lower()) or "connection_lost"
+            pass
+        else:
+            if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                return _by_message(str(exc).lower()) or "connection_lost"
         kind = classify_common(exc)
         if kind is not None:
             return kind

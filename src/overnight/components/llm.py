@@ -230,7 +230,7 @@ class LLMComponent(Component):
 
         http_client = None
         if self.http_faults is not None:
-            import httpx2
+            import httpx2  # the openai SDK's HTTP client package (declared in pyproject)
 
             from ..chaos.http import fault_transport
 

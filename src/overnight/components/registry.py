@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import cast
 
 from ..errors import ConfigError
 from ..redaction import redact
@@ -49,7 +50,7 @@ def _load(path: str, where: str) -> ComponentFactory:
         raise ConfigError(f"{where}: cannot load component type {path!r}: {detail}") from None
     if not callable(factory):
         raise ConfigError(f"{where}: component type {path!r} is not callable")
-    return factory
+    return cast(ComponentFactory, factory)  # the config names it as one; only callability is checkable
 
 
 def resolve_factory(type_name: str, where: str) -> ComponentFactory:

@@ -25,9 +25,10 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -47,6 +48,12 @@ from .base import (
     url_endpoint,
     url_via,
 )
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient  # for annotations; imported at run time where used
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
@@ -140,7 +147,7 @@ class VectorStoreComponent(Component):
         self.embedder_spec = opts.embedder
         self.dimensions = opts.dimensions
         self.knobs.declare(Knob("timeout", opts.timeout, minimum=1, maximum=60, unit="s"))
-        self._client: Any = None
+        self._client: QdrantClient | None = None
         self._lock = threading.Lock()  # local mode is not safe for concurrent use
         self._dims: int | None = None
         self._handle = VectorStoreHandle(self)
@@ -155,7 +162,7 @@ class VectorStoreComponent(Component):
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def _open(self) -> Any:
+    def _open(self) -> QdrantClient:
         from qdrant_client import QdrantClient
 
         if self.url:
@@ -195,17 +202,25 @@ class VectorStoreComponent(Component):
         peer = self.peers.get(peer_name)
         if peer is None or not hasattr(peer.handle, "embed"):
             raise ConfigError(f"embedder {self.embedder_spec!r}: no llm component named {peer_name!r}")
-        return await peer.handle.embed(texts)
+        vectors: list[list[float]] = await peer.handle.embed(texts)
+        return vectors
 
-    def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def _run(
+        self, fn: Callable[Concatenate[QdrantClient, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
         if self._client is None:
             raise RuntimeError("QdrantLocal instance is closed (vector store not connected)")
         with self._lock:
             return fn(self._client, *args, **kwargs)
 
-    async def _call_thread(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def _call_thread(
+        self, fn: Callable[Concatenate[QdrantClient, _P], _T], *args: _P.args, **kwargs: _P.kwargs
+    ) -> _T:
+        def run() -> _T:
+            return self._run(fn, *args, **kwargs)
+
         async with asyncio.timeout(self.knobs.get("timeout")):
-            return await asyncio.to_thread(self._run, fn, *args, **kwargs)
+            return await asyncio.to_thread(run)
 
     async def _dimensions(self) -> int:
         if self._dims is None:
@@ -217,7 +232,7 @@ class VectorStoreComponent(Component):
 
         size = await self._dimensions()
 
-        def create(client: Any) -> bool:
+        def create(client: QdrantClient) -> bool:
             if client.collection_exists(name):
                 return False
             client.create_collection(
@@ -277,7 +292,7 @@ class VectorStoreComponent(Component):
             from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
         except ImportError:  # pragma: no cover
             return classify_common(exc)
-        if isinstance(exc, UnexpectedResponse):
+        if isinstance(exc, UnexpectedResponse) and exc.status_code is not None:
             return classify_status(exc.status_code, str(exc.content or b""))
         if isinstance(exc, ResponseHandlingException):
             inner = exc.source if hasattr(exc, "source") else exc.__cause__

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from ..config import ProtectedSettings
 from ..errors import ProductFailure
@@ -99,7 +99,7 @@ class Step:
 
     def __exit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool:
+    ) -> Literal[False]:
         if not self._ctx._closed:
             self._ctx._ledger.write_sync(ops.step_finished, *self._end(exc))
         return False

@@ -87,7 +87,7 @@ def import_scenario(spec: str, base_dir: Path, where: str, key: str = "scenario"
     except Exception as exc:  # the user's module may raise anything at import
         detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise ConfigError(f"{where}: {key}: cannot import module {module_name!r}: {detail}") from None
-    fn = getattr(module, func_name, None)
+    fn: object = getattr(module, func_name, None)
     if fn is None:
         raise ConfigError(f"{where}: {key}: module {module_name!r} has no attribute {func_name!r}")
     if not callable(fn):
@@ -982,7 +982,7 @@ class Orchestrator:
         with self.ledger.read() as conn:
             return queries.attempts_used(conn, self.night_id)
 
-    def _verdict_counts(self) -> Counter:
+    def _verdict_counts(self) -> Counter[str]:
         with self.ledger.read() as conn:
             return Counter(
                 c["verdict"] for c in queries.cycles_of(conn, self.night_id) if c["status"] == "done"

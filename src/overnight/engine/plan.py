@@ -144,7 +144,7 @@ def _same_but_masked(stored: Any, current: Any) -> bool:
     if isinstance(stored, str) and MASK in stored and isinstance(current, str):
         pattern = ".+?".join(re.escape(part) for part in stored.split(MASK))
         return re.fullmatch(pattern, current, flags=re.DOTALL) is not None
-    return stored == current
+    return bool(stored == current)
 
 
 def run_settings(loaded: LoadedConfig | None, overrides: Mapping[str, Any] | None = None) -> RunConfig:

@@ -42,7 +42,7 @@ class ProgressState:
     night_id: str = ""
     total: int = 0
     parallel: int = 1
-    counts: Counter = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)
     done_before: int = 0  # cycles completed by earlier sessions of this night
     running: dict[int, _Running] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
@@ -69,7 +69,9 @@ class ProgressSink:
     def __init__(self) -> None:
         self.state = ProgressState()
 
-    def night_started(self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool) -> None:
+    def night_started(
+        self, night_id: str, total: int, parallel: int, counts: Counter[str], resumed: bool
+    ) -> None:
         s = self.state
         s.night_id, s.total, s.parallel = night_id, total, parallel
         s.counts = Counter(counts)
@@ -116,7 +118,9 @@ def _fmt_s(seconds: float | None) -> str:
 class LogProgress(ProgressSink):
     """One plain line per finished attempt: for cron, pipes and CI logs."""
 
-    def night_started(self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool) -> None:
+    def night_started(
+        self, night_id: str, total: int, parallel: int, counts: Counter[str], resumed: bool
+    ) -> None:
         super().night_started(night_id, total, parallel, counts, resumed)
         verb = "resuming" if resumed else "starting"
         log.info(
@@ -168,7 +172,9 @@ class RichProgress(ProgressSink):
         self.console = console or Console(stderr=True)
         self._live: Live | None = None
 
-    def night_started(self, night_id: str, total: int, parallel: int, counts: Counter, resumed: bool) -> None:
+    def night_started(
+        self, night_id: str, total: int, parallel: int, counts: Counter[str], resumed: bool
+    ) -> None:
         super().night_started(night_id, total, parallel, counts, resumed)
         self._live = Live(
             get_renderable=self._render, console=self.console, refresh_per_second=4, transient=False

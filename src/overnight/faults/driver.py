@@ -88,12 +88,12 @@ class FaultDriver:
         for name, comp in self.components.items():
             if not getattr(comp, "fault_proxy", False):
                 continue
-            host, port = comp.tcp_endpoint()  # type: ignore[attr-defined]
+            host, port = comp.tcp_endpoint()
             proxy = FaultProxy(
                 target_host=host, target_port=port, allowed_hosts=self.env.settings.allowed_hosts
             )
             await proxy.start()
-            comp.route_via("127.0.0.1", proxy.port)  # type: ignore[attr-defined]
+            comp.route_via("127.0.0.1", proxy.port)
             self.env.proxies[name] = proxy
             log.info("component %s goes through the fault proxy on 127.0.0.1:%d", name, proxy.port)
 

@@ -37,7 +37,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, cast
 
 import httpx
 from sqlalchemy.exc import ArgumentError
@@ -51,6 +51,34 @@ from .plan import DEFAULT_MAX_DURATION_S, FaultSpec
 GB = 1024**3
 HTTP_KINDS = ("rate_limited", "quota_exceeded", "auth_expired", "server_error", "timeout", "unavailable")
 PROXY_KINDS = ("connection_lost", "unavailable", "timeout")
+
+
+# What the type-specific injectors read of their component. ``choose`` gives each mechanism
+# only to components of its type (by ``type_name``), so the casts below are to these.
+
+
+class _PostgresTarget(Protocol):
+    """A ``database`` component on PostgreSQL."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def application_name(self) -> str: ...
+
+
+class _LocalStoreTarget(Protocol):
+    """A ``vectorstore`` component in local mode."""
+
+    @property
+    def path(self) -> Path | None: ...
+
+
+class _DiskTarget(Protocol):
+    """A ``system`` component."""
+
+    @property
+    def min_free_disk_gb(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +167,7 @@ class SandboxSwitch(Injector):
         if self.spec.kind == "auth_expired":
             accepted = server.credentials if server.name == "gigachat" else server.api_keys
             key = _key_in_use(self.comp)
-            if accepted is None or key not in accepted:
+            if accepted is None or key is None or key not in accepted:
                 raise RuntimeError(f"the key {self.comp.name} uses is not known to the sandbox")
             self._revoked = (accepted, key, accepted.pop(key))
             server.switches.expire_tokens_now()
@@ -208,12 +236,12 @@ class HttpLayer(Injector):
 
     async def inject(self) -> dict[str, Any]:
         fault = self._fault()
-        self._token = self.comp.http_faults.activate(fault)  # type: ignore[attr-defined]
+        self._token = self.comp.http_faults.activate(fault)
         return {"http_fault": fault.kind, **({"count": fault.count} if fault.count else {})}
 
     async def undo(self) -> dict[str, Any]:
         if self._token is not None:
-            self.comp.http_faults.deactivate(self._token)  # type: ignore[attr-defined]
+            self.comp.http_faults.deactivate(self._token)
             self._token = None
         return {}
 
@@ -296,7 +324,7 @@ class PostgresFault(Injector):
             self.comp,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = %s AND pid <> pg_backend_pid()",
-            (self.comp.application_name,),  # type: ignore[attr-defined]
+            (cast(_PostgresTarget, self.comp).application_name,),
             dbname="postgres",
         )
         return sum(1 for (ok,) in rows if ok)
@@ -378,7 +406,7 @@ class QdrantLocalFault(Injector):
             return {"storage": "closed"}
         from qdrant_client import QdrantClient
 
-        path = str(self.comp.path)  # type: ignore[attr-defined]
+        path = str(cast(_LocalStoreTarget, self.comp).path)
         self._holder = await asyncio.to_thread(QdrantClient, path=path)
         return {"storage": "closed and locked by another client"}
 
@@ -403,7 +431,8 @@ class DiskFill(Injector):
         self.path: Path | None = None
 
     def _fill(self, path: Path) -> int:
-        threshold = self.comp.min_free_disk_gb * GB  # type: ignore[attr-defined]
+        threshold_gb = cast(_DiskTarget, self.comp).min_free_disk_gb
+        threshold = threshold_gb * GB
         below = self.spec.params.get("below", 0.25) * GB
         free = shutil.disk_usage(path.parent).free
         size = int(free - threshold + below)
@@ -411,7 +440,7 @@ class DiskFill(Injector):
             return 0
         if size > self.env.settings.max_fill_gb * GB:
             raise RuntimeError(
-                f"filling the disk under {self.comp.min_free_disk_gb:g} GB free needs "  # type: ignore[attr-defined]
+                f"filling the disk under {threshold_gb:g} GB free needs "
                 f"{size / GB:.1f} GB, more than [faults] max_fill_gb = {self.env.settings.max_fill_gb:g}"
             )
         with open(path, "wb") as f:
@@ -483,8 +512,11 @@ def _pg_params(comp: Component) -> dict[str, str]:
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
     from sqlalchemy.engine import make_url
 
-    _, kwargs = PGDialect_psycopg().create_connect_args(make_url(comp.url))  # type: ignore[attr-defined]
-    plain = {k: v for k, v in kwargs.items() if isinstance(v, str | int | float)}
+    url = make_url(cast(_PostgresTarget, comp).url)
+    # SQLAlchemy's psycopg dialect is not annotated (its methods are untyped calls).
+    _, kwargs = PGDialect_psycopg().create_connect_args(url)  # type: ignore[no-untyped-call]
+    # As strings: make_conninfo str()s every value itself (its types leave out float).
+    plain = {k: str(v) for k, v in kwargs.items() if isinstance(v, str | int | float)}
     return {k: str(v) for k, v in conninfo_to_dict(make_conninfo("", **plain)).items()}
 
 
@@ -539,7 +571,9 @@ def endpoints_of(comp: Component) -> list[Endpoint]:
             # A libpq URL that a user's component passes to libpq itself.
             try:
                 scheme, rest = text.split("://", 1)
-                return libpq_endpoints(conninfo_to_dict(scheme.split("+", 1)[0] + "://" + rest))
+                params = conninfo_to_dict(scheme.split("+", 1)[0] + "://" + rest)
+                # Parsed from a string, every value is one already.
+                return libpq_endpoints({k: str(v) for k, v in params.items()})
             except psycopg.ProgrammingError:
                 raise ValueError(f"its {attr} cannot be read as a PostgreSQL connection") from None
         try:
@@ -652,7 +686,7 @@ def check(
                 raise ValueError("say how long: duration=30s or until=repaired")
             if spec.every_s is not None and (default_duration(spec) or 0) >= spec.every_s:
                 raise ValueError("it must end before its next occurrence: shorten duration or lengthen every")
-            if mechanism == "disk_fill" and comp.min_free_disk_gb <= 0:  # type: ignore[attr-defined]
+            if mechanism == "disk_fill" and cast(_DiskTarget, comp).min_free_disk_gb <= 0:
                 raise ValueError("the system component has no free-disk threshold to trip")
         except ValueError as exc:
             raise ConfigError(f"{spec.where}: {exc}") from None
@@ -672,9 +706,15 @@ def default_duration(spec: FaultSpec) -> float | None:
     if spec.duration_s is not None:
         return spec.duration_s
     if spec.until_repaired:
-        return spec.params.get("max_duration", DEFAULT_MAX_DURATION_S)
+        return _duration_param(spec, "max_duration", DEFAULT_MAX_DURATION_S)
     if spec.kind == "rate_limited":
-        return max(spec.params.get("retry_after", 2.0), 1.0)
+        return max(_duration_param(spec, "retry_after", 2.0), 1.0)
     if spec.kind == "quota_exceeded":
-        return max(spec.params.get("retry_after", 30.0), 1.0)
+        return max(_duration_param(spec, "retry_after", 30.0), 1.0)
     return None
+
+
+def _duration_param(spec: FaultSpec, name: str, default: float) -> float:
+    """One of plan.DURATION_PARAMS, which parse_duration made seconds."""
+    value: float = spec.params.get(name, default)
+    return value

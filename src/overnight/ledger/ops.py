@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, CursorResult, and_, func, select, update
 
 from ..redaction import redact, redact_data
 from . import schema as s
@@ -20,6 +20,13 @@ def _json(data: Any) -> str | None:
         return None
     # Redacted value by value: masking the dumped text could leave invalid JSON.
     return json.dumps(redact_data(json.loads(json.dumps(data, default=str))), sort_keys=True)
+
+
+def _new_id(result: CursorResult[Any]) -> int:
+    """The id of the row a single-row insert made."""
+    key = result.inserted_primary_key
+    assert key is not None  # None only when no row was inserted
+    return int(key[0])
 
 
 def create_night(conn: Connection, row: dict[str, Any]) -> None:
@@ -374,7 +381,7 @@ def open_incident(
             detail=redact(detail),
         )
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def update_incident(conn: Connection, incident_id: int, values: dict[str, Any]) -> None:
@@ -399,7 +406,7 @@ def start_repair(
             verified=False,
         )
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def finish_repair(
@@ -434,7 +441,7 @@ def start_fallback(
             night_id=night_id, component=component, incident_id=incident_id, kind=kind, started_at=started_at
         )
     )
-    return int(result.inserted_primary_key[0])
+    return _new_id(result)
 
 
 def end_fallback(conn: Connection, fallback_id: int, ended_at: float) -> None:

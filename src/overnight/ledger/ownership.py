@@ -207,7 +207,7 @@ def _pg_holder(conn: Any, key: int) -> str:
     except Exception:
         row = None
     if row and row[0] and row[0].startswith("overnight pid "):
-        return row[0].removeprefix("overnight ")
+        return str(row[0]).removeprefix("overnight ")
     if row:
         return f"another process (server backend {row[2]}, client {row[1] or 'local'})"
     return "another process"

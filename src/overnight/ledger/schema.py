@@ -7,7 +7,7 @@ brings an older ledger forward, one version at a time.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 from sqlalchemy import (
     BigInteger,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.engine import Connection
 
 SCHEMA_VERSION = 5
 
@@ -241,18 +242,18 @@ Index("ix_incidents_night", incidents.c.night_id)
 Index("ix_nights_started", nights.c.started_at)
 
 
-def _v2(conn: object) -> None:
+def _v2(conn: Connection) -> None:
     """v1 → v2 only adds tables (probes, incidents, repairs, fallbacks), which
     ``create_all`` has already made; nothing to move."""
 
 
-def _v3(conn: Any) -> None:
+def _v3(conn: Connection) -> None:
     """v2 → v3: night seeds are 64-bit (SQLite's INTEGER always was)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("ALTER TABLE nights ALTER COLUMN seed TYPE BIGINT"))
 
 
-def _v4(conn: Any) -> None:
+def _v4(conn: Connection) -> None:
     """v3 → v4: per-attempt fallback and knobs-off marks, knobs off on cycles, and room
     for the ``failed_on_fallback`` verdict (PostgreSQL enforces VARCHAR lengths)."""
     have = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("cycles", "attempts")}
@@ -269,11 +270,11 @@ def _v4(conn: Any) -> None:
             conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN verdict TYPE VARCHAR(32)"))
 
 
-# version -> callable(connection) that upgrades from version-1 to version.
-def _v5(conn: Any) -> None:
+def _v5(conn: Connection) -> None:
     """v4 → v5: each attempt records which components it called, per step."""
     if "calls" not in {c["name"] for c in inspect(conn).get_columns("attempts")}:
         conn.execute(text("ALTER TABLE attempts ADD COLUMN calls TEXT"))
 
 
-MIGRATIONS: dict[int, object] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}
+# version -> callable(connection) that upgrades from version-1 to version.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _v2, 3: _v3, 4: _v4, 5: _v5}

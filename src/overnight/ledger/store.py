@@ -33,7 +33,7 @@ from .ownership import NightClaim, claim_night, schema_lock
 log = logging.getLogger("overnight.ledger")
 
 Op = Callable[..., Any]
-Item = tuple[Op, tuple[Any, ...], concurrent.futures.Future]
+Item = tuple[Op, tuple[Any, ...], concurrent.futures.Future[Any]]
 
 # How long the writer keeps retrying a write whose connection failed before it gives
 # up and hands the error to the caller. Long enough to ride out a restart of a local
@@ -147,7 +147,7 @@ class Ledger:
                 )
             for target in range(version + 1, schema.SCHEMA_VERSION + 1):
                 migrate = schema.MIGRATIONS[target]
-                migrate(conn)  # type: ignore[operator]
+                migrate(conn)
             if version != schema.SCHEMA_VERSION:
                 conn.execute(
                     schema.meta.update()
@@ -169,7 +169,7 @@ class Ledger:
 
     # -- writing ----------------------------------------------------------------------
 
-    def submit(self, op: Op, *args: Any) -> concurrent.futures.Future:
+    def submit(self, op: Op, *args: Any) -> concurrent.futures.Future[Any]:
         """Queue ``op(conn, *args)``; the future resolves after its transaction commits.
 
         A queued operation runs whether or not anyone still waits for it: cancelling a
@@ -178,7 +178,7 @@ class Ledger:
         """
         if self._closed:
             raise RuntimeError("ledger is closed")
-        fut: concurrent.futures.Future = concurrent.futures.Future()
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         if self._broken is not None:
             fut.set_exception(self._broken)
             return fut

@@ -388,7 +388,7 @@ def _nice_step(span: float, target: int = 5) -> float:
     raw = span / max(target, 1)
     if raw <= 0:
         return 1.0
-    mag = 10 ** math.floor(math.log10(raw))
+    mag: float = 10 ** math.floor(math.log10(raw))  # an int when raw >= 1: tick labels print as ints
     for m in (1, 2, 2.5, 5, 10):
         if m * mag >= raw:
             return m * mag
@@ -752,7 +752,7 @@ def step_durations_svg(r: dict[str, Any]) -> Markup:
     ]
     if not rows:
         return _no_data(name, label)
-    hi = max(float(v.get(q)) for _, v in rows for q in ("p50", "p95", "mean") if _is_num(v.get(q)))
+    hi = max(float(v[q]) for _, v in rows for q in ("p50", "p95", "mean") if _is_num(v.get(q)))
     hi = hi if hi > 0 else 1.0
     step = _nice_step(hi)
     top_val = math.ceil(hi / step) * step
@@ -828,13 +828,13 @@ def step_durations_svg(r: dict[str, Any]) -> Markup:
 def score_distribution_svg(r: dict[str, Any]) -> Markup:
     """How many cycles scored in each bucket of quality.buckets."""
     name, label = "score-distribution", "Score distribution"
-    quality = r.get("quality") if isinstance(r.get("quality"), dict) else None
-    buckets = _d(quality.get("buckets")) if quality else {}
+    quality = _d(r.get("quality"))
+    buckets = _d(quality.get("buckets"))
     counts = {k: v for k, v in buckets.items() if _is_num(v)}
     if not counts or not any(counts.values()):
         return _no_data(name, label)
     order = [b for b in SCORE_BUCKETS if b in counts] + [b for b in counts if b not in SCORE_BUCKETS]
-    hi = max(counts.values())
+    hi: float = max(counts.values())
     step = max(1, int(_nice_step(hi, 4)))
     top_val = math.ceil(hi / step) * step
     x0, x1 = 50.0, W - 10.0

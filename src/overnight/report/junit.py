@@ -72,7 +72,7 @@ def _sub(parent: ET.Element, tag: str, text: Any = None, **attrs: Any) -> ET.Ele
 
 
 def _final_attempt(cycle: dict[str, Any]) -> dict[str, Any] | None:
-    attempts = cycle.get("attempts") or []
+    attempts: list[dict[str, Any]] = cycle.get("attempts") or []
     final = next((a for a in reversed(attempts) if a.get("verdict") not in _NOT_FINAL), None)
     if final is None and cycle.get("status") != "done" and attempts:
         return attempts[-1]  # a pending cycle: the attempt that was running
@@ -156,7 +156,7 @@ def _testcase(
     failure_tb: dict[int, str | None],
 ) -> str:
     """Append the cycle's testcase; return its result: passed, failure, error or skipped."""
-    number = cycle.get("cycle")
+    number: int = cycle["cycle"]
     done = cycle.get("status") == "done"
     tc = _sub(
         suite,

@@ -230,12 +230,12 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
             if rp["verified"]
             else f"{rp['result']}, not verified"
         )
-        knobs = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in rp["knobs_changed"].items()) or "none"
+        knob_text = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in rp["knobs_changed"].items()) or "none"
         cycle = f"cycle {rp['cycle']}" if rp["cycle"] is not None else "between cycles"
         w(
             f"- **{rp['component']} — {rp['fault_kind']}** (incident #{rp['incident_id']}, {cycle}, "
             f"{_time(rp['started_at'])}): `{rp['strategy']}`: action took {_s(rp['duration_s'])}; "
-            f"{result}; knobs changed: {knobs}" + (f" — {_esc(rp['detail'])}" if rp.get("detail") else "")
+            f"{result}; knobs changed: {knob_text}" + (f" — {_esc(rp['detail'])}" if rp.get("detail") else "")
         )
     if not repairs:
         w("None needed." if not r.get("incidents") else "No repair actions (incidents closed without one).")

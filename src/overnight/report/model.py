@@ -170,7 +170,7 @@ def _assemble(
     # Durations: a cycle's time is its final attempt's; steps count every finished run.
     cycle_durations = [c["duration_s"] for c in done if c["duration_s"] is not None]
     step_durations: dict[str, list[float]] = defaultdict(list)
-    step_outcomes: dict[str, Counter] = defaultdict(Counter)
+    step_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     for st in steps:
         if st["duration_s"] is not None:
             step_durations[st["name"]].append(st["duration_s"])

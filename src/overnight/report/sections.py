@@ -149,9 +149,9 @@ def _agent(
     unmonitored = {e["component"] for e in events["unmonitored"]}
     last_probe: dict[str, dict[str, Any]] = {}
     first_probe: dict[str, dict[str, Any]] = {}
-    for p in probes:
-        last_probe[p["component"]] = p
-        first_probe.setdefault(p["component"], p)
+    for probe in probes:
+        last_probe[probe["component"]] = probe
+        first_probe.setdefault(probe["component"], probe)
     incident_by_id = {i["id"]: i for i in incidents}
     injected = {r["incident_id"]: r for r in faults["injections"] if r.get("incident_id") is not None}
     failed_calls: dict[str, list[float]] = defaultdict(list)
@@ -168,7 +168,8 @@ def _agent(
         evidence; a fault a periodic probe found started at an unknown moment: None."""
         match = injected.get(i["id"])
         if match is not None:
-            return match["time_to_detect_s"]
+            ttd: float | None = match["time_to_detect_s"]
+            return ttd
         if i["trigger"] == "signal":
             earlier = [t for t in failed_calls.get(i["component"], []) if t <= i["detected_at"] + 1e-6]
             return _round(i["detected_at"] - max(earlier), 3) if earlier else 0.0
@@ -179,7 +180,7 @@ def _agent(
         return _round(i["verified_at"] - i["detected_at"]) if i["verified_at"] is not None else None
 
     def cycle_of(component: str, t0: float, t1: float | None) -> int | None:
-        hit = [
+        hit: list[int] = [
             a["cycle"]
             for a in attempts
             if a["fault_component"] == component
@@ -666,7 +667,9 @@ def _tokens(usage: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, 
     def empty() -> dict[str, int]:
         return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
-    total, per_step, per_model = empty(), defaultdict(empty), defaultdict(empty)
+    total = empty()
+    per_step: defaultdict[str, dict[str, int]] = defaultdict(empty)
+    per_model: defaultdict[str, dict[str, int]] = defaultdict(empty)
     for e in usage:
         data = _json(e["data"]) or {}
         for bucket in (total, per_step[data.get("step") or "-"], per_model[data.get("model") or "-"]):
@@ -834,10 +837,10 @@ def _recommendations(
             came_back[row["component"]].append(row)
     for component, items in came_back.items():
         tried = sum(1 for row in items for x in row["repairs"] if not x["verified"])
-        times = f"at {hhmm(items[0]['detected_ts'])}" if len(items) == 1 else plural(len(items), "time")
+        how_often = f"at {hhmm(items[0]['detected_ts'])}" if len(items) == 1 else plural(len(items), "time")
         out.append(
             {
-                "text": f"{component}: went down {times} and came back without a verified repair of ours "
+                "text": f"{component}: went down {how_often} and came back without a verified repair of ours "
                 f"(by itself or by someone's hand; {plural(tried, 'repair attempt')} did not restore it) "
                 "→ find out why it went down: nothing was fixed, so it may happen again",
                 "evidence": "; ".join(
@@ -877,15 +880,15 @@ def _recommendations(
             )
     for f in sections["fallbacks"]:
         evidence = f"fallback from {f['started_at']} to {f['ended_at'] or 'the end of the night'}"
-        n = plural(len(f["cycles"]), "cycle")
+        n_cycles = plural(len(f["cycles"]), "cycle")
         if f["incident_id"] in drilled and f["ended_at"]:
             text = (
-                f"{n} ran on {f['component']}'s {f['kind']} fallback during an injected fault: "
+                f"{n_cycles} ran on {f['component']}'s {f['kind']} fallback during an injected fault: "
                 "they did not test the live dependency; rerun them if that matters"
             )
         else:
             text = (
-                f"{f['component']} ran on its {f['kind']} fallback for {n}: "
+                f"{f['component']} ran on its {f['kind']} fallback for {n_cycles}: "
                 "those cycles did not test the live dependency; fix the primary"
             )
         out.append({"text": text, "evidence": evidence + f" (incident #{f['incident_id']})"})

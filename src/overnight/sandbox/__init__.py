@@ -40,6 +40,7 @@ __all__ = [
     "DEFAULT_GIGACHAT_CREDENTIALS",
     "DEFAULT_PORTS",
     "DEFAULT_SEARCH_KEYS",
+    "LOOPBACK_HOSTS",
     "ControlServer",
     "GigaChatServer",
     "OpenAIServer",
@@ -259,7 +260,7 @@ def serve_forever(
     """
     stop = stop or threading.Event()
     sandbox = Sandbox(host, DEFAULT_PORTS if ports is None else ports, seed=seed)
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, lambda *_: stop.set())

@@ -268,7 +268,8 @@ class GigaChatServer(SandboxServer):
         if body.get("stream"):
             raise HTTPError(422, "unsupported", "the sandbox does not stream the v2 chat contract")
         model = self._chat_model(body)
-        options = body.get("model_options") if isinstance(body.get("model_options"), dict) else {}
+        raw_options = body.get("model_options")
+        options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
         c = self._complete(body, self._messages(body), options.get("max_tokens"))
         return Response.json(
             {

@@ -42,9 +42,10 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, cast
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger("overnight.sandbox")
@@ -78,10 +79,10 @@ def _nonneg_float(v: Any) -> float:
 
 
 def _pos_float(v: Any) -> float:
-    v = _nonneg_float(v)
-    if v == 0:
+    f = _nonneg_float(v)
+    if f == 0:
         raise ValueError("expected a number > 0")
-    return v
+    return f
 
 
 def _nonneg_int(v: Any) -> int:
@@ -107,10 +108,10 @@ def _status_5xx(v: Any) -> int:
 
 
 def _rate(v: Any) -> float:
-    v = _nonneg_float(v)
-    if v > 1:
-        raise ValueError(f"expected a rate in [0, 1], got {v!r}")
-    return v
+    f = _nonneg_float(v)
+    if f > 1:
+        raise ValueError(f"expected a rate in [0, 1], got {f!r}")
+    return f
 
 
 def _int(v: Any) -> int:
@@ -169,6 +170,10 @@ class Switches:
 
     NAMES: ClassVar[tuple[str, ...]] = tuple(_VALIDATORS)
 
+    if TYPE_CHECKING:  # set in __post_init__; at run time not dataclass fields
+        _lock: threading.Lock = field(init=False, repr=False)
+        _listeners: list[Callable[[dict[str, Any]], None]] = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
         for name in self.NAMES:
             object.__setattr__(self, name, _VALIDATORS[name](getattr(self, name)))
@@ -197,25 +202,25 @@ class Switches:
     def update(self, **changes: Any) -> dict[str, Any]:
         """Apply several switches at once (all or none); returns those that changed."""
         values = self.validate(changes)
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             changed = {k: v for k, v in values.items() if getattr(self, k) != v}
             for k, v in changed.items():
                 object.__setattr__(self, k, v)
-            listeners = list(self._listeners)  # type: ignore[attr-defined]
+            listeners = list(self._listeners)
         # Outside the lock: a listener may take a while (closing a port) or read switches.
         for listener in listeners:
             listener(changed)
         return changed
 
     def snapshot(self) -> dict[str, Any]:
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             return {name: getattr(self, name) for name in (*self.NAMES, "token_epoch")}
 
     to_dict = snapshot
 
     def take_5xx(self) -> int | None:
         """Consume one of ``fail_next_5xx``: the status to answer with, or None."""
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             if self.fail_next_5xx <= 0:
                 return None
             object.__setattr__(self, "fail_next_5xx", self.fail_next_5xx - 1)
@@ -223,17 +228,17 @@ class Switches:
 
     def expire_tokens_now(self) -> int:
         """Invalidate every access token issued so far (401 until the client re-authenticates)."""
-        with self._lock:  # type: ignore[attr-defined]
+        with self._lock:
             object.__setattr__(self, "token_epoch", self.token_epoch + 1)
             return self.token_epoch
 
     def add_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
-        with self._lock:  # type: ignore[attr-defined]
-            self._listeners.append(listener)  # type: ignore[attr-defined]
+        with self._lock:
+            self._listeners.append(listener)
 
     def remove_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
-        with self._lock, contextlib.suppress(ValueError):  # type: ignore[attr-defined]
-            self._listeners.remove(listener)  # type: ignore[attr-defined]
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
 
 # -- requests, responses, routes -------------------------------------------------------
@@ -254,7 +259,7 @@ class Request:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: Mapping[str, str]
+    headers: Message  # the handler's (case-insensitive) header message
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
     client: str | None = None  # who is calling (a label, never the secret)
@@ -443,7 +448,8 @@ class _Listener(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind would do a reverse DNS lookup (getfqdn) we do not need.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[0], self.server_address[1]
+        # Bound by then: the address is getsockname()'s (host, port, ...) with a str host.
+        self.server_name, self.server_port = cast(str, self.server_address[0]), self.server_address[1]
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._conns_lock:
@@ -483,7 +489,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            parts = []
+            parts: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -508,7 +514,7 @@ class _Handler(BaseHTTPRequestHandler):
             method=self.command,
             path=split.path,
             query=parse_qs(split.query, keep_blank_values=True),
-            headers=self.headers,  # type: ignore[arg-type]
+            headers=self.headers,
             body=body,
             _conn=self.connection,
         )
