@@ -26,21 +26,22 @@ import traceback
 from array import array
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
 
 import tenacity
 
 from ..components import Component, KnobRefused, ProbeResult, describe_error
-from ..config import AgentConfig, agent_settings_for
-from ..errors import ConfigError, ProtectedSettingError
+from ..config import AgentConfig
+from ..errors import ProtectedSettingError
 from ..ledger import Ledger, ops
 from ..numbers import plural, span
 from ..redaction import redact
 from .guard import Guard
 from .loophold import BLOCKING_S, LoopHold
-from .playbooks import DEGRADING_SHORTCUTS, parse_repairs, playbook_for
+from .playbooks import DEGRADING_SHORTCUTS, playbook_for
+from .settings import MonitorSettings
 from .strategies import RepairContext, RepairFailed, Strategy
 
 log = logging.getLogger("overnight.agent")
@@ -53,57 +54,6 @@ STATES = ("healthy", "suspect", "unhealthy", "repairing", "fallback", "failed")
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 600.0
 _RESTART_DELAY_MAX_S = 60.0
-
-
-@dataclass
-class MonitorSettings:
-    probe_period: float
-    probe_timeout: float
-    failure_threshold: int
-    success_threshold: int
-    startup_grace: float
-    cooldown: float
-    max_backoff: float
-    max_repairs_per_hour: int
-    flap_threshold: int
-    flap_window: float
-    repair_timeout: float
-    escalation: str
-    max_pause: float = 1800.0
-    # Healthy this long after its last fault, a component gets back the knob values it
-    # was configured with (a repair's change is a fix of the client, not a new baseline).
-    knob_quiet_period: float = 30.0
-    fallback: str | None = None
-    repairs: dict[str, list[Strategy]] = field(default_factory=dict)
-
-    @classmethod
-    def for_component(cls, comp: Component, defaults: AgentConfig) -> MonitorSettings:
-        opts = comp.spec.options
-        where = f"components.{comp.name}"
-        cfg = agent_settings_for(defaults, opts, where)
-        fallback = opts.get("fallback")
-        if fallback is not None and fallback != "cache":
-            raise ConfigError(f"{where}.fallback: the only declared fallback kind is 'cache'")
-        return cls(
-            probe_period=cfg.probe_period,
-            probe_timeout=cfg.probe_timeout,
-            failure_threshold=cfg.failure_threshold,
-            success_threshold=cfg.success_threshold,
-            startup_grace=cfg.startup_grace,
-            cooldown=cfg.cooldown,
-            max_backoff=cfg.max_backoff,
-            max_repairs_per_hour=cfg.max_repairs_per_hour,
-            flap_threshold=cfg.flap_threshold,
-            flap_window=cfg.flap_window,
-            repair_timeout=cfg.repair_timeout,
-            escalation=cfg.escalation,
-            max_pause=cfg.max_pause,
-            knob_quiet_period=(
-                cfg.knob_quiet_period if cfg.knob_quiet_period is not None else 3 * cfg.probe_period
-            ),
-            fallback=fallback,
-            repairs=parse_repairs(opts.get("repairs"), f"{where}.repairs"),
-        )
 
 
 class _FallbackOwner(Protocol):
