@@ -42,11 +42,11 @@ from .guard import Guard
 from .loophold import BLOCKING_S, LoopHold
 from .playbooks import DEGRADING_SHORTCUTS, playbook_for
 from .settings import MonitorSettings
+from .states import MonitorState
 from .strategies import RepairContext, RepairFailed, Strategy
 
 log = logging.getLogger("overnight.agent")
 
-STATES = ("healthy", "suspect", "unhealthy", "repairing", "fallback", "failed")
 # A monitor that crashed this many times within the window has a deterministic bug (each
 # restart probes the same component the same way, after 1, 2, 4, 8 × the base delay):
 # restarting it again only leaves the component unwatched, so it escalates instead. Five
@@ -88,7 +88,7 @@ class ComponentMonitor:
         self.agent = agent
         self.comp = comp
         self.settings = settings
-        self.state = "healthy"
+        self.state = MonitorState.HEALTHY
         self.last_probe: ProbeResult | None = None
         self.incident: _Incident | None = None
         self.fallback_id: int | None = None
@@ -120,7 +120,7 @@ class ComponentMonitor:
         """Called in the loop thread: a cycle's call to this component just failed."""
         self._pending.append(_Signal(kind, ts, details))
         self._unquiet_at = max(self._unquiet_at, ts)
-        if self.comp.critical and self.state in ("healthy", "suspect"):
+        if self.comp.critical and self.state in (MonitorState.HEALTHY, MonitorState.SUSPECT):
             # Hold new attempts now; the probe that follows decides how long.
             self.agent.gate.close(self.comp.name, f"{self.comp.name}: {kind}")
         self._wake.set()
@@ -168,7 +168,7 @@ class ComponentMonitor:
                     # A cycle hit a fault while this probe ran: the probe cannot answer for
                     # it, nor reopen the gate the signal closed. The next probe (at once) does.
                     continue
-                self._set_state("healthy", "probe healthy")
+                self.set_state(MonitorState.HEALTHY, "probe healthy")
                 self._open_gate()
                 if self._restore_knobs():
                     first = True  # probe at once with the configured values back
@@ -179,8 +179,8 @@ class ComponentMonitor:
             signals += [sig for sig in self._pending if sig.ts > self._verified_at]
             self._pending = []
             if not signals and self._failures < self.settings.failure_threshold:
-                self._set_state(
-                    "suspect", f"probe failed ({self._failures}/{self.settings.failure_threshold})"
+                self.set_state(
+                    MonitorState.SUSPECT, f"probe failed ({self._failures}/{self.settings.failure_threshold})"
                 )
                 continue
             cause = signals[0] if signals else None
@@ -374,7 +374,7 @@ class ComponentMonitor:
 
     async def _work(self, incident: _Incident) -> None:
         """Repair within bounds until verified; then fallback or escalation."""
-        self._set_state("unhealthy", f"{incident.kind}")
+        self.set_state(MonitorState.UNHEALTHY, f"{incident.kind}")
         if self.comp.critical:
             self.agent.gate.close(self.comp.name, f"{self.comp.name}: {incident.kind}")
         if len(self._incident_times) >= self.settings.flap_threshold:
@@ -404,7 +404,7 @@ class ComponentMonitor:
                 await self._close(
                     incident, "recovered", "answered again soon after the repairs; verified by probe"
                 )
-                self._set_state("healthy", "recovered")
+                self.set_state(MonitorState.HEALTHY, "recovered")
                 self._open_gate()
                 return True
         return False
@@ -450,7 +450,7 @@ class ComponentMonitor:
         return False
 
     async def _attempt(self, incident: _Incident, strategy: Strategy, ctx: RepairContext) -> bool:
-        self._set_state("repairing", strategy.name)
+        self.set_state(MonitorState.REPAIRING, strategy.name)
         self._repair_times.append(time.time())
         started = time.time()
         repair_id = await self.agent.write(
@@ -504,7 +504,7 @@ class ComponentMonitor:
             log.info("repair %s of %s: done, verified healthy (%s)", strategy.name, self.comp.name, detail)
             incident.verified_repair = True
             await self._close(incident, "repaired", f"{strategy.name}: {detail}")
-            self._set_state("healthy", f"verified after {strategy.name}")
+            self.set_state(MonitorState.HEALTHY, f"verified after {strategy.name}")
             self._open_gate()
             return True
         log.info(
@@ -619,7 +619,9 @@ class ComponentMonitor:
             time.time(),
         )
         await self.agent.write(ops.update_incident, incident.id, {"state": "fallback"})
-        self._set_state("fallback", f"repairs failed; using the declared {self.settings.fallback} fallback")
+        self.set_state(
+            MonitorState.FALLBACK, f"repairs failed; using the declared {self.settings.fallback} fallback"
+        )
         log.warning(
             "fallback started: %s is served by its declared %s fallback (incident %d): "
             "repairs did not restore the primary",
@@ -653,7 +655,7 @@ class ComponentMonitor:
                     incident.id,
                 )
                 await self._close(incident, "recovered", "primary probed healthy; fallback ended")
-                self._set_state("healthy", "back on the primary")
+                self.set_state(MonitorState.HEALTHY, "back on the primary")
                 # Only now, with the primary verified: cycles that failed on the fallback
                 # may rerun on it.
                 self.primary.set()
@@ -661,7 +663,7 @@ class ComponentMonitor:
 
     async def _escalate(self, incident: _Incident, why: str) -> None:
         mode = self.settings.escalation
-        self._set_state("failed", why)
+        self.set_state(MonitorState.FAILED, why)
         reason = f"{self.comp.name} {incident.kind}: {why}"
         if not incident.escalated:  # a restarted monitor carries on; it does not page again
             incident.escalated = True
@@ -700,13 +702,13 @@ class ComponentMonitor:
             self._pending.clear()
             if (await self._probe("periodic")).healthy:
                 await self._close(incident, "recovered", "probed healthy again while paused")
-                self._set_state("healthy", "recovered")
+                self.set_state(MonitorState.HEALTHY, "recovered")
                 self._open_gate()
                 return
             if time.monotonic() >= next_round and self._budget_left():
                 if await self._repair_round(incident):
                     return
-                self._set_state("failed", why)
+                self.set_state(MonitorState.FAILED, why)
                 rounds += 1
                 next_round = time.monotonic() + self._backoff(rounds)
 
@@ -749,7 +751,7 @@ class ComponentMonitor:
         # Stay here: the night is ending; no further repairs.
         await asyncio.Event().wait()
 
-    def _set_state(self, state: str, reason: str) -> None:
+    def set_state(self, state: MonitorState, reason: str) -> None:
         if state == self.state:
             return
         old, self.state = self.state, state
@@ -970,7 +972,7 @@ class RepairAgent:
             f"its monitor crashed {crashes} times within {span(RESTART_WINDOW_S)} "
             f"({describe_error(exc)}): the component cannot be watched"
         )
-        monitor._set_state("failed", why)
+        monitor.set_state(MonitorState.FAILED, why)
         if monitor.incident is not None:
             monitor.incident.escalated = True
             with contextlib.suppress(Exception):
@@ -1146,7 +1148,7 @@ class RepairAgent:
         )  # fmt: skip
 
     def active_fallbacks(self) -> list[str]:
-        return [name for name, m in self.monitors.items() if m.state == "fallback"]
+        return [name for name, m in self.monitors.items() if m.state == MonitorState.FALLBACK]
 
     def states(self) -> dict[str, str]:
         return {name: m.state for name, m in self.monitors.items()}
