@@ -1,7 +1,8 @@
 """The repair agent: monitoring, incidents, bounded repairs, fallbacks, the guard."""
 
-from .agent import ComponentMonitor, RepairAgent
+from .agent import RepairAgent
 from .guard import Guard
+from .monitor import ComponentMonitor
 from .playbooks import DEGRADING_SHORTCUTS, playbook_for, register_playbook
 from .settings import MonitorSettings
 from .strategies import (
