@@ -428,7 +428,7 @@ class RepairAgent:
             )  # fmt: skip
             return
         if monitor is not None:
-            monitor.knob_incident[knob] = incident_id
+            monitor.knobs.incident_of[knob] = incident_id
         log.info(
             "knob changed: %s.%s %r → %r (configured %r; by %s; incident %s)",
             comp.name, knob, old, new, configured, by, incident_id,
