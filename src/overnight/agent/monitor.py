@@ -75,22 +75,26 @@ class ComponentMonitor:
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self, restarted: bool = False) -> None:
+        # The next probe comes at once, not after a period: the first one (after the
+        # grace), since a night must know where it starts; then only for a fault a cycle
+        # signalled since the last verified recovery, or with knobs just back to their
+        # configured values. An incident worked or closed does not hurry it, whatever
+        # opened the incident: a probe verified the component healthy as it closed.
+        probe_now = True
         if self.incident is not None:
             # Restarted by the supervisor in the middle of an incident: carry on with it.
             if self.fallback_id is not None:
                 await self.escalation.back_to_primary(self.incident)
             else:
                 await self._work(self.incident)
+            probe_now = False
         if self.settings.startup_grace and not self._pending and not restarted:
             await self._wait(self.settings.startup_grace)
-        first = True  # probe at once (after the grace): a night must know where it starts
         while True:
-            if not self._pending and not first:
+            if not probe_now and not self._fresh_signals():
                 await self._wait(self._next_period())
-            first = False
-            # Faults a cycle hit before the last verified recovery belong to the incident
-            # that was just closed; they must not open another one.
-            signals = [sig for sig in self._pending if sig.ts > self.incidents.verified_at]
+            probe_now = False
+            signals = self._fresh_signals()
             self._pending = []
             trigger = "signal" if signals else "periodic"
             try:
@@ -110,20 +114,18 @@ class ComponentMonitor:
                     await self.incidents.close(
                         incident, "transient", "verified healthy by the next probe; no repair needed"
                     )
-                    first = True  # after a cycle's fault, the next probe comes at once
-                if any(sig.ts > self.incidents.verified_at for sig in self._pending):
+                if self._fresh_signals():
                     # A cycle hit a fault while this probe ran: the probe cannot answer for
                     # it, nor reopen the gate the signal closed. The next probe (at once) does.
                     continue
                 self.set_state(MonitorState.HEALTHY, "probe healthy")
                 self.open_gate()
-                if self.knobs.restore():
-                    first = True  # probe at once with the configured values back
+                probe_now = self.knobs.restore()  # probe at once with the configured values back
                 continue
             self._failures += 1
             # Faults a cycle hit while this probe ran count too: detection is when the
             # first of them was signalled (and the gate closed), not when the probe ended.
-            signals += [sig for sig in self._pending if sig.ts > self.incidents.verified_at]
+            signals += self._fresh_signals()
             self._pending = []
             if not signals and self._failures < self.settings.failure_threshold:
                 self.set_state(
@@ -139,7 +141,11 @@ class ComponentMonitor:
                 kind, "signal" if cause else "probe", detected, details, result
             )
             await self._work(incident)
-            first = cause is not None  # after a cycle's fault, the next probe comes at once
+
+    def _fresh_signals(self) -> list[Signal]:
+        """The faults cycles signalled since the last verified recovery: those before it
+        belong to the incident that was just closed and must not open another one."""
+        return [sig for sig in self._pending if sig.ts > self.incidents.verified_at]
 
     async def _work(self, incident: Incident) -> None:
         """Repair within bounds until verified; then fallback or escalation."""
