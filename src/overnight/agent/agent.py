@@ -1,13 +1,10 @@
 """The repair agent: watches every component beside the cycles and restores what breaks.
 
-One monitor task per component runs the Kubernetes probe model (period, timeout, failure
-and success thresholds, startup grace) and is woken at once when a cycle's call fails
-(the component's classifier signals it), so a fault a cycle hits is detected in
-milliseconds, not at the next period. An incident is opened on detection, diagnosed by a
-probe, repaired by the component's playbook within bounds (cooldown, backoff with
-jitter, a cap per hour, flapping detection), and closed only when a probe says healthy
-again. While a critical component is unhealthy the orchestrator's gate is closed. When
-repairs fail: the declared fallback, else escalation (pause or abort, and notify).
+One monitor per component (``monitor``) probes it, is woken at once when a cycle's call
+fails, and works its incidents (``incidents``): repairs within bounds (``repairs``), then
+the declared fallback or escalation (``escalation``). While a critical component is
+unhealthy the orchestrator's gate is closed. The agent runs the monitors, records, tells
+people, and answers the orchestrator (fallbacks and knobs off during an attempt).
 
 The agent itself is supervised: a crash inside a monitor (whatever a probe, repair or
 strategy raised, a stray CancelledError included) is recorded and the monitor restarts
@@ -53,8 +50,8 @@ _RESTART_DELAY_MAX_S = 60.0
 class _MonitorExit(Exception):
     """A BaseException raised inside a monitor by code that was not asked to stop (a
     stray CancelledError; SystemExit or KeyboardInterrupt, which asyncio would let out of
-    the loop): carried
-    out as a crash of that monitor, with its traceback, never the night's end."""
+    the loop): carried out as a crash of that monitor, with its traceback, never the
+    night's end."""
 
 
 async def _guarded(run: Any) -> None:
