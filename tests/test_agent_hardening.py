@@ -541,3 +541,101 @@ async def test_a_verifying_probe_that_sees_another_fault_rediagnoses_the_inciden
         ("my_restart", "done", True),
     ]
     assert len(rediagnosed) == 1 and "connection_lost → unavailable" in rediagnosed[0]["message"]
+
+
+async def test_after_an_incident_closes_the_next_probe_waits_its_period_unless_a_cycle_signals(
+    tmp_path: Path,
+) -> None:
+    """Whatever opened an incident (here a cycle's failed call, twice), once it is closed,
+    transient or repaired, the next probe comes a probe period later like any other: not
+    at once, as the loop used to do after a signal-opened incident. A fault a cycle hits
+    meanwhile is still probed at once."""
+    period = 3.0
+    mod = _module(
+        tmp_path,
+        """
+        import overnight
+        from overnight.agent import Strategy
+        from overnight.components import ProbeResult
+
+        class Flaky(overnight.Component):
+            down = False  # the probe fails while down
+            fail_calls = 0  # how many of the handle's next calls fail
+
+            async def work(self):
+                async def go():
+                    if Flaky.fail_calls > 0:
+                        Flaky.fail_calls -= 1
+                        raise ConnectionResetError("peer reset")
+                await self.call("work", go)
+
+            async def probe(self):
+                if Flaky.down:
+                    return ProbeResult(False, 0.0, "unavailable", "down")
+                return ProbeResult(True, 0.0, None, "fine")
+
+        class Restart(Strategy):
+            name = "restart_it"
+
+            async def run(self, ctx):
+                Flaky.down = False
+                return "restarted"
+        """,
+    )
+    code = f"""
+    import asyncio
+    import overnight
+    from {mod} import Flaky
+
+    async def fail(ctx):
+        try:
+            await ctx.components["flaky"].work()
+        except overnight.InfraError:
+            pass  # the agent was told; this cycle carries on
+
+    async def cycle(ctx):
+        await asyncio.sleep(0.3)  # the first probe (at once) is done
+        Flaky.fail_calls = 1  # a transient fault: the probe that follows is healthy
+        await fail(ctx)
+        await asyncio.sleep({period} + 0.5)  # a probe period: one periodic probe
+        Flaky.down, Flaky.fail_calls = True, 1  # down until repaired: worked, then closed
+        await fail(ctx)
+        await asyncio.sleep(1.0)  # within the period after the repair
+        Flaky.fail_calls = 1  # a new fault: probed at once
+        await fail(ctx)
+        await asyncio.sleep(0.5)
+    """
+    config = FAST.replace("probe_period = 0.1", f"probe_period = {period}") + (
+        f'[components.flaky]\ntype = "{mod}:Flaky"\nrepairs = {{ "*" = ["{mod}:Restart"] }}\n'
+    )
+    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1)
+    try:
+        incidents = sorted(_rows(ledger, s.incidents, outcome.night_id), key=lambda i: i["id"])
+        probes = sorted(_rows(ledger, s.probes, outcome.night_id), key=lambda p: p["ts"])
+    finally:
+        ledger.close()
+    assert outcome.status == "completed" and report["totals"]["passed"] == 1, report["verdict"]
+    assert [(i["trigger"], i["fault_kind"], i["state"]) for i in incidents] == [
+        ("signal", "connection_lost", "transient"),
+        ("signal", "unavailable", "repaired"),
+        ("signal", "connection_lost", "transient"),
+    ]
+    transient, repaired, again = incidents
+    t0 = probes[0]["ts"]
+    seen = [(p["trigger"], round(p["ts"] - t0, 3)) for p in probes]  # for the messages
+
+    def next_probe(after: float) -> dict[str, Any]:
+        return next(p for p in probes if p["ts"] > after)
+
+    # After the transient close: nothing for a period, then a periodic probe.
+    following = next_probe(transient["verified_at"])
+    assert following["trigger"] == "periodic", (round(transient["verified_at"] - t0, 3), seen)
+    assert following["ts"] - transient["verified_at"] >= 0.9 * period, (
+        round(transient["verified_at"] - t0, 3),
+        seen,
+    )
+    # After the repaired one: no probe until the cycle's next fault, probed at once.
+    following = next_probe(repaired["verified_at"])
+    assert following["trigger"] == "signal", (round(repaired["verified_at"] - t0, 3), seen)
+    assert 0 <= following["ts"] - again["detected_at"] < 1.0
+    assert following["ts"] - repaired["verified_at"] < period

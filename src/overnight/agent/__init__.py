@@ -1,8 +1,10 @@
 """The repair agent: monitoring, incidents, bounded repairs, fallbacks, the guard."""
 
-from .agent import ComponentMonitor, MonitorSettings, RepairAgent
+from .agent import RepairAgent
 from .guard import Guard
+from .monitor import ComponentMonitor
 from .playbooks import DEGRADING_SHORTCUTS, playbook_for, register_playbook
+from .settings import MonitorSettings
 from .strategies import (
     BUILTIN_STRATEGIES,
     FreeOwnSpace,
