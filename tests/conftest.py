@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -165,6 +166,30 @@ class _ThrowawayCluster:
             print(f"overnight tests: {exc}", file=sys.stderr)
 
 
+_ORPHAN = re.compile(r"ovt_(\d+)_[0-9a-f]{6}")
+
+
+def _drop_orphans(version: str) -> None:
+    """Drop clusters an earlier test session of ours made and could not drop (it was
+    SIGKILLed): named ``ovt_<its pid>_<hex>`` and that pid is gone. Nothing else."""
+    res = _run(["pg_lsclusters", "--no-header"], env=dict(os.environ), cwd="/")
+    for line in res.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 2 or fields[0] != version:
+            continue
+        m = _ORPHAN.fullmatch(fields[1])
+        if m is None:
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # its session still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # someone else's live process
+        _run(["pg_dropcluster", "--stop", version, fields[1]], env=dict(os.environ), cwd="/")
+
+
 def _no_postgres(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"CI must have PostgreSQL: {reason}")
@@ -178,6 +203,8 @@ def pg_cluster() -> Iterator[PgCluster]:
     if reason is not None:
         _no_postgres(reason)
     throwaway = _ThrowawayCluster()
+    if throwaway.root:
+        _drop_orphans(throwaway.version)
     # SIGTERM (a CI job cancelled, a terminal closed) would end the process without
     # finalizers or atexit; as an interrupt it ends the session through its teardown.
     previous = signal.getsignal(signal.SIGTERM)
