@@ -32,7 +32,7 @@ from typing import Any, Protocol, cast
 
 import tenacity
 
-from ..components import Component, KnobRefused, ProbeResult, describe_error
+from ..components import Component, FallbackOwner, KnobRefused, ProbeResult, describe_error
 from ..config import AgentConfig, agent_settings_for
 from ..errors import ConfigError, ProtectedSettingError
 from ..ledger import Ledger, ops
@@ -649,7 +649,7 @@ class ComponentMonitor:
     # -- fallback and escalation -----------------------------------------------------
 
     async def _start_fallback(self, incident: _Incident) -> bool:
-        if not hasattr(self.comp, "fallback_active") or getattr(self.comp, "fallback", None) is None:
+        if not isinstance(self.comp, FallbackOwner) or self.comp.fallback is None:
             await self.agent.event(
                 "fallback_unavailable",
                 f"{self.comp.name}: no usable {self.settings.fallback} fallback",
