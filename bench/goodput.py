@@ -107,7 +107,14 @@ from overnight.engine.context import CycleInput, NightContext
 from overnight.engine.orchestrator import build_components, import_scenario
 from overnight.errors import InfraError, ProductFailure
 from overnight.faults import collect, fault_timeline
-from overnight.faults.injectors import FaultsSettings, InjectEnv, check, default_duration, make
+from overnight.faults.injectors import (
+    FaultsSettings,
+    InjectEnv,
+    check,
+    default_duration,
+    injector_class,
+    make,
+)
 from overnight.faults.plan import FaultSpec
 from overnight.ledger import Ledger, queries
 
@@ -534,15 +541,14 @@ class LoopFaults:
         self.timers: list[asyncio.Task[None]] = []
 
     async def prepare(self) -> None:
-        """What FaultDriver.prepare does before the components connect (HTTP layer, TCP proxy)."""
-        from overnight.faults import FaultProxy, HttpFaults
+        """What FaultDriver.prepare does before the components connect (each injector's
+        own preparation, e.g. the HTTP layer; the TCP proxy)."""
+        from overnight.faults import FaultProxy
 
         for spec in self.specs:
-            comp = self.components[spec.target]
-            if self.mechanisms[spec.id] == "http_layer" and comp.http_faults is None:
-                comp.http_faults = HttpFaults()
+            injector_class(self.mechanisms[spec.id]).prepare(spec, self.components[spec.target])
         for name, comp in self.components.items():
-            if getattr(comp, "fault_proxy", False):
+            if comp.fault_proxy:
                 host, port = comp.tcp_endpoint()
                 proxy = FaultProxy(
                     target_host=host, target_port=port, allowed_hosts=self.env.settings.allowed_hosts

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, Protocol
 
-from ..components import Component, ProbeResult
+from ..components import Component, FallbackOwner, ProbeResult
 from ..ledger import ops
 from ..numbers import span
 from .incidents import Incident, IncidentBook
@@ -23,12 +23,6 @@ if TYPE_CHECKING:
     from .agent import RepairAgent
 
 log = logging.getLogger("overnight.agent")
-
-
-class _FallbackOwner(Protocol):
-    """A component that can be switched to its declared fallback (the websearch component)."""
-
-    fallback_active: bool
 
 
 class Watch(Protocol):
@@ -88,7 +82,7 @@ class Escalation:
     # -- fallback ----------------------------------------------------------------------
 
     async def start_fallback(self, incident: Incident) -> bool:
-        if not hasattr(self.comp, "fallback_active") or getattr(self.comp, "fallback", None) is None:
+        if not isinstance(self.comp, FallbackOwner) or self.comp.fallback is None:
             await self.agent.event(
                 "fallback_unavailable",
                 f"{self.comp.name}: no usable {self.settings.fallback} fallback",
@@ -127,8 +121,8 @@ class Escalation:
         while True:
             await self.watch.wait_next_probe(self.settings.probe_period)
             if (await self.watch.probe("periodic")).healthy:
-                # Only reached once start_fallback found the component has one.
-                cast(_FallbackOwner, self.comp).fallback_active = False
+                if isinstance(self.comp, FallbackOwner):  # start_fallback found it is one
+                    self.comp.fallback_active = False
                 self.watch.fallback_periods[-1] = (self.watch.fallback_periods[-1][0], self.agent.clock())
                 if self.watch.fallback_id is not None:
                     await self.agent.write(ops.end_fallback, self.watch.fallback_id, time.time())

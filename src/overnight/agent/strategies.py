@@ -12,30 +12,11 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any
 
-from ..components import Component, KnobRefused
+from ..components import Component, KnobRefused, PoolRebuildable, Restartable, TokenRefreshable
 from ..numbers import plural
 from .guard import Guard
-
-
-class _PoolOwner(Protocol):
-    """A component with a connection pool to rebuild (the database component)."""
-
-    async def rebuild_pool(self) -> None: ...
-
-
-class _TokenOwner(Protocol):
-    """A component with an access token to refresh (the LLM component)."""
-
-    async def refresh_token(self) -> None: ...
-
-
-class _Restartable(Protocol):
-    """A component with a configured ``restart_command``."""
-
-    @property
-    def restart_command(self) -> str: ...
 
 
 class RepairFailed(Exception):
@@ -88,10 +69,13 @@ class RebuildPool(Strategy):
     name = "rebuild_pool"
 
     def applicable(self, ctx: RepairContext) -> bool:
-        return hasattr(ctx.component, "rebuild_pool")
+        return isinstance(ctx.component, PoolRebuildable)
 
     async def run(self, ctx: RepairContext) -> str:
-        await cast(_PoolOwner, ctx.component).rebuild_pool()  # applicable() checked it has one
+        comp = ctx.component
+        if not isinstance(comp, PoolRebuildable):
+            raise RepairFailed(f"{comp.name} has no connection pool")
+        await comp.rebuild_pool()
         return "disposed of every pooled connection and built a fresh pool"
 
 
@@ -104,10 +88,13 @@ class RestartCommand(Strategy):
         self.timeout_s = timeout_s
 
     def applicable(self, ctx: RepairContext) -> bool:
-        return bool(getattr(ctx.component, "restart_command", None))
+        return isinstance(ctx.component, Restartable) and bool(ctx.component.restart_command)
 
     async def run(self, ctx: RepairContext) -> str:
-        command = cast(_Restartable, ctx.component).restart_command  # applicable() checked it is set
+        comp = ctx.component
+        command = comp.restart_command if isinstance(comp, Restartable) else None
+        if not command:
+            raise RepairFailed(f"{comp.name} has no restart_command")
         proc = await asyncio.create_subprocess_shell(
             command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -120,19 +107,23 @@ class RestartCommand(Strategy):
         if proc.returncode != 0:
             tail = (out or b"").decode(errors="replace").strip().splitlines()[-1:] or [""]
             raise RepairFailed(f"restart command exited {proc.returncode}: {tail[0]}")
-        if hasattr(ctx.component, "rebuild_pool"):
-            await ctx.component.rebuild_pool()
-        return f"ran restart command ({command.split()[0]}…) and rebuilt the pool"
+        if isinstance(comp, PoolRebuildable):
+            await comp.rebuild_pool()
+            return f"ran restart command ({command.split()[0]}…) and rebuilt the pool"
+        return f"ran restart command ({command.split()[0]}…)"
 
 
 class RefreshToken(Strategy):
     name = "refresh_token"
 
     def applicable(self, ctx: RepairContext) -> bool:
-        return hasattr(ctx.component, "refresh_token")
+        return isinstance(ctx.component, TokenRefreshable)
 
     async def run(self, ctx: RepairContext) -> str:
-        await cast(_TokenOwner, ctx.component).refresh_token()  # applicable() checked it has one
+        comp = ctx.component
+        if not isinstance(comp, TokenRefreshable):
+            raise RepairFailed(f"{comp.name} has no access token to refresh")
+        await comp.refresh_token()
         return "dropped the access token and authenticated again"
 
 

@@ -5,6 +5,9 @@ built-in type, a registered name, or ``"module:factory"``), or registered from P
 with ``register_component_type``. The engine connects every component when the night
 starts, hands the scenario their handles as ``ctx.components[NAME]``, and closes them at
 the end.
+
+``capabilities`` names what repairs and fault injectors need of a component as
+Protocols (``PoolRebuildable``, ``TcpProxyable``, …), checked with ``isinstance``.
 """
 
 from .base import (
@@ -24,6 +27,19 @@ from .base import (
     classify_status,
     describe_error,
 )
+from .capabilities import (
+    DiskWatcher,
+    FallbackOwner,
+    HttpFaultable,
+    LocalStore,
+    PoolRebuildable,
+    Replaying,
+    Restartable,
+    Sandboxed,
+    SqlDatabase,
+    TcpProxyable,
+    TokenRefreshable,
+)
 from .registry import ComponentFactory, register_component_type, registered_types, resolve_factory
 
 __all__ = [
@@ -31,15 +47,26 @@ __all__ = [
     "Component",
     "ComponentFactory",
     "ComponentSpec",
+    "DiskWatcher",
+    "FallbackOwner",
+    "HttpFaultable",
     "Knob",
     "KnobRefused",
     "Knobs",
+    "LocalStore",
     "NonEmptyStr",
     "OptionError",
     "Options",
+    "PoolRebuildable",
     "ProbeResult",
+    "Replaying",
+    "Restartable",
     "SandboxEndpoints",
+    "Sandboxed",
+    "SqlDatabase",
+    "TcpProxyable",
     "TimeoutOptions",
+    "TokenRefreshable",
     "classify_common",
     "classify_status",
     "describe_error",

@@ -282,9 +282,6 @@ class Component:
         self._listeners: list[ErrorListener] = []
         # Put overnight's TCP fault proxy between it and its server (fault injection).
         self.fault_proxy = self._validate(_BaseOptions, spec.options).fault_proxy
-        # Set by the fault driver before connect when a fault plan targets this component's
-        # HTTP API (overnight.chaos.http.HttpFaults); HTTP components wrap their client.
-        self.http_faults: Any = None
 
     def options(self, model: type[OptionsT]) -> OptionsT:
         """This component's own options, validated by ``model`` (a subclass of ``Options``).

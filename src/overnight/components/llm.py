@@ -29,7 +29,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -48,6 +48,9 @@ from .base import (
     url_endpoint,
     url_via,
 )
+
+if TYPE_CHECKING:
+    from ..chaos.http import HttpFaults
 
 PROVIDERS = ("gigachat", "openai")
 DEFAULT_MODELS = {"gigachat": ["GigaChat", "GigaChat-Plus", "GigaChat-Pro"], "openai": ["gpt-4o-mini"]}
@@ -164,6 +167,9 @@ class LLMComponent(Component):
             Knob("timeout", opts.initial_timeout, minimum=1, maximum=opts.timeout_max, unit="s")
         )
         self.knobs.declare(Knob("api_key_env", opts.api_key_env or key_envs[0], choices=tuple(key_envs)))
+        # Set by the fault driver before connect when a fault targets this component's HTTP
+        # API; the client is then built with the HTTP fault layer inside (HttpFaultable).
+        self.http_faults: HttpFaults | None = None
         self._client: Any = None
         self._client_knobs: dict[str, Any] = {}
         self._retired: list[Any] = []
@@ -224,7 +230,7 @@ class LLMComponent(Component):
                     kwargs[name] = getattr(self, name)
             client = GigaChat(**kwargs)
             if self.http_faults is not None:
-                self._wrap_gigachat(client)
+                self._wrap_gigachat(client, self.http_faults)
             return client
         from openai import AsyncOpenAI
 
@@ -246,7 +252,7 @@ class LLMComponent(Component):
             http_client=http_client,
         )
 
-    def _wrap_gigachat(self, client: Any) -> None:
+    def _wrap_gigachat(self, client: Any, faults: HttpFaults) -> None:
         """Put the HTTP fault layer under the SDK's API client (not its OAuth client).
 
         The SDK takes no transport, so its lazily built client is built here, from the
@@ -258,9 +264,7 @@ class LLMComponent(Component):
 
         kwargs = _get_kwargs(client._settings)
         inner = httpx.AsyncHTTPTransport(verify=kwargs.get("verify", True))
-        client._aclient_instance = httpx.AsyncClient(
-            **kwargs, transport=fault_transport(inner, self.http_faults)
-        )
+        client._aclient_instance = httpx.AsyncClient(**kwargs, transport=fault_transport(inner, faults))
 
     def tcp_endpoint(self) -> tuple[str, int]:
         if not self.base_url or self.sandbox:

@@ -36,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import Field, field_validator
@@ -58,6 +58,9 @@ from .base import (
     url_endpoint,
     url_via,
 )
+
+if TYPE_CHECKING:
+    from ..chaos.http import HttpFaults
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -199,6 +202,9 @@ class WebSearchComponent(Component):
             Knob("timeout", opts.initial_timeout, minimum=1, maximum=opts.timeout_max, unit="s")
         )
         self.fallback_active = False  # switched only by the repair agent, after repairs failed
+        # Set by the fault driver before connect when a fault targets this component's HTTP
+        # API; the client is then built with the HTTP fault layer inside (HttpFaultable).
+        self.http_faults: HttpFaults | None = None
         self._client: httpx.AsyncClient | None = None
         self._handle = WebSearchHandle(self)
 

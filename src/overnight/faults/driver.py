@@ -26,7 +26,7 @@ from ..chaos.proxy import FaultProxy
 from ..components import Component
 from ..ledger import Ledger, ops, queries
 from ..redaction import redact
-from .injectors import MECHANISMS, FaultsSettings, InjectEnv, Injector, default_duration, make
+from .injectors import FaultsSettings, InjectEnv, Injector, default_duration, injector_class, make
 from .plan import FaultSpec
 from .timeline import event_data
 
@@ -76,17 +76,14 @@ class FaultDriver:
     # -- before the components connect ------------------------------------------------
 
     async def prepare(self) -> None:
-        """Start a TCP proxy in front of every component with ``fault_proxy = true`` and
-        point the component at it (before it connects); give components whose HTTP API a
-        fault targets the HTTP fault layer."""
-        from ..chaos.http import HttpFaults
-
+        """Let each planned fault's injector prepare its component (the HTTP fault layer
+        goes into the client it is about to build); start a TCP proxy in front of every
+        component with ``fault_proxy = true`` and point the component at it. All before
+        the components connect."""
         for spec in self.specs:
-            comp = self.components[spec.target]
-            if self.mechanisms[spec.id] == "http_layer" and comp.http_faults is None:
-                comp.http_faults = HttpFaults()
+            injector_class(self.mechanisms[spec.id]).prepare(spec, self.components[spec.target])
         for name, comp in self.components.items():
-            if not getattr(comp, "fault_proxy", False):
+            if not comp.fault_proxy:
                 continue
             host, port = comp.tcp_endpoint()
             proxy = FaultProxy(
@@ -199,7 +196,7 @@ class FaultDriver:
                 "kind": spec.kind,
                 "spec": spec.label(),
                 "mechanism": mechanism,
-                "method": getattr(injector, "method", None),
+                "method": injector.method,
                 "params": {k: v for k, v in spec.params.items() if not k.endswith("_command")},
                 "cycle": cycle,
                 "instant": injector.instant,
@@ -285,10 +282,8 @@ class FaultDriver:
         for key, data in open_.items():
             if key[0] in specs:  # the plan's own params (commands are not written to events)
                 data = {**data, "params": specs[key[0]].params}
-            cls = MECHANISMS.get(data.get("mechanism", ""), Injector)
-            comp = self.components.get(data.get("target", ""))
             try:
-                what = await cls.recover(data, comp, self.env)
+                what = await self._recover_one(data)
                 kind, ok = "fault_cleared", True
             except Exception as exc:
                 what, kind, ok = redact(f"{type(exc).__name__}: {exc}"), "fault_undo_failed", False
@@ -299,6 +294,16 @@ class FaultDriver:
                 data.get("target"),
             )
             (log.info if ok else log.error)("fault %s left by the previous session: %s", key[0], what)
+
+    async def _recover_one(self, data: dict[str, Any]) -> str:
+        mechanism = str(data.get("mechanism", ""))
+        try:
+            injector = injector_class(mechanism)
+        except KeyError:
+            # A user's injector whose module this session has not imported: say so, never
+            # claim the fault ended with the process.
+            raise RuntimeError(f"no injector is registered as {mechanism!r} to undo it") from None
+        return await injector.recover(data, self.components.get(data.get("target", "")), self.env)
 
     async def _events(self, *kinds: str) -> list[dict[str, Any]]:
         """This night's fault events, read off the event loop."""

@@ -1,27 +1,36 @@
 """Injectors: real faults on the real connections of a night's components.
 
-Which injector serves a fault depends on the component and how it is reached:
+Each injector is a class that says what it serves (component ``types`` and/or a
+``capability`` from ``overnight.components``), which fault ``kinds`` it makes and which
+``method`` names select it; ``choose`` asks the registered injectors in order, the user's
+first (``register_injector``), then the built-in ones:
 
-==============================  ===========================================================
-component                       fault kinds and how they are made
-==============================  ===========================================================
-llm / websearch, sandbox        the sandbox server's switches: rate_limited and
-                                quota_exceeded (a zero quota with Retry-After),
-                                auth_expired (the key in use is revoked), server_error
-                                (5xx burst), timeout (black hole, or ``latency``),
-                                unavailable (the port is closed)
-llm / websearch, real endpoint  the HTTP fault layer inside the client (chaos.http): the
-                                same kinds, answered before the request leaves the host
-database, PostgreSQL            connection_lost: the night's backends are terminated;
-                                unavailable: connect revoked (``method = "revoke"``) or the
-                                local server stopped (``method = "stop"``, if permitted)
-vectorstore, local mode         unavailable: the storage is closed, or closed and locked
-                                by another client (``method = "lock"``)
-system                          resource_low: a scratch file fills the disk below the
-                                threshold (in the night dir, always removed)
-any, with ``fault_proxy``       through the TCP proxy: connection_lost (reset),
-                                unavailable (down), timeout (black hole or ``latency``)
-==============================  ===========================================================
+==============  ================================  ===========================================
+mechanism       component                         fault kinds and how they are made
+==============  ================================  ===========================================
+tcp_proxy       any, with ``fault_proxy``         through the TCP proxy: connection_lost
+                (TcpProxyable)                    (reset), unavailable (down), timeout (black
+                                                  hole or ``latency``)
+sandbox_switch  llm / websearch, sandbox          the sandbox server's switches: rate_limited
+                (Sandboxed)                       and quota_exceeded (a zero quota with
+                                                  Retry-After), auth_expired (the key in use
+                                                  is revoked), server_error (5xx burst),
+                                                  timeout (black hole, or ``latency``),
+                                                  unavailable (the port is closed)
+http_layer      an HTTP API, real endpoint        the HTTP fault layer inside the client
+                (HttpFaultable)                   (chaos.http): the same kinds, answered
+                                                  before the request leaves the host
+postgresql      database on PostgreSQL            connection_lost: the night's backends are
+                (SqlDatabase)                     terminated; unavailable: connect revoked
+                                                  (``method = "revoke"``) or the local server
+                                                  stopped (``method = "stop"``, if permitted)
+qdrant_local    vectorstore, local mode           unavailable: the storage is closed, or
+                (LocalStore)                      closed and locked by another client
+                                                  (``method = "lock"``)
+disk_fill       system (DiskWatcher)              resource_low: a scratch file fills the disk
+                                                  below the threshold (in the night dir,
+                                                  always removed)
+==============  ================================  ===========================================
 
 ``check`` validates a plan against the components before the night starts (promise 8:
 targets at home only); ``make`` builds the injector for one fault. Every injector's
@@ -37,13 +46,23 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 from sqlalchemy.exc import ArgumentError
 
+from ..chaos.http import HttpFault, HttpFaults
 from ..chaos.proxy import FaultProxy, is_loopback
-from ..components import Component
+from ..components import (
+    Component,
+    DiskWatcher,
+    HttpFaultable,
+    LocalStore,
+    Replaying,
+    Sandboxed,
+    SqlDatabase,
+    TcpProxyable,
+)
 from ..errors import ConfigError
 from ..redaction import redact
 from .plan import DEFAULT_MAX_DURATION_S, FaultSpec
@@ -51,34 +70,6 @@ from .plan import DEFAULT_MAX_DURATION_S, FaultSpec
 GB = 1024**3
 HTTP_KINDS = ("rate_limited", "quota_exceeded", "auth_expired", "server_error", "timeout", "unavailable")
 PROXY_KINDS = ("connection_lost", "unavailable", "timeout")
-
-
-# What the type-specific injectors read of their component. ``choose`` gives each mechanism
-# only to components of its type (by ``type_name``), so the casts below are to these.
-
-
-class _PostgresTarget(Protocol):
-    """A ``database`` component on PostgreSQL."""
-
-    @property
-    def url(self) -> str: ...
-
-    @property
-    def application_name(self) -> str: ...
-
-
-class _LocalStoreTarget(Protocol):
-    """A ``vectorstore`` component in local mode."""
-
-    @property
-    def path(self) -> Path | None: ...
-
-
-class _DiskTarget(Protocol):
-    """A ``system`` component."""
-
-    @property
-    def min_free_disk_gb(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -91,15 +82,70 @@ class FaultsSettings:
 
 
 class Injector:
-    """One fault on one component. ``instant`` injectors act once and leave nothing to undo."""
+    """One fault on one component, and, as class attributes, what this kind of injector
+    serves. ``choose`` reads those:
 
-    mechanism = "injector"
+    - ``types`` (component type names) and ``capability`` (a Protocol of
+      ``overnight.components``, tested with ``isinstance``): the components it serves;
+      give one or both.
+    - ``kinds``: the fault kinds it makes; ``methods``: the ``method = "..."`` values of a
+      fault plan that name it.
+    - ``networked``: it breaks the component's connection to its server, so the server
+      must be at home (loopback or ``[faults] allowed_hosts``, promise 8); ``False`` for an
+      injector that acts on local things only.
+
+    ``claims`` and ``refusal`` refine them; ``prepare`` runs before the components connect.
+    Constructing one has no side effect (``check`` builds one to ask ``instant``);
+    ``instant`` injectors act once and leave nothing to undo.
+    """
+
+    mechanism = "injector"  # its registered name, recorded with every injection
+    types: ClassVar[tuple[str, ...]] = ()
+    capability: ClassVar[type[Any] | None] = None
+    kinds: ClassVar[tuple[str, ...]] = ()
+    methods: ClassVar[tuple[str, ...]] = ()
+    networked: ClassVar[bool] = True
     instant = False
+    method: str | None = None  # the method it uses, where it has a choice (recorded)
 
     def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
         self.spec = spec
         self.comp = comp
         self.env = env
+
+    @classmethod
+    def serves(cls, comp: Component) -> bool:
+        """Whether ``comp`` is one of the components it is for (``types``, ``capability``)."""
+        if cls.types and comp.type_name not in cls.types:
+            return False
+        return cls.capability is None or isinstance(comp, cls.capability)
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        """Whether it answers for ``spec`` on ``comp`` (a component it serves): it then makes
+        the fault or says why it cannot, and no injector after it is asked. Default: the
+        plan names one of its ``methods``, or names none and asks for one of its ``kinds``."""
+        method = spec.params.get("method")
+        return method in cls.methods if method is not None else spec.kind in cls.kinds
+
+    @classmethod
+    def refusal(cls, spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str | None:
+        """Why it cannot make ``spec`` on ``comp``, or None when it can (a fault plan error,
+        shown before the night starts). Default: a kind it does not make."""
+        if spec.kind not in cls.kinds:
+            return f"{cls.mechanism} makes {', '.join(cls.kinds)}, not {spec.kind}"
+        return None
+
+    @classmethod
+    def endpoint_refusal(cls, spec: FaultSpec, comp: Component, endpoints: list[Endpoint]) -> str | None:
+        """Why not, once ``check`` knows where the component connects (``networked``
+        injectors; the endpoints are all at home by then), or None."""
+        return None
+
+    @classmethod
+    def prepare(cls, spec: FaultSpec, comp: Component) -> None:
+        """Called for each planned fault before the components connect (to put a fault
+        layer into the client it is about to build)."""
 
     async def inject(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -134,10 +180,35 @@ def _sandbox_server(comp: Component) -> Any:
     return box.gigachat if getattr(comp, "provider", "") == "gigachat" else box.openai
 
 
+def _http_refusal(spec: FaultSpec, comp: Component) -> str | None:
+    """Why an HTTP API cannot get ``spec``: it replays recorded results, or the kind."""
+    if isinstance(comp, Replaying) and comp.replay is not None:
+        return "this component replays recorded results; there is no connection to break"
+    if spec.kind not in HTTP_KINDS:
+        return f"an HTTP API gets {', '.join(HTTP_KINDS)}, not {spec.kind}"
+    return None
+
+
 class SandboxSwitch(Injector):
     """Flip the sandbox server's switches; restore their previous values on undo."""
 
     mechanism = "sandbox_switch"
+    types = ("llm", "websearch")  # the APIs the sandbox serves
+    capability = Sandboxed
+    kinds = HTTP_KINDS
+    methods = ("switch",)
+    networked = False  # the sandbox is overnight's own, in this process
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        method = spec.params.get("method")
+        return method == "switch" or (method is None and comp.sandbox)
+
+    @classmethod
+    def refusal(cls, spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str | None:
+        if reason := _http_refusal(spec, comp):
+            return reason
+        return None if comp.sandbox else "method 'switch' needs sandbox = true on the component"
 
     def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
         super().__init__(spec, comp, env)
@@ -212,6 +283,27 @@ class HttpLayer(Injector):
     """Answer the component's requests with the fault inside its own HTTP client."""
 
     mechanism = "http_layer"
+    capability = HttpFaultable
+    kinds = HTTP_KINDS
+    methods = ("http",)
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        return True  # every fault on an HTTP API that the injectors before it did not take
+
+    @classmethod
+    def refusal(cls, spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str | None:
+        if reason := _http_refusal(spec, comp):
+            return reason
+        method = spec.params.get("method")
+        if method not in (None, "http"):
+            return f"method {method!r}: expected 'switch', 'http' or 'proxy'"
+        return None
+
+    @classmethod
+    def prepare(cls, spec: FaultSpec, comp: Component) -> None:
+        if isinstance(comp, HttpFaultable) and comp.http_faults is None:
+            comp.http_faults = HttpFaults()
 
     def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
         super().__init__(spec, comp, env)
@@ -219,9 +311,7 @@ class HttpLayer(Injector):
         self.instant = spec.kind == "server_error" and spec.duration_s is None and not spec.until_repaired
         self._token: int | None = None
 
-    def _fault(self) -> Any:
-        from ..chaos.http import HttpFault
-
+    def _fault(self) -> HttpFault:
         p, kind = self.spec.params, self.spec.kind
         if kind == "timeout" and "bytes_per_s" in p:
             return HttpFault("slow_body", bytes_per_s=p["bytes_per_s"])
@@ -234,14 +324,20 @@ class HttpLayer(Injector):
             latency_s=p.get("latency"),
         )
 
+    def _layer(self) -> HttpFaults:
+        comp = self.comp
+        if not isinstance(comp, HttpFaultable) or comp.http_faults is None:
+            raise RuntimeError(f"{comp.name} was not given the HTTP fault layer before it connected")
+        return comp.http_faults
+
     async def inject(self) -> dict[str, Any]:
         fault = self._fault()
-        self._token = self.comp.http_faults.activate(fault)
+        self._token = self._layer().activate(fault)
         return {"http_fault": fault.kind, **({"count": fault.count} if fault.count else {})}
 
     async def undo(self) -> dict[str, Any]:
         if self._token is not None:
-            self.comp.http_faults.deactivate(self._token)
+            self._layer().deactivate(self._token)
             self._token = None
         return {}
 
@@ -250,7 +346,26 @@ class HttpLayer(Injector):
 
 
 class ProxyFault(Injector):
+    """Reset, refuse or stall the component's connections in the TCP proxy before it."""
+
     mechanism = "tcp_proxy"
+    capability = TcpProxyable
+    kinds = PROXY_KINDS
+    methods = ("proxy",)
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        # Named, or a kind it makes on a component that is behind the proxy anyway.
+        method = spec.params.get("method")
+        return method == "proxy" or (method is None and comp.fault_proxy and spec.kind in cls.kinds)
+
+    @classmethod
+    def refusal(cls, spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str | None:
+        if not comp.fault_proxy:
+            return f"method 'proxy' needs fault_proxy = true on [components.{comp.name}]"
+        if spec.kind not in cls.kinds:
+            return f"the TCP proxy makes {', '.join(cls.kinds)}, not {spec.kind}"
+        return None
 
     def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
         super().__init__(spec, comp, env)
@@ -284,20 +399,27 @@ class ProxyFault(Injector):
 # -- PostgreSQL -----------------------------------------------------------------------------
 
 
-def _admin_conninfo(comp: Component, dbname: str | None = None) -> dict[str, Any]:
+def _sql(comp: Component) -> SqlDatabase:
+    """``comp`` as the SQL database the PostgreSQL injector serves (``serves`` checked it)."""
+    if not isinstance(comp, SqlDatabase):
+        raise TypeError(f"{comp.name} is a {comp.type_name} component, not a SQL database")
+    return comp
+
+
+def _admin_conninfo(db: SqlDatabase, dbname: str | None = None) -> dict[str, Any]:
     """The component's own connection parameters (the same server, reached the same way),
     on ``dbname`` if given, named so it does not look like one of the night's backends."""
-    info: dict[str, Any] = dict(_pg_params(comp))
+    info: dict[str, Any] = dict(_pg_params(db))
     if dbname:
         info["dbname"] = dbname
     info.update(connect_timeout=10, application_name="overnight-faults")
     return info
 
 
-def _pg(comp: Component, sql: str, params: tuple[Any, ...] = (), dbname: str | None = None) -> Any:
+def _pg(db: SqlDatabase, sql: str, params: tuple[Any, ...] = (), dbname: str | None = None) -> Any:
     import psycopg
 
-    with psycopg.connect(**_admin_conninfo(comp, dbname), autocommit=True) as conn:
+    with psycopg.connect(**_admin_conninfo(db, dbname), autocommit=True) as conn:
         cur = conn.execute(sql, params)
         return cur.fetchall() if cur.description is not None else []
 
@@ -310,32 +432,69 @@ class PostgresFault(Injector):
     """Terminate the night's backends, revoke connect, or stop the local server."""
 
     mechanism = "postgresql"
+    capability = SqlDatabase
+    kinds = ("connection_lost", "unavailable")
+    methods = ("terminate", "revoke", "stop")
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        return True  # every fault on a SQL database is its to make or to refuse
+
+    @classmethod
+    def refusal(cls, spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str | None:
+        kind, method = spec.kind, spec.params.get("method")
+        if _sql(comp).dialect != "postgresql":
+            return "database faults need a PostgreSQL url (SQLite has no connection to break)"
+        if kind == "connection_lost" and method in (None, "terminate"):
+            return None
+        if kind == "unavailable" and method in (None, "revoke", "stop"):
+            if method == "stop":
+                if not settings.allow_service_control:
+                    return "method 'stop' needs allow_service_control = true in [faults]"
+                if not spec.params.get("stop_command") or not spec.params.get("start_command"):
+                    return "method 'stop' needs stop_command and start_command"
+            return None
+        return (
+            f"PostgreSQL faults are connection_lost (terminate) and unavailable (revoke, stop), not {kind}"
+            + (f" with method {method!r}" if method else "")
+        )
+
+    @classmethod
+    def endpoint_refusal(cls, spec: FaultSpec, comp: Component, endpoints: list[Endpoint]) -> str | None:
+        method = spec.params.get("method")
+        revoke = spec.kind == "unavailable" and method in (None, "revoke")
+        if revoke and _admin_conninfo(_sql(comp)).get("dbname") in (None, "postgres"):
+            return "connect cannot be revoked on the maintenance database 'postgres'"
+        if method == "stop" and not all(e.local for e in endpoints):
+            return "method 'stop' stops a local server only (the url is not loopback)"
+        return None
 
     def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
         super().__init__(spec, comp, env)
-        self.method = spec.params.get("method") or (
+        self.method: str = spec.params.get("method") or (
             "terminate" if spec.kind == "connection_lost" else "revoke"
         )
         self.instant = self.method == "terminate"
         self.mechanism = f"postgresql_{self.method}"
+        self.db = _sql(comp)
 
     def _terminate(self) -> int:
         rows = _pg(
-            self.comp,
+            self.db,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = %s AND pid <> pg_backend_pid()",
-            (cast(_PostgresTarget, self.comp).application_name,),
+            (self.db.application_name,),
             dbname="postgres",
         )
         return sum(1 for (ok,) in rows if ok)
 
     async def inject(self) -> dict[str, Any]:
-        db = _admin_conninfo(self.comp)["dbname"]
+        db = _admin_conninfo(self.db)["dbname"]
         if self.method == "terminate":
             return {"terminated_backends": await asyncio.to_thread(self._terminate)}
         if self.method == "revoke":
             await asyncio.to_thread(
-                _pg, self.comp, f"ALTER DATABASE {_quote_ident(db)} ALLOW_CONNECTIONS false", (), "postgres"
+                _pg, self.db, f"ALTER DATABASE {_quote_ident(db)} ALLOW_CONNECTIONS false", (), "postgres"
             )
             terminated = await asyncio.to_thread(self._terminate)
             return {"database": db, "allow_connections": False, "terminated_backends": terminated}
@@ -348,9 +507,9 @@ class PostgresFault(Injector):
     @classmethod
     async def _restore(cls, method: str, params: Mapping[str, Any], comp: Component) -> dict[str, Any]:
         if method == "revoke":
-            db = _admin_conninfo(comp)["dbname"]
+            db = _admin_conninfo(_sql(comp))["dbname"]
             await asyncio.to_thread(
-                _pg, comp, f"ALTER DATABASE {_quote_ident(db)} ALLOW_CONNECTIONS true", (), "postgres"
+                _pg, _sql(comp), f"ALTER DATABASE {_quote_ident(db)} ALLOW_CONNECTIONS true", (), "postgres"
             )
             return {"database": db, "allow_connections": True}
         if method == "stop":
@@ -387,14 +546,35 @@ async def _shell(command: str, timeout: float = 120.0) -> None:
 # -- Qdrant local mode ----------------------------------------------------------------------
 
 
+def _local_path(comp: Component) -> Path | None:
+    return comp.path if isinstance(comp, LocalStore) else None
+
+
 class QdrantLocalFault(Injector):
     """Close the component's local storage; with ``lock``, hold it with another client."""
 
     mechanism = "qdrant_local"
+    types = ("vectorstore",)  # a Qdrant local store: the lock is Qdrant's own
+    capability = LocalStore
+    kinds = ("unavailable",)
+    methods = ("close", "lock")
+    networked = False
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        return True  # every fault on the vector store not behind the TCP proxy
+
+    @classmethod
+    def refusal(cls, spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str | None:
+        if _local_path(comp) is None:
+            return "a Qdrant server is broken through the TCP proxy: set fault_proxy = true"
+        if spec.kind != "unavailable" or spec.params.get("method") not in (None, "close", "lock"):
+            return "Qdrant local mode gets unavailable (method 'close' or 'lock')"
+        return None
 
     def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
         super().__init__(spec, comp, env)
-        self.method = spec.params.get("method") or (
+        self.method: str = spec.params.get("method") or (
             "lock" if spec.duration_s is not None or spec.until_repaired else "close"
         )
         self.instant = self.method == "close"
@@ -406,8 +586,10 @@ class QdrantLocalFault(Injector):
             return {"storage": "closed"}
         from qdrant_client import QdrantClient
 
-        path = str(cast(_LocalStoreTarget, self.comp).path)
-        self._holder = await asyncio.to_thread(QdrantClient, path=path)
+        path = _local_path(self.comp)
+        if path is None:
+            raise RuntimeError(f"{self.comp.name} has no local storage to lock")
+        self._holder = await asyncio.to_thread(QdrantClient, path=str(path))
         return {"storage": "closed and locked by another client"}
 
     async def undo(self) -> dict[str, Any]:
@@ -421,17 +603,36 @@ class QdrantLocalFault(Injector):
 # -- disk fill ------------------------------------------------------------------------------
 
 
+def _threshold_gb(comp: Component) -> float:
+    return comp.min_free_disk_gb if isinstance(comp, DiskWatcher) else 0.0
+
+
 class DiskFill(Injector):
     """A scratch file in the night dir sized to push free disk under the threshold."""
 
     mechanism = "disk_fill"
+    capability = DiskWatcher
+    kinds = ("resource_low",)
+    networked = False
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        return True  # every fault on a component that watches free disk
+
+    @classmethod
+    def refusal(cls, spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str | None:
+        if spec.kind != "resource_low":
+            return f"the system component gets resource_low (a disk fill), not {spec.kind}"
+        if _threshold_gb(comp) <= 0:
+            return "the system component has no free-disk threshold to trip"
+        return None
 
     def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
         super().__init__(spec, comp, env)
         self.path: Path | None = None
 
     def _fill(self, path: Path) -> int:
-        threshold_gb = cast(_DiskTarget, self.comp).min_free_disk_gb
+        threshold_gb = _threshold_gb(self.comp)
         threshold = threshold_gb * GB
         below = self.spec.params.get("below", 0.25) * GB
         free = shutil.disk_usage(path.parent).free
@@ -473,14 +674,56 @@ class DiskFill(Injector):
         return f"removed {path}"
 
 
-MECHANISMS: dict[str, type[Injector]] = {
-    "sandbox_switch": SandboxSwitch,
-    "http_layer": HttpLayer,
-    "tcp_proxy": ProxyFault,
-    "postgresql": PostgresFault,
-    "qdrant_local": QdrantLocalFault,
-    "disk_fill": DiskFill,
-}
+# -- the registry -----------------------------------------------------------------------------
+
+# Asked in this order, after the user's own.
+_BUILTIN: tuple[type[Injector], ...] = (
+    ProxyFault,
+    SandboxSwitch,
+    HttpLayer,
+    PostgresFault,
+    QdrantLocalFault,
+    DiskFill,
+)
+_REGISTRY: dict[str, type[Injector]] = {}
+
+InjectorT = TypeVar("InjectorT", bound=type[Injector])
+
+
+def register_injector(injector: InjectorT) -> InjectorT:
+    """Let fault plans use ``injector`` (a subclass of ``Injector``), by its ``mechanism``.
+
+    ``choose`` asks the user's injectors first, in the order they were registered (again
+    under the same name: replaced in place), then the built-in ones; so a fault on a
+    component it serves goes to it without any change to overnight. Returns the class, so
+    it also works as a decorator.
+    """
+    if not (isinstance(injector, type) and issubclass(injector, Injector)):
+        raise TypeError(f"{injector!r} is not a subclass of overnight.faults.injectors.Injector")
+    name = injector.mechanism
+    if not isinstance(name, str) or not name or name == Injector.mechanism:
+        raise ValueError(f"{injector.__name__}: give it a mechanism name of its own")
+    if any(name == b.mechanism for b in _BUILTIN):
+        raise ValueError(f"{injector.__name__}: {name!r} is a built-in injector's name")
+    if not injector.kinds:
+        raise ValueError(f"{injector.__name__}: say which fault kinds it makes (kinds)")
+    if not injector.types and injector.capability is None:
+        raise ValueError(f"{injector.__name__}: say which components it serves (types, capability)")
+    _REGISTRY[name] = injector
+    return injector
+
+
+def registered_injectors() -> list[type[Injector]]:
+    """Every injector, in the order ``choose`` asks them."""
+    return [*_REGISTRY.values(), *_BUILTIN]
+
+
+def injector_class(mechanism: str) -> type[Injector]:
+    """The injector registered as ``mechanism``; KeyError if there is none."""
+    for injector in registered_injectors():
+        if injector.mechanism == mechanism:
+            return injector
+    raise KeyError(mechanism)
 
 
 # -- choosing and checking --------------------------------------------------------------------
@@ -505,14 +748,14 @@ class Endpoint:
         return f"the Unix socket {self.where}" if self.socket else self.where
 
 
-def _pg_params(comp: Component) -> dict[str, str]:
+def _pg_params(db: SqlDatabase) -> dict[str, str]:
     """The libpq parameters the database component's driver gets from its URL: SQLAlchemy's
     psycopg dialect, multi-host query forms included, turned into a conninfo as psycopg does."""
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
     from sqlalchemy.dialects.postgresql.psycopg import PGDialect_psycopg
     from sqlalchemy.engine import make_url
 
-    url = make_url(cast(_PostgresTarget, comp).url)
+    url = make_url(db.url)
     # SQLAlchemy's psycopg dialect is not annotated (its methods are untyped calls).
     _, kwargs = PGDialect_psycopg().create_connect_args(url)  # type: ignore[no-untyped-call]
     # As strings: make_conninfo str()s every value itself (its types leave out float).
@@ -554,8 +797,8 @@ def endpoints_of(comp: Component) -> list[Endpoint]:
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
-    if comp.type_name == "database":
-        if getattr(comp, "dialect", "") != "postgresql":
+    if isinstance(comp, SqlDatabase):
+        if comp.dialect != "postgresql":
             return [Endpoint("(a SQLite file)", socket=True)]
         try:
             return libpq_endpoints(_pg_params(comp))
@@ -587,55 +830,20 @@ def endpoints_of(comp: Component) -> list[Endpoint]:
 
 
 def choose(spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str:
-    """The mechanism for ``spec`` on ``comp``; ValueError says why there is none."""
-    kind, tname, method = spec.kind, comp.type_name, spec.params.get("method")
-    proxied = bool(getattr(comp, "fault_proxy", False))
-    if method == "proxy" or (method is None and proxied and kind in PROXY_KINDS):
-        if not proxied:
-            raise ValueError(f"method 'proxy' needs fault_proxy = true on [components.{comp.name}]")
-        if kind not in PROXY_KINDS:
-            raise ValueError(f"the TCP proxy makes {', '.join(PROXY_KINDS)}, not {kind}")
-        return "tcp_proxy"
-    if tname in ("llm", "websearch"):
-        if getattr(comp, "replay", None) is not None:
-            raise ValueError("this component replays recorded results; there is no connection to break")
-        if kind not in HTTP_KINDS:
-            raise ValueError(f"an HTTP API gets {', '.join(HTTP_KINDS)}, not {kind}")
-        sandbox = bool(getattr(comp, "sandbox", False))
-        if method in (None, "switch") and sandbox:
-            return "sandbox_switch"
-        if method == "switch":
-            raise ValueError("method 'switch' needs sandbox = true on the component")
-        if method not in (None, "http"):
-            raise ValueError(f"method {method!r}: expected 'switch', 'http' or 'proxy'")
-        return "http_layer"
-    if tname == "database":
-        if getattr(comp, "dialect", "") != "postgresql":
-            raise ValueError("database faults need a PostgreSQL url (SQLite has no connection to break)")
-        if kind == "connection_lost" and method in (None, "terminate"):
-            return "postgresql"
-        if kind == "unavailable" and method in (None, "revoke", "stop"):
-            if method == "stop":
-                if not settings.allow_service_control:
-                    raise ValueError("method 'stop' needs allow_service_control = true in [faults]")
-                if not spec.params.get("stop_command") or not spec.params.get("start_command"):
-                    raise ValueError("method 'stop' needs stop_command and start_command")
-            return "postgresql"
-        raise ValueError(
-            f"PostgreSQL faults are connection_lost (terminate) and unavailable (revoke, stop), not {kind}"
-            + (f" with method {method!r}" if method else "")
-        )
-    if tname == "vectorstore":
-        if getattr(comp, "url", None):
-            raise ValueError("a Qdrant server is broken through the TCP proxy: set fault_proxy = true")
-        if kind != "unavailable" or method not in (None, "close", "lock"):
-            raise ValueError("Qdrant local mode gets unavailable (method 'close' or 'lock')")
-        return "qdrant_local"
-    if tname == "system":
-        if kind != "resource_low":
-            raise ValueError(f"the system component gets resource_low (a disk fill), not {kind}")
-        return "disk_fill"
-    raise ValueError(f"no injector for {tname} components; set fault_proxy = true for TCP-level faults")
+    """The mechanism for ``spec`` on ``comp``; ValueError says why there is none.
+
+    The registered injectors are asked in order (``registered_injectors``): the first
+    that serves the component and claims the fault makes it, or its refusal is the answer.
+    """
+    for injector in registered_injectors():
+        if injector.serves(comp) and injector.claims(spec, comp):
+            reason = injector.refusal(spec, comp, settings)
+            if reason is not None:
+                raise ValueError(reason)
+            return injector.mechanism
+    raise ValueError(
+        f"no injector for {comp.type_name} components; set fault_proxy = true for TCP-level faults"
+    )
 
 
 def check(
@@ -654,31 +862,24 @@ def check(
                 known = ", ".join(sorted(components)) or "none"
                 raise ValueError(f"no component named {spec.target!r} (components: {known})")
             mechanism = choose(spec, comp, settings)
-            networked = mechanism in ("http_layer", "tcp_proxy", "postgresql")
-            stop = spec.params.get("method") == "stop"
+            injector = injector_class(mechanism)
             endpoints: list[Endpoint] = []
-            if networked or stop:
+            if injector.networked:
                 try:
                     endpoints = endpoints_of(comp)
                 except ValueError as exc:
                     raise ValueError(f"{comp.name}: cannot tell where it connects ({exc})") from None
             away = [str(e) for e in endpoints if not e.at_home(settings)]
-            if networked and away:
+            if away:
                 raise ValueError(
                     f"{comp.name} talks to {', '.join(away)}: faults stay on loopback or "
                     "the project's test hosts ([faults] allowed_hosts)"
                 )
-            revoke = spec.kind == "unavailable" and spec.params.get("method") in (None, "revoke")
-            if (
-                mechanism == "postgresql"
-                and revoke
-                and _admin_conninfo(comp).get("dbname") in (None, "postgres")
-            ):
-                raise ValueError("connect cannot be revoked on the maintenance database 'postgres'")
-            if stop and not all(e.local for e in endpoints):
-                raise ValueError("method 'stop' stops a local server only (the url is not loopback)")
+            reason = injector.endpoint_refusal(spec, comp, endpoints)
+            if reason is not None:
+                raise ValueError(reason)
             # Constructing an injector has no side effect; it knows whether it is one action.
-            instant = MECHANISMS[mechanism](spec, comp, _NO_ENV).instant
+            instant = injector(spec, comp, _NO_ENV).instant
             lasting = spec.duration_s is not None or spec.until_repaired
             if instant and lasting:
                 raise ValueError(f"{spec.kind} here is a single action; drop duration/until")
@@ -686,8 +887,6 @@ def check(
                 raise ValueError("say how long: duration=30s or until=repaired")
             if spec.every_s is not None and (default_duration(spec) or 0) >= spec.every_s:
                 raise ValueError("it must end before its next occurrence: shorten duration or lengthen every")
-            if mechanism == "disk_fill" and cast(_DiskTarget, comp).min_free_disk_gb <= 0:
-                raise ValueError("the system component has no free-disk threshold to trip")
         except ValueError as exc:
             raise ConfigError(f"{spec.where}: {exc}") from None
         out[spec.id] = mechanism
@@ -698,7 +897,7 @@ _NO_ENV = InjectEnv(Path("."), FaultsSettings(), {})
 
 
 def make(spec: FaultSpec, comp: Component, mechanism: str, env: InjectEnv) -> Injector:
-    return MECHANISMS[mechanism](spec, comp, env)
+    return injector_class(mechanism)(spec, comp, env)
 
 
 def default_duration(spec: FaultSpec) -> float | None:
