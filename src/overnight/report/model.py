@@ -31,7 +31,8 @@ def _knobs_off(text: str | None) -> dict[str, Any]:
 def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
     """The one read path: every table of the night read once (and the previous night's,
     for the trend), then every section computed from those rows."""
-    from .sections import build_sections, previous_night
+    from .sections import build_sections
+    from .trend import previous_night
 
     with ledger.read() as conn:
         rows = queries.read_night(conn, night_id)

@@ -1,0 +1,111 @@
+"""The report's quality, metrics and token sections: scores and weaknesses of final
+attempts, numeric metrics, and tokens with their cost at the night's prices."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from ..numbers import rnd as _round
+from .settings import json_field
+
+BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.9", 0.0, 5.0))
+
+
+# -- quality, metrics, flaky steps --------------------------------------------------------------
+
+
+def final_attempts(cycles: list[dict[str, Any]]) -> dict[int, int]:
+    return {c["cycle"]: c["attempts"] for c in cycles if c["status"] == "done"}
+
+
+def metrics_section(metric_events: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> dict[str, Any]:
+    """Numeric metrics of final attempts: n, mean, min, max per name."""
+    final = final_attempts(cycles)
+    values: dict[str, list[float]] = defaultdict(list)
+    for e in metric_events:
+        data = json_field(e["data"]) or {}
+        if final.get(e["cycle"]) == e["attempt"] and isinstance(data.get("value"), int | float):
+            values[data["name"]].append(float(data["value"]))
+    return {
+        name: {"n": len(v), "mean": _round(sum(v) / len(v)), "min": min(v), "max": max(v)}
+        for name, v in sorted(values.items())
+    }
+
+
+def quality_section(
+    metric_events: list[dict[str, Any]], cycles: list[dict[str, Any]], settings: dict[str, Any]
+) -> dict[str, Any] | None:
+    final = final_attempts(cycles)
+    scores: dict[int, float] = {}
+    weaknesses: Counter[str] = Counter()
+    for e in metric_events:
+        if final.get(e["cycle"]) != e["attempt"]:
+            continue  # an attempt that was retried: its measurements do not count
+        data = json_field(e["data"]) or {}
+        if data.get("name") == settings["score_metric"] and isinstance(data.get("value"), int | float):
+            scores[e["cycle"]] = float(data["value"])
+        elif data.get("name") == settings["weakness_metric"] and isinstance(data.get("value"), str):
+            weaknesses[data["value"].strip()] += 1
+    if not scores and not weaknesses:
+        return None
+    buckets = {name: 0 for name, _, _ in BUCKETS}
+    for v in scores.values():
+        for name, lo, hi in BUCKETS:
+            if lo <= v < hi or (hi == 10.0 and v == 10.0):
+                buckets[name] += 1
+                break
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    k = min(3, len(ranked) // 2)  # best and worst never overlap
+    return {
+        "metric": settings["score_metric"],
+        "n": len(scores),
+        "mean": _round(sum(scores.values()) / len(scores)) if scores else None,
+        "buckets": buckets,
+        "best": [{"cycle": c, "score": v} for c, v in ranked[:k]],
+        "worst": [{"cycle": c, "score": v} for c, v in reversed(ranked[len(ranked) - k :])] if k else [],
+        "weaknesses": [{"text": t, "count": n} for t, n in weaknesses.most_common(5)],
+    }
+
+
+# -- tokens and cost ---------------------------------------------------------------------------
+
+
+def tokens_section(usage: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any] | None:
+    if not usage:
+        return None
+
+    def empty() -> dict[str, int]:
+        return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+
+    total = empty()
+    per_step: defaultdict[str, dict[str, int]] = defaultdict(empty)
+    per_model: defaultdict[str, dict[str, int]] = defaultdict(empty)
+    for e in usage:
+        data = json_field(e["data"]) or {}
+        for bucket in (total, per_step[data.get("step") or "-"], per_model[data.get("model") or "-"]):
+            bucket["calls"] += 1
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                bucket[key] += int(data.get(key) or 0)
+    cost = None
+    prices = settings["prices"]
+    if prices:
+        amounts = {}
+        unpriced = []
+        for model, t in per_model.items():
+            price = prices.get(model)
+            if price is None:
+                unpriced.append(model)
+                continue
+            amounts[model] = round(
+                t["prompt_tokens"] / 1000 * float(price["prompt"])
+                + t["completion_tokens"] / 1000 * float(price["completion"]),
+                4,
+            )
+        cost = {
+            "currency": settings["currency"],
+            "total": round(sum(amounts.values()), 4),
+            "per_model": amounts,
+            "unpriced_models": sorted(unpriced),
+        }
+    return {"total": total, "per_step": dict(per_step), "per_model": dict(per_model), "cost": cost}

@@ -1,0 +1,330 @@
+"""The report page's two timeline charts, drawn over the night's clock time:
+
+- ``cycle-timeline``: one mark per cycle with a start time, placed from its start to its end
+  (all attempts), coloured by verdict; parallel cycles stack in lanes; fallback cycles hatched.
+- ``health-timeline``: one row per component, one mark per state segment, per incident
+  (detected → verified) and per injected fault (injected → cleared).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from markupsafe import Markup
+
+from .fmt import _d, _epoch, _fault_name, _is_num, _l, _night_tz, _tz_label, fmt_duration, fmt_when
+from .svg import (
+    FONT,
+    HEALTH_COLORS,
+    VERDICT_COLORS,
+    VERDICT_LABELS,
+    W,
+    _el,
+    _legend,
+    _no_data,
+    _span,
+    _svg,
+    _text,
+    _time_axis,
+    _title,
+    _v,
+)
+
+
+def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
+    """One bar per cycle over the night's clock time, in lanes when cycles overlapped."""
+    name, label = "cycle-timeline", "Cycle timeline"
+    tz = _night_tz(r)
+    night_start = _epoch(r.get("started_ts")) or _epoch(r.get("started_at"))
+    night_end = _epoch(r.get("ended_ts")) or _epoch(r.get("ended_at"))
+    items = []
+    for c in _l(r.get("cycles")):
+        if not isinstance(c, dict):
+            continue
+        s = _epoch(c.get("started_at"))
+        if s is None:
+            continue
+        e = _epoch(c.get("ended_at"))
+        dur = c.get("duration_s") if _is_num(c.get("duration_s")) else None
+        if e is None and dur is not None:
+            e = s + dur
+        items.append((s, e, c))
+    if not items:
+        return _no_data(name, label)
+    rng = _span([night_start, night_end, *(s for s, _, _ in items), *(e for _, e, _ in items)])
+    assert rng is not None
+    t0, t1 = rng
+    x0, x1 = 40.0, W - 12.0
+    px = (x1 - x0) / (t1 - t0)
+    min_w = 2.0
+    # Lanes: a cycle goes to the first lane free at its start (sequential nights use one lane).
+    lanes: list[float] = []
+    placed = []
+    for s, e, c in sorted(
+        items, key=lambda it: (it[0], it[2]["cycle"] if _is_num(it[2].get("cycle")) else 0)
+    ):
+        end = e if e is not None else (night_end if night_end and night_end > s else t1)
+        end_px = max(end, s + min_w / px)
+        lane = next((i for i, free in enumerate(lanes) if free <= s + 1e-9), None)
+        if lane is None:
+            lanes.append(end_px)
+            lane = len(lanes) - 1
+        else:
+            lanes[lane] = end_px
+        placed.append((s, end, lane, e is None, c))
+    lane_h = 20.0 if len(lanes) <= 12 else max(6.0, 240.0 / len(lanes))
+    top = 16.0
+    axis_y = top + len(lanes) * lane_h + 4
+    body = [
+        "<defs>",
+        _el(
+            "pattern",
+            {
+                "id": "fallback-hatch",
+                "width": 6,
+                "height": 6,
+                "patternUnits": "userSpaceOnUse",
+                "patternTransform": "rotate(45)",
+            },
+            _el("line", {"x1": 0, "y1": 0, "x2": 0, "y2": 6, "stroke": "#ffffff", "stroke_width": 2.5}),
+        ),
+        "</defs>",
+        _time_axis(x0, x1, t0, t1, top, axis_y, tz),
+        _text(4, 11, "lane", cls="axislbl"),
+        _text((x0 + x1) / 2, axis_y + 32, f"time of night ({_tz_label(tz)})", "middle", "axislbl"),
+    ]
+    for s, end, lane, open_end, c in placed:
+        verdict = c.get("verdict") if c.get("status", "done") == "done" else None
+        x = x0 + (s - t0) * px
+        w = max(min_w, (end - s) * px)
+        y = top + lane * lane_h + 2
+        h = lane_h - 4
+        fallback = bool(c.get("fallback"))
+        atts = _l(c.get("attempts"))
+        tip = (
+            f"cycle {c.get('cycle')}: {VERDICT_LABELS.get(verdict, verdict)}"
+            + (" on a fallback" if fallback else "")
+            + f"; started {fmt_when(c.get('started_at'), tz)}"
+            + (f", ended {fmt_when(c.get('ended_at'), tz)}" if not open_end else ", not ended")
+            + (f"; final attempt {fmt_duration(c.get('duration_s'))}" if _is_num(c.get("duration_s")) else "")
+            + (f"; {len(atts)} attempts" if len(atts) > 1 else "")
+        )
+        body.append(
+            _el(
+                "rect",
+                {
+                    "class": "mark cycle" + (" fallback" if fallback else ""),
+                    "x": x,
+                    "y": y,
+                    "width": w,
+                    "height": h,
+                    "fill": VERDICT_COLORS.get(verdict, "#b0b7bd"),
+                    "stroke": "#222222" if fallback else None,
+                    "stroke_dasharray": "3 2" if fallback else None,
+                    "data_cycle": c.get("cycle"),
+                    "data_verdict": verdict or "not done",
+                },
+                _title(tip),
+            )
+        )
+        if fallback:
+            body.append(
+                _el(
+                    "rect",
+                    {
+                        "class": "hatch",
+                        "x": x,
+                        "y": y,
+                        "width": w,
+                        "height": h,
+                        "fill": "url(#fallback-hatch)",
+                    },
+                )
+            )
+    for i in range(len(lanes)):
+        if len(lanes) <= 12:
+            body.append(_text(x0 - 6, top + i * lane_h + lane_h / 2 + 4, i + 1, "end", "tick"))
+    legend_items = [(VERDICT_LABELS[k], col) for k, col in VERDICT_COLORS.items()]
+    legend, lh = _legend(8, axis_y + 52, legend_items)
+    fb_x = 8.0
+    fb_y = axis_y + 52 + lh
+    legend += _el(
+        "rect",
+        {
+            "x": fb_x,
+            "y": fb_y - 10,
+            "width": 11,
+            "height": 11,
+            "fill": "#9aa5ad",
+            "stroke": "#222222",
+            "stroke_dasharray": "3 2",
+            "class": "swatch",
+        },
+    ) + _el("rect", {"x": fb_x, "y": fb_y - 10, "width": 11, "height": 11, "fill": "url(#fallback-hatch)"})
+    legend += _text(fb_x + 15, fb_y, "hatched, dashed outline: ran while a fallback was active")
+    body.append(legend)
+    return _svg(name, fb_y + 10, body, label)
+
+
+def health_timeline_svg(r: dict[str, Any]) -> Markup:
+    """Component health over the night, with incidents and injected faults as markers."""
+    name, label = "health-timeline", "Component health timeline"
+    tz = _night_tz(r)
+    timeline = _d(r.get("health_timeline"))
+    incidents = [i for i in _l(r.get("incidents")) if isinstance(i, dict)]
+    injections = [i for i in _l(_d(r.get("faults")).get("injections")) if isinstance(i, dict)]
+    night_start = _epoch(r.get("started_ts")) or _epoch(r.get("started_at"))
+    night_end = _epoch(r.get("ended_ts")) or _epoch(r.get("ended_at"))
+
+    rows = [str(comp) for comp in timeline]
+    segs: list[tuple[str, float, str]] = []  # (component, ts, state)
+    for comp, changes in timeline.items():
+        for ch in _l(changes):
+            if isinstance(ch, dict) and _epoch(ch.get("ts")) is not None:
+                segs.append((str(comp), _epoch(ch.get("ts")) or 0.0, str(ch.get("state") or "unknown")))
+    inc = []
+    for i in incidents:
+        d = _epoch(i.get("detected_at"))
+        if d is None:
+            continue
+        inc.append((str(i.get("component") or "unknown component"), d, _epoch(i.get("verified_at")), i))
+    inj = []
+    for f in injections:
+        a = _epoch(f.get("injected_at"))
+        if a is None:
+            continue
+        inj.append((str(f.get("component") or "unknown component"), a, _epoch(f.get("cleared_at")), f))
+    for comp, *_ in inc + inj:
+        if comp not in rows:
+            rows.append(comp)
+    if not segs and not inc and not inj:
+        return _no_data(name, label)
+    times = [night_start, night_end]
+    times += [t for _, t, _ in segs]
+    times += [t for _, a, b, _ in inc + inj for t in (a, b)]
+    rng = _span(times)
+    assert rng is not None
+    t0, t1 = rng
+    end_of_night = night_end if night_end is not None else t1
+    label_w = 92.0
+    x0, x1 = label_w, W - 12.0
+    px = (x1 - x0) / (t1 - t0)
+    row_h = 30.0
+    top = 10.0
+    axis_y = top + len(rows) * row_h + 4
+
+    def X(t: float) -> float:
+        return x0 + (t - t0) * px
+
+    body = [_time_axis(x0, x1, t0, t1, top, axis_y, tz)]
+    for idx, comp in enumerate(rows):
+        y = top + idx * row_h
+        short = comp if len(comp) <= 12 else comp[:11] + "…"
+        body.append(
+            _el(
+                "text",
+                {"x": label_w - 6, "y": y + 19, "text_anchor": "end", "class": "lbl"},
+                _title(comp),
+                text=short,
+            )
+        )
+        body.append(_el("line", {"x1": x0, "x2": x1, "y1": y + row_h, "y2": y + row_h, "class": "rowline"}))
+        changes = sorted((t, s) for c, t, s in segs if c == comp)
+        for k, (t, state) in enumerate(changes):
+            t_end = changes[k + 1][0] if k + 1 < len(changes) else max(end_of_night, t)
+            w = max(1.5, (t_end - t) * px)
+            body.append(
+                _el(
+                    "rect",
+                    {
+                        "class": "mark segment",
+                        "data_kind": "segment",
+                        "data_state": state,
+                        "x": X(t),
+                        "y": y + 10,
+                        "width": w,
+                        "height": 14,
+                        "fill": HEALTH_COLORS.get(state, "#b0b7bd"),
+                    },
+                    _title(
+                        f"{comp}: {state} from {fmt_when(t, tz)}"
+                        + (
+                            f" to {fmt_when(t_end, tz)}"
+                            if k + 1 < len(changes) or night_end
+                            else " (night not ended)"
+                        )
+                    ),
+                )
+            )
+        for c, d, v, i in inc:
+            if c != comp:
+                continue
+            end = v if v is not None else end_of_night
+            body.append(
+                _el(
+                    "line",
+                    {"x1": X(d), "x2": X(max(end, d)), "y1": y + 27, "y2": y + 27, "class": "incident-span"},
+                )
+            )
+            tip = (
+                f"incident {i.get('id')}: {comp} {i.get('fault_kind') or ''} detected {fmt_when(d, tz)}, "
+                + (
+                    f"verified healthy {fmt_when(v, tz)}"
+                    if v is not None
+                    else f"not verified ({i.get('state') or 'open'}"
+                    + (f", {i.get('escalation')}" if i.get("escalation") else "")
+                    + ")"
+                )
+            )
+            xd = X(d)
+            body.append(
+                _el(
+                    "path",
+                    {
+                        "class": "mark incident",
+                        "data_kind": "incident",
+                        "d": f"M{_v(xd)} {_v(y + 21.0)} l-5 8 h10 z",
+                        "fill": "#d64541" if v is None else "#1f2d3d",
+                    },
+                    _title(tip),
+                )
+            )
+        for c, a, b, f in inj:
+            if c != comp:
+                continue
+            end = b if b is not None else end_of_night
+            body.append(
+                _el(
+                    "line",
+                    {"x1": X(a), "x2": X(max(end, a)), "y1": y + 3, "y2": y + 3, "class": "fault-span"},
+                )
+            )
+            tip = (
+                f"injected fault {_fault_name(f)}: {f.get('injected_kind') or 'kind not recorded'} "
+                f"on {comp} at {fmt_when(a, tz)}, "
+                + (f"cleared {fmt_when(b, tz)}" if b is not None else "not cleared")
+                + ("; detected" if f.get("detected") else "; not detected")
+            )
+            xa = X(a)
+            body.append(
+                _el(
+                    "path",
+                    {
+                        "class": "mark fault",
+                        "data_kind": "fault",
+                        "d": f"M{_v(xa)} {_v(y + 9.0)} l-5 -8 h10 z",
+                        "fill": "#8e44ad",
+                    },
+                    _title(tip),
+                )
+            )
+    body.append(_text((x0 + x1) / 2, axis_y + 32, f"time of night ({_tz_label(tz)})", "middle", "axislbl"))
+    legend, lh = _legend(8, axis_y + 52, [(k, v) for k, v in HEALTH_COLORS.items()])
+    ly = axis_y + 52 + lh
+    legend += _el("path", {"d": f"M13 {_v(ly - 10.0)} l-5 8 h10 z", "fill": "#1f2d3d"})
+    legend += _text(24, ly, "incident (line: until verified; red: not verified)")
+    ly += FONT + 8
+    legend += _el("path", {"d": f"M13 {_v(ly)} l-5 -8 h10 z", "fill": "#8e44ad"})
+    legend += _text(24, ly, "fault injected (line: until cleared)")
+    body.append(legend)
+    return _svg(name, ly + 10, body, label)
