@@ -12,13 +12,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib
 import inspect
 import logging
 import os
 import signal
 import socket
-import sys
 import time
 import traceback
 from collections import Counter
@@ -26,11 +24,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..components import Component, ComponentSpec, OptionError, SandboxEndpoints, resolve_factory
-from ..config import LoadedConfig, ProtectedSettings
-from ..errors import ConfigError, InfraError, LedgerUnavailable, UsageError
+from ..components import Component
+from ..config import ProtectedSettings
+from ..errors import InfraError, LedgerUnavailable, UsageError
 from ..ledger import Ledger, ops, queries
 from ..ledger.ownership import NightClaim
 from ..redaction import RedactingFormatter, redact
@@ -38,8 +36,20 @@ from ..runtime import CallScope, current_call
 from ..verdicts import RETRYABLE, Verdict, classify, error_type_name
 from .context import CycleContext, CycleInput, NightContext
 from .gate import Gate
+from .loading import (
+    build_components,
+    build_fault_driver,
+    check_agent_settings,
+    config_where,
+    git_commit,
+    import_scenario,
+    scenario_shortcuts,
+)
 from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
+
+if TYPE_CHECKING:
+    from ..faults.driver import FaultDriver
 
 log = logging.getLogger("overnight")
 
@@ -72,126 +82,6 @@ class NightOutcome:
     signal: int | None = None
 
 
-def import_scenario(spec: str, base_dir: Path, where: str, key: str = "scenario") -> Callable[..., Any]:
-    """Import ``module:function``, with the config's folder first on the import path."""
-    module_name, _, func_name = spec.partition(":")
-    folder = str(base_dir)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    try:
-        module = importlib.import_module(module_name)
-    except SystemExit as exc:  # sys.exit() at import must not end the night silently
-        raise ConfigError(
-            f"{where}: {key}: module {module_name!r} called sys.exit({exc.code!r}) while being imported"
-        ) from None
-    except Exception as exc:  # the user's module may raise anything at import
-        detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
-        raise ConfigError(f"{where}: {key}: cannot import module {module_name!r}: {detail}") from None
-    fn: object = getattr(module, func_name, None)
-    if fn is None:
-        raise ConfigError(f"{where}: {key}: module {module_name!r} has no attribute {func_name!r}")
-    if not callable(fn):
-        raise ConfigError(f"{where}: {key}: {spec!r} is not a function")
-    return fn
-
-
-async def git_commit(folder: Path) -> str | None:
-    """The commit of the project under test (``<hash>`` or ``<hash>-dirty``), when its
-    folder is in a git work tree and git is installed; None otherwise."""
-
-    async def git(*args: str) -> str | None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                "git", "-C", str(folder), *args,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-        except OSError:
-            return None
-        try:
-            async with asyncio.timeout(5):
-                out, _ = await proc.communicate()
-        except TimeoutError:
-            proc.kill()  # a hung git (a network mount?) must not outlive the check
-            await proc.wait()
-            return None
-        return out.decode(errors="replace").strip() if proc.returncode == 0 else None
-
-    head = await git("rev-parse", "HEAD")
-    if not head:
-        return None
-    dirty = await git("status", "--porcelain", "--untracked-files=no")
-    return f"{head}-dirty" if dirty else head
-
-
-def scenario_shortcuts(
-    scenario: Callable[..., Any], components: Mapping[str, Any], where: str
-) -> dict[str, dict[str, str]]:
-    """The scenario module's ``DEGRADING_SHORTCUTS``: per component name, the shortcut a
-    careless script would take when it breaks and the harm it would do (both text)."""
-    module = sys.modules.get(getattr(scenario, "__module__", "") or "")
-    declared = getattr(module, "DEGRADING_SHORTCUTS", None)
-    if declared is None:
-        return {}
-    name = f"{where}: scenario {getattr(module, '__name__', '?')}.DEGRADING_SHORTCUTS"
-    if not isinstance(declared, Mapping):
-        raise ConfigError(f"{name}: must be a dict of component name -> {{shortcut, harm}}")
-    out: dict[str, dict[str, str]] = {}
-    for comp, entry in declared.items():
-        if (
-            not isinstance(entry, Mapping)
-            or set(entry) != {"shortcut", "harm"}
-            or not all(isinstance(v, str) and v.strip() for v in entry.values())
-        ):
-            raise ConfigError(f"{name}[{comp!r}]: must be {{'shortcut': text, 'harm': text}}")
-        if comp in components:  # a scenario shared by several configs may name more
-            out[str(comp)] = {"shortcut": entry["shortcut"].strip(), "harm": entry["harm"].strip()}
-    return out
-
-
-def _shared_sandbox() -> SandboxEndpoints:
-    # Imported on first use: a night without sandbox components never pays for it (0.13 s).
-    from ..sandbox import shared_sandbox
-
-    return shared_sandbox()
-
-
-def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Component]:
-    """Instantiate every ``[components.NAME]``. Bad options are config errors (exit 2)."""
-    where = str(loaded.path) if loaded.path else "<built-in>"
-    built: dict[str, Component] = {}
-    folder = str(loaded.base_dir)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    for name, cc in loaded.config.components.items():
-        key = f"{loaded.key_prefix}components.{name}"
-        factory = resolve_factory(cc.type, f"{where}: {key}.type")
-        spec = ComponentSpec(
-            name=name,
-            options=dict(cc.model_extra or {}),
-            night_dir=night_dir,
-            critical=cc.critical,
-            base_dir=loaded.base_dir,
-            sandbox=_shared_sandbox,
-        )
-        try:
-            built[name] = factory(spec)
-        except OptionError as exc:  # it names components.NAME.KEY itself
-            raise ConfigError(f"{where}: {loaded.key_prefix}{redact(str(exc))}") from None
-        except SystemExit as exc:  # sys.exit("message") would print its message unredacted
-            code = redact(str(exc.code)) if exc.code is not None else "None"
-            raise ConfigError(f"{where}: {key}: the component's factory called sys.exit({code})") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
-        except Exception as exc:  # a user's factory may raise anything; its message may hold a secret
-            detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0].rstrip(": "))
-            raise ConfigError(f"{where}: {key}: the component could not be built: {detail}") from None
-    for comp in built.values():
-        comp.peers = dict(built)
-    return built
-
-
 class Orchestrator:
     """Runs one night (new or resumed). Use ``await Orchestrator(...).run()``."""
 
@@ -216,7 +106,7 @@ class Orchestrator:
         self.handle_signals = handle_signals
         self.gate = Gate()
         self.loaded = plan.load_config()
-        where = str(self.loaded.path) if self.loaded.path else "<built-in>"
+        where = config_where(self.loaded)
         self.scenario = import_scenario(plan.scenario, self.loaded.base_dir, where)
         setup = self.loaded.config.setup
         self.setup = import_scenario(setup, self.loaded.base_dir, where, key="setup") if setup else None
@@ -226,20 +116,15 @@ class Orchestrator:
         self.fingerprint = self.settings.fingerprint
         self.night_dir = Path(plan.night_dir)
         self.components = build_components(self.loaded, self.night_dir)
-        if self.loaded.config.agent.enabled:
-            from ..agent import MonitorSettings
-
-            for comp in self.components.values():  # bad probe/repair settings: exit 2, now
-                try:
-                    MonitorSettings.for_component(comp, self.loaded.config.agent)
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {self.loaded.key_prefix}{exc}") from None
+        check_agent_settings(self.loaded, self.components)
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
-        self.faults: Any = None
+        self.faults: FaultDriver | None = None
         if plan.faults:
-            self.faults = self._fault_driver(where)
+            self.faults = build_fault_driver(
+                plan, self.loaded, self.components, ledger, self.night_id, self.night_path, clock
+            )
         self._cycles = CycleSource(0, frozenset())
         self.keep_claim = keep_claim
         self.claim: NightClaim | None = None
@@ -260,38 +145,6 @@ class Orchestrator:
         # Set when the night stops starting work: wakes cycles held at the gate or in backoff.
         self._stopped = asyncio.Event()
         self._startup: asyncio.Task[bool] | None = None
-
-    def _fault_driver(self, where: str) -> Any:
-        """Check the fault plan against the components now: a bad plan is exit 2, before
-        anything is written (promise 8: targets at home only)."""
-        from ..faults.driver import FaultDriver
-        from ..faults.injectors import FaultsSettings, check
-        from ..faults.plan import FaultSpec
-
-        cfg = self.loaded.config.faults
-        settings = FaultsSettings(tuple(cfg.allowed_hosts), cfg.allow_service_control, cfg.max_fill_gb)
-        specs = [FaultSpec.from_dict(d) for d in self.plan.faults]
-        for spec in specs:
-            # Against the planned night (a --dry-run simply never reaches a late fault).
-            if spec.cycle is not None and spec.cycle > self.plan.cycles:
-                raise ConfigError(
-                    f"{spec.where}: cycle {spec.cycle} is beyond the night's {self.plan.cycles} cycles"
-                )
-        try:
-            mechanisms = check(specs, self.components, settings)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} (components of {where})") from None
-        return FaultDriver(
-            specs,
-            mechanisms,
-            self.components,
-            self.ledger,
-            self.night_id,
-            self.night_path,
-            self.plan.seed,
-            settings,
-            clock=self.clock,
-        )
 
     # -- the night --------------------------------------------------------------------
 
