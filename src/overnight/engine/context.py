@@ -22,6 +22,7 @@ from ..errors import ProductFailure
 from ..ledger import ops
 from ..redaction import redact
 from ..verdicts import classify, error_type_name
+from .journal import EventKind
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -234,7 +235,7 @@ class CycleContext:
             ops.add_event,
             self.night_id,
             time.time(),
-            "metric",
+            EventKind.METRIC.value,
             None,
             {
                 "name": name,

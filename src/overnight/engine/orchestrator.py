@@ -36,6 +36,7 @@ from ..runtime import CallScope, current_call
 from ..verdicts import RETRYABLE, Verdict, classify, error_type_name
 from .context import CycleContext, CycleInput, NightContext
 from .gate import Gate
+from .journal import EventKind, Journal
 from .loading import (
     build_components,
     build_fault_driver,
@@ -120,6 +121,7 @@ class Orchestrator:
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
+        self.journal = Journal(ledger, self.night_id, clock)
         self.faults: FaultDriver | None = None
         if plan.faults:
             self.faults = build_fault_driver(
@@ -310,8 +312,8 @@ class Orchestrator:
         self._session = await self.ledger.write(
             ops.start_session, self.night_id, now, os.getpid(), socket.gethostname()
         )
-        await self._event(
-            "night_resumed" if self.resume else "night_started",
+        await self.journal.event(
+            EventKind.NIGHT_RESUMED if self.resume else EventKind.NIGHT_STARTED,
             f"session {self._session}, pid {os.getpid()}",
             {
                 "cycles": self.plan.cycles_to_run,
@@ -367,15 +369,17 @@ class Orchestrator:
             reason = f"{reason}; held at the gate: {'; '.join(held.values())}"
         fp_end = self.settings.fingerprint
         if fp_end != self.fingerprint:
-            await self._event(
-                "protected_fingerprint_mismatch",
+            await self.journal.event(
+                EventKind.PROTECTED_FINGERPRINT_MISMATCH,
                 "protected settings changed during the night",
                 {"start": self.fingerprint, "end": fp_end},
             )
         await self.ledger.write(ops.finish_night, self.night_id, now, status, reason, fp_end)
         await self.ledger.write(ops.end_session, self.night_id, self._session, now, status)
-        await self._event(
-            "night_ended", f"{status}: {reason}", {"remaining_cycles": remaining, "held_at_gate": held}
+        await self.journal.event(
+            EventKind.NIGHT_ENDED,
+            f"{status}: {reason}",
+            {"remaining_cycles": remaining, "held_at_gate": held},
         )
         log.info("night %s %s: %s", self.night_id, status, reason)
         return NightOutcome(self.night_id, status, reason, self.night_path, self._signal)
@@ -693,16 +697,10 @@ class Orchestrator:
         by = f"cycle {scope.cycle} (step {scope.step or '-'})" if scope else "a hook or strategy"
         if self.ledger is None or self._session == 0:
             return
-        self.ledger.submit(
-            ops.add_event,
-            self.night_id,
-            self.clock(),
-            "degradation_blocked",
+        self.journal.submit(
+            EventKind.DEGRADATION_BLOCKED,
             f"{by} tried to set {key} = {value!r}: refused ({key} is a protected setting)",
             {"by": by, "attempted": f"set {key} = {value!r}", "reason": "protected setting"},
-            scope.cycle if scope else None,
-            scope.attempt if scope else None,
-            None,
         )
 
     def _start_agent(self) -> None:
@@ -767,21 +765,24 @@ class Orchestrator:
         except (Exception, SystemExit, KeyboardInterrupt) as exc:  # the hook's, never the night's end
             detail = f"{type(exc).__name__}: {redact(str(exc))}"
             tb = "".join(traceback.format_exception(exc))[-_TRACEBACK_MAX:]
-            await self._event("setup_failed", detail, {"traceback": tb, "verdict": classify(exc).value})
+            await self.journal.event(
+                EventKind.SETUP_FAILED, detail, {"traceback": tb, "verdict": classify(exc).value}
+            )
             log.error("setup failed: %s", detail)
             self.setup_error = detail
             self._stop_starting = True
             self._stop_reason = f"setup failed: {detail}"
             return False
-        await self._event("setup_done", None, {"duration_s": round(time.perf_counter() - t0, 4)})
+        await self.journal.event(
+            EventKind.SETUP_DONE, None, {"duration_s": round(time.perf_counter() - t0, 4)}
+        )
         return True
 
     # -- components -------------------------------------------------------------------
 
     async def _connect_components(self) -> None:
-        recorder = LedgerRecorder(self.ledger, self.night_id, self.clock)
         for comp in self.components.values():
-            comp.bind(recorder)
+            comp.bind(self.journal.recorder)
 
         async def one(name: str, comp: Component) -> None:
             try:
@@ -789,12 +790,18 @@ class Orchestrator:
                     await comp.connect()
                 # Declared after connecting: only then is the target known (a sandbox
                 # component learns its URL on connect).
-                await self._event("component_declared", comp.type_name, comp.describe(), component=name)
-                await self._event("component_connected", None, component=name)
+                await self.journal.event(
+                    EventKind.COMPONENT_DECLARED, comp.type_name, comp.describe(), component=name
+                )
+                await self.journal.event(EventKind.COMPONENT_CONNECTED, None, component=name)
             except Exception as exc:
                 # Not fatal: cycles that use it will fail as infra errors, and say so.
-                await self._event("component_declared", comp.type_name, comp.describe(), component=name)
-                await self._event("component_connect_failed", f"{type(exc).__name__}: {exc}", component=name)
+                await self.journal.event(
+                    EventKind.COMPONENT_DECLARED, comp.type_name, comp.describe(), component=name
+                )
+                await self.journal.event(
+                    EventKind.COMPONENT_CONNECT_FAILED, f"{type(exc).__name__}: {exc}", component=name
+                )
                 log.warning("component %s failed to connect: %s", name, redact(str(exc)))
 
         await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
@@ -810,18 +817,6 @@ class Orchestrator:
         await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
 
     # -- helpers ---------------------------------------------------------------------
-
-    async def _event(
-        self,
-        kind: str,
-        message: str | None = None,
-        data: Any = None,
-        *,
-        component: str | None = None,
-    ) -> None:
-        await self.ledger.write(
-            ops.add_event, self.night_id, self.clock(), kind, message, data, None, None, component
-        )
 
     def _read_night(self) -> dict[str, Any] | None:
         with self.ledger.read() as conn:
@@ -888,29 +883,3 @@ class CycleSource:
             return None
         cycle, self._next = self._next, self._next + 1
         return cycle
-
-
-class LedgerRecorder:
-    """Components write their observations here: queued to the ledger in order, never
-    awaited, so a handle never waits on the ledger and works from scenario threads too."""
-
-    def __init__(self, ledger: Ledger, night_id: str, clock: Callable[[], float]) -> None:
-        self.ledger = ledger
-        self.night_id = night_id
-        self.clock = clock
-
-    def event(
-        self, kind: str, message: str | None = None, data: Any = None, *, component: str | None = None
-    ) -> None:
-        scope = current_call.get()
-        self.ledger.submit(
-            ops.add_event,
-            self.night_id,
-            self.clock(),
-            kind,
-            message,
-            data,
-            scope.cycle if scope else None,
-            scope.attempt if scope else None,
-            component,
-        )
