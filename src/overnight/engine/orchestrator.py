@@ -48,8 +48,10 @@ from .loading import (
 )
 from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
+from .services import NightService, StopBound, stop_within
 
 if TYPE_CHECKING:
+    from ..agent import RepairAgent
     from ..faults.driver import FaultDriver
 
 log = logging.getLogger("overnight")
@@ -59,8 +61,15 @@ _CONNECT_TIMEOUT_S = 60.0
 # After a signal or at the end, everything that winds down (the agent, injected faults,
 # components) is bounded, so a night always ends within seconds of being told to.
 _CLOSE_TIMEOUT_S = 5.0
-_STOP_TIMEOUT_S = 5.0
-_FAULTS_STOP_S = 60.0
+# Undoing a fault may start a stopped server: longer than other stops, bounded.
+_FAULTS_STOP = StopBound(
+    60.0,
+    "undoing injected faults took over %.0f s; see the fault events",
+    "undoing injected faults failed: %s",
+)
+_AGENT_STOP = StopBound(
+    5.0, "the repair agent took over %.0f s to stop; left behind", "stopping the repair agent failed: %s"
+)
 # How often the night checks that it still owns itself (a PostgreSQL lock connection).
 _CLAIM_CHECK_S = 15.0
 
@@ -142,7 +151,7 @@ class Orchestrator:
         self.fatal: BaseException | None = None
         self.setup_error: str | None = None
         self.abort_reason: str | None = None
-        self.agent: Any = None
+        self.agent: RepairAgent | None = None
         self.started_at = 0.0
         # Set when the night stops starting work: wakes cycles held at the gate or in backoff.
         self._stopped = asyncio.Event()
@@ -191,14 +200,12 @@ class Orchestrator:
                 self._startup = None
             if started and not self._stop_starting:
                 await self._run_workers(loop)
-            await self._stop_faults()
-            await self._stop_agent()
+            await self._stop_services()
             return await self._close_night()
         finally:
             watch.cancel()
             # Injected faults are undone whatever happened (Ctrl-C, abort, our own error).
-            await self._stop_faults()
-            await self._stop_agent()
+            await self._stop_services()
             await self._close_components()
             self._detach_log()
             if not self.keep_claim:
@@ -212,7 +219,7 @@ class Orchestrator:
         if self.faults is not None:
             await self.faults.prepare()
         await self._connect_components()
-        self._start_agent()
+        await self._start_agent()
         if not await self._run_setup():
             return False
         if self.faults is not None:
@@ -432,8 +439,8 @@ class Orchestrator:
                 # stays pending (resume runs it) rather than failing for want of time.
                 return
             first = False
-            if self.faults is not None:
-                await self.faults.before_cycle(cycle)  # once per cycle: it meets its faults
+            for service in self._services():
+                await service.before_cycle(cycle)  # once per cycle: it meets its faults
             attempt = last_no = last_no + 1
             verdict, result, error, meta, fallbacks = await self._run_attempt(cycle, attempt, cycle_input)
             if verdict is Verdict.INTERRUPTED:
@@ -703,7 +710,12 @@ class Orchestrator:
             {"by": by, "attempted": f"set {key} = {value!r}", "reason": "protected setting"},
         )
 
-    def _start_agent(self) -> None:
+    def _services(self) -> list[NightService]:
+        """What runs beside the cycles, in the order it stops: injected faults are undone
+        while the agent still watches."""
+        return [s for s in (self.faults, self.agent) if s is not None]
+
+    async def _start_agent(self) -> None:
         cfg = self.loaded.config.agent
         if not cfg.enabled or not self.components:
             return
@@ -720,29 +732,16 @@ class Orchestrator:
             clock=self.clock,
             shortcuts=self.shortcuts,
         )
-        self.agent.start()
+        await self.agent.start(self.started_at, bool(self.resume))
 
-    async def _stop_faults(self) -> None:
-        if self.faults is not None:
-            try:
-                # Undoing a fault may start a stopped server: longer than other stops, bounded.
-                async with asyncio.timeout(_FAULTS_STOP_S):
-                    await self.faults.stop(self._stop_reason or "the night ended")
-            except TimeoutError:
-                log.error("undoing injected faults took over %.0f s; see the fault events", _FAULTS_STOP_S)
-            except Exception as exc:
-                log.error("undoing injected faults failed: %s", redact(str(exc)), exc_info=exc)
-
-    async def _stop_agent(self) -> None:
+    async def _stop_services(self) -> None:
+        """Stop every service, each within its bound. The agent is stopped once (it is
+        dropped first); undoing faults is idempotent and tried again on the way out."""
+        reason = self._stop_reason or "the night ended"
         agent, self.agent = self.agent, None
-        if agent is not None:
-            try:
-                async with asyncio.timeout(_STOP_TIMEOUT_S):
-                    await agent.stop()
-            except TimeoutError:
-                log.error("the repair agent took over %.0f s to stop; left behind", _STOP_TIMEOUT_S)
-            except Exception as exc:
-                log.error("stopping the repair agent failed: %s", redact(str(exc)), exc_info=exc)
+        for service, bound in ((self.faults, _FAULTS_STOP), (agent, _AGENT_STOP)):
+            if service is not None:
+                await stop_within(service, reason, bound)
 
     async def _run_setup(self) -> bool:
         """Run the config's ``setup`` hook once for this session. False if it failed."""
