@@ -15,7 +15,6 @@ import contextlib
 import inspect
 import logging
 import os
-import signal
 import socket
 import time
 import traceback
@@ -49,6 +48,7 @@ from .loading import (
 from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
 from .services import NightService, StopBound, stop_within
+from .stopping import Stopping
 
 if TYPE_CHECKING:
     from ..agent import RepairAgent
@@ -113,7 +113,6 @@ class Orchestrator:
         self.resume = resume
         self.deadline_override = deadline_override
         self.clock = clock
-        self.handle_signals = handle_signals
         self.gate = Gate()
         self.loaded = plan.load_config()
         where = config_where(self.loaded)
@@ -139,23 +138,15 @@ class Orchestrator:
         self._cycles = CycleSource(0, frozenset())
         self.keep_claim = keep_claim
         self.claim: NightClaim | None = None
-        self._stop_starting = False
-        self._interrupted = False
-        self._signal: int | None = None
-        self._stop_reason = ""
-        self._running: dict[int, tuple[asyncio.Task[Any], CycleContext]] = {}
+        self.stopping = Stopping(self.progress, clock, handle_signals)
         self._attempts_used: dict[int, tuple[int, int]] = {}
         self._session = 0
         self._log_handler: logging.Handler | None = None
         self.deadline: float | None = None
         self.fatal: BaseException | None = None
         self.setup_error: str | None = None
-        self.abort_reason: str | None = None
         self.agent: RepairAgent | None = None
         self.started_at = 0.0
-        # Set when the night stops starting work: wakes cycles held at the gate or in backoff.
-        self._stopped = asyncio.Event()
-        self._startup: asyncio.Task[bool] | None = None
 
     # -- the night --------------------------------------------------------------------
 
@@ -170,11 +161,11 @@ class Orchestrator:
         )
         # From the very start a signal stops the night (startup included); a second one
         # exits at once.
-        self._install_signals(loop)
+        self.stopping.install_signals(loop)
         try:
             return await self._run_owned(loop)
         finally:
-            self._remove_signals(loop)
+            self.stopping.remove_signals(loop)
 
     async def _run_owned(self, loop: asyncio.AbstractEventLoop) -> NightOutcome:
         # Own the night before touching it: a second process is refused here, naming us.
@@ -189,16 +180,15 @@ class Orchestrator:
         try:
             await self._open_night()
             # Connecting and the setup hook may take long: a signal cancels them.
-            self._startup = asyncio.create_task(self._start(), name="night-startup")
-            try:
-                started = await self._startup
-            except asyncio.CancelledError:
-                if not self._interrupted:
-                    raise
-                started = False
-            finally:
-                self._startup = None
-            if started and not self._stop_starting:
+            startup = asyncio.create_task(self._start(), name="night-startup")
+            with self.stopping.cancellable(startup):
+                try:
+                    started = await startup
+                except asyncio.CancelledError:
+                    if not self.stopping.interrupted:
+                        raise
+                    started = False
+            if started and not self.stopping.stop_starting:
                 await self._run_workers(loop)
             await self._stop_services()
             return await self._close_night()
@@ -214,7 +204,7 @@ class Orchestrator:
     async def _start(self) -> bool:
         """Faults prepared, components connected, the agent started, the setup hook run,
         faults armed. False when the setup hook failed or the night was stopped."""
-        if self._stop_starting:
+        if self.stopping.stop_starting:
             return False
         if self.faults is not None:
             await self.faults.prepare()
@@ -229,7 +219,7 @@ class Orchestrator:
         return True
 
     async def _run_workers(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline_handle = self._arm_deadline(loop)
+        deadline_handle = self.stopping.arm_deadline(loop, self.deadline)
         try:
             self.progress.night_started(
                 self.night_id,
@@ -347,7 +337,7 @@ class Orchestrator:
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.deadline)) if self.deadline else "none",
         )
         if self.deadline is not None and self.deadline <= now:
-            self._stop("time bound already reached")
+            self.stopping.stop("time bound already reached")
 
     async def _close_night(self) -> NightOutcome:
         now = self.clock()
@@ -356,19 +346,19 @@ class Orchestrator:
             # --resume carries on from what was committed.
             self.fatal = self.fatal or self.ledger.broken
             return NightOutcome(
-                self.night_id, "aborted", str(self.ledger.broken), self.night_path, self._signal
+                self.night_id, "aborted", str(self.ledger.broken), self.night_path, self.stopping.signal
             )
         remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self._done_cycles))
-        if self.fatal is not None or self.setup_error is not None or self.abort_reason is not None:
+        if self.fatal is not None or self.setup_error is not None or self.stopping.abort_reason is not None:
             status = "aborted"
-        elif self._interrupted:
+        elif self.stopping.interrupted:
             status = "interrupted"
         elif remaining > 0:
             status = "stopped"
-            self._stop_reason = self._stop_reason or f"{remaining} cycles did not finish"
+            self.stopping.reason = self.stopping.reason or f"{remaining} cycles did not finish"
         else:
             status = "completed"
-        reason = self._stop_reason or "all planned cycles ran"
+        reason = self.stopping.reason or "all planned cycles ran"
         # Cycles that did not run because the gate held them when the night ended: the
         # report must never call such a night a clean pass.
         held = dict(self.gate.reasons) if remaining > 0 and not self.gate.is_open else {}
@@ -389,12 +379,12 @@ class Orchestrator:
             {"remaining_cycles": remaining, "held_at_gate": held},
         )
         log.info("night %s %s: %s", self.night_id, status, reason)
-        return NightOutcome(self.night_id, status, reason, self.night_path, self._signal)
+        return NightOutcome(self.night_id, status, reason, self.night_path, self.stopping.signal)
 
     # -- workers and cycles -----------------------------------------------------------
 
     async def _worker(self) -> None:
-        while not self._stop_starting:
+        while not self.stopping.stop_starting:
             cycle = self._cycles.next()
             if cycle is None:
                 return
@@ -418,7 +408,7 @@ class Orchestrator:
         last_no, counted = self._attempts_used.get(cycle, (0, 0))
         budget = 1 + plan.retry_attempts
         await self._wait_gate()
-        if self._stop_starting:
+        if self.stopping.stop_starting:
             return  # never started: nothing written, a later session runs it
         await self.ledger.write(
             ops.cycle_started,
@@ -434,7 +424,7 @@ class Orchestrator:
         while True:
             if not first:
                 await self._wait_gate()
-            if self._interrupted or (self._stop_starting and not first):
+            if self.stopping.interrupted or (self.stopping.stop_starting and not first):
                 # Nothing new starts once the night is stopping; a cycle held at the gate
                 # stays pending (resume runs it) rather than failing for want of time.
                 return
@@ -454,7 +444,11 @@ class Orchestrator:
             # nothing trustworthy about the product: rerun on the primary (promise 2).
             # Only a failure on primaries is a product failure, final (promise 1).
             on_fallback = verdict is Verdict.FAILED and bool(fallbacks)
-            final = (verdict not in RETRYABLE and not on_fallback) or counted >= budget or self._stop_starting
+            final = (
+                (verdict not in RETRYABLE and not on_fallback)
+                or counted >= budget
+                or self.stopping.stop_starting
+            )
             cycle_verdict = Verdict.FAILED_ON_FALLBACK if on_fallback and final else verdict
             fields = {"protected_fingerprint": self.fingerprint, **meta, "verdict": cycle_verdict.value}
             await self.ledger.write(
@@ -494,7 +488,7 @@ class Orchestrator:
                         "stopped (%s)",
                         cycle,
                         ", ".join(fallbacks),
-                        self._stop_reason,
+                        self.stopping.reason,
                     )
                     self.progress.attempt_finished(
                         cycle, attempt, Verdict.FAILED_ON_FALLBACK.value, True, result["duration_s"], error
@@ -530,11 +524,10 @@ class Orchestrator:
         t0 = time.perf_counter()
         scope = CallScope(self.night_id, cycle, attempt, ctx._steps)
         task = asyncio.create_task(self._call_scenario(ctx, scope), name=f"cycle-{cycle}-attempt-{attempt}")
-        self._running[cycle] = (task, ctx)
         try:
-            await asyncio.wait({task})
+            with self.stopping.cancellable(task):
+                await asyncio.wait({task})
         finally:
-            self._running.pop(cycle, None)
             ctx._closed = True
         duration = time.perf_counter() - t0
         if self.agent is not None:
@@ -566,7 +559,7 @@ class Orchestrator:
         }
         message = None
         if verdict is Verdict.INTERRUPTED:
-            result["error_message"] = f"stopped: {self._stop_reason or 'interrupted'}"
+            result["error_message"] = f"stopped: {self.stopping.reason or 'interrupted'}"
         elif exc is not None:
             message = redact(str(exc)) or type(exc).__name__
             result.update(
@@ -607,96 +600,43 @@ class Orchestrator:
         if not self.gate.is_open:
             log.info("gate closed (%s); holding new attempts", "; ".join(self.gate.reasons.values()))
             waiter = asyncio.create_task(self.gate.wait())
-            stopper = asyncio.create_task(self._stopped.wait())
+            stopper = asyncio.create_task(self.stopping.wait())
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()
             stopper.cancel()
 
     async def _wait_primary(self, components: list[str]) -> bool:
         """Wait until each component's fallback has ended on a healthy probe of its
-        primary, or the night stops (its time bound, a signal, an abort: ``_stopped``).
+        primary, or the night stops (its time bound, a signal, an abort: ``stopping``).
         True when the cycle may rerun on the primary."""
         if self.agent is None:
-            return not self._stop_starting
+            return not self.stopping.stop_starting
         log.info("waiting for %s to be back on the primary", ", ".join(components))
         waiter = asyncio.create_task(self.agent.primary_back(components))
-        stopper = asyncio.create_task(self._stopped.wait())
+        stopper = asyncio.create_task(self.stopping.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
             stopper.cancel()
-        return not self._stop_starting
+        return not self.stopping.stop_starting
 
     async def _backoff(self, counted: int) -> None:
         delay = min(self.plan.retry_backoff * (2 ** (counted - 1)), 60.0)
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
-                    await self._stopped.wait()
+                    await self.stopping.wait()
 
     # -- stopping -------------------------------------------------------------------
 
-    def _stop(self, reason: str) -> None:
-        if not self._stop_starting:
-            self._stop_starting = True
-            self._stop_reason = reason
-            self._stopped.set()  # wakes cycles held at the gate or waiting to retry
-            log.info("no new cycles will start: %s", reason)
-
     def abort(self, reason: str) -> None:
         """End the night now with a clear reason (the agent's ``abort`` escalation)."""
-        if self.abort_reason is None:
-            self.abort_reason = reason
-            log.error("night aborted: %s", reason)
-            self.interrupt(reason)
+        self.stopping.abort(reason)
 
     def interrupt(self, reason: str, signum: int | None = None) -> None:
         """Stop starting cycles and cancel the running ones (Ctrl-C, SIGTERM)."""
-        if self._interrupted:
-            return
-        self._stop_starting = True
-        self._interrupted = True
-        self._signal = signum
-        self._stop_reason = reason
-        self._stopped.set()
-        if self._startup is not None:
-            self._startup.cancel()
-        for task, _ctx in list(self._running.values()):
-            task.cancel()
-
-    def _arm_deadline(self, loop: asyncio.AbstractEventLoop) -> asyncio.TimerHandle | None:
-        if self.deadline is None:
-            return None
-        delay = max(self.deadline - self.clock(), 0.0)
-        return loop.call_later(delay, self._stop, "time bound reached (--max-hours / --until)")
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.handle_signals:
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, self._on_signal, signum)
-
-    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.handle_signals:
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if self._interrupted:
-            # Second signal: the user means it. Everything committed is safe; resume
-            # closes what was left open.
-            self.progress.close()
-            os._exit(128 + signum)
-        self.progress.message(
-            f"{name} received: stopping — cancelling running cycles, writing the report "
-            "(send it again to quit at once; 'overnight run --resume' continues this night)"
-        )
-        self.interrupt(f"{name} received", signum)
+        self.stopping.interrupt(reason, signum)
 
     def _settings_written(self, key: str, value: Any) -> None:
         """A scenario, hook or strategy tried to change a protected setting: record it."""
@@ -737,7 +677,7 @@ class Orchestrator:
     async def _stop_services(self) -> None:
         """Stop every service, each within its bound. The agent is stopped once (it is
         dropped first); undoing faults is idempotent and tried again on the way out."""
-        reason = self._stop_reason or "the night ended"
+        reason = self.stopping.reason or "the night ended"
         agent, self.agent = self.agent, None
         for service, bound in ((self.faults, _FAULTS_STOP), (agent, _AGENT_STOP)):
             if service is not None:
@@ -769,8 +709,7 @@ class Orchestrator:
             )
             log.error("setup failed: %s", detail)
             self.setup_error = detail
-            self._stop_starting = True
-            self._stop_reason = f"setup failed: {detail}"
+            self.stopping.fail_start(f"setup failed: {detail}")
             return False
         await self.journal.event(
             EventKind.SETUP_DONE, None, {"duration_s": round(time.perf_counter() - t0, 4)}
