@@ -177,6 +177,11 @@ class CycleContext:
         self._cancelled_step: str | None = None
         self._closed = False
 
+    def close(self) -> None:
+        """The attempt has ended: from now on ctx records nothing (a sync scenario's
+        thread may outlive its attempt)."""
+        self._closed = True
+
     @property
     def current_step(self) -> str | None:
         return self._steps[-1] if self._steps else None

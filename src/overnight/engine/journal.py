@@ -1,4 +1,5 @@
-"""The night's journal: every event the engine writes, and the queue components write to.
+"""The night's journal: every event the engine writes, the queue components write to,
+what the engine reads back of its night, and the night's own log file.
 
 The engine's own events (the night's start and end, the setup hook, components
 connecting) are awaited: each is committed before the night goes on. What components and
@@ -8,12 +9,19 @@ never waits on the ledger and works from a scenario's thread too.
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Callable
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
-from ..ledger import Ledger, ops
+from ..ledger import Ledger, ops, queries
+from ..redaction import RedactingFormatter
 from ..runtime import current_call
+
+# How much of a traceback an attempt or the setup hook keeps (its end).
+TRACEBACK_MAX = 20_000
 
 
 class EventKind(StrEnum):
@@ -79,6 +87,26 @@ class Journal:
             component,
         )
 
+    # -- reading the night back (sync: call through asyncio.to_thread) -------------------
+
+    def read_night(self) -> dict[str, Any] | None:
+        with self.ledger.read() as conn:
+            return queries.get_night(conn, self.night_id)
+
+    def done_cycles(self) -> set[int]:
+        with self.ledger.read() as conn:
+            return queries.done_cycles(conn, self.night_id)
+
+    def attempts_used(self) -> dict[int, tuple[int, int]]:
+        with self.ledger.read() as conn:
+            return queries.attempts_used(conn, self.night_id)
+
+    def verdict_counts(self) -> Counter[str]:
+        with self.ledger.read() as conn:
+            return Counter(
+                c["verdict"] for c in queries.cycles_of(conn, self.night_id) if c["status"] == "done"
+            )
+
 
 class _QueuedRecorder:
     """``runtime.Recorder`` over a journal: components see only ``event``."""
@@ -95,3 +123,37 @@ class _QueuedRecorder:
         component: str | None = None,
     ) -> None:
         self._journal.submit(kind, message, data, component=component)
+
+
+class NightLog:
+    """The night's ``orchestrator.log``: every ``overnight`` log line of this session,
+    redacted, beside the night's other files."""
+
+    def __init__(self) -> None:
+        self._handler: logging.Handler | None = None
+
+    def attach(self, path: Path) -> None:
+        handler = QuietFileHandler(path, encoding="utf-8")
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.DEBUG)
+        # The progress sink's lines repeat what the orchestrator logs; keep the file lean.
+        handler.addFilter(lambda r: not r.name.startswith("overnight.progress"))
+        root = logging.getLogger("overnight")
+        if root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
+        self._handler = handler
+
+    def detach(self) -> None:
+        if self._handler is not None:
+            logging.getLogger("overnight").removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
+
+
+class QuietFileHandler(logging.FileHandler):
+    """orchestrator.log on a full disk: lines are lost, but no traceback reaches the
+    console (the ledger's own error ends the night with one line)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None

@@ -1,14 +1,20 @@
 """Loading a night: the scenario and its setup hook, the components, the fault plan.
 
-Everything here runs before the night is opened, so whatever is wrong with the config,
-the scenario or a component's options is a config error (exit 2) with nothing written.
+Importing and building run before the night is opened, so whatever is wrong with the
+config, the scenario or a component's options is a config error (exit 2) with nothing
+written. Connecting the components and running the setup hook come once the night is
+open, and are recorded; closing the components comes at its end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
+import logging
 import sys
+import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,11 +23,20 @@ from ..components import Component, ComponentSpec, OptionError, SandboxEndpoints
 from ..config import LoadedConfig
 from ..errors import ConfigError
 from ..redaction import redact
+from ..verdicts import classify
+from .context import NightContext
+from .journal import TRACEBACK_MAX, EventKind, Journal
 
 if TYPE_CHECKING:
     from ..faults.driver import FaultDriver
     from ..ledger import Ledger
     from .plan import Plan
+
+log = logging.getLogger("overnight")
+
+_CONNECT_TIMEOUT_S = 60.0
+# At the end, closing is bounded, so a night always ends within seconds of being told to.
+_CLOSE_TIMEOUT_S = 5.0
 
 
 def config_where(loaded: LoadedConfig) -> str:
@@ -191,3 +206,61 @@ def build_fault_driver(
     return FaultDriver(
         specs, mechanisms, components, ledger, night_id, night_path, plan.seed, settings, clock=clock
     )
+
+
+async def connect_components(components: Mapping[str, Component], journal: Journal) -> None:
+    """Bind every component to the journal and connect them all at once, each within its
+    bound. A component that fails to connect is recorded, not fatal."""
+    for comp in components.values():
+        comp.bind(journal.recorder)
+
+    async def one(name: str, comp: Component) -> None:
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                await comp.connect()
+            # Declared after connecting: only then is the target known (a sandbox
+            # component learns its URL on connect).
+            await journal.event(EventKind.COMPONENT_DECLARED, comp.type_name, comp.describe(), component=name)
+            await journal.event(EventKind.COMPONENT_CONNECTED, None, component=name)
+        except Exception as exc:
+            # Not fatal: cycles that use it will fail as infra errors, and say so.
+            await journal.event(EventKind.COMPONENT_DECLARED, comp.type_name, comp.describe(), component=name)
+            await journal.event(
+                EventKind.COMPONENT_CONNECT_FAILED, f"{type(exc).__name__}: {exc}", component=name
+            )
+            log.warning("component %s failed to connect: %s", name, redact(str(exc)))
+
+    await asyncio.gather(*(one(n, c) for n, c in components.items()))
+
+
+async def close_components(components: Mapping[str, Component]) -> None:
+    async def one(name: str, comp: Component) -> None:
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT_S):
+                await comp.close()
+        except Exception as exc:
+            log.warning("component %s failed to close: %s", name, redact(str(exc)) or type(exc).__name__)
+
+    await asyncio.gather(*(one(n, c) for n, c in components.items()))
+
+
+async def run_setup_hook(
+    setup: Callable[..., Any], night: NightContext, timeout: float, journal: Journal
+) -> str | None:
+    """Run the setup hook within ``timeout``. None when it succeeded; otherwise what
+    failed (recorded as ``setup_failed``). Whatever it raises is the hook's failure,
+    never the night's end."""
+    t0 = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            result = setup(night)
+            if inspect.isawaitable(result):
+                await result
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:  # the hook's, never the night's end
+        detail = f"{type(exc).__name__}: {redact(str(exc))}"
+        tb = "".join(traceback.format_exception(exc))[-TRACEBACK_MAX:]
+        await journal.event(EventKind.SETUP_FAILED, detail, {"traceback": tb, "verdict": classify(exc).value})
+        log.error("setup failed: %s", detail)
+        return detail
+    await journal.event(EventKind.SETUP_DONE, None, {"duration_s": round(time.perf_counter() - t0, 4)})
+    return None

@@ -47,3 +47,16 @@ async def stop_within(service: NightService, reason: str, bound: StopBound) -> N
         log.error(bound.late, bound.seconds)
     except Exception as exc:
         log.error(bound.failed, redact(str(exc)), exc_info=exc)
+
+
+# After a signal or at the end, everything that winds down is bounded, so a night always
+# ends within seconds of being told to. Undoing a fault may start a stopped server: longer
+# than other stops, still bounded.
+FAULTS_STOP = StopBound(
+    60.0,
+    "undoing injected faults took over %.0f s; see the fault events",
+    "undoing injected faults failed: %s",
+)
+AGENT_STOP = StopBound(
+    5.0, "the repair agent took over %.0f s to stop; left behind", "stopping the repair agent failed: %s"
+)

@@ -1,4 +1,4 @@
-"""How a night stops: its time bound, signals, an abort, our own error.
+"""How a night stops: its time bound, signals, an abort, a lost claim, our own error.
 
 Two degrees. ``stop`` (the time bound) lets what runs finish and starts nothing new.
 ``interrupt`` (a signal, an abort, a lost claim, an internal error) also cancels what
@@ -17,11 +17,14 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ..ledger.ownership import NightClaim
 from .progress import ProgressSink
 
 log = logging.getLogger("overnight")
 
 TIME_BOUND_REACHED = "time bound reached (--max-hours / --until)"
+# How often the night checks that it still owns itself (a PostgreSQL lock connection).
+CLAIM_CHECK_S = 15.0
 
 
 class Stopping:
@@ -95,6 +98,22 @@ class Stopping:
             return None
         delay = max(deadline - self.clock(), 0.0)
         return loop.call_later(delay, self.stop, TIME_BOUND_REACHED)
+
+    async def watch_claim(self, claim: NightClaim, on_lost: Callable[[str], None]) -> None:
+        """A night that lost its ownership (its PostgreSQL lock connection dropped and
+        another process took the lock) stops at once rather than run beside the other:
+        ``on_lost`` is told why. Runs until cancelled or the claim is lost."""
+        while True:
+            await asyncio.sleep(CLAIM_CHECK_S)
+            try:
+                async with asyncio.timeout(CLAIM_CHECK_S):
+                    lost = await asyncio.to_thread(claim.check)
+            except TimeoutError:
+                continue  # the server is slow; the ledger's own writes will say more
+            if lost:
+                log.error("%s", lost)
+                on_lost(lost)
+                return
 
     def install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.handle_signals:
