@@ -104,7 +104,7 @@ from typing import Any
 
 from overnight.config import ProtectedSettings, load_config
 from overnight.engine.context import CycleInput, NightContext
-from overnight.engine.orchestrator import build_components, import_scenario
+from overnight.engine.loading import build_components, import_scenario
 from overnight.errors import InfraError, ProductFailure
 from overnight.faults import collect, fault_timeline
 from overnight.faults.injectors import (

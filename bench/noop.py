@@ -16,7 +16,7 @@ fresh temporary folder:
    count transactions and operations and to add up the time the writer thread spends
    in them. Run separately so that the timing cannot slow down the first night.
 3. **The ledger alone**: the exact sequence of ``overnight.ledger.ops`` writes that
-   ``Orchestrator._run_cycle`` / ``_run_attempt`` (and ``ctx.step``) make for a passing
+   ``CycleRunner.run_cycle`` / ``_run_attempt`` (and ``ctx.step``) make for a passing
    cycle, driven through ``Ledger.write`` by P concurrent workers, with no engine and no
    scenario. Its time per cycle is the ledger's cost per cycle; divided by the real
    night's time per cycle it is the ledger's share of a cycle.
@@ -327,9 +327,9 @@ async def _drive_cycles(
         while queue:
             cycle = queue.popleft()
             seed = str(CycleInput.derive(SEED, cycle).seed)
-            # Orchestrator._run_cycle
+            # CycleRunner.run_cycle
             await led.write(ops.cycle_started, night_id, cycle, seed, time.time(), FINGERPRINT)
-            # Orchestrator._run_attempt
+            # CycleRunner._run_attempt
             started = time.time()
             await led.write(ops.attempt_started, night_id, cycle, 1, session, started)
             if with_step:  # Step.__aenter__ / __aexit__
@@ -347,7 +347,7 @@ async def _drive_cycles(
                     None,
                 )
             result = {"ended_at": time.time(), "duration_s": 1e-4, "verdict": "passed", "step": None}
-            # Orchestrator._run_cycle, final attempt
+            # CycleRunner.run_cycle, final attempt
             await led.write(
                 ops.attempt_finished,
                 night_id,

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from overnight.agent import MonitorSettings
 from overnight.config import load_config
-from overnight.engine.orchestrator import build_components
+from overnight.engine.loading import build_components
 from overnight.errors import ConfigError
 from overnight.ledger import Ledger, queries
 from overnight.ledger import schema as s

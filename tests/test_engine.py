@@ -515,7 +515,7 @@ async def test_a_time_bound_during_a_cycles_start_leaves_no_cycle_started_with_n
 
     def cycle_started(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
         if cycle == 3:
-            loop.call_soon_threadsafe(orch._stop, "time bound reached (--max-hours / --until)")
+            loop.call_soon_threadsafe(orch.stopping.stop, "time bound reached (--max-hours / --until)")
         return real(conn, night_id, cycle, *rest)
 
     monkeypatch.setattr(ops, "cycle_started", cycle_started)

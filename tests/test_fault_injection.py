@@ -467,7 +467,7 @@ def test_plan_file_entries_and_labels(tmp_path: Path) -> None:
 def test_example_fault_plan_is_valid_against_its_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from overnight.engine.orchestrator import build_components
+    from overnight.engine.loading import build_components
     from overnight.faults.injectors import FaultsSettings, check
 
     monkeypatch.setenv("OVERNIGHT_PG_URL", "postgresql://u:p@127.0.0.1:5432/db")

@@ -41,7 +41,7 @@ RETRYABLE: frozenset[Verdict] = frozenset({Verdict.INFRA_ERROR, Verdict.TIMEOUT}
 def error_type_name(exc: BaseException) -> str:
     """How an error's type is recorded: bare for builtins and our own, dotted otherwise."""
     t = type(exc)
-    if t.__module__ in ("builtins", "overnight.errors", "overnight.engine.orchestrator"):
+    if t.__module__ in ("builtins", "overnight.errors", "overnight.engine.attempts"):
         return t.__name__
     return f"{t.__module__}.{t.__qualname__}"
 

@@ -121,7 +121,7 @@ class RepairAgent:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def start(self) -> None:
+    async def start(self, started_at: float, resumed: bool) -> None:
         self._loop = asyncio.get_running_loop()
         watched = ", ".join(
             f"{name} (probe every {span(m.settings.probe_period)}{', critical' if m.comp.critical else ''})"
@@ -142,7 +142,10 @@ class RepairAgent:
             )
         self._tasks.append(asyncio.create_task(self._measure_lag(), name="agent-lag"))
 
-    async def stop(self) -> None:
+    async def before_cycle(self, cycle: int) -> None:
+        """Nothing to do per cycle: the monitors keep their own periods."""
+
+    async def stop(self, reason: str = "the night ended") -> None:
         self.stopping = True
         for task in self._tasks:
             task.cancel()

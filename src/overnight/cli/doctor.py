@@ -13,7 +13,7 @@ from rich.table import Table
 
 from ..components.doctor import check_components
 from ..config import load_config, resolve_night_dir
-from ..engine.orchestrator import build_components, import_scenario
+from ..engine.loading import build_components, import_scenario
 from ..engine.runner import run_loop
 from ..errors import ConfigError, UsageError
 from .app import app, guarded, say

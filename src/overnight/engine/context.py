@@ -22,6 +22,7 @@ from ..errors import ProductFailure
 from ..ledger import ops
 from ..redaction import redact
 from ..verdicts import classify, error_type_name
+from .journal import EventKind
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -176,6 +177,11 @@ class CycleContext:
         self._cancelled_step: str | None = None
         self._closed = False
 
+    def close(self) -> None:
+        """The attempt has ended: from now on ctx records nothing (a sync scenario's
+        thread may outlive its attempt)."""
+        self._closed = True
+
     @property
     def current_step(self) -> str | None:
         return self._steps[-1] if self._steps else None
@@ -234,7 +240,7 @@ class CycleContext:
             ops.add_event,
             self.night_id,
             time.time(),
-            "metric",
+            EventKind.METRIC.value,
             None,
             {
                 "name": name,

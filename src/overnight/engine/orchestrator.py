@@ -1,66 +1,60 @@
 """The orchestrator: runs a night of cycles within its bounds and records all of it.
 
-Shape of a night: import the scenario, build components, open (or resume) the night in
-the ledger, start ``parallel`` workers that pull cycle numbers from a queue, and for each
-cycle run attempts until one is final. Bounds (cycle count, deadline, signal) stop new
-work from starting; a signal also cancels what is running. Every record is committed to
-the ledger before it is shown.
+Shape of a night: load the scenario and components (``loading``), own and open (or
+resume) the night in the ledger, start its services and the setup hook, then run
+``parallel`` workers that take cycle numbers in turn (``cycles``) and run each cycle's
+attempts until one is final (``attempts``). Bounds (cycle count, deadline, signal:
+``stopping``) stop new work from starting; a signal also cancels what is running. Every
+record is committed to the ledger (``journal``) before it is shown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import importlib
-import inspect
 import logging
 import os
-import signal
 import socket
-import sys
 import time
-import traceback
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..components import Component, ComponentSpec, OptionError, SandboxEndpoints, resolve_factory
-from ..config import LoadedConfig, ProtectedSettings
-from ..errors import ConfigError, InfraError, LedgerUnavailable, UsageError
-from ..ledger import Ledger, ops, queries
+from ..config import ProtectedSettings
+from ..errors import LedgerUnavailable, UsageError
+from ..ledger import Ledger, ops
 from ..ledger.ownership import NightClaim
-from ..redaction import RedactingFormatter, redact
-from ..runtime import CallScope, current_call
-from ..verdicts import RETRYABLE, Verdict, classify, error_type_name
-from .context import CycleContext, CycleInput, NightContext
+from ..runtime import current_call
+from .attempts import CycleRunner
+from .context import NightContext
+from .cycles import CycleSource
 from .gate import Gate
+from .journal import EventKind, Journal, NightLog
+from .loading import (
+    build_components,
+    build_fault_driver,
+    check_agent_settings,
+    close_components,
+    config_where,
+    connect_components,
+    git_commit,
+    import_scenario,
+    run_setup_hook,
+    scenario_shortcuts,
+)
 from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
+from .resume import reopen
+from .services import AGENT_STOP, FAULTS_STOP, NightService, stop_within
+from .stopping import Stopping
+
+if TYPE_CHECKING:
+    from ..agent import RepairAgent
+    from ..faults.driver import FaultDriver
 
 log = logging.getLogger("overnight")
-
-_TRACEBACK_MAX = 20_000
-_CONNECT_TIMEOUT_S = 60.0
-# After a signal or at the end, everything that winds down (the agent, injected faults,
-# components) is bounded, so a night always ends within seconds of being told to.
-_CLOSE_TIMEOUT_S = 5.0
-_STOP_TIMEOUT_S = 5.0
-_FAULTS_STOP_S = 60.0
-# How often the night checks that it still owns itself (a PostgreSQL lock connection).
-_CLAIM_CHECK_S = 15.0
-
-
-class ScenarioExited(RuntimeError):
-    """The scenario raised SystemExit or KeyboardInterrupt: a harness error of that
-    attempt, never the end of the night."""
-
-
-class CycleTimeout(TimeoutError):
-    """The cycle ran past its ``cycle_timeout`` and was cancelled."""
 
 
 @dataclass
@@ -70,126 +64,6 @@ class NightOutcome:
     reason: str
     night_path: Path
     signal: int | None = None
-
-
-def import_scenario(spec: str, base_dir: Path, where: str, key: str = "scenario") -> Callable[..., Any]:
-    """Import ``module:function``, with the config's folder first on the import path."""
-    module_name, _, func_name = spec.partition(":")
-    folder = str(base_dir)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    try:
-        module = importlib.import_module(module_name)
-    except SystemExit as exc:  # sys.exit() at import must not end the night silently
-        raise ConfigError(
-            f"{where}: {key}: module {module_name!r} called sys.exit({exc.code!r}) while being imported"
-        ) from None
-    except Exception as exc:  # the user's module may raise anything at import
-        detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
-        raise ConfigError(f"{where}: {key}: cannot import module {module_name!r}: {detail}") from None
-    fn: object = getattr(module, func_name, None)
-    if fn is None:
-        raise ConfigError(f"{where}: {key}: module {module_name!r} has no attribute {func_name!r}")
-    if not callable(fn):
-        raise ConfigError(f"{where}: {key}: {spec!r} is not a function")
-    return fn
-
-
-async def git_commit(folder: Path) -> str | None:
-    """The commit of the project under test (``<hash>`` or ``<hash>-dirty``), when its
-    folder is in a git work tree and git is installed; None otherwise."""
-
-    async def git(*args: str) -> str | None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                "git", "-C", str(folder), *args,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-        except OSError:
-            return None
-        try:
-            async with asyncio.timeout(5):
-                out, _ = await proc.communicate()
-        except TimeoutError:
-            proc.kill()  # a hung git (a network mount?) must not outlive the check
-            await proc.wait()
-            return None
-        return out.decode(errors="replace").strip() if proc.returncode == 0 else None
-
-    head = await git("rev-parse", "HEAD")
-    if not head:
-        return None
-    dirty = await git("status", "--porcelain", "--untracked-files=no")
-    return f"{head}-dirty" if dirty else head
-
-
-def scenario_shortcuts(
-    scenario: Callable[..., Any], components: Mapping[str, Any], where: str
-) -> dict[str, dict[str, str]]:
-    """The scenario module's ``DEGRADING_SHORTCUTS``: per component name, the shortcut a
-    careless script would take when it breaks and the harm it would do (both text)."""
-    module = sys.modules.get(getattr(scenario, "__module__", "") or "")
-    declared = getattr(module, "DEGRADING_SHORTCUTS", None)
-    if declared is None:
-        return {}
-    name = f"{where}: scenario {getattr(module, '__name__', '?')}.DEGRADING_SHORTCUTS"
-    if not isinstance(declared, Mapping):
-        raise ConfigError(f"{name}: must be a dict of component name -> {{shortcut, harm}}")
-    out: dict[str, dict[str, str]] = {}
-    for comp, entry in declared.items():
-        if (
-            not isinstance(entry, Mapping)
-            or set(entry) != {"shortcut", "harm"}
-            or not all(isinstance(v, str) and v.strip() for v in entry.values())
-        ):
-            raise ConfigError(f"{name}[{comp!r}]: must be {{'shortcut': text, 'harm': text}}")
-        if comp in components:  # a scenario shared by several configs may name more
-            out[str(comp)] = {"shortcut": entry["shortcut"].strip(), "harm": entry["harm"].strip()}
-    return out
-
-
-def _shared_sandbox() -> SandboxEndpoints:
-    # Imported on first use: a night without sandbox components never pays for it (0.13 s).
-    from ..sandbox import shared_sandbox
-
-    return shared_sandbox()
-
-
-def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Component]:
-    """Instantiate every ``[components.NAME]``. Bad options are config errors (exit 2)."""
-    where = str(loaded.path) if loaded.path else "<built-in>"
-    built: dict[str, Component] = {}
-    folder = str(loaded.base_dir)
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    for name, cc in loaded.config.components.items():
-        key = f"{loaded.key_prefix}components.{name}"
-        factory = resolve_factory(cc.type, f"{where}: {key}.type")
-        spec = ComponentSpec(
-            name=name,
-            options=dict(cc.model_extra or {}),
-            night_dir=night_dir,
-            critical=cc.critical,
-            base_dir=loaded.base_dir,
-            sandbox=_shared_sandbox,
-        )
-        try:
-            built[name] = factory(spec)
-        except OptionError as exc:  # it names components.NAME.KEY itself
-            raise ConfigError(f"{where}: {loaded.key_prefix}{redact(str(exc))}") from None
-        except SystemExit as exc:  # sys.exit("message") would print its message unredacted
-            code = redact(str(exc.code)) if exc.code is not None else "None"
-            raise ConfigError(f"{where}: {key}: the component's factory called sys.exit({code})") from None
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: {key}: {redact(str(exc))}") from None
-        except Exception as exc:  # a user's factory may raise anything; its message may hold a secret
-            detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0].rstrip(": "))
-            raise ConfigError(f"{where}: {key}: the component could not be built: {detail}") from None
-    for comp in built.values():
-        comp.peers = dict(built)
-    return built
 
 
 class Orchestrator:
@@ -213,85 +87,39 @@ class Orchestrator:
         self.resume = resume
         self.deadline_override = deadline_override
         self.clock = clock
-        self.handle_signals = handle_signals
         self.gate = Gate()
         self.loaded = plan.load_config()
-        where = str(self.loaded.path) if self.loaded.path else "<built-in>"
+        where = config_where(self.loaded)
         self.scenario = import_scenario(plan.scenario, self.loaded.base_dir, where)
         setup = self.loaded.config.setup
         self.setup = import_scenario(setup, self.loaded.base_dir, where, key="setup") if setup else None
-        self.is_async = inspect.iscoroutinefunction(self.scenario)
         self.shortcuts = scenario_shortcuts(self.scenario, self.loaded.config.components, where)
         self.settings = ProtectedSettings(self.loaded.config.settings, on_write=self._settings_written)
         self.fingerprint = self.settings.fingerprint
         self.night_dir = Path(plan.night_dir)
         self.components = build_components(self.loaded, self.night_dir)
-        if self.loaded.config.agent.enabled:
-            from ..agent import MonitorSettings
-
-            for comp in self.components.values():  # bad probe/repair settings: exit 2, now
-                try:
-                    MonitorSettings.for_component(comp, self.loaded.config.agent)
-                except ConfigError as exc:
-                    raise ConfigError(f"{where}: {self.loaded.key_prefix}{exc}") from None
+        check_agent_settings(self.loaded, self.components)
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
-        self.faults: Any = None
+        self.journal = Journal(ledger, self.night_id, clock)
+        self.faults: FaultDriver | None = None
         if plan.faults:
-            self.faults = self._fault_driver(where)
+            self.faults = build_fault_driver(
+                plan, self.loaded, self.components, ledger, self.night_id, self.night_path, clock
+            )
         self._cycles = CycleSource(0, frozenset())
         self.keep_claim = keep_claim
         self.claim: NightClaim | None = None
-        self._stop_starting = False
-        self._interrupted = False
-        self._signal: int | None = None
-        self._stop_reason = ""
-        self._running: dict[int, tuple[asyncio.Task[Any], CycleContext]] = {}
+        self.stopping = Stopping(self.progress, clock, handle_signals)
         self._attempts_used: dict[int, tuple[int, int]] = {}
         self._session = 0
-        self._log_handler: logging.Handler | None = None
+        self.night_log = NightLog()
         self.deadline: float | None = None
         self.fatal: BaseException | None = None
         self.setup_error: str | None = None
-        self.abort_reason: str | None = None
-        self.agent: Any = None
+        self.agent: RepairAgent | None = None
         self.started_at = 0.0
-        # Set when the night stops starting work: wakes cycles held at the gate or in backoff.
-        self._stopped = asyncio.Event()
-        self._startup: asyncio.Task[bool] | None = None
-
-    def _fault_driver(self, where: str) -> Any:
-        """Check the fault plan against the components now: a bad plan is exit 2, before
-        anything is written (promise 8: targets at home only)."""
-        from ..faults.driver import FaultDriver
-        from ..faults.injectors import FaultsSettings, check
-        from ..faults.plan import FaultSpec
-
-        cfg = self.loaded.config.faults
-        settings = FaultsSettings(tuple(cfg.allowed_hosts), cfg.allow_service_control, cfg.max_fill_gb)
-        specs = [FaultSpec.from_dict(d) for d in self.plan.faults]
-        for spec in specs:
-            # Against the planned night (a --dry-run simply never reaches a late fault).
-            if spec.cycle is not None and spec.cycle > self.plan.cycles:
-                raise ConfigError(
-                    f"{spec.where}: cycle {spec.cycle} is beyond the night's {self.plan.cycles} cycles"
-                )
-        try:
-            mechanisms = check(specs, self.components, settings)
-        except ConfigError as exc:
-            raise ConfigError(f"{exc} (components of {where})") from None
-        return FaultDriver(
-            specs,
-            mechanisms,
-            self.components,
-            self.ledger,
-            self.night_id,
-            self.night_path,
-            self.plan.seed,
-            settings,
-            clock=self.clock,
-        )
 
     # -- the night --------------------------------------------------------------------
 
@@ -306,11 +134,11 @@ class Orchestrator:
         )
         # From the very start a signal stops the night (startup included); a second one
         # exits at once.
-        self._install_signals(loop)
+        self.stopping.install_signals(loop)
         try:
             return await self._run_owned(loop)
         finally:
-            self._remove_signals(loop)
+            self.stopping.remove_signals(loop)
 
     async def _run_owned(self, loop: asyncio.AbstractEventLoop) -> NightOutcome:
         # Own the night before touching it: a second process is refused here, naming us.
@@ -320,44 +148,44 @@ class Orchestrator:
         except OSError as exc:
             self._release_claim()
             raise UsageError(f"--night-dir: cannot create {self.night_path}: {exc.strerror or exc}") from None
-        self._attach_log()
-        watch = asyncio.create_task(self._watch_claim(), name="night-claim")
+        self.night_log.attach(self.night_path / "orchestrator.log")
+        watch = asyncio.create_task(
+            self.stopping.watch_claim(self.claim, lambda lost: self._fail(LedgerUnavailable(lost), lost)),
+            name="night-claim",
+        )
         try:
             await self._open_night()
             # Connecting and the setup hook may take long: a signal cancels them.
-            self._startup = asyncio.create_task(self._start(), name="night-startup")
-            try:
-                started = await self._startup
-            except asyncio.CancelledError:
-                if not self._interrupted:
-                    raise
-                started = False
-            finally:
-                self._startup = None
-            if started and not self._stop_starting:
+            startup = asyncio.create_task(self._start(), name="night-startup")
+            with self.stopping.cancellable(startup):
+                try:
+                    started = await startup
+                except asyncio.CancelledError:
+                    if not self.stopping.interrupted:
+                        raise
+                    started = False
+            if started and not self.stopping.stop_starting:
                 await self._run_workers(loop)
-            await self._stop_faults()
-            await self._stop_agent()
+            await self._stop_services()
             return await self._close_night()
         finally:
             watch.cancel()
             # Injected faults are undone whatever happened (Ctrl-C, abort, our own error).
-            await self._stop_faults()
-            await self._stop_agent()
-            await self._close_components()
-            self._detach_log()
+            await self._stop_services()
+            await close_components(self.components)
+            self.night_log.detach()
             if not self.keep_claim:
                 self._release_claim()
 
     async def _start(self) -> bool:
         """Faults prepared, components connected, the agent started, the setup hook run,
         faults armed. False when the setup hook failed or the night was stopped."""
-        if self._stop_starting:
+        if self.stopping.stop_starting:
             return False
         if self.faults is not None:
             await self.faults.prepare()
-        await self._connect_components()
-        self._start_agent()
+        await connect_components(self.components, self.journal)
+        await self._start_agent()
         if not await self._run_setup():
             return False
         if self.faults is not None:
@@ -367,39 +195,47 @@ class Orchestrator:
         return True
 
     async def _run_workers(self, loop: asyncio.AbstractEventLoop) -> None:
-        deadline_handle = self._arm_deadline(loop)
+        deadline_handle = self.stopping.arm_deadline(loop, self.deadline)
         try:
             self.progress.night_started(
                 self.night_id,
                 self.plan.cycles_to_run,
                 self.plan.parallel,
-                await asyncio.to_thread(self._verdict_counts),
+                await asyncio.to_thread(self.journal.verdict_counts),
                 bool(self.resume),
             )
-            workers = [asyncio.create_task(self._worker()) for _ in range(self.plan.parallel)]
+            runner = CycleRunner(
+                plan=self.plan,
+                ledger=self.ledger,
+                night_id=self.night_id,
+                night_path=self.night_path,
+                session=self._session,
+                scenario=self.scenario,
+                settings=self.settings,
+                fingerprint=self.fingerprint,
+                handles=self.handles,
+                components=self.components,
+                gate=self.gate,
+                stopping=self.stopping,
+                progress=self.progress,
+                clock=self.clock,
+                agent=self.agent,
+                services=self._services(),
+                attempts_used=self._attempts_used,
+                fail=self._fail,
+            )
+            workers = [asyncio.create_task(runner.work(self._cycles)) for _ in range(self.plan.parallel)]
             await asyncio.gather(*workers)
         finally:
             if deadline_handle is not None:
                 deadline_handle.cancel()
             self.progress.close()
 
-    async def _watch_claim(self) -> None:
-        """A night that lost its ownership (its PostgreSQL lock connection dropped and
-        another process took the lock) stops at once rather than run beside the other."""
-        while True:
-            await asyncio.sleep(_CLAIM_CHECK_S)
-            if self.claim is None:
-                continue
-            try:
-                async with asyncio.timeout(_CLAIM_CHECK_S):
-                    lost = await asyncio.to_thread(self.claim.check)
-            except TimeoutError:
-                continue  # the server is slow; the ledger's own writes will say more
-            if lost:
-                log.error("%s", lost)
-                self.fatal = self.fatal or LedgerUnavailable(lost)
-                self.interrupt(lost)
-                return
+    def _fail(self, exc: BaseException, reason: str) -> None:
+        """Our own failure (the ledger, a lost claim, a bug): the night ends (exit 3);
+        running cycles are cancelled and stay pending, so resume reruns them."""
+        self.fatal = self.fatal or exc
+        self.interrupt(reason)
 
     def _release_claim(self) -> None:
         if self.claim is not None:
@@ -411,54 +247,17 @@ class Orchestrator:
         self.started_at = self.resume["started_at"] if self.resume else now
         if self.resume is None:
             self.deadline = compute_deadline(now, plan.max_hours, plan.until)
-            row = {
-                "id": self.night_id,
-                "scenario": plan.scenario,
-                "started_at": now,
-                "status": "running",
-                "seed": plan.seed,
-                "planned_cycles": plan.cycles_to_run,
-                "parallel": plan.parallel,
-                "deadline": self.deadline,
-                "plan": plan.to_json(),
-                "config_path": plan.config_path,
-                "config_fingerprint": self.loaded.fingerprint,
-                "protected_fingerprint": self.fingerprint,
-                "night_dir": str(self.night_dir),
-                "hostname": socket.gethostname(),
-                "dry_run": plan.dry_run,
-            }
+            row = plan.night_row(self.night_id, now, self.deadline, self.loaded.fingerprint, self.fingerprint)
             await self.ledger.write(ops.create_night, row)
         else:
-            # What we were asked to resume may have moved on before we owned it.
-            fresh = await asyncio.to_thread(self._read_night)
-            if fresh is None or fresh["status"] not in (*queries.RESUMABLE, "stopped"):
-                state = fresh["status"] if fresh else "gone"
-                raise UsageError(f"night {self.night_id} is {state} now; there is nothing to resume")
-            self.resume = fresh
-            if self.resume["protected_fingerprint"] != self.fingerprint:
-                raise UsageError(
-                    f"night {self.night_id}: its protected settings differ from when it started "
-                    "(an environment variable changed?); refusing to resume a different night"
-                )
-            self.deadline = self.resume["deadline"]
-            if self.deadline_override is not None:
-                self.deadline = compute_deadline(now, *self.deadline_override)
-                await self.ledger.write(ops.set_deadline, self.night_id, self.deadline)
-            elif self.deadline is not None and self.deadline <= now:
-                when = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.deadline))
-                raise UsageError(
-                    f"night {self.night_id}: its time bound passed at {when}; "
-                    "give --max-hours or --until to resume it with a new one"
-                )
-            closed = await self.ledger.write(ops.recover_interrupted, self.night_id)
-            if closed:
-                log.info("closed %d attempt(s) left running by the previous session", closed)
+            self.resume, self.deadline = await reopen(
+                self.journal, self.fingerprint, self.deadline_override, now
+            )
         self._session = await self.ledger.write(
             ops.start_session, self.night_id, now, os.getpid(), socket.gethostname()
         )
-        await self._event(
-            "night_resumed" if self.resume else "night_started",
+        await self.journal.event(
+            EventKind.NIGHT_RESUMED if self.resume else EventKind.NIGHT_STARTED,
             f"session {self._session}, pid {os.getpid()}",
             {
                 "cycles": self.plan.cycles_to_run,
@@ -471,8 +270,8 @@ class Orchestrator:
                 "plan_choices": dict(self.plan.choices),
             },
         )
-        done = await asyncio.to_thread(self._done_cycles)
-        self._attempts_used = await asyncio.to_thread(self._read_attempts_used)
+        done = await asyncio.to_thread(self.journal.done_cycles)
+        self._attempts_used = await asyncio.to_thread(self.journal.attempts_used)
         self._cycles = CycleSource(self.plan.cycles_to_run, frozenset(done))
         log.info(
             "%s night %s (session %d): %d cycles planned, %d to run, parallel %d, deadline %s",
@@ -485,7 +284,7 @@ class Orchestrator:
             time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.deadline)) if self.deadline else "none",
         )
         if self.deadline is not None and self.deadline <= now:
-            self._stop("time bound already reached")
+            self.stopping.stop("time bound already reached")
 
     async def _close_night(self) -> NightOutcome:
         now = self.clock()
@@ -494,19 +293,19 @@ class Orchestrator:
             # --resume carries on from what was committed.
             self.fatal = self.fatal or self.ledger.broken
             return NightOutcome(
-                self.night_id, "aborted", str(self.ledger.broken), self.night_path, self._signal
+                self.night_id, "aborted", str(self.ledger.broken), self.night_path, self.stopping.signal
             )
-        remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self._done_cycles))
-        if self.fatal is not None or self.setup_error is not None or self.abort_reason is not None:
+        remaining = self.plan.cycles_to_run - len(await asyncio.to_thread(self.journal.done_cycles))
+        if self.fatal is not None or self.setup_error is not None or self.stopping.abort_reason is not None:
             status = "aborted"
-        elif self._interrupted:
+        elif self.stopping.interrupted:
             status = "interrupted"
         elif remaining > 0:
             status = "stopped"
-            self._stop_reason = self._stop_reason or f"{remaining} cycles did not finish"
+            self.stopping.reason = self.stopping.reason or f"{remaining} cycles did not finish"
         else:
             status = "completed"
-        reason = self._stop_reason or "all planned cycles ran"
+        reason = self.stopping.reason or "all planned cycles ran"
         # Cycles that did not run because the gate held them when the night ended: the
         # report must never call such a night a clean pass.
         held = dict(self.gate.reasons) if remaining > 0 and not self.gate.is_open else {}
@@ -514,325 +313,30 @@ class Orchestrator:
             reason = f"{reason}; held at the gate: {'; '.join(held.values())}"
         fp_end = self.settings.fingerprint
         if fp_end != self.fingerprint:
-            await self._event(
-                "protected_fingerprint_mismatch",
+            await self.journal.event(
+                EventKind.PROTECTED_FINGERPRINT_MISMATCH,
                 "protected settings changed during the night",
                 {"start": self.fingerprint, "end": fp_end},
             )
         await self.ledger.write(ops.finish_night, self.night_id, now, status, reason, fp_end)
         await self.ledger.write(ops.end_session, self.night_id, self._session, now, status)
-        await self._event(
-            "night_ended", f"{status}: {reason}", {"remaining_cycles": remaining, "held_at_gate": held}
+        await self.journal.event(
+            EventKind.NIGHT_ENDED,
+            f"{status}: {reason}",
+            {"remaining_cycles": remaining, "held_at_gate": held},
         )
         log.info("night %s %s: %s", self.night_id, status, reason)
-        return NightOutcome(self.night_id, status, reason, self.night_path, self._signal)
-
-    # -- workers and cycles -----------------------------------------------------------
-
-    async def _worker(self) -> None:
-        while not self._stop_starting:
-            cycle = self._cycles.next()
-            if cycle is None:
-                return
-            try:
-                await self._run_cycle(cycle)
-            except Exception as exc:
-                # Our own failure (most likely the ledger is unreachable). Stop cleanly:
-                # running cycles are cancelled and stay pending, so resume reruns them.
-                if isinstance(exc, LedgerUnavailable):
-                    log.debug("cycle %d: %s", cycle, exc)
-                else:
-                    log.exception("internal error while running cycle %d", cycle)
-                if self.fatal is None:
-                    self.fatal = exc
-                self.interrupt(f"internal error: {type(exc).__name__}: {redact(str(exc))}")
-                return
-
-    async def _run_cycle(self, cycle: int) -> None:
-        plan = self.plan
-        cycle_input = CycleInput.derive(plan.seed, cycle)
-        last_no, counted = self._attempts_used.get(cycle, (0, 0))
-        budget = 1 + plan.retry_attempts
-        await self._wait_gate()
-        if self._stop_starting:
-            return  # never started: nothing written, a later session runs it
-        await self.ledger.write(
-            ops.cycle_started,
-            self.night_id,
-            cycle,
-            str(cycle_input.seed),
-            self.clock(),
-            self.fingerprint,
-        )
-        # A cycle recorded as started runs its first attempt even when the time bound
-        # lands during that write: otherwise it would stay "started" with nothing run.
-        first = True
-        while True:
-            if not first:
-                await self._wait_gate()
-            if self._interrupted or (self._stop_starting and not first):
-                # Nothing new starts once the night is stopping; a cycle held at the gate
-                # stays pending (resume runs it) rather than failing for want of time.
-                return
-            first = False
-            if self.faults is not None:
-                await self.faults.before_cycle(cycle)  # once per cycle: it meets its faults
-            attempt = last_no = last_no + 1
-            verdict, result, error, meta, fallbacks = await self._run_attempt(cycle, attempt, cycle_input)
-            if verdict is Verdict.INTERRUPTED:
-                await self.ledger.write(ops.attempt_finished, self.night_id, cycle, attempt, result, False)
-                self.progress.attempt_finished(
-                    cycle, attempt, verdict.value, False, result["duration_s"], None
-                )
-                return
-            counted += 1
-            # A product check that failed while a declared fallback served the cycle says
-            # nothing trustworthy about the product: rerun on the primary (promise 2).
-            # Only a failure on primaries is a product failure, final (promise 1).
-            on_fallback = verdict is Verdict.FAILED and bool(fallbacks)
-            final = (verdict not in RETRYABLE and not on_fallback) or counted >= budget or self._stop_starting
-            cycle_verdict = Verdict.FAILED_ON_FALLBACK if on_fallback and final else verdict
-            fields = {"protected_fingerprint": self.fingerprint, **meta, "verdict": cycle_verdict.value}
-            await self.ledger.write(
-                ops.attempt_finished, self.night_id, cycle, attempt, result, final, fields
-            )
-            why = "" if final else " (retrying)"
-            if on_fallback:
-                then = "cycle failed_on_fallback" if final else "rerun on the primary once it is back"
-                why = f" on the {', '.join(fallbacks)} fallback: {then}"
-            log.info(
-                "cycle %d attempt %d: %s in %.3fs%s%s",
-                cycle,
-                attempt,
-                verdict.value,
-                result["duration_s"],
-                why,
-                f" — {error}" if error else "",
-                extra={"attempt_line": True},
-            )
-            self.progress.attempt_finished(
-                cycle, attempt, cycle_verdict.value, final, result["duration_s"], error
-            )
-            if final:
-                return
-            if on_fallback:
-                if not await self._wait_primary(fallbacks):
-                    # The night stopped before the primary was back: no product verdict.
-                    await self.ledger.write(
-                        ops.finish_cycle,
-                        self.night_id,
-                        cycle,
-                        result,
-                        fields | {"verdict": Verdict.FAILED_ON_FALLBACK.value},
-                    )
-                    log.info(
-                        "cycle %d: failed_on_fallback — %s not back on its primary before the night "
-                        "stopped (%s)",
-                        cycle,
-                        ", ".join(fallbacks),
-                        self._stop_reason,
-                    )
-                    self.progress.attempt_finished(
-                        cycle, attempt, Verdict.FAILED_ON_FALLBACK.value, True, result["duration_s"], error
-                    )
-                    return
-                continue
-            await self._backoff(counted)
-
-    async def _run_attempt(
-        self, cycle: int, attempt: int, cycle_input: CycleInput
-    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str]]:
-        """Run one attempt. Returns its verdict, its attempt row, its error message, the
-        cycle's fields should it be final, and the components whose fallback touched it."""
-        started = self.clock()
-        # The knob values this attempt ran with, and whether any fallback touched it.
-        knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
-        fallbacks: set[str] = set()
-        knobs_off: dict[str, dict[str, list[Any]]] = {}
-        await self.ledger.write(ops.attempt_started, self.night_id, cycle, attempt, self._session, started)
-        ctx = CycleContext(
-            night_id=self.night_id,
-            cycle=cycle,
-            attempt=attempt,
-            input=cycle_input,
-            settings=self.settings,
-            components=self.handles,
-            cycle_dir=self.night_path / "cycles" / f"{cycle:03d}",
-            ledger=self.ledger,
-            logger=logging.getLogger(f"overnight.scenario.c{cycle}"),
-            on_step=self.progress.step_changed,
-        )
-        self.progress.attempt_started(cycle, attempt)
-        t0 = time.perf_counter()
-        scope = CallScope(self.night_id, cycle, attempt, ctx._steps)
-        task = asyncio.create_task(self._call_scenario(ctx, scope), name=f"cycle-{cycle}-attempt-{attempt}")
-        self._running[cycle] = (task, ctx)
-        try:
-            await asyncio.wait({task})
-        finally:
-            self._running.pop(cycle, None)
-            ctx._closed = True
-        duration = time.perf_counter() - t0
-        if self.agent is not None:
-            # Any fallback that was active, and any knob a repair had moved off its
-            # configured value, at any moment of the attempt marks it (and the cycle).
-            fallbacks |= set(self.agent.fallbacks_during(started, started + duration))
-            knobs_off = self.agent.knobs_off_during(started, started + duration)
-        meta: dict[str, Any] = {"knobs": knobs, "fallback": bool(fallbacks), "knobs_off": knobs_off}
-        exc: BaseException | None
-        if task.cancelled():
-            verdict, exc = Verdict.INTERRUPTED, None
-        else:
-            exc = task.exception()
-            if isinstance(exc, LedgerUnavailable):
-                # Our failure, not the scenario's: no verdict; the night ends (exit 3) and
-                # the attempt stays open for resume to close and rerun.
-                raise exc
-            verdict = Verdict.PASSED if exc is None else classify(exc)
-        result: dict[str, Any] = {
-            "ended_at": started + duration,
-            "duration_s": duration,
-            "verdict": verdict.value,
-            "step": ctx._step_for(exc)
-            if exc is not None
-            else (ctx._cancelled_step if task.cancelled() else None),
-            "fallback": bool(fallbacks),
-            "knobs_off": knobs_off,
-            "calls": scope.calls,
-        }
-        message = None
-        if verdict is Verdict.INTERRUPTED:
-            result["error_message"] = f"stopped: {self._stop_reason or 'interrupted'}"
-        elif exc is not None:
-            message = redact(str(exc)) or type(exc).__name__
-            result.update(
-                error_type=error_type_name(exc),
-                error_message=message,
-                traceback="".join(traceback.format_exception(exc))[-_TRACEBACK_MAX:],
-            )
-            if isinstance(exc, InfraError):
-                result.update(fault_component=exc.component, fault_kind=exc.kind)
-        return verdict, result, message, meta, sorted(fallbacks)
-
-    async def _call_scenario(self, ctx: CycleContext, scope: CallScope) -> None:
-        # Component handles read this to attribute usage and faults to cycle and step;
-        # the list is ctx's own step stack, so it follows the scenario as it moves on.
-        current_call.set(scope)
-        timeout = self.plan.cycle_timeout
-        try:
-            async with asyncio.timeout(timeout) as cm:
-                if self.is_async:
-                    await self.scenario(ctx)
-                else:
-                    # A thread cannot be cancelled: on timeout the attempt ends here and
-                    # the thread is abandoned; ctx is closed so it records nothing more.
-                    result = await asyncio.to_thread(self.scenario, ctx)
-                    if inspect.isawaitable(result):
-                        await result
-        except TimeoutError:
-            if cm.expired():
-                raise CycleTimeout(f"cycle exceeded its timeout of {timeout:g} s") from None
-            raise
-        except (SystemExit, KeyboardInterrupt) as exc:
-            # Left alone, these would stop the event loop and the whole night: they are
-            # the scenario's doing (our own signals arrive through the loop's handlers).
-            what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
-            raise ScenarioExited(f"the scenario raised {what}") from None
-
-    async def _wait_gate(self) -> None:
-        if not self.gate.is_open:
-            log.info("gate closed (%s); holding new attempts", "; ".join(self.gate.reasons.values()))
-            waiter = asyncio.create_task(self.gate.wait())
-            stopper = asyncio.create_task(self._stopped.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            stopper.cancel()
-
-    async def _wait_primary(self, components: list[str]) -> bool:
-        """Wait until each component's fallback has ended on a healthy probe of its
-        primary, or the night stops (its time bound, a signal, an abort: ``_stopped``).
-        True when the cycle may rerun on the primary."""
-        if self.agent is None:
-            return not self._stop_starting
-        log.info("waiting for %s to be back on the primary", ", ".join(components))
-        waiter = asyncio.create_task(self.agent.primary_back(components))
-        stopper = asyncio.create_task(self._stopped.wait())
-        try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            stopper.cancel()
-        return not self._stop_starting
-
-    async def _backoff(self, counted: int) -> None:
-        delay = min(self.plan.retry_backoff * (2 ** (counted - 1)), 60.0)
-        if delay > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._stopped.wait()
+        return NightOutcome(self.night_id, status, reason, self.night_path, self.stopping.signal)
 
     # -- stopping -------------------------------------------------------------------
 
-    def _stop(self, reason: str) -> None:
-        if not self._stop_starting:
-            self._stop_starting = True
-            self._stop_reason = reason
-            self._stopped.set()  # wakes cycles held at the gate or waiting to retry
-            log.info("no new cycles will start: %s", reason)
-
     def abort(self, reason: str) -> None:
         """End the night now with a clear reason (the agent's ``abort`` escalation)."""
-        if self.abort_reason is None:
-            self.abort_reason = reason
-            log.error("night aborted: %s", reason)
-            self.interrupt(reason)
+        self.stopping.abort(reason)
 
     def interrupt(self, reason: str, signum: int | None = None) -> None:
         """Stop starting cycles and cancel the running ones (Ctrl-C, SIGTERM)."""
-        if self._interrupted:
-            return
-        self._stop_starting = True
-        self._interrupted = True
-        self._signal = signum
-        self._stop_reason = reason
-        self._stopped.set()
-        if self._startup is not None:
-            self._startup.cancel()
-        for task, _ctx in list(self._running.values()):
-            task.cancel()
-
-    def _arm_deadline(self, loop: asyncio.AbstractEventLoop) -> asyncio.TimerHandle | None:
-        if self.deadline is None:
-            return None
-        delay = max(self.deadline - self.clock(), 0.0)
-        return loop.call_later(delay, self._stop, "time bound reached (--max-hours / --until)")
-
-    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.handle_signals:
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, self._on_signal, signum)
-
-    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self.handle_signals:
-            return
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(signum)
-
-    def _on_signal(self, signum: int) -> None:
-        name = signal.Signals(signum).name
-        if self._interrupted:
-            # Second signal: the user means it. Everything committed is safe; resume
-            # closes what was left open.
-            self.progress.close()
-            os._exit(128 + signum)
-        self.progress.message(
-            f"{name} received: stopping — cancelling running cycles, writing the report "
-            "(send it again to quit at once; 'overnight run --resume' continues this night)"
-        )
-        self.interrupt(f"{name} received", signum)
+        self.stopping.interrupt(reason, signum)
 
     def _settings_written(self, key: str, value: Any) -> None:
         """A scenario, hook or strategy tried to change a protected setting: record it."""
@@ -840,19 +344,18 @@ class Orchestrator:
         by = f"cycle {scope.cycle} (step {scope.step or '-'})" if scope else "a hook or strategy"
         if self.ledger is None or self._session == 0:
             return
-        self.ledger.submit(
-            ops.add_event,
-            self.night_id,
-            self.clock(),
-            "degradation_blocked",
+        self.journal.submit(
+            EventKind.DEGRADATION_BLOCKED,
             f"{by} tried to set {key} = {value!r}: refused ({key} is a protected setting)",
             {"by": by, "attempted": f"set {key} = {value!r}", "reason": "protected setting"},
-            scope.cycle if scope else None,
-            scope.attempt if scope else None,
-            None,
         )
 
-    def _start_agent(self) -> None:
+    def _services(self) -> list[NightService]:
+        """What runs beside the cycles, in the order it stops: injected faults are undone
+        while the agent still watches."""
+        return [s for s in (self.faults, self.agent) if s is not None]
+
+    async def _start_agent(self) -> None:
         cfg = self.loaded.config.agent
         if not cfg.enabled or not self.components:
             return
@@ -869,29 +372,16 @@ class Orchestrator:
             clock=self.clock,
             shortcuts=self.shortcuts,
         )
-        self.agent.start()
+        await self.agent.start(self.started_at, bool(self.resume))
 
-    async def _stop_faults(self) -> None:
-        if self.faults is not None:
-            try:
-                # Undoing a fault may start a stopped server: longer than other stops, bounded.
-                async with asyncio.timeout(_FAULTS_STOP_S):
-                    await self.faults.stop(self._stop_reason or "the night ended")
-            except TimeoutError:
-                log.error("undoing injected faults took over %.0f s; see the fault events", _FAULTS_STOP_S)
-            except Exception as exc:
-                log.error("undoing injected faults failed: %s", redact(str(exc)), exc_info=exc)
-
-    async def _stop_agent(self) -> None:
+    async def _stop_services(self) -> None:
+        """Stop every service, each within its bound. The agent is stopped once (it is
+        dropped first); undoing faults is idempotent and tried again on the way out."""
+        reason = self.stopping.reason or "the night ended"
         agent, self.agent = self.agent, None
-        if agent is not None:
-            try:
-                async with asyncio.timeout(_STOP_TIMEOUT_S):
-                    await agent.stop()
-            except TimeoutError:
-                log.error("the repair agent took over %.0f s to stop; left behind", _STOP_TIMEOUT_S)
-            except Exception as exc:
-                log.error("stopping the repair agent failed: %s", redact(str(exc)), exc_info=exc)
+        for service, bound in ((self.faults, FAULTS_STOP), (agent, AGENT_STOP)):
+            if service is not None:
+                await stop_within(service, reason, bound)
 
     async def _run_setup(self) -> bool:
         """Run the config's ``setup`` hook once for this session. False if it failed."""
@@ -905,159 +395,9 @@ class Orchestrator:
             log=logging.getLogger("overnight.scenario.setup"),
             resumed=bool(self.resume),
         )
-        t0 = time.perf_counter()
-        try:
-            async with asyncio.timeout(self.plan.cycle_timeout):
-                result = self.setup(night)
-                if inspect.isawaitable(result):
-                    await result
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # the hook's, never the night's end
-            detail = f"{type(exc).__name__}: {redact(str(exc))}"
-            tb = "".join(traceback.format_exception(exc))[-_TRACEBACK_MAX:]
-            await self._event("setup_failed", detail, {"traceback": tb, "verdict": classify(exc).value})
-            log.error("setup failed: %s", detail)
-            self.setup_error = detail
-            self._stop_starting = True
-            self._stop_reason = f"setup failed: {detail}"
-            return False
-        await self._event("setup_done", None, {"duration_s": round(time.perf_counter() - t0, 4)})
-        return True
-
-    # -- components -------------------------------------------------------------------
-
-    async def _connect_components(self) -> None:
-        recorder = LedgerRecorder(self.ledger, self.night_id, self.clock)
-        for comp in self.components.values():
-            comp.bind(recorder)
-
-        async def one(name: str, comp: Component) -> None:
-            try:
-                async with asyncio.timeout(_CONNECT_TIMEOUT_S):
-                    await comp.connect()
-                # Declared after connecting: only then is the target known (a sandbox
-                # component learns its URL on connect).
-                await self._event("component_declared", comp.type_name, comp.describe(), component=name)
-                await self._event("component_connected", None, component=name)
-            except Exception as exc:
-                # Not fatal: cycles that use it will fail as infra errors, and say so.
-                await self._event("component_declared", comp.type_name, comp.describe(), component=name)
-                await self._event("component_connect_failed", f"{type(exc).__name__}: {exc}", component=name)
-                log.warning("component %s failed to connect: %s", name, redact(str(exc)))
-
-        await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
-
-    async def _close_components(self) -> None:
-        async def one(name: str, comp: Component) -> None:
-            try:
-                async with asyncio.timeout(_CLOSE_TIMEOUT_S):
-                    await comp.close()
-            except Exception as exc:
-                log.warning("component %s failed to close: %s", name, redact(str(exc)) or type(exc).__name__)
-
-        await asyncio.gather(*(one(n, c) for n, c in self.components.items()))
-
-    # -- helpers ---------------------------------------------------------------------
-
-    async def _event(
-        self,
-        kind: str,
-        message: str | None = None,
-        data: Any = None,
-        *,
-        component: str | None = None,
-    ) -> None:
-        await self.ledger.write(
-            ops.add_event, self.night_id, self.clock(), kind, message, data, None, None, component
-        )
-
-    def _read_night(self) -> dict[str, Any] | None:
-        with self.ledger.read() as conn:
-            return queries.get_night(conn, self.night_id)
-
-    def _done_cycles(self) -> set[int]:
-        with self.ledger.read() as conn:
-            return queries.done_cycles(conn, self.night_id)
-
-    def _read_attempts_used(self) -> dict[int, tuple[int, int]]:
-        with self.ledger.read() as conn:
-            return queries.attempts_used(conn, self.night_id)
-
-    def _verdict_counts(self) -> Counter[str]:
-        with self.ledger.read() as conn:
-            return Counter(
-                c["verdict"] for c in queries.cycles_of(conn, self.night_id) if c["status"] == "done"
-            )
-
-    def _attach_log(self) -> None:
-        handler = QuietFileHandler(self.night_path / "orchestrator.log", encoding="utf-8")
-        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(logging.DEBUG)
-        # The progress sink's lines repeat what the orchestrator logs; keep the file lean.
-        handler.addFilter(lambda r: not r.name.startswith("overnight.progress"))
-        root = logging.getLogger("overnight")
-        if root.level == logging.NOTSET:
-            root.setLevel(logging.INFO)
-        root.addHandler(handler)
-        self._log_handler = handler
-
-    def _detach_log(self) -> None:
-        if self._log_handler is not None:
-            logging.getLogger("overnight").removeHandler(self._log_handler)
-            self._log_handler.close()
-            self._log_handler = None
-
-
-class QuietFileHandler(logging.FileHandler):
-    """orchestrator.log on a full disk: lines are lost, but no traceback reaches the
-    console (the ledger's own error ends the night with one line)."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        return None
-
-
-class CycleSource:
-    """Cycle numbers 1..N not yet done, handed out in order, in constant memory: a plan
-    of any size starts at once (only the done set of a resumed night is held)."""
-
-    def __init__(self, total: int, done: frozenset[int]) -> None:
-        self.total = total
-        self.done = done
-        self._next = 1
-
-    @property
-    def remaining(self) -> int:
-        return self.total - sum(1 for c in self.done if 1 <= c <= self.total)
-
-    def next(self) -> int | None:
-        while self._next <= self.total and self._next in self.done:
-            self._next += 1
-        if self._next > self.total:
-            return None
-        cycle, self._next = self._next, self._next + 1
-        return cycle
-
-
-class LedgerRecorder:
-    """Components write their observations here: queued to the ledger in order, never
-    awaited, so a handle never waits on the ledger and works from scenario threads too."""
-
-    def __init__(self, ledger: Ledger, night_id: str, clock: Callable[[], float]) -> None:
-        self.ledger = ledger
-        self.night_id = night_id
-        self.clock = clock
-
-    def event(
-        self, kind: str, message: str | None = None, data: Any = None, *, component: str | None = None
-    ) -> None:
-        scope = current_call.get()
-        self.ledger.submit(
-            ops.add_event,
-            self.night_id,
-            self.clock(),
-            kind,
-            message,
-            data,
-            scope.cycle if scope else None,
-            scope.attempt if scope else None,
-            component,
-        )
+        failed = await run_setup_hook(self.setup, night, self.plan.cycle_timeout, self.journal)
+        if failed is None:
+            return True
+        self.setup_error = failed
+        self.stopping.fail_start(f"setup failed: {failed}")
+        return False

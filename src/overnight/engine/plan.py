@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -125,6 +126,28 @@ class Plan:
     @property
     def cycles_to_run(self) -> int:
         return min(self.cycles, DRY_RUN_CYCLES) if self.dry_run else self.cycles
+
+    def night_row(
+        self, night_id: str, now: float, deadline: float | None, config_fp: str, protected_fp: str
+    ) -> dict[str, Any]:
+        """The ``nights`` row that opens a new night of this plan, started ``now``."""
+        return {
+            "id": night_id,
+            "scenario": self.scenario,
+            "started_at": now,
+            "status": "running",
+            "seed": self.seed,
+            "planned_cycles": self.cycles_to_run,
+            "parallel": self.parallel,
+            "deadline": deadline,
+            "plan": self.to_json(),
+            "config_path": self.config_path,
+            "config_fingerprint": config_fp,
+            "protected_fingerprint": protected_fp,
+            "night_dir": str(Path(self.night_dir)),
+            "hostname": socket.gethostname(),
+            "dry_run": self.dry_run,
+        }
 
 
 def _same_but_masked(stored: Any, current: Any) -> bool:

@@ -1,0 +1,344 @@
+"""The attempt loop: a cycle's attempts, each one call of the scenario, until one is final.
+
+Only infrastructure failures earn another attempt (promise 1), within the retry budget
+and after a backoff; a product failure while a fallback served the cycle reruns on the
+primary once it is back (promise 2). Every attempt is recorded before it is shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..components import Component
+from ..config import ProtectedSettings
+from ..errors import InfraError, LedgerUnavailable
+from ..ledger import Ledger, ops
+from ..redaction import redact
+from ..runtime import CallScope, current_call
+from ..verdicts import RETRYABLE, Verdict, classify, error_type_name
+from .context import CycleContext, CycleInput
+from .cycles import CycleSource
+from .gate import Gate
+from .journal import TRACEBACK_MAX
+from .plan import Plan
+from .progress import ProgressSink
+from .services import NightService
+from .stopping import Stopping
+
+if TYPE_CHECKING:
+    from ..agent import RepairAgent
+
+log = logging.getLogger("overnight")
+
+
+class ScenarioExited(RuntimeError):
+    """The scenario raised SystemExit or KeyboardInterrupt: a harness error of that
+    attempt, never the end of the night."""
+
+
+class CycleTimeout(TimeoutError):
+    """The cycle ran past its ``cycle_timeout`` and was cancelled."""
+
+
+class CycleRunner:
+    """Runs the cycles of one session of a night, within the night's bounds (``stopping``)."""
+
+    def __init__(
+        self,
+        *,
+        plan: Plan,
+        ledger: Ledger,
+        night_id: str,
+        night_path: Path,
+        session: int,
+        scenario: Callable[..., Any],
+        settings: ProtectedSettings,
+        fingerprint: str,
+        handles: Mapping[str, Any],
+        components: Mapping[str, Component],
+        gate: Gate,
+        stopping: Stopping,
+        progress: ProgressSink,
+        clock: Callable[[], float],
+        agent: RepairAgent | None,
+        services: Sequence[NightService],
+        attempts_used: Mapping[int, tuple[int, int]],
+        fail: Callable[[BaseException, str], None],
+    ) -> None:
+        self.plan = plan
+        self.ledger = ledger
+        self.night_id = night_id
+        self.night_path = night_path
+        self.session = session
+        self.scenario = scenario
+        self.is_async = inspect.iscoroutinefunction(scenario)
+        self.settings = settings
+        # The night's, from its start: stored with every cycle and attempt.
+        self.fingerprint = fingerprint
+        self.handles = handles
+        self.components = components
+        self.gate = gate
+        self.stopping = stopping
+        self.progress = progress
+        self.clock = clock
+        self.agent = agent
+        self.services = list(services)
+        # cycle -> (last attempt number, attempts that counted) from earlier sessions.
+        self.attempts_used = attempts_used
+        # Told of our own failure (most likely the ledger is unreachable): ends the night.
+        self.fail = fail
+
+    async def work(self, source: CycleSource) -> None:
+        """One worker: run the source's cycles one by one until none is left or the night
+        stops starting work."""
+        while not self.stopping.stop_starting:
+            cycle = source.next()
+            if cycle is None:
+                return
+            try:
+                await self.run_cycle(cycle)
+            except Exception as exc:
+                # Our own failure (most likely the ledger is unreachable). Stop cleanly:
+                # running cycles are cancelled and stay pending, so resume reruns them.
+                if isinstance(exc, LedgerUnavailable):
+                    log.debug("cycle %d: %s", cycle, exc)
+                else:
+                    log.exception("internal error while running cycle %d", cycle)
+                self.fail(exc, f"internal error: {type(exc).__name__}: {redact(str(exc))}")
+                return
+
+    async def run_cycle(self, cycle: int) -> None:
+        """Run ``cycle``'s attempts until one is final, the night stops, or its fallback
+        outlives the night. Raises only on our own failure (the ledger)."""
+        plan = self.plan
+        cycle_input = CycleInput.derive(plan.seed, cycle)
+        last_no, counted = self.attempts_used.get(cycle, (0, 0))
+        budget = 1 + plan.retry_attempts
+        await self._wait_gate()
+        if self.stopping.stop_starting:
+            return  # never started: nothing written, a later session runs it
+        await self.ledger.write(
+            ops.cycle_started,
+            self.night_id,
+            cycle,
+            str(cycle_input.seed),
+            self.clock(),
+            self.fingerprint,
+        )
+        # A cycle recorded as started runs its first attempt even when the time bound
+        # lands during that write: otherwise it would stay "started" with nothing run.
+        first = True
+        while True:
+            if not first:
+                await self._wait_gate()
+            if self.stopping.interrupted or (self.stopping.stop_starting and not first):
+                # Nothing new starts once the night is stopping; a cycle held at the gate
+                # stays pending (resume runs it) rather than failing for want of time.
+                return
+            first = False
+            for service in self.services:
+                await service.before_cycle(cycle)  # once per cycle: it meets its faults
+            attempt = last_no = last_no + 1
+            verdict, result, error, meta, fallbacks = await self._run_attempt(cycle, attempt, cycle_input)
+            if verdict is Verdict.INTERRUPTED:
+                await self.ledger.write(ops.attempt_finished, self.night_id, cycle, attempt, result, False)
+                self.progress.attempt_finished(
+                    cycle, attempt, verdict.value, False, result["duration_s"], None
+                )
+                return
+            counted += 1
+            # A product check that failed while a declared fallback served the cycle says
+            # nothing trustworthy about the product: rerun on the primary (promise 2).
+            # Only a failure on primaries is a product failure, final (promise 1).
+            on_fallback = verdict is Verdict.FAILED and bool(fallbacks)
+            final = (
+                (verdict not in RETRYABLE and not on_fallback)
+                or counted >= budget
+                or self.stopping.stop_starting
+            )
+            cycle_verdict = Verdict.FAILED_ON_FALLBACK if on_fallback and final else verdict
+            fields = {"protected_fingerprint": self.fingerprint, **meta, "verdict": cycle_verdict.value}
+            await self.ledger.write(
+                ops.attempt_finished, self.night_id, cycle, attempt, result, final, fields
+            )
+            why = "" if final else " (retrying)"
+            if on_fallback:
+                then = "cycle failed_on_fallback" if final else "rerun on the primary once it is back"
+                why = f" on the {', '.join(fallbacks)} fallback: {then}"
+            log.info(
+                "cycle %d attempt %d: %s in %.3fs%s%s",
+                cycle,
+                attempt,
+                verdict.value,
+                result["duration_s"],
+                why,
+                f" — {error}" if error else "",
+                extra={"attempt_line": True},
+            )
+            self.progress.attempt_finished(
+                cycle, attempt, cycle_verdict.value, final, result["duration_s"], error
+            )
+            if final:
+                return
+            if on_fallback:
+                if not await self._wait_primary(fallbacks):
+                    # The night stopped before the primary was back: no product verdict.
+                    await self.ledger.write(
+                        ops.finish_cycle,
+                        self.night_id,
+                        cycle,
+                        result,
+                        fields | {"verdict": Verdict.FAILED_ON_FALLBACK.value},
+                    )
+                    log.info(
+                        "cycle %d: failed_on_fallback — %s not back on its primary before the night "
+                        "stopped (%s)",
+                        cycle,
+                        ", ".join(fallbacks),
+                        self.stopping.reason,
+                    )
+                    self.progress.attempt_finished(
+                        cycle, attempt, Verdict.FAILED_ON_FALLBACK.value, True, result["duration_s"], error
+                    )
+                    return
+                continue
+            await self._backoff(counted)
+
+    async def _run_attempt(
+        self, cycle: int, attempt: int, cycle_input: CycleInput
+    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str]]:
+        """Run one attempt. Returns its verdict, its attempt row, its error message, the
+        cycle's fields should it be final, and the components whose fallback touched it."""
+        started = self.clock()
+        # The knob values this attempt ran with, and whether any fallback touched it.
+        knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
+        fallbacks: set[str] = set()
+        knobs_off: dict[str, dict[str, list[Any]]] = {}
+        await self.ledger.write(ops.attempt_started, self.night_id, cycle, attempt, self.session, started)
+        ctx = CycleContext(
+            night_id=self.night_id,
+            cycle=cycle,
+            attempt=attempt,
+            input=cycle_input,
+            settings=self.settings,
+            components=self.handles,
+            cycle_dir=self.night_path / "cycles" / f"{cycle:03d}",
+            ledger=self.ledger,
+            logger=logging.getLogger(f"overnight.scenario.c{cycle}"),
+            on_step=self.progress.step_changed,
+        )
+        self.progress.attempt_started(cycle, attempt)
+        t0 = time.perf_counter()
+        scope = CallScope(self.night_id, cycle, attempt, ctx._steps)
+        task = asyncio.create_task(self._call_scenario(ctx, scope), name=f"cycle-{cycle}-attempt-{attempt}")
+        try:
+            with self.stopping.cancellable(task):
+                await asyncio.wait({task})
+        finally:
+            ctx.close()
+        duration = time.perf_counter() - t0
+        if self.agent is not None:
+            # Any fallback that was active, and any knob a repair had moved off its
+            # configured value, at any moment of the attempt marks it (and the cycle).
+            fallbacks |= set(self.agent.fallbacks_during(started, started + duration))
+            knobs_off = self.agent.knobs_off_during(started, started + duration)
+        meta: dict[str, Any] = {"knobs": knobs, "fallback": bool(fallbacks), "knobs_off": knobs_off}
+        exc: BaseException | None
+        if task.cancelled():
+            verdict, exc = Verdict.INTERRUPTED, None
+        else:
+            exc = task.exception()
+            if isinstance(exc, LedgerUnavailable):
+                # Our failure, not the scenario's: no verdict; the night ends (exit 3) and
+                # the attempt stays open for resume to close and rerun.
+                raise exc
+            verdict = Verdict.PASSED if exc is None else classify(exc)
+        result: dict[str, Any] = {
+            "ended_at": started + duration,
+            "duration_s": duration,
+            "verdict": verdict.value,
+            "step": ctx._step_for(exc)
+            if exc is not None
+            else (ctx._cancelled_step if task.cancelled() else None),
+            "fallback": bool(fallbacks),
+            "knobs_off": knobs_off,
+            "calls": scope.calls,
+        }
+        message = None
+        if verdict is Verdict.INTERRUPTED:
+            result["error_message"] = f"stopped: {self.stopping.reason or 'interrupted'}"
+        elif exc is not None:
+            message = redact(str(exc)) or type(exc).__name__
+            result.update(
+                error_type=error_type_name(exc),
+                error_message=message,
+                traceback="".join(traceback.format_exception(exc))[-TRACEBACK_MAX:],
+            )
+            if isinstance(exc, InfraError):
+                result.update(fault_component=exc.component, fault_kind=exc.kind)
+        return verdict, result, message, meta, sorted(fallbacks)
+
+    async def _call_scenario(self, ctx: CycleContext, scope: CallScope) -> None:
+        # Component handles read this to attribute usage and faults to cycle and step;
+        # the list is ctx's own step stack, so it follows the scenario as it moves on.
+        current_call.set(scope)
+        timeout = self.plan.cycle_timeout
+        try:
+            async with asyncio.timeout(timeout) as cm:
+                if self.is_async:
+                    await self.scenario(ctx)
+                else:
+                    # A thread cannot be cancelled: on timeout the attempt ends here and
+                    # the thread is abandoned; ctx is closed so it records nothing more.
+                    result = await asyncio.to_thread(self.scenario, ctx)
+                    if inspect.isawaitable(result):
+                        await result
+        except TimeoutError:
+            if cm.expired():
+                raise CycleTimeout(f"cycle exceeded its timeout of {timeout:g} s") from None
+            raise
+        except (SystemExit, KeyboardInterrupt) as exc:
+            # Left alone, these would stop the event loop and the whole night: they are
+            # the scenario's doing (our own signals arrive through the loop's handlers).
+            what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
+            raise ScenarioExited(f"the scenario raised {what}") from None
+
+    async def _wait_gate(self) -> None:
+        if not self.gate.is_open:
+            log.info("gate closed (%s); holding new attempts", "; ".join(self.gate.reasons.values()))
+            waiter = asyncio.create_task(self.gate.wait())
+            stopper = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+
+    async def _wait_primary(self, components: list[str]) -> bool:
+        """Wait until each component's fallback has ended on a healthy probe of its
+        primary, or the night stops (its time bound, a signal, an abort: ``stopping``).
+        True when the cycle may rerun on the primary."""
+        if self.agent is None:
+            return not self.stopping.stop_starting
+        log.info("waiting for %s to be back on the primary", ", ".join(components))
+        waiter = asyncio.create_task(self.agent.primary_back(components))
+        stopper = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stopper.cancel()
+        return not self.stopping.stop_starting
+
+    async def _backoff(self, counted: int) -> None:
+        delay = min(self.plan.retry_backoff * (2 ** (counted - 1)), 60.0)
+        if delay > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self.stopping.wait()
