@@ -529,3 +529,46 @@ async def test_a_time_bound_during_a_cycles_start_leaves_no_cycle_started_with_n
         (3, "done", "passed"),
     ]
     assert report["cycles_run"] == 3 and report["cycles_not_run"] == 7
+
+
+async def test_an_interrupt_while_an_attempt_is_being_started_still_cancels_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM lands while cycle 2's attempt row is being written, before its task exists:
+    # the attempt must still be cancelled at once, not run on until its cycle timeout.
+    import signal
+
+    from overnight.engine.orchestrator import Orchestrator
+    from overnight.engine.progress import LogProgress
+    from overnight.ledger import Ledger, ops
+    from overnight.report import write_reports
+
+    from .helpers import make_plan, write_project
+
+    code = (
+        "import asyncio\n\nasync def cycle(ctx):\n    if ctx.cycle == 2:\n        await asyncio.sleep(3600)\n"
+    )
+    cfg, _ = write_project(tmp_path / "project", code)
+    plan = make_plan(cfg, tmp_path / "nights", cycles=3, cycle_timeout=600)
+    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
+    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
+    real = ops.attempt_started
+    loop = asyncio.get_running_loop()
+
+    def attempt_started(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
+        if cycle == 2:
+            loop.call_soon_threadsafe(orch.interrupt, "received SIGTERM", signal.SIGTERM)
+        return real(conn, night_id, cycle, *rest)
+
+    monkeypatch.setattr(ops, "attempt_started", attempt_started)
+    t0 = time.monotonic()
+    async with asyncio.timeout(30):  # before the fix: 600 s, the cycle timeout
+        outcome = await orch.run()
+    elapsed = time.monotonic() - t0
+    report, _ = write_reports(ledger, outcome.night_id)
+    ledger.close()
+    assert elapsed < 10
+    cycles = {c["cycle"]: c for c in report["cycles"]}
+    assert cycles[1]["verdict"] == "passed"
+    assert cycles[2]["status"] != "done"
+    assert [a["verdict"] for a in cycles[2]["attempts"]] == ["interrupted"]

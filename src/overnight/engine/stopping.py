@@ -50,8 +50,11 @@ class Stopping:
 
     @contextlib.contextmanager
     def cancellable(self, task: asyncio.Task[Any]) -> Iterator[None]:
-        """While inside, an interrupt cancels ``task``."""
+        """While inside, an interrupt cancels ``task``, also one that came before: an
+        interrupt during the awaits that prepared the task must not let it run on."""
         self._cancellable[task] = None
+        if self.interrupted:
+            task.cancel()
         try:
             yield
         finally:
