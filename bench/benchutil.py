@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,6 +167,9 @@ def throwaway_pg_admin_url() -> str:
         sys.exit(f"{name}: cannot make a throwaway PostgreSQL cluster ({why}); give --pg-url")
     cluster = Cluster(password=f"ovb{secrets.token_hex(12)}")
     atexit.register(cluster.close)
+    # SIGTERM (a timeout, a cancelled job) would skip atexit and leave the cluster behind.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         cluster.start()
     except RuntimeError as exc:
