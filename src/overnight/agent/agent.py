@@ -10,6 +10,8 @@ The agent itself is supervised: a crash inside a monitor (whatever a probe, repa
 strategy raised, a stray CancelledError included) is recorded and the monitor restarts
 with backoff; one that keeps crashing escalates like a component that cannot be repaired.
 A pause is bounded too (``max_pause``): then the night ends aborted, naming the component.
+Just over 400 lines: the supervision and the orchestrator's questions (fallbacks and knobs
+during an attempt) read the same monitor state and stay together.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Each one is small and idempotent where a resume may repeat it. Free text goes through
 ``redact`` here, at the single door into the ledger, so no caller can forget it.
+Over 400 lines on purpose: one short function per write, kept beside each other so every
+write into the ledger (and its redaction) is read in one place.
 """
 
 from __future__ import annotations

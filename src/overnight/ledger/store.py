@@ -4,7 +4,8 @@ Writes go through a single writer thread. Callers submit small operations; the t
 runs whatever is queued in one transaction (group commit) and resolves each caller's
 future only after COMMIT, so "written before shown" holds without blocking the event
 loop and without paying one fsync per event. The same code path serves SQLite and
-PostgreSQL: only the URL differs.
+PostgreSQL: only the URL differs. Over 400 lines on purpose: the writer thread, its
+queue, its failure handling and its bounded waits are one mechanism, read together.
 """
 
 from __future__ import annotations
