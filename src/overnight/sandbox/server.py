@@ -23,6 +23,9 @@ Admin endpoints (never subject to the switches)::
 
 A refusing server cannot be reached on its own port; ``ControlServer`` serves the same
 operations for a set of servers from a port of its own (``/_sandbox/servers/NAME/...``).
+
+This module stays a little over 400 lines: the lifecycle, the request gate and the admin
+operations of ``SandboxServer`` share its lock, condition and listener generation.
 """
 
 from __future__ import annotations
