@@ -11,19 +11,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ValidationError
 
-from ..config import AGENT_KEYS_PER_COMPONENT, ConfigModel, describe_validation_error
-from ..errors import ConfigError, InfraError, OvernightError
+from ..config import describe_validation_error
+from ..errors import ConfigError, InfraError
 from ..redaction import redact
 from ..runtime import NullRecorder, Recorder, current_call
+from .errors import classify_common, classify_status, describe_error, url_endpoint, url_via
+from .knobs import Knob, KnobRefused, Knobs
+from .options import (
+    COMMON_OPTIONS,
+    TIMEOUT_CEILING,
+    NonEmptyStr,
+    Options,
+    TimeoutOptions,
+    _BaseOptions,
+)
+
+__all__ = [
+    "COMMON_OPTIONS",
+    "FAULT_KINDS",
+    "TIMEOUT_CEILING",
+    "Component",
+    "ComponentSpec",
+    "ErrorListener",
+    "Knob",
+    "KnobRefused",
+    "Knobs",
+    "NonEmptyStr",
+    "OptionError",
+    "Options",
+    "ProbeResult",
+    "SandboxEndpoints",
+    "TimeoutOptions",
+    "classify_common",
+    "classify_status",
+    "describe_error",
+    "url_endpoint",
+    "url_via",
+]
 
 T = TypeVar("T")
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -41,52 +73,6 @@ FAULT_KINDS: tuple[str, ...] = (
 )
 
 
-# Options every component accepts; they configure the repair agent, not the client.
-COMMON_OPTIONS: frozenset[str] = frozenset({*AGENT_KEYS_PER_COMPONENT, "fallback", "repairs", "fault_proxy"})
-
-
-# A string option that must say something (a URL, a path, a name).
-NonEmptyStr = Annotated[str, Field(min_length=1)]
-
-
-class Options(ConfigModel):
-    """Base of a component type's options model (``Component.options`` validates it).
-
-    TOML gives native types, so they are taken strictly: a string is not a bool, a bool
-    is not a number, a float is not an int. Numbers must be finite, and a key the model
-    does not declare is refused (a typo must not silently fall back to a default). A value
-    read from the environment (``pool_size = "${POOL:-5}"``) converts to the field's type.
-    """
-
-    model_config = ConfigDict(
-        extra="forbid", strict=True, allow_inf_nan=False, frozen=True, hide_input_in_errors=True
-    )
-
-
-# The highest a timeout knob's bound may be: an hour for one request is already no answer.
-TIMEOUT_CEILING = 3600.0
-
-
-class TimeoutOptions(Options):
-    """``timeout`` (a knob, seconds) and ``timeout_max``, the bound a repair may raise it to."""
-
-    timeout_max: float = Field(120.0, ge=1, le=TIMEOUT_CEILING)
-    timeout: float | None = Field(None, ge=1, le=TIMEOUT_CEILING)  # default: 60, or timeout_max if lower
-
-    @field_validator("timeout")
-    @classmethod
-    def _within_max(cls, value: float | None, info: ValidationInfo) -> float | None:
-        ceiling = info.data.get("timeout_max")
-        if value is not None and ceiling is not None and value > ceiling:
-            raise ValueError(f"above timeout_max {ceiling:g}")
-        return value
-
-    @property
-    def initial_timeout(self) -> float:
-        """The knob's starting value: as configured, else 60 s lowered to ``timeout_max``."""
-        return self.timeout if self.timeout is not None else min(60.0, self.timeout_max)
-
-
 class OptionError(ConfigError):
     """A component option is invalid: ``components.NAME.KEY: what was expected``."""
 
@@ -97,12 +83,6 @@ class OptionError(ConfigError):
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep pickling working with the 3-arg constructor
         return (type(self), (self.component, self.key, self.message))
-
-
-class _BaseOptions(Options):
-    model_config = ConfigDict(extra="ignore")  # the rest belongs to the type and the agent
-
-    fault_proxy: bool = False
 
 
 class SandboxEndpoints(Protocol):
@@ -162,101 +142,6 @@ class ProbeResult:
     checked_at: float = field(default_factory=time.time)
     # Facts a repair can use, as from ``fault_details`` (a probe's 429 carries its Retry-After).
     details: dict[str, Any] = field(default_factory=dict)
-
-
-class KnobRefused(OvernightError):
-    """A knob change outside its declared bounds (or of an unknown knob)."""
-
-
-@dataclass
-class Knob:
-    """An operational setting a repair may change, within declared bounds."""
-
-    name: str
-    value: Any
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[Any, ...] | None = None
-    unit: str = ""
-
-    def refusal(self, value: Any) -> str | None:
-        """Why ``value`` is not allowed, or None when it is."""
-        if self.choices is not None:
-            if value not in self.choices:
-                return f"{self.name}={value!r} is not one of the allowed {list(self.choices)!r}"
-            return None
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            return f"{self.name}={value!r} is not a number"
-        if self.minimum is not None and value < self.minimum:
-            return f"{self.name}={value!r} is below its bound {self.minimum!r}"
-        if self.maximum is not None and value > self.maximum:
-            return f"{self.name}={value!r} is above its bound {self.maximum!r}"
-        return None
-
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"value": self.value}
-        if self.choices is not None:
-            out["choices"] = list(self.choices)
-        else:
-            out["min"], out["max"] = self.minimum, self.maximum
-        return out
-
-
-class Knobs:
-    """A component's knobs. ``set`` refuses anything outside the declared bounds."""
-
-    def __init__(self, owner: str) -> None:
-        self.owner = owner
-        self._knobs: dict[str, Knob] = {}
-        # The value each knob was declared with (from the config): the baseline a knob a
-        # repair changed returns to.
-        self._configured: dict[str, Any] = {}
-
-    def declare(self, knob: Knob) -> Knob:
-        reason = knob.refusal(knob.value)
-        if reason is not None:
-            raise ValueError(f"initial value out of bounds: {reason}")
-        self._knobs[knob.name] = knob
-        self._configured[knob.name] = knob.value
-        return knob
-
-    def configured(self, name: str) -> Any:
-        """The value ``name`` was declared with."""
-        return self._configured[name]
-
-    def off(self) -> dict[str, list[Any]]:
-        """Knobs whose value is not the configured one: ``{name: [configured, actual]}``."""
-        return {
-            name: [self._configured[name], knob.value]
-            for name, knob in self._knobs.items()
-            if knob.value != self._configured[name]
-        }
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._knobs
-
-    def __getitem__(self, name: str) -> Knob:
-        return self._knobs[name]
-
-    def get(self, name: str) -> Any:
-        return self._knobs[name].value
-
-    def values(self) -> dict[str, Any]:
-        return {k: v.value for k, v in self._knobs.items()}
-
-    def describe(self) -> dict[str, Any]:
-        return {k: v.describe() for k, v in self._knobs.items()}
-
-    def set(self, name: str, value: Any) -> Any:
-        """Change a knob; returns the previous value. Raises KnobRefused out of bounds."""
-        knob = self._knobs.get(name)
-        if knob is None:
-            raise KnobRefused(f"{self.owner}: no knob {name!r} (knobs: {', '.join(self._knobs) or 'none'})")
-        reason = knob.refusal(value)
-        if reason is not None:
-            raise KnobRefused(f"{self.owner}: {reason}")
-        old, knob.value = knob.value, value
-        return old
 
 
 ErrorListener = Callable[["Component", str, BaseException], None]
@@ -437,85 +322,3 @@ class Component:
         payload = dict(data)
         payload["step"] = scope.step if scope else None
         self.recorder.event("usage", None, payload, component=self.name)
-
-
-def describe_error(exc: BaseException) -> str:
-    status, content = getattr(exc, "status_code", None), getattr(exc, "content", None)
-    if isinstance(status, int) and isinstance(content, bytes | str):
-        # SDK errors that print their whole response (headers included): keep it short.
-        body = content.decode("utf-8", "replace") if isinstance(content, bytes) else content
-        text = f"HTTP {status}: {' '.join(body.split())[:200]}"
-    else:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
-    return redact(f"{name}: {text}" if text else name) or name
-
-
-_CONNECTION_LOST = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError)
-
-
-def classify_common(exc: BaseException) -> str | None:
-    """Network-level faults any client can hit, by exception type and errno."""
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - httpx is a dependency
-        pass
-    else:
-        if isinstance(exc, httpx.TimeoutException):
-            return "timeout"
-        if isinstance(exc, httpx.ConnectError):
-            return "unavailable"
-        if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-            return "connection_lost"
-        if isinstance(exc, httpx.HTTPStatusError):
-            return classify_status(exc.response.status_code, exc.response.text)
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "timeout"
-    if isinstance(exc, ConnectionRefusedError):
-        return "unavailable"
-    if isinstance(exc, _CONNECTION_LOST):
-        return "connection_lost"
-    if isinstance(exc, OSError) and exc.errno in (
-        errno.ECONNREFUSED,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ENOTCONN,
-    ):
-        return "unavailable"
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        return "resource_low"
-    return None
-
-
-def classify_status(status: int, body: str = "") -> str | None:
-    """HTTP status (and body hints) to a fault kind; None for the product's own 4xx."""
-    lowered = body.lower()
-    if status in (401, 403):
-        return "auth_expired"
-    if status == 429:
-        return "quota_exceeded" if "quota" in lowered else "rate_limited"
-    if status in (502, 503, 504):
-        return "unavailable"
-    if status >= 500:
-        return "server_error"
-    if status == 408:
-        return "timeout"
-    return None
-
-
-def url_endpoint(url: str, default_port: int) -> tuple[str, int]:
-    """(host, port) of a URL; ``default_port`` when the URL has none."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or default_port
-
-
-def url_via(url: str, host: str, port: int) -> str:
-    """``url`` with its host and port replaced (user, password, path and query kept)."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    userinfo, _, _ = parts.netloc.rpartition("@")
-    netloc = f"{userinfo}@{host}:{port}" if userinfo else f"{host}:{port}"
-    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,237 @@
+"""The Markdown report's result sections: quality, failures, flaky or input-dependent steps,
+tokens and cost, trend and recommendations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..numbers import plural
+from .markdown_common import _esc, _time
+
+
+def _quality(w: Any, r: dict[str, Any]) -> None:
+    q = r.get("quality")
+    w("## Quality")
+    w("")
+    if not q:
+        w('No quality score was recorded (a scenario records one with `ctx.metric("score", value)`).')
+        w("")
+        return
+    w(f"`{q['metric']}` of {plural(q['n'], 'cycle')}: average **{q['mean']}**.")
+    w("")
+    w("| score | cycles |")
+    w("|---|---:|")
+    for bucket, count in q["buckets"].items():
+        w(f"| {bucket} | {count} |")
+    w("")
+    if q["best"]:
+        w("Best: " + ", ".join(f"cycle {b['cycle']} ({b['score']})" for b in q["best"]))
+        w("Worst: " + ", ".join(f"cycle {b['cycle']} ({b['score']})" for b in q["worst"]))
+        w("")
+    if q["weaknesses"]:
+        w("Most frequent reviewer weaknesses:")
+        w("")
+        for item in q["weaknesses"]:
+            w(f"- {_esc(item['text'])} ({item['count']}×)")
+        w("")
+
+
+def _failures(w: Any, r: dict[str, Any]) -> None:
+    w("## Failures")
+    w("")
+    if not r["failures"]:
+        w("None: every cycle that ran passed." if r["cycles_run"] else "No cycle finished.")
+        w("")
+    product = [f for f in r["failures"] if f["verdict"] == "failed"]
+    other = [f for f in r["failures"] if f["verdict"] not in ("failed", "failed_on_fallback")]
+    on_fallback = r.get("fallback_failures") or []
+    if product:
+        w(f"### Product failures ({len(product)})")
+        w("")
+        for f in product:
+            _failure(w, f)
+    if on_fallback:
+        # Not product failures: a declared fallback served the final attempt, and no rerun
+        # on the primary gave a verdict.
+        w(f"### Failed on a fallback — no product verdict ({len(on_fallback)})")
+        w("")
+        for f in on_fallback:
+            _failure(w, f)
+            for fb in f["fallbacks"]:
+                w(
+                    f"  - ran on {fb['component']}'s {fb['kind']} fallback (incident #{fb['incident_id']}, "
+                    f"from {_time(fb['started_at'])} to "
+                    f"{_time(fb['ended_at']) if fb['ended_at'] else 'the end of the night'})"
+                )
+            w("")
+    if other:
+        w(f"### Infrastructure, timeouts and harness errors ({len(other)})")
+        w("")
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for f in other:
+            key = (
+                f["verdict"]
+                if f["verdict"] != "infra_error"
+                else f"infra_error: {f['fault_component']}/{f['fault_kind']}"
+            )
+            groups.setdefault(key, []).append(f)
+        for key, items in groups.items():
+            w(f"**{key}** — {plural(len(items), 'cycle')}")
+            w("")
+            for f in items:
+                _failure(w, f)
+    met = (r.get("infra_retried_to_verdict") or {}).get("cycles") or []
+    if met:
+        w("Cycles that met an infra error and got their final verdict on a later attempt:")
+        w("")
+        for m in met:
+            w(f"- cycle {m['cycle']} ({', '.join(m['faults'])}) → {m['verdict']}")
+        w("")
+
+
+def _flaky(w: Any, r: dict[str, Any]) -> None:
+    w("## Flaky or input-dependent")
+    w("")
+    flaky = r.get("flaky") or []
+    w("**Flaky** (the same input gave different outcomes):")
+    w("")
+    if not flaky:
+        w(
+            "None: no input gave different outcomes on two attempts of a cycle, or in an earlier "
+            "night with the same settings."
+        )
+    for f in flaky:
+        evidence = "; ".join(
+            f"night {e['night_id']} cycle {e['cycle']}"
+            + (f" attempt {e['attempt']}" if e["attempt"] is not None else "")
+            + f": {e['verdict']}"
+            + (f" at `{e['step']}`" if e.get("step") else "")
+            for e in f["evidence"]
+        )
+        w(f"- cycle {f['cycle']} (input `{f['input_seed']}`): {' / '.join(f['outcomes'])} — {_esc(evidence)}")
+    w("")
+    steps = r.get("input_dependent_steps") or []
+    w(
+        "**Fails on some inputs** (a step that passed on some cycles' inputs and failed on "
+        "others'; not flaky):"
+    )
+    w("")
+    if not steps:
+        w("None.")
+        w("")
+        return
+    w("| step | runs | passed | failed | pass rate | 95% CI | failed on cycles |")
+    w("|---|---:|---:|---:|---:|---|---|")
+    for f in steps:
+        lo, hi = f["ci95"]
+        cycles = ", ".join(str(i["cycle"]) for i in f["failed_inputs"])
+        more = " …" if f["failed"] > len(f["failed_inputs"]) else ""
+        w(
+            f"| `{f['step']}` | {f['runs']} | {f['passed']} | {f['failed']} | {f['pass_rate'] * 100:.1f}% "
+            f"| {lo * 100:.1f}–{hi * 100:.1f}% | {cycles}{more} |"
+        )
+    w("")
+
+
+def _tokens(w: Any, r: dict[str, Any]) -> None:
+    w("## Token usage and cost")
+    w("")
+    tk = r.get("tokens")
+    if not tk:
+        w("No token usage was recorded.")
+        w("")
+        return
+    tot = tk["total"]
+    w(
+        f"{tot['calls']} calls, {tot['total_tokens']:,} tokens ({tot['prompt_tokens']:,} prompt, "
+        f"{tot['completion_tokens']:,} completion)."
+    )
+    w("")
+    w("| step | calls | prompt | completion | total |")
+    w("|---|---:|---:|---:|---:|")
+    for name, t in tk["per_step"].items():
+        w(
+            f"| `{name}` | {t['calls']} | {t['prompt_tokens']:,} | {t['completion_tokens']:,} "
+            f"| {t['total_tokens']:,} |"
+        )
+    w("")
+    cost = tk.get("cost")
+    if cost is None:
+        w("Cost: no price table configured (`[report] prices` in the config).")
+    else:
+        per = ", ".join(f"{m}: {v:.2f}" for m, v in cost["per_model"].items())
+        w(
+            f"Cost: **{cost['total']:.2f} {cost['currency']}** ({per})"
+            + (f"; no price for {', '.join(cost['unpriced_models'])}" if cost["unpriced_models"] else "")
+        )
+    w("")
+
+
+def _trend(w: Any, r: dict[str, Any]) -> None:
+    w("## Trend")
+    w("")
+    tr = r.get("trend")
+    if not tr:
+        w("No earlier night of this scenario in the ledger to compare with.")
+        w("")
+        return
+    w(f"Against night {tr['previous_night_id']} (started {tr['previous_started_at']}):")
+    w("")
+    if not tr.get("comparable", True):
+        diffs = [f"{d['key']}: {_v(d['before'])} → {_v(d['now'])}" for d in tr.get("settings_differ") or []]
+        if tr.get("choices_now") != tr.get("choices_before"):
+            diffs.append(f"plan choices: {_v(tr.get('choices_before'))} → {_v(tr.get('choices_now'))}")
+        if tr.get("faults_now") != tr.get("faults_before"):
+            before = ", ".join(tr.get("faults_before") or []) or "none"
+            diffs.append(f"injected faults: {before} → {', '.join(tr.get('faults_now') or []) or 'none'}")
+        w(
+            "**Not like for like: the two nights ran different plans** ("
+            + _esc("; ".join(diffs))
+            + "). Their figures are shown side by side, without changes."
+        )
+        w("")
+    w("| figure | this night | previous | change |")
+    w("|---|---:|---:|---:|")
+    for name, f in tr["figures"].items():
+        delta = f["delta"]
+        sign = "" if delta is None else ("+" if delta > 0 else "")
+        now, before, change = _figure(name, f["now"]), _figure(name, f["before"]), _figure(name, delta, True)
+        w(f"| {name.replace('_', ' ')} | {now} | {before} | {sign}{change} |")
+    w("")
+
+
+def _figure(name: str, x: Any, change: bool = False) -> str:
+    """A trend figure as the summary shows it: the success rate in percent (its change in
+    percentage points), the rest as numbers."""
+    if name == "success_rate" and isinstance(x, int | float):
+        return f"{x * 100:.1f} pp" if change else f"{x * 100:.1f}%"
+    return _v(x)
+
+
+def _v(x: Any) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+    return str(x)
+
+
+def _recommendations(w: Any, r: dict[str, Any]) -> None:
+    w("## Recommendations")
+    w("")
+    recs = r.get("recommendations") or []
+    for rec in recs:
+        w(f"- {_esc(rec['text'])} — _evidence: {_esc(rec['evidence'])}_")
+    if not recs:
+        w("None.")
+    w("")
+
+
+def _failure(w: Any, f: dict[str, Any]) -> None:
+    step = f" in step `{f['step']}`" if f["step"] else ""
+    link = f" — artifacts: [{f['artifacts_dir']}]({f['artifacts_dir']}/)" if f["artifacts_dir"] else ""
+    w(f"- **Cycle {f['cycle']}**{step}, after {plural(f['attempts'], 'attempt')}{link}")
+    err = f"{f['error_type'] or ''}: {f['error_message'] or ''}".strip(": ")
+    if err:
+        w(f"  `{_esc(err)[:400]}`")
+    w("")
