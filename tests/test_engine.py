@@ -572,3 +572,16 @@ async def test_an_interrupt_while_an_attempt_is_being_started_still_cancels_it(
     assert cycles[1]["verdict"] == "passed"
     assert cycles[2]["status"] != "done"
     assert [a["verdict"] for a in cycles[2]["attempts"]] == ["interrupted"]
+
+
+def test_error_types_are_bare_for_ours_and_builtins_dotted_otherwise() -> None:
+    import json as json_module
+
+    from overnight.components import KnobRefused
+    from overnight.engine.attempts import CycleTimeout
+    from overnight.verdicts import error_type_name
+
+    assert error_type_name(KnobRefused("x")) == "KnobRefused"
+    assert error_type_name(CycleTimeout("x")) == "CycleTimeout"
+    assert error_type_name(KeyError("x")) == "KeyError"
+    assert error_type_name(json_module.JSONDecodeError("x", "", 0)) == "json.decoder.JSONDecodeError"

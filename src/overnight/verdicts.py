@@ -41,7 +41,8 @@ RETRYABLE: frozenset[Verdict] = frozenset({Verdict.INFRA_ERROR, Verdict.TIMEOUT}
 def error_type_name(exc: BaseException) -> str:
     """How an error's type is recorded: bare for builtins and our own, dotted otherwise."""
     t = type(exc)
-    if t.__module__ in ("builtins", "overnight.errors", "overnight.engine.attempts"):
+    # Bare for every module of ours, so moving a class between modules changes nothing.
+    if t.__module__ == "builtins" or t.__module__.startswith("overnight."):
         return t.__name__
     return f"{t.__module__}.{t.__qualname__}"
 

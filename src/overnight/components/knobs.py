@@ -11,10 +11,6 @@ from ..errors import OvernightError
 class KnobRefused(OvernightError):
     """A knob change outside its declared bounds (or of an unknown knob)."""
 
-    # Recorded as ``overnight.components.base.KnobRefused`` (verdicts.error_type_name), as
-    # before knobs moved here; the name resolves, since components.base re-exports it.
-    __module__ = "overnight.components.base"
-
 
 @dataclass
 class Knob:
