@@ -951,9 +951,13 @@ def score(
     fired = {"attempts": 0, "failed_its_check": 0, "check_passed": 0, "cut_short": 0}
     for c, got in verdicts.items():
         shown_primary = shown_fallback = False
+        det = c in ref_failed
         for a in bugs.get(c, {}).values():
-            if a["kinds"] != ["intermittent"]:
-                continue  # no intermittent fire, or the deterministic bug fired too
+            # On a cycle the reference night passed, the deterministic bug fires only where
+            # the reviewer does not look (a section it does not require): a failed check
+            # with the intermittent bug fired is the intermittent bug's, whatever else fired.
+            if "intermittent" not in a["kinds"] or (det and a["kinds"] != ["intermittent"]):
+                continue
             fired["attempts"] += 1
             if a["outcome"] == "product_failure":
                 fired["failed_its_check"] += 1
@@ -965,7 +969,6 @@ def score(
                 fired["check_passed"] += 1  # a section the reviewer does not require
             else:
                 fired["cut_short"] += 1  # an infra error or timeout ended it before the check
-        det = c in ref_failed
         intermittent = not det and (shown_primary or shown_fallback)
         if intermittent:
             int_cycles.append(c)
@@ -1341,7 +1344,16 @@ def main() -> None:
         help=f"which to run, comma-separated (default {','.join(APPROACHES)}); "
         "the no-fault reference always runs",
     )
+    parser.add_argument(
+        "--rescore",
+        metavar="JSON",
+        default=None,
+        help="score a saved result again with this version's rules (no runs) and write it to --json",
+    )
     args = parser.parse_args()
+    if args.rescore:
+        rescore(Path(args.rescore), Path(args.json_out))
+        return
     approaches = [a.strip() for a in args.approaches.split(",") if a.strip()]
     unknown = [a for a in approaches if a not in APPROACHES]
     if unknown:
@@ -1494,6 +1506,30 @@ def main() -> None:
     out["notes"] = notes
     table = markdown(out)
     save(Path(args.json_out), out, table)
+    print(table)
+
+
+def rescore(saved: Path, out_path: Path) -> None:
+    """Score the verdicts and bug records of a saved result again (the scoring rules
+    changed, the runs did not): the attempts the bugs fired on are in the result."""
+    out = json.loads(saved.read_text())
+    ref_failed = set(out["reference"]["failed_cycles"])
+    out["targets"] = []
+    for pname, ep in out["plans"].items():
+        for name in APPROACHES:
+            e = ep.get(name)
+            if e is None:
+                continue
+            verdicts = {int(c): v for c, v in e["verdicts_by_cycle"].items()}
+            bugs = {int(c): {int(n): a for n, a in att.items()} for c, att in e["attempts_with_bugs"].items()}
+            e.update(score(verdicts, ref_failed, bugs))
+        ov = ep.get("overnight")
+        if ov is not None:
+            specs = load_specs(REPO / ep["faults"], out["params"]["cycles"])
+            out["targets"] += targets(pname, ov, out["reference"]["wall_s"], {s.id: s for s in specs})
+    out["rescored"] = datetime.now().isoformat(timespec="seconds")
+    table = markdown(out)
+    save(out_path, out, table)
     print(table)
 
 

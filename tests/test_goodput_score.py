@@ -46,6 +46,9 @@ def test_scores_each_kind_of_cycle(goodput: ModuleType) -> None:
         11: "infra_error",
         12: None,  # never ran
         13: "passed",  # intermittent fired where the check does not look; and on an infra error
+        14: "failed",  # intermittent failed the check while the deterministic bug fired in a
+        #               section the check does not require (the reference passed it): caught
+        15: "passed",  # the same, passed on a rerun: masked
     }
     bugs = {
         2: {1: attempt("product_failure", "deterministic")},
@@ -61,24 +64,29 @@ def test_scores_each_kind_of_cycle(goodput: ModuleType) -> None:
         8: {1: attempt("product_failure", fallback=True)},
         9: {1: attempt("product_failure", "deterministic", fallback=True)},
         13: {1: attempt("infra_error", "intermittent"), 2: attempt("passed", "intermittent")},
+        14: {1: attempt("product_failure", "deterministic", "intermittent")},
+        15: {
+            1: attempt("product_failure", "deterministic", "intermittent"),
+            2: attempt("passed", "deterministic"),
+        },
     }
     s = goodput.score(verdicts, {2, 3, 9}, bugs)
-    assert s["correct_verdicts"] == 6  # 1, 2, 4, 7, 8, 13
-    assert s["wrong_cycles"] == [3, 5, 6, 9, 10, 11, 12]
+    assert s["correct_verdicts"] == 7  # 1, 2, 4, 7, 8, 13, 14
+    assert s["wrong_cycles"] == [3, 5, 6, 9, 10, 11, 12, 15]
     assert s["masked_deterministic_cycles"] == [3]
-    assert s["intermittent"]["cycles"] == [4, 5, 6]
-    assert s["intermittent"]["caught"] == [4]
-    assert s["intermittent"]["masked"] == [5]
+    assert s["intermittent"]["cycles"] == [4, 5, 6, 14, 15]
+    assert s["intermittent"]["caught"] == [4, 14]
+    assert s["intermittent"]["masked"] == [5, 15]
     assert s["intermittent"]["masked_by_primary_rerun"] == [6]
     assert s["failed_on_fallback_correct"] == [8]
     assert s["no_product_verdict_cycles"] == [9, 11]
     assert s["false_failure_cycles"] == [10]
     assert s["lost"] == [12]
-    # Attempts with only the intermittent bug: 4, 5, 6 failed their check; 13 passed one
-    # and had one cut short by an infra error.
+    # Attempts the intermittent bug fired on: 4, 5, 6, 14, 15 failed their check; 13 passed
+    # one and had one cut short by an infra error.
     assert s["intermittent"]["fired"] == {
-        "attempts": 5,
-        "failed_its_check": 3,
+        "attempts": 7,
+        "failed_its_check": 5,
         "check_passed": 1,
         "cut_short": 1,
     }
