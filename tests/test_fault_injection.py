@@ -205,9 +205,15 @@ async def test_example_incidents_are_detected_diagnosed_repaired_and_verified(
             assert row["detected"] and row["diagnosis_correct"], row
             assert row["verified_at"] is not None and row["time_to_healthy_s"] is not None, row
             assert 0 <= row["time_to_detect_s"] < 5, row
-        # Pre-ping found the terminated connections and the pool reconnected: a transient
-        # incident, verified by a probe; no cycle failed for it.
-        assert rows["db:connection_lost#1"]["incident_state"] == "transient"
+        # No cycle failed for the lost connections. Either the cycle's pre-ping found them
+        # and the pool reconnected (a transient incident, verified by the next probe), or
+        # a probe met them first (which happens on a busy machine) and the pool was
+        # rebuilt, verified by a probe.
+        db = rows["db:connection_lost#1"]
+        assert db["cycles_hit"] == [], db
+        if db["incident_state"] != "transient":
+            assert db["incident_state"] == "repaired", db
+            assert [(r["strategy"], r["verified"]) for r in db["repairs"]] == [("rebuild_pool", True)], db
         quota = rows["llm:quota_exceeded#2"]
         assert quota["incident_state"] == "repaired" and quota["cycles_hit"] == [3]
         assert quota["repairs"][-1] == {
