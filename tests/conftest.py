@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from .support import zygote
+from .support.projects import make_project as make_project  # tests import it from here
 
 PG_ROLE = "overnight_test"
 REPO = Path(__file__).resolve().parent.parent
@@ -265,15 +265,6 @@ def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "ledger" / "overnight.db")
     return request.getfixturevalue("pg_url")
-
-
-def make_project(folder: Path, scenario_code: str, config: str = "", name: str = "scenario") -> Path:
-    """Write ``<name>.py`` and an ``overnight.toml`` pointing at ``<name>:cycle``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.py").write_text(textwrap.dedent(scenario_code))
-    toml = f'scenario = "{name}:cycle"\n' + textwrap.dedent(config)
-    (folder / "overnight.toml").write_text(toml)
-    return folder
 
 
 def run_cli(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,15 @@ from overnight.engine.progress import LogProgress
 from overnight.ledger import Ledger, queries
 from overnight.report import write_reports
 
+from .support.projects import make_project
+
 
 def write_project(folder: Path, code: str, config: str = "") -> tuple[Path, str]:
-    """A project folder with a uniquely named scenario module (imports are cached)."""
+    """A project for an in-process night: its scenario module gets a unique name, since
+    this process's import cache would otherwise hand back an earlier test's module.
+    Returns (overnight.toml, module name)."""
     name = f"scn_{uuid.uuid4().hex[:10]}"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.py").write_text(textwrap.dedent(code))
-    (folder / "overnight.toml").write_text(f'scenario = "{name}:cycle"\n' + textwrap.dedent(config))
+    make_project(folder, code, config, name=name)
     return folder / "overnight.toml", name
 
 
