@@ -251,6 +251,9 @@ def test_user_injectors_are_asked_first_and_say_why_not(tmp_path: Path, registri
         methods = ("garble",)
         networked = False
 
+        async def inject(self) -> dict[str, Any]:
+            return {}
+
     register_injector(Garble)
     assert choose(bad, llm, settings) == "garble"
     assert choose(_spec("llm:bad_response@cycle=1,duration=1s"), llm, settings) == "garble"  # its kind
@@ -274,10 +277,12 @@ def test_a_users_injector_is_networked_unless_it_says_not(tmp_path: Path, regist
 
 
 def test_register_injector_refuses_what_choose_could_not_use(registries: None) -> None:
+    async def inject(self: Injector) -> dict[str, Any]:
+        return {}
+
     def injector(**attrs: Any) -> type[Injector]:
-        return type(
-            "Mine", (Injector,), {"mechanism": "mine", "kinds": ("timeout",), "types": ("x",), **attrs}
-        )
+        body = {"mechanism": "mine", "kinds": ("timeout",), "types": ("x",), "inject": inject, **attrs}
+        return type("Mine", (Injector,), body)
 
     with pytest.raises(TypeError, match="not a subclass"):
         register_injector(object)  # what a careless caller might pass
@@ -289,6 +294,8 @@ def test_register_injector_refuses_what_choose_could_not_use(registries: None) -
         register_injector(injector(kinds=()))
     with pytest.raises(ValueError, match="which components it serves"):
         register_injector(injector(types=()))
+    with pytest.raises(ValueError, match=r"define inject\(\)"):
+        register_injector(injector(inject=Injector.inject))
     assert [i.mechanism for i in registered_injectors()] == [
         "tcp_proxy",
         "sandbox_switch",

@@ -129,6 +129,9 @@ def register_injector(injector: InjectorT) -> InjectorT:
         raise ValueError(f"{injector.__name__}: say which fault kinds it makes (kinds)")
     if not injector.types and injector.capability is None:
         raise ValueError(f"{injector.__name__}: say which components it serves (types, capability)")
+    if injector.inject is Injector.inject:
+        # Said now, not when the first planned fault of the night meets it.
+        raise ValueError(f"{injector.__name__}: define inject() (and undo() to take the fault back)")
     _REGISTRY[name] = injector
     return injector
 
