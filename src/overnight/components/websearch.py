@@ -240,7 +240,11 @@ class WebSearchComponent(Component):
             from ..chaos.http import fault_transport
 
             transport = fault_transport(httpx.AsyncHTTPTransport(), self.http_faults)
-        self._client = httpx.AsyncClient(timeout=float(self.knobs.get("timeout")), transport=transport)
+        # Off the event loop: building the client loads the CA bundle (0.05-0.25 s), and a
+        # reconnect repair runs this in the middle of a night.
+        self._client = await asyncio.to_thread(
+            httpx.AsyncClient, timeout=float(self.knobs.get("timeout")), transport=transport
+        )
 
     def tcp_endpoint(self) -> tuple[str, int]:
         if not self.endpoint or self.sandbox or self.replay is not None:
