@@ -169,9 +169,10 @@ class _ThrowawayCluster:
 _ORPHAN = re.compile(r"ovt_(\d+)_[0-9a-f]{6}")
 
 
-def _drop_orphans(version: str) -> None:
-    """Drop clusters an earlier test session of ours made and could not drop (it was
-    SIGKILLed): named ``ovt_<its pid>_<hex>`` and that pid is gone. Nothing else."""
+def _name_orphans(version: str) -> None:
+    """Say which clusters look left behind by an earlier test session that was SIGKILLed
+    (named ``ovt_<its pid>_<hex>``, that pid gone), with the command that drops each. The
+    session does not drop them itself: it never touches a cluster it did not create."""
     res = _run(["pg_lsclusters", "--no-header"], env=dict(os.environ), cwd="/")
     for line in res.stdout.splitlines():
         fields = line.split()
@@ -187,7 +188,11 @@ def _drop_orphans(version: str) -> None:
             pass
         except PermissionError:
             continue  # someone else's live process
-        _run(["pg_dropcluster", "--stop", version, fields[1]], env=dict(os.environ), cwd="/")
+        print(
+            f"overnight tests: cluster {version}/{fields[1]} looks left behind by a killed test "
+            f"session; drop it with: pg_dropcluster --stop {version} {fields[1]}",
+            file=sys.stderr,
+        )
 
 
 def _no_postgres(reason: str) -> None:
@@ -204,7 +209,7 @@ def pg_cluster() -> Iterator[PgCluster]:
         _no_postgres(reason)
     throwaway = _ThrowawayCluster()
     if throwaway.root:
-        _drop_orphans(throwaway.version)
+        _name_orphans(throwaway.version)
     # SIGTERM (a CI job cancelled, a terminal closed) would end the process without
     # finalizers or atexit; as an interrupt it ends the session through its teardown.
     previous = signal.getsignal(signal.SIGTERM)
