@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -188,10 +189,11 @@ def _name_orphans(version: str) -> None:
             pass
         except PermissionError:
             continue  # someone else's live process
-        print(
-            f"overnight tests: cluster {version}/{fields[1]} looks left behind by a killed test "
-            f"session; drop it with: pg_dropcluster --stop {version} {fields[1]}",
-            file=sys.stderr,
+        # A warning, so pytest shows it in its summary (a print here would be captured).
+        warnings.warn(
+            f"cluster {version}/{fields[1]} looks left behind by a killed test session; "
+            f"drop it with: pg_dropcluster --stop {version} {fields[1]}",
+            stacklevel=1,
         )
 
 
