@@ -496,7 +496,7 @@ async def test_failing_setup_aborts_the_night_before_any_cycle(tmp_path: Path) -
 async def test_a_time_bound_during_a_cycles_start_leaves_no_cycle_started_with_nothing_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The bound lands while cycle 3's "started" row is being written (queued from the
+    # The bound lands while cycle 3's first attempt (and so the cycle) is being written (queued from the
     # writer thread, so before the write's own wake-up): cycle 3 still runs its attempt,
     # and no later cycle is recorded as started with nothing run.
     from overnight.engine.orchestrator import Orchestrator
@@ -510,15 +510,15 @@ async def test_a_time_bound_during_a_cycles_start_leaves_no_cycle_started_with_n
     plan = make_plan(cfg, tmp_path / "nights", cycles=10)
     ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
     orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
-    real = ops.cycle_started
+    real = ops.attempt_begin
     loop = asyncio.get_running_loop()
 
-    def cycle_started(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
+    def attempt_begin(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
         if cycle == 3:
             loop.call_soon_threadsafe(orch.stopping.stop, "time bound reached (--max-hours / --until)")
         return real(conn, night_id, cycle, *rest)
 
-    monkeypatch.setattr(ops, "cycle_started", cycle_started)
+    monkeypatch.setattr(ops, "attempt_begin", attempt_begin)
     outcome = await orch.run()
     report, _ = write_reports(ledger, outcome.night_id)
     ledger.close()
@@ -552,15 +552,15 @@ async def test_an_interrupt_while_an_attempt_is_being_started_still_cancels_it(
     plan = make_plan(cfg, tmp_path / "nights", cycles=3, cycle_timeout=600)
     ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
     orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
-    real = ops.attempt_started
+    real = ops.attempt_begin
     loop = asyncio.get_running_loop()
 
-    def attempt_started(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
+    def attempt_begin(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
         if cycle == 2:
             loop.call_soon_threadsafe(orch.interrupt, "received SIGTERM", signal.SIGTERM)
         return real(conn, night_id, cycle, *rest)
 
-    monkeypatch.setattr(ops, "attempt_started", attempt_started)
+    monkeypatch.setattr(ops, "attempt_begin", attempt_begin)
     t0 = time.monotonic()
     async with asyncio.timeout(30):  # before the fix: 600 s, the cycle timeout
         outcome = await orch.run()

@@ -74,8 +74,7 @@ def test_a_v3_ledger_is_upgraded_to_the_current_version(ledger_url: str) -> None
             "dry_run": False,
         }
         led.write_sync(ops.create_night, night)
-        led.write_sync(ops.cycle_started, "n1", 1, "7", 1.0, "p")
-        led.write_sync(ops.attempt_started, "n1", 1, 1, 1, 1.0)
+        led.write_sync(ops.attempt_begin, "n1", 1, 1, 1, 1.0, "7", "p")
         result = {"ended_at": 2.0, "duration_s": 1.0, "verdict": "failed", "fallback": True, "knobs_off": {}}
         led.write_sync(
             ops.attempt_finished, "n1", 1, 1, result, True, {"verdict": "failed_on_fallback", "knobs_off": {}}

@@ -37,6 +37,17 @@ if TYPE_CHECKING:
     from ..agent import RepairAgent
 
 log = logging.getLogger("overnight")
+_scenario_log = logging.getLogger("overnight.scenario")
+ERROR_IN_LINE = 300  # characters of an error in its log line; the ledger keeps it whole
+
+
+def _cycle_logger(cycle: int) -> logging.Logger:
+    """``ctx.log``: named for its cycle, a child of ``overnight.scenario``, and not kept in
+    logging's registry (``getLogger`` would keep one logger per cycle for the whole
+    night: 100,000 of them in a long one)."""
+    logger = logging.Logger(f"{_scenario_log.name}.c{cycle}")
+    logger.parent = _scenario_log
+    return logger
 
 
 class ScenarioExited(RuntimeError):
@@ -122,37 +133,25 @@ class CycleRunner:
         cycle_input = CycleInput.derive(plan.seed, cycle)
         last_no, counted = self.attempts_used.get(cycle, (0, 0))
         budget = 1 + plan.retry_attempts
-        await self._wait_gate()
-        if self.stopping.stop_starting:
-            return  # never started: nothing written, a later session runs it
-        await self.ledger.write(
-            ops.cycle_started,
-            self.night_id,
-            cycle,
-            str(cycle_input.seed),
-            self.clock(),
-            self.fingerprint,
-        )
-        # A cycle recorded as started runs its first attempt even when the time bound
-        # lands during that write: otherwise it would stay "started" with nothing run.
-        first = True
         while True:
-            if not first:
-                await self._wait_gate()
-            if self.stopping.interrupted or (self.stopping.stop_starting and not first):
+            await self._wait_gate()
+            if self.stopping.stop_starting:
                 # Nothing new starts once the night is stopping; a cycle held at the gate
-                # stays pending (resume runs it) rather than failing for want of time.
+                # stays pending (resume runs it) rather than failing for want of time. Its
+                # first attempt writes the cycle's row, so a cycle that never began
+                # leaves none, and one whose start was written runs that attempt.
                 return
-            first = False
             for service in self.services:
                 await service.before_cycle(cycle)  # once per cycle: it meets its faults
             attempt = last_no = last_no + 1
-            verdict, result, error, meta, fallbacks = await self._run_attempt(cycle, attempt, cycle_input)
+            verdict, result, error, meta, fallbacks, open_steps = await self._run_attempt(
+                cycle, attempt, cycle_input
+            )
             if verdict is Verdict.INTERRUPTED:
-                await self.ledger.write(ops.attempt_finished, self.night_id, cycle, attempt, result, False)
-                self.progress.attempt_finished(
-                    cycle, attempt, verdict.value, False, result["duration_s"], None
+                await self.ledger.write(
+                    ops.attempt_finished, self.night_id, cycle, attempt, result, False, None, open_steps
                 )
+                self._attempt_line(cycle, attempt, verdict.value, False, result, "", None)
                 return
             counted += 1
             # A product check that failed while a declared fallback served the cycle says
@@ -167,25 +166,13 @@ class CycleRunner:
             cycle_verdict = Verdict.FAILED_ON_FALLBACK if on_fallback and final else verdict
             fields = {"protected_fingerprint": self.fingerprint, **meta, "verdict": cycle_verdict.value}
             await self.ledger.write(
-                ops.attempt_finished, self.night_id, cycle, attempt, result, final, fields
+                ops.attempt_finished, self.night_id, cycle, attempt, result, final, fields, open_steps
             )
             why = "" if final else " (retrying)"
             if on_fallback:
                 then = "cycle failed_on_fallback" if final else "rerun on the primary once it is back"
                 why = f" on the {', '.join(fallbacks)} fallback: {then}"
-            log.info(
-                "cycle %d attempt %d: %s in %.3fs%s%s",
-                cycle,
-                attempt,
-                verdict.value,
-                result["duration_s"],
-                why,
-                f" — {error}" if error else "",
-                extra={"attempt_line": True},
-            )
-            self.progress.attempt_finished(
-                cycle, attempt, cycle_verdict.value, final, result["duration_s"], error
-            )
+            self._attempt_line(cycle, attempt, cycle_verdict.value, final, result, why, error)
             if final:
                 return
             if on_fallback:
@@ -198,31 +185,62 @@ class CycleRunner:
                         result,
                         fields | {"verdict": Verdict.FAILED_ON_FALLBACK.value},
                     )
-                    log.info(
-                        "cycle %d: failed_on_fallback — %s not back on its primary before the night "
-                        "stopped (%s)",
-                        cycle,
-                        ", ".join(fallbacks),
-                        self.stopping.reason,
+                    why = (
+                        f" — {', '.join(fallbacks)} not back on its primary before the night "
+                        f"stopped ({self.stopping.reason})"
                     )
-                    self.progress.attempt_finished(
-                        cycle, attempt, Verdict.FAILED_ON_FALLBACK.value, True, result["duration_s"], error
+                    self._attempt_line(
+                        cycle, attempt, Verdict.FAILED_ON_FALLBACK.value, True, result, why, error
                     )
                     return
                 continue
             await self._backoff(counted)
 
+    def _attempt_line(
+        self,
+        cycle: int,
+        attempt: int,
+        verdict: str,
+        final: bool,
+        result: dict[str, Any],
+        why: str,
+        error: str | None,
+    ) -> None:
+        """The one log line of a finished attempt (after its commit): orchestrator.log, and
+        the console with the progress sink's counts."""
+        progress = self.progress.attempt_finished(cycle, attempt, verdict, final, result["duration_s"], error)
+        log.info(
+            "cycle %d attempt %d: %s in %.3fs%s%s",
+            cycle,
+            attempt,
+            verdict,
+            result["duration_s"],
+            why,
+            f" — {error[:ERROR_IN_LINE]}" if error else "",
+            extra={"progress": progress},
+        )
+
     async def _run_attempt(
         self, cycle: int, attempt: int, cycle_input: CycleInput
-    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str]]:
+    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str], bool]:
         """Run one attempt. Returns its verdict, its attempt row, its error message, the
-        cycle's fields should it be final, and the components whose fallback touched it."""
+        cycle's fields should it be final, the components whose fallback touched it, and
+        whether a step of it may still be recorded as running."""
         started = self.clock()
         # The knob values this attempt ran with, and whether any fallback touched it.
         knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
         fallbacks: set[str] = set()
         knobs_off: dict[str, dict[str, list[Any]]] = {}
-        await self.ledger.write(ops.attempt_started, self.night_id, cycle, attempt, self.session, started)
+        await self.ledger.write(
+            ops.attempt_begin,
+            self.night_id,
+            cycle,
+            attempt,
+            self.session,
+            started,
+            str(cycle_input.seed),
+            self.fingerprint,
+        )
         ctx = CycleContext(
             night_id=self.night_id,
             cycle=cycle,
@@ -232,7 +250,7 @@ class CycleRunner:
             components=self.handles,
             cycle_dir=self.night_path / "cycles" / f"{cycle:03d}",
             ledger=self.ledger,
-            logger=logging.getLogger(f"overnight.scenario.c{cycle}"),
+            logger=_cycle_logger(cycle),
             on_step=self.progress.step_changed,
         )
         self.progress.attempt_started(cycle, attempt)
@@ -284,7 +302,7 @@ class CycleRunner:
             )
             if isinstance(exc, InfraError):
                 result.update(fault_component=exc.component, fault_kind=exc.kind)
-        return verdict, result, message, meta, sorted(fallbacks)
+        return verdict, result, message, meta, sorted(fallbacks), ctx.open_steps
 
     async def _call_scenario(self, ctx: CycleContext, scope: CallScope) -> None:
         # Component handles read this to attribute usage and faults to cycle and step;

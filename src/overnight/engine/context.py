@@ -77,7 +77,8 @@ class Step:
     # async form ----------------------------------------------------------------------
     async def __aenter__(self) -> Step:
         args = self._begin()
-        await self._ctx._ledger.write(ops.step_started, *args)
+        if not self._ctx._closed:
+            await self._ctx._ledger.write(ops.step_started, *args)
         return self
 
     async def __aexit__(
@@ -95,7 +96,8 @@ class Step:
     # sync form (scenario running in a thread) -----------------------------------------
     def __enter__(self) -> Step:
         args = self._begin()
-        self._ctx._ledger.write_sync(ops.step_started, *args)
+        if not self._ctx._closed:  # a thread that outlived its attempt records nothing
+            self._ctx._ledger.write_sync(ops.step_started, *args)
         return self
 
     def __exit__(
@@ -112,6 +114,7 @@ class Step:
         self._t0 = time.perf_counter()
         self._wall0 = time.time()
         ctx._steps.append(self.name)
+        ctx._open_steps += 1
         ctx._notify_step()
         return (ctx.night_id, ctx.cycle, ctx.attempt, self.seq, self.name, self._wall0)
 
@@ -121,6 +124,8 @@ class Step:
         if ctx._steps and ctx._steps[-1] == self.name:
             ctx._steps.pop()
         ctx._notify_step()
+        if exc is None or isinstance(exc, Exception):
+            ctx._open_steps -= 1  # its outcome is final; a cancelled one is settled later
         if exc is None:
             outcome, etype, emsg = "passed", None, None
         elif isinstance(exc, Exception):
@@ -175,12 +180,18 @@ class CycleContext:
         self._steps: list[str] = []
         self._error_steps: dict[int, str] = {}
         self._cancelled_step: str | None = None
+        self._open_steps = 0  # started and not yet finished with an outcome of their own
         self._closed = False
 
     def close(self) -> None:
         """The attempt has ended: from now on ctx records nothing (a sync scenario's
         thread may outlive its attempt)."""
         self._closed = True
+
+    @property
+    def open_steps(self) -> bool:
+        """Whether a step of this attempt may still read running or cancelled."""
+        return self._open_steps > 0
 
     @property
     def current_step(self) -> str | None:

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, CursorResult, and_, func, select, update
 
 from ..redaction import redact, redact_data
 from . import schema as s
+from . import sql
 
 
 def _json(data: Any) -> str | None:
@@ -79,47 +80,66 @@ def recover_interrupted(conn: Connection, night_id: str) -> int:
     return n or 0
 
 
-def cycle_started(
+# -- a cycle's writes: two round trips for a cycle without steps -------------------------
+# (attempt_begin, then attempt_finished), four statements, each run on the driver.
+
+_BEGIN_CYCLE = sql.Statement(
+    """
+    INSERT INTO cycles (night_id, cycle, status, attempts, input_seed, started_at,
+                        protected_fingerprint, fallback)
+    VALUES (:night_id, :cycle, 'pending', 1, :input_seed, :started_at, :fingerprint, :fallback)
+    ON CONFLICT (night_id, cycle) DO UPDATE SET attempts = cycles.attempts + 1
+    WHERE cycles.status <> 'done'
+    """
+)
+_BEGIN_ATTEMPT = sql.insert("attempts", ("night_id", "cycle", "attempt", "session", "started_at"))
+_SETTLE_STEPS = sql.Statement(
+    """
+    UPDATE steps SET outcome = :outcome
+    WHERE night_id = :night_id AND cycle = :cycle AND attempt = :attempt
+      AND outcome IN ('cancelled', 'running')
+    """
+)
+_ATTEMPT_KEY = ("night_id", "cycle", "attempt")
+_CYCLE_KEY = ("night_id", "cycle")
+
+
+def attempt_begin(
     conn: Connection,
     night_id: str,
     cycle: int,
-    input_seed: str,
+    attempt: int,
+    session: int,
     started_at: float,
+    input_seed: str,
     fingerprint: str,
 ) -> None:
-    exists = conn.execute(
-        select(s.cycles.c.status).where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
-    ).first()
-    if exists is None:
-        conn.execute(
-            s.cycles.insert().values(
-                night_id=night_id,
-                cycle=cycle,
-                status="pending",
-                attempts=0,
-                input_seed=input_seed,
-                started_at=started_at,
-                protected_fingerprint=fingerprint,
-                fallback=False,
-            )
-        )
-    elif exists[0] == "done":
+    """Record an attempt as started, and its cycle with it: the cycle's row is made by
+    its first attempt (with the cycle's input and start) and counted up by each later
+    one, in one transaction, so a cycle is never recorded as started with no attempt."""
+    changed = _BEGIN_CYCLE.run(
+        conn,
+        {
+            "night_id": night_id,
+            "cycle": cycle,
+            "input_seed": input_seed,
+            "started_at": started_at,
+            "fingerprint": fingerprint,
+            "fallback": False,
+        },
+    )
+    if changed == 0:
         # A completed cycle must never run again; the caller checked, so this is a bug.
         raise RuntimeError(f"cycle {cycle} of night {night_id} is already done")
-
-
-def attempt_started(
-    conn: Connection, night_id: str, cycle: int, attempt: int, session: int, started_at: float
-) -> None:
-    conn.execute(
-        s.attempts.insert().values(
-            night_id=night_id, cycle=cycle, attempt=attempt, session=session, started_at=started_at
-        )
-    )
-    conn.execute(
-        update(s.cycles)
-        .where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
-        .values(attempts=s.cycles.c.attempts + 1)
+    _BEGIN_ATTEMPT.run(
+        conn,
+        {
+            "night_id": night_id,
+            "cycle": cycle,
+            "attempt": attempt,
+            "session": session,
+            "started_at": started_at,
+        },
     )
 
 
@@ -131,11 +151,14 @@ def attempt_finished(
     result: dict[str, Any],
     final: bool,
     cycle_fields: dict[str, Any] | None = None,
+    open_steps: bool = True,
 ) -> None:
     """Close an attempt; when ``final``, close its cycle in the same transaction.
 
     One transaction for both is what makes resume exact: a cycle is either done with
-    its final attempt recorded, or not done at all.
+    its final attempt recorded, or not done at all. ``open_steps`` says whether a step
+    of the attempt may still read running or cancelled (the caller knows; when unsure,
+    True): those learn their outcome from the attempt's verdict.
     """
     values = dict(result)
     for key in ("error_message", "traceback", "step"):
@@ -144,30 +167,11 @@ def attempt_finished(
     for key in ("knobs_off", "calls"):
         if key in values and not isinstance(values[key], str | None):
             values[key] = _json(values[key] or None)
-    conn.execute(
-        update(s.attempts)
-        .where(
-            and_(
-                s.attempts.c.night_id == night_id,
-                s.attempts.c.cycle == cycle,
-                s.attempts.c.attempt == attempt,
-            )
-        )
-        .values(**values)
-    )
-    # Steps cut short by cancellation learn why now: the cycle timed out, or we stopped.
-    conn.execute(
-        update(s.steps)
-        .where(
-            and_(
-                s.steps.c.night_id == night_id,
-                s.steps.c.cycle == cycle,
-                s.steps.c.attempt == attempt,
-                s.steps.c.outcome.in_(("cancelled", "running")),
-            )
-        )
-        .values(outcome=result["verdict"])
-    )
+    where: dict[str, Any] = {"night_id": night_id, "cycle": cycle, "attempt": attempt}
+    sql.update("attempts", tuple(values), _ATTEMPT_KEY).run(conn, values | where)
+    if open_steps:
+        # Steps cut short by cancellation learn why now: the cycle timed out, or we stopped.
+        _SETTLE_STEPS.run(conn, where | {"outcome": result["verdict"]})
     if final:
         finish_cycle(conn, night_id, cycle, result, cycle_fields)
 
@@ -187,17 +191,26 @@ def finish_cycle(
         fields["knobs"] = _json(fields["knobs"])
     if "knobs_off" in fields and not isinstance(fields["knobs_off"], str | None):
         fields["knobs_off"] = _json(fields["knobs_off"] or None)  # none off: NULL
-    conn.execute(
-        update(s.cycles)
-        .where(and_(s.cycles.c.night_id == night_id, s.cycles.c.cycle == cycle))
-        .values(
-            status="done",
-            verdict=verdict,
-            ended_at=result["ended_at"],
-            duration_s=result["duration_s"],
-            **fields,
-        )
-    )
+    values = fields | {
+        "status": "done",
+        "verdict": verdict,
+        "ended_at": result["ended_at"],
+        "duration_s": result["duration_s"],
+    }
+    sql.update("cycles", tuple(values), _CYCLE_KEY).run(conn, values | {"night_id": night_id, "cycle": cycle})
+
+
+_STEP_STARTED = sql.Statement(
+    """
+    INSERT INTO steps (night_id, cycle, attempt, seq, name, started_at, outcome)
+    VALUES (:night_id, :cycle, :attempt, :seq, :name, :started_at, 'running')
+    """
+)
+_STEP_FINISHED = sql.update(
+    "steps",
+    ("ended_at", "duration_s", "outcome", "error_type", "error_message"),
+    ("night_id", "cycle", "attempt", "seq"),
+)
 
 
 def step_started(
@@ -209,16 +222,16 @@ def step_started(
     name: str,
     started_at: float,
 ) -> None:
-    conn.execute(
-        s.steps.insert().values(
-            night_id=night_id,
-            cycle=cycle,
-            attempt=attempt,
-            seq=seq,
-            name=name,
-            started_at=started_at,
-            outcome="running",
-        )
+    _STEP_STARTED.run(
+        conn,
+        {
+            "night_id": night_id,
+            "cycle": cycle,
+            "attempt": attempt,
+            "seq": seq,
+            "name": name,
+            "started_at": started_at,
+        },
     )
 
 
@@ -234,24 +247,30 @@ def step_finished(
     error_type: str | None,
     error_message: str | None,
 ) -> None:
-    conn.execute(
-        update(s.steps)
-        .where(
-            and_(
-                s.steps.c.night_id == night_id,
-                s.steps.c.cycle == cycle,
-                s.steps.c.attempt == attempt,
-                s.steps.c.seq == seq,
-            )
-        )
-        .values(
-            ended_at=ended_at,
-            duration_s=duration_s,
-            outcome=outcome,
-            error_type=error_type,
-            error_message=redact(error_message),
-        )
+    _STEP_FINISHED.run(
+        conn,
+        {
+            "night_id": night_id,
+            "cycle": cycle,
+            "attempt": attempt,
+            "seq": seq,
+            "ended_at": ended_at,
+            "duration_s": duration_s,
+            "outcome": outcome,
+            "error_type": error_type,
+            "error_message": redact(error_message),
+        },
     )
+
+
+_ARTIFACT_SAVED = sql.Statement(
+    """
+    INSERT INTO artifacts (night_id, cycle, attempt, name, path, size, created_at)
+    VALUES (:night_id, :cycle, :attempt, :name, :path, :size, :created_at)
+    ON CONFLICT (night_id, cycle, attempt, name)
+    DO UPDATE SET path = excluded.path, size = excluded.size, created_at = excluded.created_at
+    """
+)
 
 
 def artifact_saved(
@@ -264,26 +283,23 @@ def artifact_saved(
     size: int,
     created_at: float,
 ) -> None:
-    key = and_(
-        s.artifacts.c.night_id == night_id,
-        s.artifacts.c.cycle == cycle,
-        s.artifacts.c.attempt == attempt,
-        s.artifacts.c.name == name,
+    _ARTIFACT_SAVED.run(
+        conn,
+        {
+            "night_id": night_id,
+            "cycle": cycle,
+            "attempt": attempt,
+            "name": name,
+            "path": path,
+            "size": size,
+            "created_at": created_at,
+        },
     )
-    if conn.execute(select(s.artifacts.c.name).where(key)).first() is None:
-        conn.execute(
-            s.artifacts.insert().values(
-                night_id=night_id,
-                cycle=cycle,
-                attempt=attempt,
-                name=name,
-                path=path,
-                size=size,
-                created_at=created_at,
-            )
-        )
-    else:
-        conn.execute(update(s.artifacts).where(key).values(path=path, size=size, created_at=created_at))
+
+
+_ADD_EVENT = sql.insert(
+    "events", ("night_id", "ts", "kind", "cycle", "attempt", "component", "message", "data")
+)
 
 
 def add_event(
@@ -297,17 +313,18 @@ def add_event(
     attempt: int | None = None,
     component: str | None = None,
 ) -> None:
-    conn.execute(
-        s.events.insert().values(
-            night_id=night_id,
-            ts=ts,
-            kind=kind,
-            cycle=cycle,
-            attempt=attempt,
-            component=component,
-            message=redact(message),
-            data=_json(data),
-        )
+    _ADD_EVENT.run(
+        conn,
+        {
+            "night_id": night_id,
+            "ts": ts,
+            "kind": kind,
+            "cycle": cycle,
+            "attempt": attempt,
+            "component": component,
+            "message": redact(message),
+            "data": _json(data),
+        },
     )
 
 
@@ -338,6 +355,11 @@ def set_deadline(conn: Connection, night_id: str, deadline: float | None) -> Non
 # -- the repair agent (schema v2) ------------------------------------------------------
 
 
+_RECORD_PROBE = sql.insert(
+    "probes", ("night_id", "component", "ts", "healthy", "latency_s", "fault_kind", "detail", "trigger")
+)
+
+
 def record_probe(
     conn: Connection,
     night_id: str,
@@ -349,17 +371,18 @@ def record_probe(
     detail: str | None,
     trigger: str,
 ) -> None:
-    conn.execute(
-        s.probes.insert().values(
-            night_id=night_id,
-            component=component,
-            ts=ts,
-            healthy=healthy,
-            latency_s=latency_s,
-            fault_kind=fault_kind,
-            detail=redact(detail),
-            trigger=trigger,
-        )
+    _RECORD_PROBE.run(
+        conn,
+        {
+            "night_id": night_id,
+            "component": component,
+            "ts": ts,
+            "healthy": healthy,
+            "latency_s": latency_s,
+            "fault_kind": fault_kind,
+            "detail": redact(detail),
+            "trigger": trigger,
+        },
     )
 
 
