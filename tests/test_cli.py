@@ -90,7 +90,7 @@ def test_exit_zero_when_all_pass_and_report_rebuilds_from_ledger(tmp_path: Path)
         "PASSED: all 3 cycles passed",
         f"report: {night / 'MORNING_REPORT.md'}",
     ]
-    assert "PASSED" not in res.stderr and "cycle 3 attempt 1 passed" in res.stderr
+    assert "PASSED" not in res.stderr and "cycle 3 attempt 1: passed" in res.stderr
     before = json.loads((night / "report.json").read_text())
     (night / "report.json").unlink()
     (night / "MORNING_REPORT.md").unlink()

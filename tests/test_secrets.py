@@ -416,3 +416,47 @@ def _leaves(raw: Any, stored: Any, key: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(raw, dict):
         return [leaf for k in raw for leaf in _leaves(raw[k], stored[k], k)]
     return [(key, raw, stored)]
+
+
+# -- redact's shortcut ---------------------------------------------------------------------
+
+_NAME_PART = st.sampled_from(
+    ["pass", "Pass", "PWD", "secret", "token", "Token", "key", "KEY", "auth", "oauth", "cookie", "api",
+     "apikey", "credential", "url", "env", "db", "user", "id", "name", "x", "Bearer", "basic"]
+)  # fmt: skip
+_NAMES = st.lists(_NAME_PART, min_size=1, max_size=4).flatmap(
+    lambda words: st.sampled_from(["_", "-", ".", ""]).map(lambda sep: sep.join(words))
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_NAMES)
+def test_every_secret_looking_name_holds_a_hint(name: str) -> None:
+    """redact skips its assignment pass on text with no hint: that is only sound if every
+    name is_secret_key accepts holds one."""
+    from overnight.redaction import _SECRET_HINT, _STRONG, _WEAK, is_secret_key
+
+    for word in (*_STRONG, *_WEAK):
+        assert _SECRET_HINT.search(word), word
+    if is_secret_key(name):
+        assert _SECRET_HINT.search(name), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            _NAMES,
+            st.sampled_from(["=", ": ", '="', "':'", " ", ", ", "https://u:pw1234@h/", "Bearer abc123"]),
+            st.text(alphabet="abcXYZ0189+/=:@ ", max_size=12),
+        ),
+        max_size=12,
+    ).map("".join)
+)
+def test_redact_masks_what_the_full_passes_mask(text: str) -> None:
+    """The shortcuts (no "://", no hint) change nothing: the same text as running every pass."""
+    from overnight.redaction import _ASSIGNMENT, _URL_PASSWORD, MASK, _mask_assignment, redact
+
+    full = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    full = _ASSIGNMENT.sub(_mask_assignment, full)
+    assert redact(text) == (full if text else text)

@@ -95,6 +95,12 @@ _ASSIGNMENT = re.compile(
     r"(?P<val>(?:(?:Bearer|Basic|Token)\s+)?(?!\$\{)[^\s'\",;&]+)"
 )
 
+# Every name is_secret_key accepts holds one of these (each word of _STRONG contains
+# "pass", "secret", "token", "credential", "key" or "auth"; each of _WEAK, one of these or
+# "pwd" or "cookie"). Text without any has no secret-looking assignment, and redact skips
+# the costly _ASSIGNMENT pass: it ran on every log line (tests/test_secrets.py checks this).
+_SECRET_HINT = re.compile(r"pass|pwd|secret|token|credential|key|auth|cookie", re.IGNORECASE)
+
 _lock = threading.Lock()
 _secrets: set[str] = set()
 _ordered: list[str] = []  # longest first, so a secret is masked before any part of it
@@ -177,7 +183,10 @@ def redact(text: str | None) -> str | None:
     for value in known:
         if value in text:
             text = text.replace(value, MASK)
-    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
+    if _SECRET_HINT.search(text) is None:
+        return text  # no name in it could be secret-looking: nothing to assign
     return _ASSIGNMENT.sub(_mask_assignment, text)
 
 

@@ -64,7 +64,16 @@ class _ConsoleHandler(logging.StreamHandler[_CurrentStderr]):
     _overnight_console = True
 
 
-class _OneLineFormatter(RedactingFormatter):
+class _ConsoleFormatter(RedactingFormatter):
+    """The console's lines: an attempt's line carries the night's progress too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        progress = getattr(record, "progress", None)
+        return f"{line} {progress}" if progress else line
+
+
+class _OneLineFormatter(_ConsoleFormatter):
     """A console line per record: tracebacks go to orchestrator.log (and --verbose)."""
 
     def format(self, record: logging.LogRecord) -> str:
@@ -84,13 +93,10 @@ def setup_logging(verbose: bool, interactive: bool) -> None:
             root.removeHandler(h)
     handler = _ConsoleHandler(_CurrentStderr())
     # Secrets stay out of the console as they stay out of orchestrator.log (promise 7).
-    formatter = RedactingFormatter if verbose else _OneLineFormatter
+    formatter = _ConsoleFormatter if verbose else _OneLineFormatter
     handler.setFormatter(formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     # On a terminal the live view shows progress; the console log keeps to warnings.
     handler.setLevel(logging.DEBUG if verbose else (logging.WARNING if interactive else logging.INFO))
-    if not verbose:
-        # The progress sink prints one line per attempt already.
-        handler.addFilter(lambda r: not getattr(r, "attempt_line", False))
     # Lines meant for orchestrator.log only (the CLI says the same in its last line).
     handler.addFilter(lambda r: getattr(r, "console", True))
     root.addHandler(handler)

@@ -46,16 +46,18 @@ class ProgressState:
     done_before: int = 0  # cycles completed by earlier sessions of this night
     running: dict[int, _Running] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
-    durations: list[float] = field(default_factory=list)
+    # A running sum, not a list: the ETA is asked for after every cycle of a long night.
+    duration_sum: float = 0.0
+    duration_n: int = 0
 
     @property
     def done(self) -> int:
         return sum(self.counts.values())
 
     def eta_s(self) -> float | None:
-        if not self.durations:
+        if not self.duration_n:
             return None
-        mean = sum(self.durations) / len(self.durations)
+        mean = self.duration_sum / self.duration_n
         remaining = max(self.total - self.done, 0)
         return remaining * mean / max(self.parallel, 1)
 
@@ -93,11 +95,15 @@ class ProgressSink:
         final: bool,
         duration: float,
         error: str | None,
-    ) -> None:
+    ) -> str | None:
+        """Count a finished attempt. Returns what the engine's one log line of it should
+        carry on the console (the sink's progress), or None."""
         self.state.running.pop(cycle, None)
         if final:
             self.state.counts[verdict] += 1
-            self.state.durations.append(duration)
+            self.state.duration_sum += duration
+            self.state.duration_n += 1
+        return None
 
     def message(self, text: str) -> None:
         log.warning(text)
@@ -116,7 +122,8 @@ def _fmt_s(seconds: float | None) -> str:
 
 
 class LogProgress(ProgressSink):
-    """One plain line per finished attempt: for cron, pipes and CI logs."""
+    """Plain lines for cron, pipes and CI logs: the engine's one line per finished
+    attempt, with the night's progress on the console."""
 
     def night_started(
         self, night_id: str, total: int, parallel: int, counts: Counter[str], resumed: bool
@@ -140,25 +147,12 @@ class LogProgress(ProgressSink):
         final: bool,
         duration: float,
         error: str | None,
-    ) -> None:
+    ) -> str:
         super().attempt_finished(cycle, attempt, verdict, final, duration, error)
         s = self.state
-        tail = "" if final else " (will retry)"
-        err = f": {error}" if error and verdict != "passed" else ""
-        log.info(
-            "cycle %d attempt %d %s in %.2fs%s%s [%d/%d done: %d passed, %d failed, %d infra, eta %s]",
-            cycle,
-            attempt,
-            verdict,
-            duration,
-            tail,
-            err[:300],
-            s.done,
-            s.total,
-            s.counts["passed"],
-            s.counts["failed"],
-            s.counts["infra_error"],
-            _fmt_s(s.eta_s()),
+        return (
+            f"[{s.done}/{s.total} done: {s.counts['passed']} passed, {s.counts['failed']} failed, "
+            f"{s.counts['infra_error']} infra, eta {_fmt_s(s.eta_s())}]"
         )
 
 
