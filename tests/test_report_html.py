@@ -1,5 +1,8 @@
-"""report.html: the real renderer on a full night, an empty one, a real ledger's report, and the
-page loaded in headless Chromium (console, layout at phone width, charts painted)."""
+"""report.html (and MORNING_REPORT.md): the real renderers on the report the real model
+builds from the ledger of a real night (``tests/support/nights.py``: the engine, the
+repair agent, the sandbox APIs and a fault plan), on an empty report, on a report with
+any key missing or null, and the page loaded in headless Chromium (console, layout at
+phone width, charts painted)."""
 
 from __future__ import annotations
 
@@ -7,12 +10,14 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
 import urllib.parse
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from collections import Counter
+from datetime import datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,15 +25,14 @@ from typing import Any
 import pytest
 from markupsafe import escape
 
+from overnight.ledger import Ledger, queries
 from overnight.report.html import render_html
+from overnight.report.markdown import render_markdown
 
 from .helpers import run_night
 from .support.browser import DevTools, chromium, chromium_args, devtools_port, png_size
+from .support.nights import CYCLE, PARALLEL, REVIEW, XSS, XSS_ATTR, Night, report_night
 
-TZ = timezone(timedelta(hours=1))
-T0 = datetime(2026, 11, 23, 23, 0, 0, tzinfo=TZ).timestamp()
-XSS = "<script>alert(1)</script>"
-XSS_ATTR = '"><img src=x onerror=alert(2)>'
 SECTIONS = [
     "Executive summary",
     "Repair agent",
@@ -40,485 +44,53 @@ SECTIONS = [
     "Recommendations",
 ]
 CHARTS = ["cycle-timeline", "step-durations", "health-timeline", "score-distribution"]  # in page order
+# What the page paints, as the reader sees it (not read from the renderer's constants).
+VERDICT_FILL = {
+    "passed": "#2e9e4f",
+    "failed": "#d64541",
+    "infra_error": "#f08c1a",
+    "timeout": "#8e44ad",
+    "harness_error": "#7f8c8d",
+    None: "#d5d8dc",
+}
+STATE_FILL = {
+    "healthy": "#2e9e4f",
+    "suspect": "#f4d03f",
+    "unhealthy": "#d64541",
+    "repairing": "#3b82c4",
+    "fallback": "#f08c1a",
+    "failed": "#7b1e1e",
+}
+SCORE_BUCKETS = ["0-4.9", "5-6.9", "7-8.9", "9-10"]  # left to right
+SCORE_FILL = {"0-4.9": "#d64541", "5-6.9": "#f08c1a", "7-8.9": "#8bbf3f", "9-10": "#2e9e4f"}
+FAILURE_GROUP = {"timeout": "timeout", "harness_error": "harness error"}
 
 
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, TZ).isoformat(timespec="seconds")
+@pytest.fixture(scope="module")
+def night(tmp_path_factory: pytest.TempPathFactory) -> Night:
+    """The real night, run once per test process (each xdist worker) that needs it."""
+    return report_night(tmp_path_factory.mktemp("report-night"))
 
 
-# ------------------------------------------------------------------------------------------ the full night
+def shown_duration(x: float) -> str:
+    """A duration as the page writes it."""
+    if x < 1:
+        return f"{x * 1000:.0f} ms"
+    if x < 120:
+        return f"{x:.2f} s"
+    return f"{x / 60:.1f} min" if x < 7200 else f"{x / 3600:.2f} h"
 
 
-def full_report() -> dict[str, Any]:
-    """A night of 20 cycles (two in parallel) with every kind of verdict, three components,
-    two incidents (one caused by an injected fault), quality, tokens with cost and a trend."""
-    special = {
-        4: ("failed", "writer", "ProductFailure", f"budget section is empty & {XSS}", None, None),
-        7: (
-            "infra_error",
-            "writer",
-            "InfraError",
-            "llm: rate_limited: 429 Too Many Requests",
-            "llm",
-            "rate_limited",
-        ),
-        11: (
-            "infra_error",
-            "audit",
-            "InfraError",
-            "db: connection_lost: server closed",
-            "db",
-            "connection_lost",
-        ),
-        12: ("timeout", "research", "CycleTimeout", "cycle exceeded 600 s", None, None),
-        18: ("harness_error", "expert", "KeyError", "'score'", None, None),
-    }
-    cycles, failures = [], []
-    for n in range(1, 21):
-        start = T0 + 60 + (n - 1) // 2 * 300 + (n % 2 == 0) * 20
-        dur = 150.0 + (n * 37) % 100
-        verdict, step, etype, msg, comp, kind = special.get(n, ("passed", None, None, None, None, None))
-        attempts = 2 if n in (7, 11) else 1
-        status = "done"
-        end: float | None = start + dur * attempts
-        if n == 20:
-            status, verdict, end, dur = "pending", None, None, None
-        adir = None if n == 20 else f"cycles/{n:03d}" + (f"/attempt-{attempts}" if attempts > 1 else "")
-        cycles.append(
-            {
-                "cycle": n,
-                "status": status,
-                "verdict": verdict,
-                "input_seed": str(1000 + n),
-                "started_at": iso(start),
-                "ended_at": iso(end),
-                "duration_s": dur,
-                "fallback": n in (13, 14, 15),
-                "artifacts_dir": adir,
-                "attempts": [
-                    {"attempt": a + 1, "verdict": verdict, "step": step, "error_message": msg}
-                    for a in range(attempts)
-                ],
-            }
-        )
-        if n in special:
-            failures.append(
-                {
-                    "cycle": n,
-                    "verdict": verdict,
-                    "step": step,
-                    "error_type": etype,
-                    "error_message": msg,
-                    "fault_component": comp,
-                    "fault_kind": kind,
-                    "attempts": attempts,
-                    "artifacts_dir": adir,
-                    "traceback_tail": f"Traceback (most recent call last):\n  ...\n{etype}: {msg}",
-                }
-            )
-    ended = T0 + 3400
-    steps = ["interview", "audit", "research", "writer", "reviewer", "expert"]
-    inc_llm_at, inc_db_at = T0 + 1850, T0 + 3010
-    return {
-        "format": "overnight-report",
-        "version": 1,
-        "night_id": "20261123-230000-ab12",
-        "status": "completed",
-        "end_reason": "time limit reached (max_hours = 0.95)",
-        "scenario": "grant_pipeline:cycle",
-        "dry_run": False,
-        "seed": 7,
-        "started_at": iso(T0),
-        "ended_at": iso(ended),
-        "started_ts": T0,
-        "ended_ts": ended,
-        "duration_s": 3400.0,
-        "active_s": 3400.0,
-        "sessions": [{"seq": 1, "started_at": iso(T0), "ended_at": iso(ended), "pid": 4242}],
-        "planned_cycles": 24,
-        "cycles_run": 19,
-        "cycles_not_run": 5,
-        "totals": {"passed": 14, "failed": 1, "infra_error": 2, "timeout": 1, "harness_error": 1},
-        "success_rate": 0.7368,
-        "passed_with_fallback": 3,
-        "retried_cycles": 2,
-        "infra_retried_to_verdict": {
-            "count": 1,
-            "cycles": [{"cycle": 7, "verdict": "passed", "faults": ["llm/rate_limited"]}],
-        },
-        "attempts_total": 22,
-        "interrupted_attempts": 0,
-        "durations": {
-            "cycle": {"n": 19, "p50": 196.0, "p95": 248.0, "max": 249.0, "mean": 199.4},
-            "steps": {
-                s: {
-                    "n": 19,
-                    "p50": 5.0 + 9 * i,
-                    "p95": 9.0 + 14 * i,
-                    "max": 10.0 + 14 * i,
-                    "mean": 6.0 + 10 * i,
-                }
-                for i, s in enumerate(steps)
-            },
-        },
-        "step_outcomes": {s: {"passed": 18, "failed": 1} for s in steps},
-        "protected_fingerprint": {
-            "start": "eb0f5fa088f92c2a" * 4,
-            "end": "eb0f5fa088f92c2a" * 4,
-            "match": True,
-        },
-        "config_fingerprint": "d6686e8422dbad9c30a3fa5ec3fe27f3",
-        "git_commit": "8cdee8f0123456789abcdef0123456789abcdef0",
-        "failures": failures,
-        "cycles": cycles,
-        "verdict": "FAILED: 1 product failure, 2 unrepaired infra errors, 1 timeout, 1 harness error in 19 cycles; "
-        "5 planned cycles did not run (time limit reached)",
-        "exit_code": 1,
-        "components": [
-            {
-                "name": "llm",
-                "type": "llm",
-                "target": "gigachat http://127.0.0.1:33593/api/v1",
-                "sandbox": True,
-                "mode": None,
-                "critical": True,
-                "knobs": {"model": "GigaChat", "timeout": 60.0},
-            },
-            {
-                "name": "search",
-                "type": "websearch",
-                "target": "http://127.0.0.1:33341/search",
-                "sandbox": False,
-                "mode": "live",
-                "critical": True,
-                "knobs": {"timeout": 60.0},
-            },
-            {
-                "name": "db",
-                "type": "database",
-                "target": "postgresql://night:***@127.0.0.1/grants",
-                "sandbox": False,
-                "mode": None,
-                "critical": True,
-                "knobs": {"connect_timeout": 10.0},
-            },
-        ],
-        "sandbox_components": ["llm"],
-        "agent": {
-            "system_health": [
-                {
-                    "component": "llm",
-                    "type": "llm",
-                    "state": "healthy",
-                    "last_probe_at": iso(ended - 5),
-                    "last_probe_latency_s": 0.183,
-                    "last_probe_detail": "200 OK, model GigaChat-Plus",
-                    "repairs": 2,
-                    "repairs_verified": 1,
-                    "incidents": 1,
-                    "incidents_repaired": 1,
-                    "notes": [
-                        "incident #inc-1 (rate_limited): repaired by rotate_model, after 1 repair attempt "
-                        "that did not restore it; verified healthy by a probe 36 s after detection"
-                    ],
-                },
-                {
-                    "component": "search",
-                    "type": "websearch",
-                    "state": "healthy",
-                    "last_probe_at": iso(ended - 7),
-                    "last_probe_latency_s": 0.091,
-                    "last_probe_detail": "200 OK",
-                    "repairs": 1,
-                },
-                {
-                    "component": "db",
-                    "type": "database",
-                    "state": "unmonitored",
-                    "last_probe_at": None,
-                    "last_probe_latency_s": None,
-                    "last_probe_detail": None,
-                    "repairs": 0,
-                },
-            ],
-            "repairs": [
-                {
-                    "incident_id": "inc-1",
-                    "component": "llm",
-                    "fault_kind": "rate_limited",
-                    "cycle": 7,
-                    "started_at": iso(inc_llm_at + 2),
-                    "strategy": "wait_retry_after",
-                    "duration_s": 30.0,
-                    "result": "still 429 after Retry-After",
-                    "verified": False,
-                    "knobs_changed": {},
-                },
-                {
-                    "incident_id": "inc-1",
-                    "component": "llm",
-                    "fault_kind": "rate_limited",
-                    "cycle": 7,
-                    "started_at": iso(inc_llm_at + 33),
-                    "strategy": "rotate_model",
-                    "duration_s": 1.2,
-                    "result": "probe healthy",
-                    "verified": True,
-                    "time_to_healthy_s": 36.0,
-                    "knobs_changed": {"model": ["GigaChat", "GigaChat-Plus"]},
-                },
-                {
-                    "incident_id": "inc-2",
-                    "component": "search",
-                    "fault_kind": "unavailable",
-                    "cycle": None,
-                    "started_at": iso(T0 + 2430),
-                    "strategy": "fallback:cache",
-                    "duration_s": 0.01,
-                    "result": "fallback active",
-                    "verified": False,
-                    "knobs_changed": {},
-                },
-            ],
-            "time_to_detect_s": {"n": 2, "p50": 3.5, "p95": 5.8},
-            "time_to_repair_s": {"n": 2, "p50": 36.0, "p95": 61.0},
-        },
-        "incidents": [
-            {
-                "id": "inc-1",
-                "component": "llm",
-                "fault_kind": "rate_limited",
-                "trigger": "error signal from cycle 7",
-                "detected_at": iso(inc_llm_at),
-                "verified_at": iso(inc_llm_at + 36),
-                "time_to_healthy_s": 36.0,
-                "time_to_repair_s": 36.0,
-                "repaired_by_us": True,
-                "outcome": "repaired by rotate_model; verified healthy by a probe 36 s after detection",
-                "state": "repaired",
-                "escalation": None,
-                "repairs": [
-                    {
-                        "strategy": "wait_retry_after",
-                        "started_at": iso(inc_llm_at + 2),
-                        "duration_s": 30.0,
-                        "verified": False,
-                        "result": "still 429",
-                    }
-                ],
-                "injected": {"fault": "llm-429", "spec": "llm:http:429", "injected_at": inc_llm_at - 4},
-            },
-            {
-                "id": "inc-2",
-                "component": "search",
-                "fault_kind": "unavailable",
-                "trigger": "probe failed 3×",
-                "detected_at": iso(T0 + 2428),
-                "verified_at": iso(T0 + 2960),
-                "time_to_healthy_s": 532.0,
-                "time_to_repair_s": None,
-                "repaired_by_us": False,
-                "outcome": "down for 9 min; no repair was tried; served by its cache fallback; healthy again "
-                "without a verified repair of ours",
-                "state": "recovered",
-                "escalation": None,
-                "repairs": [],
-                "injected": None,
-            },
-        ],
-        "fallbacks": [
-            {
-                "component": "search",
-                "kind": "cache",
-                "started_at": iso(T0 + 2430),
-                "ended_at": iso(T0 + 2960),
-                "duration_s": 530.0,
-                "cycles": [13, 14, 15],
-            },
-        ],
-        "knob_changes": [
-            {
-                "component": "llm",
-                "knob": "model",
-                "configured": "GigaChat",
-                "from": "GigaChat",
-                "to": "GigaChat-Plus",
-                "by": f"strategy rotate_model {XSS}",
-                "incident_id": "inc-1",
-                "changed_at": iso(inc_llm_at + 34),
-                "ended_at": None,
-                "ended_by": None,
-                "returned_by": None,
-                "in_force_s": 1900.0,
-                "cycles": [8, 9, 10],
-            },
-        ],
-        "degradation_prevented": [
-            {
-                "component": "llm",
-                "shortcut": "switch to the mock LLM",
-                "harm": "the night would test nothing",
-                "instead": "rotated to GigaChat-Plus (allowed model)",
-            },
-        ],
-        "blocked_attempts": [
-            {
-                "at": iso(T0 + 1870),
-                "attempted": "set protected use_mocks = true",
-                "reason": "protected setting",
-                "by": "repair:llm",
-            },
-        ],
-        "faults": {
-            "injections": [
-                {
-                    "fault": "llm-429",
-                    "spec": "llm:http:429",
-                    "component": "llm",
-                    "injected_kind": "rate_limited",
-                    "injected_at": inc_llm_at - 4,
-                    "cleared_at": inc_llm_at + 30,
-                    "detected": True,
-                    "diagnosed_kind": "rate_limited",
-                    "diagnosis_correct": True,
-                    "time_to_detect_s": 4.0,
-                    "time_to_repair_s": 36.0,
-                    "incident_state": "verified",
-                    "repairs": [],
-                    "cycles_hit": [7],
-                    "hit_verdicts": {"infra_error": 1},
-                },
-                {
-                    "fault": "db-blip",
-                    "spec": f"db:tcp:reset {XSS_ATTR}",
-                    "component": "db",
-                    "injected_kind": "connection_lost",
-                    "injected_at": inc_db_at,
-                    "cleared_at": inc_db_at + 2,
-                    "detected": False,
-                    "diagnosed_kind": None,
-                    "diagnosis_correct": None,
-                    "time_to_detect_s": None,
-                    "time_to_repair_s": None,
-                    "incident_state": None,
-                    "repairs": [],
-                    "cycles_hit": [],
-                    "hit_verdicts": {},
-                },
-            ],
-            "skipped": [],
-            "failed": [],
-            "summary": {
-                "injected": 2,
-                "detected": 1,
-                "diagnosed_correctly": 1,
-                "diagnosis_accuracy": 1.0,
-                "verified": 1,
-                "per_kind": {},
-            },
-        },
-        "health_timeline": {
-            "llm": [
-                {"ts": T0, "state": "healthy"},
-                {"ts": inc_llm_at, "state": "unhealthy"},
-                {"ts": inc_llm_at + 2, "state": "repairing"},
-                {"ts": inc_llm_at + 36, "state": "healthy"},
-            ],
-            "search": [
-                {"ts": T0, "state": "healthy"},
-                {"ts": T0 + 2420, "state": "suspect"},
-                {"ts": T0 + 2428, "state": "unhealthy"},
-                {"ts": T0 + 2430, "state": "fallback"},
-                {"ts": T0 + 2960, "state": "healthy"},
-            ],
-            "db": [
-                {"ts": T0, "state": "healthy"},
-                {"ts": inc_db_at + 1, "state": "suspect"},
-                {"ts": inc_db_at + 4, "state": "healthy"},
-            ],
-        },
-        "quality": {
-            "metric": "score",
-            "n": 17,
-            "mean": 7.6,
-            "buckets": {"9-10": 5, "7-8.9": 8, "5-6.9": 3, "0-4.9": 1},
-            "best": [{"cycle": 9, "score": 9.7}, {"cycle": 16, "score": 9.5}],
-            "worst": [{"cycle": 3, "score": 4.2}],
-            "weaknesses": [{"text": "budget justification is vague", "count": 6}],
-        },
-        "input_dependent_steps": [
-            {
-                "step": "research",
-                "runs": 19,
-                "passed": 17,
-                "failed": 2,
-                "pass_rate": 0.8947,
-                "ci95": [0.686, 0.971],
-                "failed_inputs": [{"cycle": 3, "input_seed": "11"}, {"cycle": 7, "input_seed": "12"}],
-            }
-        ],
-        "flaky": [
-            {
-                "input_seed": "13",
-                "cycle": 5,
-                "outcomes": ["passed", "timeout"],
-                "evidence": [
-                    {"night_id": "n1", "cycle": 5, "attempt": 1, "verdict": "timeout", "step": "writer"},
-                    {"night_id": "n1", "cycle": 5, "attempt": 2, "verdict": "passed", "step": None},
-                ],
-            }
-        ],
-        "tokens": {
-            "total": {
-                "prompt_tokens": 812345,
-                "completion_tokens": 201234,
-                "total_tokens": 1013579,
-                "calls": 342,
-            },
-            "per_step": {
-                "writer": {
-                    "prompt_tokens": 500000,
-                    "completion_tokens": 150000,
-                    "total_tokens": 650000,
-                    "calls": 57,
-                }
-            },
-            "per_model": {
-                "GigaChat": {
-                    "prompt_tokens": 700000,
-                    "completion_tokens": 180000,
-                    "total_tokens": 880000,
-                    "calls": 300,
-                },
-                "GigaChat-Plus": {
-                    "prompt_tokens": 112345,
-                    "completion_tokens": 21234,
-                    "total_tokens": 133579,
-                    "calls": 42,
-                },
-            },
-            "cost": {
-                "currency": "RUB",
-                "total": 1523.4,
-                "per_model": {"GigaChat": 1200.0, "GigaChat-Plus": 323.4},
-            },
-        },
-        "trend": {
-            "previous_night_id": "20261122-230000-9f3c",
-            "previous_started_at": iso(T0 - 86400),
-            "figures": {
-                "success_rate": {"now": 0.7368, "before": 0.85, "delta": -0.1132},
-                "cycle_p50_s": {"now": 196.0, "before": 180.5, "delta": 15.5},
-            },
-        },
-        "recommendations": [
-            {
-                "text": "Raise the LLM quota or lower parallelism: 1 cycle hit 429.",
-                "evidence": "incident inc-1",
-            },
-            {"text": "Fix the writer's budget section.", "evidence": "cycle 4"},
-        ],
-    }
+def counted(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def shown_pct(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
 
 
 # ------------------------------------------------------------------------------------------ parsing
@@ -607,115 +179,326 @@ def assert_no_network(html: str, page: Page) -> None:
     assert 'http-equiv="Content-Security-Policy"' in html and "default-src 'none'" in html
 
 
-# ------------------------------------------------------------------------------------------ renderer tests
+# ------------------------------------------------------------------------------------------ the real night
 
 
-def test_full_report_sections_escaping_and_charts() -> None:
-    report = full_report()
+def _concurrency(spans: list[tuple[float, float]]) -> int:
+    """The most spans open at one moment (an end before a start at the same instant)."""
+    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def _ledger_cycle_spans(night: Night) -> dict[int, tuple[float, float]]:
+    """Each cycle's start and end as the ledger holds them (to the microsecond)."""
+    ledger = Ledger(night.ledger_url)
+    try:
+        with ledger.read() as conn:
+            rows = queries.cycles_of(conn, night.report["night_id"])
+    finally:
+        ledger.close()
+    return {c["cycle"]: (c["started_at"], c["ended_at"]) for c in rows}
+
+
+def test_the_night_has_every_ingredient(night: Night) -> None:
+    """What the renderer tests rely on, each made by the engine: if the engine stops
+    producing one, this test names it (rather than a renderer test passing on less)."""
+    r = night.report
+    verdicts = {c["cycle"]: c["verdict"] for c in r["cycles"]}
+    attempts = {c["cycle"]: [a["verdict"] for a in c["attempts"]] for c in r["cycles"]}
+    assert r["status"] == "completed" and r["cycles_run"] == len(r["cycles"]) == r["planned_cycles"]
+    assert set(verdicts.values()) == {"passed", "failed", "infra_error", "timeout", "harness_error"}
+    assert verdicts[CYCLE.product_failure] == "failed"
+    assert verdicts[CYCLE.harness_error] == "harness_error"
+    assert verdicts[CYCLE.archive_down] == "infra_error" and len(attempts[CYCLE.archive_down]) > 1
+    assert set(attempts[CYCLE.timeout]) == {"timeout"} and len(attempts[CYCLE.timeout]) > 1
+    assert attempts[CYCLE.flaky] == ["timeout", "passed"]
+    (product,) = [f for f in r["failures"] if f["verdict"] == "failed"]
+    assert product["error_message"] == f"budget section is empty & {XSS}"
+    # Two cycles ran at once, by the ledger's own clock.
+    spans = _ledger_cycle_spans(night)
+    assert _concurrency(list(spans.values())) == PARALLEL
+    # The agent: the injected fault's incident, repaired and verified; the search API's
+    # outage, served by the cache fallback; a knob a repair raised; a component unwatched.
+    assert [(i["component"], i["fault_kind"], i["state"]) for i in r["incidents"] if i["injected"]] == [
+        ("llm", "rate_limited", "repaired")
+    ]
+    (injection,) = r["faults"]["injections"]
+    assert injection["detected"] and injection["diagnosis_correct"] and injection["cleared_at"] is not None
+    assert any(i["component"] == "search" and not i["repaired_by_us"] for i in r["incidents"])
+    (fallback,) = r["fallbacks"]
+    assert fallback["component"] == "search" and CYCLE.search_down in fallback["cycles"]
+    assert r["passed_with_fallback"] >= 1
+    (knob,) = r["knob_changes"]
+    assert (knob["component"], knob["knob"]) == ("search", "timeout") and knob["to"] > knob["configured"]
+    assert CYCLE.slow_search in knob["cycles"]
+    health = {h["component"]: h["state"] for h in r["agent"]["system_health"]}
+    assert health == {"llm": "healthy", "search": "healthy", "archive": "unmonitored"}
+    (blocked,) = r["blocked_attempts"]
+    assert "min_score" in blocked["attempted"]
+    # Quality over every bucket, tokens with a cost, flakiness, the trend.
+    assert set(r["quality"]["buckets"]) == set(SCORE_BUCKETS) and all(r["quality"]["buckets"].values())
+    assert r["quality"]["weaknesses"][0]["text"] == f"the budget table quotes {XSS_ATTR}"
+    assert r["tokens"]["total"]["total_tokens"] > 0 and r["tokens"]["cost"]["total"] > 0
+    assert r["tokens"]["cost"]["currency"] == "RUB"
+    assert [(f["cycle"], f["outcomes"]) for f in r["flaky"]] == [(CYCLE.flaky, ["passed", "timeout"])]
+    assert "writer" in [s["step"] for s in r["input_dependent_steps"]]
+    assert REVIEW in r["durations"]["steps"]
+    trend = r["trend"]
+    assert trend["previous_night_id"] == night.previous["night_id"] and trend["comparable"] is True
+    assert trend["figures"]["success_rate"]["delta"] is not None
+    assert night.previous["exit_code"] == 0
+    if shutil.which("git"):  # the project is a git work tree with one commit
+        assert r["git_commit"] is not None and not r["git_commit"].endswith("-dirty")
+
+
+def test_full_report_sections_escaping_and_charts(night: Night) -> None:
+    """The page of the real night: its sections, facts and figures as the report dict has
+    them, everything escaped, nothing fetched, and each chart drawn from its data."""
+    report = night.report
     html = render_html(report)
     page = Page(html)
-
     # Sections in the Markdown report's order, the header first.
-    assert page.headings[0] == ("h1", "Morning report — night 20261123-230000-ab12")
+    assert page.headings[0] == ("h1", f"Morning report — night {report['night_id']}")
     assert [h for tag, h in page.headings if tag == "h2"] == SECTIONS
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in html
 
     # The verdict line, prominent and red (exit code 1).
-    assert re.search(
-        r'<p class="verdict bad" data-exit-code="1">FAILED: 1 product failure, 2 unrepaired', html
-    )
-    for fact in ("2026-11-23", "23:00:00 (UTC+01:00)", "d6686e8422db", "8cdee8f01234", "sandbox", "56.7 min"):
-        assert fact in html, fact
+    assert report["exit_code"] == 1
+    assert f'<p class="verdict bad" data-exit-code="1">{escape(report["verdict"])}</p>' in html
+    started = datetime.fromisoformat(report["started_at"])
+    offset = int((started.utcoffset() or timedelta(0)).total_seconds() // 60)
+    zone = f"UTC{'+' if offset >= 0 else '-'}{abs(offset) // 60:02d}:{abs(offset) % 60:02d}"
+    header = html[: html.index('<section id="summary">')]
+    for fact in (
+        f"<dt>Date</dt><dd>{started:%Y-%m-%d}</dd>",
+        f"{started:%Y-%m-%d %H:%M:%S} ({zone})",
+        f"{shown_duration(report['duration_s'])} wall",
+        report["config_fingerprint"][:12],
+        report["git_commit"][:12] if report["git_commit"] else "<dt>Git commit</dt><dd>not recorded</dd>",
+        f"<code>{escape(report['scenario'])}</code> · seed {report['seed']}",
+    ):
+        assert fact in header, fact
+    for c in report["components"]:
+        kind = "<strong>sandbox</strong>" if c["sandbox"] else "real"
+        row = f'<tr><td>{c["name"]}</td><td>{c["type"]}</td><td class="msg mono">{escape(c["target"])}</td>'
+        assert f"{row}\n<td>{kind}</td>" in header, c
 
-    # Everything from the report is escaped, in tables and in the SVG titles.
+    # Everything from the report is escaped: tables, lists and the SVG charts' text,
+    # titles and attributes (a step's name holds a quote and a tag).
     assert XSS not in html and "<img" not in html
     assert "budget section is empty &amp; &lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "db:tcp:reset &#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in html
+    assert f"the budget table quotes {escape(XSS_ATTR)}" in html  # a reviewer's weakness
+    assert f'data-step="{escape(REVIEW)}"' in html
+    assert f"<title>{escape(REVIEW)}</title>" in html  # the step label's full name
     assert_no_network(html, page)
 
     # Numbers come from the dict.
+    summary = visible_text(html[html.index('<section id="summary">') : html.index('<section id="agent">')])
+    totals = report["tokens"]["total"]
     for shown in (
-        "73.7%",
-        "1,013,579",
-        "1,523",
-        "RUB",
-        "36.00 s",
-        "-11.3 pp",  # the trend's success rate, in percentage points like the summary's percent
-        "+15.5",
-        "89.5%",
-        "68.6% – 97.1%",
+        f"Success rate {shown_pct(report['success_rate'])}.",
+        f"Cycles planned {report['planned_cycles']}, run {report['cycles_run']}, not run "
+        f"{report['cycles_not_run']}.",
+        f"Tokens: {totals['total_tokens']:,} in {totals['calls']:,} calls",
+        f"{counted(report['passed_with_fallback'], 'passed cycle')} ran while a fallback was active",
+        f"Repair agent: {counted(len(report['incidents']), 'incident')}, "
+        f"{counted(len(report['agent']['repairs']), 'repair')}, "
+        f"{counted(len(report['fallbacks']), 'fallback period')}, "
+        f"{counted(len(report['knob_changes']), 'knob change')}.",
     ):
-        assert shown in html, shown
-    assert "GigaChat → GigaChat-Plus" in html  # knobs changed by a repair
-    agent = visible_text(html[html.index('<section id="agent">') : html.index('<section id="quality">')])
-    assert (
-        "llm.model GigaChat → GigaChat-Plus GigaChat" in agent
-        and "the end of the night 31.7 min 8, 9, 10" in agent
+        assert shown in summary, shown
+    for verdict, n in report["totals"].items():
+        assert re.search(
+            rf'<span class="n">{n}</span><span class="k">{verdict.replace("_", " ")}</span>', html
+        )
+    cost = re.search(r"cost ([\d.,]+) RUB", summary)
+    assert cost is not None and float(cost.group(1)) == pytest.approx(
+        report["tokens"]["cost"]["total"], rel=5e-3
     )
-    assert "strategy rotate_model &lt;script&gt;alert(1)&lt;/script&gt;" in html  # the knob table escapes too
-    assert "down for 9 min; no repair was tried" in agent and "verified healthy by a probe 36 s" in agent
+    dependent = report["input_dependent_steps"][0]
+    low, high = dependent["ci95"]
+    assert f"{shown_pct(dependent['pass_rate'])}</td>" in html
+    assert f"{shown_pct(low)} – {shown_pct(high)}" in html
+    trend = visible_text(
+        html[html.index('<section id="trend">') : html.index('<section id="recommendations">')]
+    )
+    rate = report["trend"]["figures"]["success_rate"]
+    delta = rate["delta"] * 100
+    assert (
+        f"success rate {shown_pct(rate['now'])} {shown_pct(rate['before'])} "
+        f"{'+' if delta > 0 else ''}{delta:.1f} pp" in trend
+    )  # percentage points, like the summary's percent
+    assert f"Compared with night {report['trend']['previous_night_id']}" in trend
 
-    # Failures: product failure with step, message and a relative link to its artifacts.
-    failures = html[html.index("<h2>Failures</h2>") : html.index("<h2>Flaky or input-dependent</h2>")]
-    assert '<a href="cycles/004/">cycles/004</a>' in failures
+    # The agent's section: each incident's outcome, each repair, the fallback, the knob.
+    agent = visible_text(html[html.index('<section id="agent">') : html.index('<section id="quality">')])
+    for incident in report["incidents"]:
+        assert incident["outcome"] in agent, incident["outcome"]
+    for repair in report["agent"]["repairs"]:
+        assert f"{repair['strategy']} {shown_duration(repair['duration_s'])}" in agent, repair
+        if repair["verified"]:
+            assert shown_duration(repair["time_to_healthy_s"]) in agent, repair
+    (fallback,) = report["fallbacks"]
     assert (
-        "infra error: rate_limited — 1 cycle" in failures
-        and "infra error: connection_lost — 1 cycle" in failures
+        f"{fallback['component']} {fallback['kind']} {datetime.fromisoformat(fallback['started_at']):%H:%M:%S}"
+        in agent
     )
-    assert '<a href="cycles/007/attempt-2/">' in failures
-    assert "timeout — 1 cycle" in failures and "harness error — 1 cycle" in failures
-    assert all(link.startswith("cycles/") for link in page.links)
+    assert f"{', '.join(map(str, fallback['cycles']))}" in agent
+    (knob,) = report["knob_changes"]
+    until = "the end of the night" if knob["ended_by"] is None else "returned to its configured value"
+    assert (
+        f"{knob['component']}.{knob['knob']} {knob['from']} → {knob['to']} {knob['configured']}" in agent
+        and f"{until}" in agent
+        and f"{shown_duration(knob['in_force_s'])} {', '.join(map(str, knob['cycles']))}" in agent
+    )
+    (injection,) = report["faults"]["injections"]
+    assert f"{injection['fault']} ({escape(injection['spec'])})" in html
+    assert "unmonitored" in agent
+
+    # Failures: the product failure with its step and message, the others grouped, each
+    # with a relative link to its artifacts, which resolves beside the report.
+    failures = html[html.index("<h2>Failures</h2>") : html.index("<h2>Flaky or input-dependent</h2>")]
+    groups: Counter[str] = Counter()
+    for f in report["failures"]:
+        assert f'<a href="{f["artifacts_dir"]}/">{f["artifacts_dir"]}</a>' in failures, f
+        if f["verdict"] == "infra_error":
+            groups[f"infra error: {f['fault_kind']}"] += 1
+        elif f["verdict"] != "failed":
+            groups[FAILURE_GROUP[f["verdict"]]] += 1
+    assert len(groups) == 3
+    for key, n in groups.items():
+        assert f"<h4>{key} — {counted(n, 'cycle')}</h4>" in failures, key
+    assert sorted(page.links) == sorted(f"{f['artifacts_dir']}/" for f in report["failures"])
+    for link in page.links:
+        assert link.startswith("cycles/") and (night.folder / link).is_dir(), link
 
     # Charts: every one drawn, with the number of marks its data calls for, each with a title.
     assert list(page.charts) == CHARTS
     for name, chart in page.charts.items():
         assert chart["attrs"]["width"] == "100%" and chart["attrs"]["viewbox"].startswith("0 0 "), name
         assert "data-empty" not in chart["attrs"], name
-        assert all(m["title"] for m in chart["marks"]), name
+        assert chart["marks"] and all(m["title"] for m in chart["marks"]), name
         assert any("time" in t or "duration" in t or "score" in t for t in chart["texts"]), name  # axis label
-    cycles = page.marks("cycle-timeline")
-    assert len(cycles) == len(report["cycles"]) == 20
-    by_cycle = {int(m["data-cycle"]): m for m in cycles}
-    assert by_cycle[4]["fill"] == "#d64541" and by_cycle[4]["data-verdict"] == "failed"
-    assert by_cycle[7]["fill"] == "#f08c1a" and by_cycle[12]["fill"] == "#8e44ad"
-    assert by_cycle[18]["fill"] == "#7f8c8d" and by_cycle[1]["fill"] == "#2e9e4f"
-    assert by_cycle[20]["data-verdict"] == "not done" and by_cycle[20]["fill"] == "#d5d8dc"
-    assert sorted(n for n, m in by_cycle.items() if "fallback" in m["class"].split()) == [13, 14, 15]
-    # Two cycles run at once, so they take two lanes; cycle 7 took two attempts and still
-    # ran when cycle 10 started (cycle 9 had taken cycle 8's lane), so cycle 10 needs a third.
-    assert by_cycle[1]["y"] == by_cycle[3]["y"] != by_cycle[2]["y"] == by_cycle[4]["y"]
-    assert by_cycle[9]["y"] == by_cycle[8]["y"] != by_cycle[7]["y"]
-    assert by_cycle[10]["y"] not in (by_cycle[7]["y"], by_cycle[9]["y"])
-    assert len({m["y"] for m in cycles}) == 3
-    assert float(by_cycle[3]["x"]) > float(by_cycle[1]["x"]) and float(by_cycle[1]["x"]) < float(
-        by_cycle[2]["x"]
-    )
-    assert "cycle 4: failed" in by_cycle[4]["title"] and "on a fallback" in by_cycle[13]["title"]
 
+    # The cycle timeline: one mark per cycle, coloured by its verdict, fallback cycles
+    # hatched, placed by start time, and two cycles that overlap never in one lane.
+    cycles = {c["cycle"]: c for c in report["cycles"]}
+    marks = page.marks("cycle-timeline")
+    assert len(marks) == len(cycles)
+    by_cycle = {int(m["data-cycle"]): m for m in marks}
+    assert set(by_cycle) == set(cycles)
+    for n, c in cycles.items():
+        m = by_cycle[n]
+        assert m["data-verdict"] == c["verdict"] and m["fill"] == VERDICT_FILL[c["verdict"]], n
+        assert m["title"].startswith(f"cycle {n}: {c['verdict'].replace('_', ' ')}"), m["title"]
+        assert ("on a fallback" in m["title"]) == c["fallback"] == ("fallback" in m["class"].split()), n
+        assert (f"; {len(c['attempts'])} attempts" in m["title"]) == (len(c["attempts"]) > 1), n
+    for a, b in ((a, b) for a in cycles.values() for b in cycles.values() if a["cycle"] < b["cycle"]):
+        xa, xb = float(by_cycle[a["cycle"]]["x"]), float(by_cycle[b["cycle"]]["x"])
+        sa, sb = epoch(a["started_at"]), epoch(b["started_at"])
+        assert (xa < xb) == (sa < sb) and (xa == xb) == (sa == sb), (a["cycle"], b["cycle"])
+        if sa < epoch(b["ended_at"]) and sb < epoch(a["ended_at"]):  # overlap, by the report's times
+            assert by_cycle[a["cycle"]]["y"] != by_cycle[b["cycle"]]["y"], (a["cycle"], b["cycle"])
+    assert len({m["y"] for m in marks}) >= PARALLEL
+
+    # The health timeline: one segment per recorded state change, in each component's
+    # order, a marker per incident and per injected fault.
+    timeline = report["health_timeline"]
     segments = page.marks("health-timeline", "segment")
-    assert len(segments) == sum(len(v) for v in report["health_timeline"].values()) == 12
-    assert [s["data-state"] for s in segments[:4]] == ["healthy", "unhealthy", "repairing", "healthy"]
-    assert len(page.marks("health-timeline", "incident")) == len(report["incidents"]) == 2
-    assert len(page.marks("health-timeline", "fault")) == len(report["faults"]["injections"]) == 2
-    assert len(page.marks("health-timeline")) == 16
+    assert len(segments) == sum(len(v) for v in timeline.values())
+    expected_states = [
+        ch["state"] for comp in timeline for ch in sorted(timeline[comp], key=lambda ch: ch["ts"])
+    ]
+    assert [s["data-state"] for s in segments] == expected_states
+    assert all(s["fill"] == STATE_FILL[s["data-state"]] for s in segments)
+    assert {"healthy", "fallback", "repairing"} <= set(expected_states)
+    assert len(page.marks("health-timeline", "incident")) == len(report["incidents"])
+    assert len(page.marks("health-timeline", "fault")) == len(report["faults"]["injections"])
+    assert len(page.marks("health-timeline")) == len(segments) + len(report["incidents"]) + len(
+        report["faults"]["injections"]
+    )
 
+    # Step durations: a bar per step, in the report's order, as long as its p50.
     bars = page.marks("step-durations")
-    assert [b["data-step"] for b in bars] == list(report["durations"]["steps"])
-    widths = [float(b["width"]) for b in bars]
-    assert widths == sorted(widths) and widths[0] < widths[-1]  # p50 grows from step to step here
+    steps = report["durations"]["steps"]
+    assert [b["data-step"] for b in bars] == list(steps)
+    width = {b["data-step"]: float(b["width"]) for b in bars}
+    for a in steps:
+        for b in steps:
+            if steps[a]["p50"] < steps[b]["p50"]:
+                assert width[a] <= width[b], (a, b)
+    assert min(width.values()) < max(width.values())
 
+    # The score distribution: a bar per bucket, as high as its count.
     buckets = page.marks("score-distribution")
-    assert [b["data-bucket"] for b in buckets] == ["0-4.9", "5-6.9", "7-8.9", "9-10"]
-    heights = {b["data-bucket"]: float(b["height"]) for b in buckets}
-    assert heights["7-8.9"] > heights["9-10"] > heights["5-6.9"] > heights["0-4.9"] > 0
-    assert "score 7-8.9: 8 cycles" in buckets[2]["title"]
+    counts = report["quality"]["buckets"]
+    assert [b["data-bucket"] for b in buckets] == SCORE_BUCKETS
+    per_cycle = {b["data-bucket"]: float(b["height"]) / counts[b["data-bucket"]] for b in buckets}
+    assert max(per_cycle.values()) == pytest.approx(min(per_cycle.values()))
+    for b in buckets:
+        n = counts[b["data-bucket"]]
+        assert f"score {b['data-bucket']}: {counted(n, 'cycle')}" in b["title"]
+
+    # What write_reports wrote beside the night's cycles is this very page.
+    assert (night.folder / "report.html").read_text(encoding="utf-8") == html
 
 
-def test_passed_night_verdict_is_green() -> None:
-    report = full_report()
-    report.update(exit_code=0, verdict="PASSED WITH FALLBACK: all 19 cycles passed, 3 of them on a fallback")
-    html = render_html(report)
-    assert '<p class="verdict ok" data-exit-code="0">PASSED WITH FALLBACK' in html
+@pytest.mark.xfail(
+    strict=True,
+    reason="the report gives cycle start and end times to the second only (numbers.iso in "
+    "report/model.py), so cycles that start and end within one second are drawn as zero-length "
+    "and each takes a lane of its own (timelines.py): a night of 2 parallel cycles shows more lanes",
+)
+def test_cycle_timeline_has_a_lane_per_cycle_run_at_once(night: Night) -> None:
+    page = Page(render_html(night.report))
+    lanes = {m["y"] for m in page.marks("cycle-timeline")}
+    assert len(lanes) == _concurrency(list(_ledger_cycle_spans(night).values())) == PARALLEL
+
+
+def test_passed_night_verdict_is_green(night: Night) -> None:
+    """The night before passed: its verdict line is green, the night's is red."""
+    previous = night.previous
+    assert previous["exit_code"] == 0 and previous["verdict"].startswith("PASSED")
+    html = render_html(previous)
+    assert f'<p class="verdict ok" data-exit-code="0">{escape(previous["verdict"])}</p>' in html
+    assert '<p class="verdict bad"' not in html
+    assert '<p class="verdict ok"' not in render_html(night.report)
+
+
+def test_markdown_renders_the_real_report(night: Night) -> None:
+    """MORNING_REPORT.md from the same report: its sections in the page's order, the
+    verdict, and the figures the page shows."""
+    report = night.report
+    md = render_markdown(report)
+    lines = md.splitlines()
+    assert lines[0] == f"# Morning report — night {report['night_id']}"
+    assert f"**{report['verdict']}**" in lines
+    assert [line[3:] for line in lines if line.startswith("## ")] == SECTIONS
+    for heading in (
+        f"### Incidents: {len(report['incidents'])}",
+        f"### Fallbacks Used: {len(report['fallbacks'])}",
+        f"### Knob changes: {len(report['knob_changes'])}",
+        f"### Injected faults: {report['faults']['summary']['injected']}",
+        f"### Product failures ({report['totals']['failed']})",
+    ):
+        assert heading in lines, heading
+    assert f"| Success rate | {shown_pct(report['success_rate'])} |" in lines
+    assert f"`ProductFailure: budget section is empty & {XSS}`" in md
+    assert f"Against night {report['trend']['previous_night_id']}" in md
+    for incident in report["incidents"]:
+        assert incident["outcome"] in md
+    for f in report["failures"]:
+        assert f"[{f['artifacts_dir']}]({f['artifacts_dir']}/)" in md
+    # The night before renders too.
+    assert render_markdown(night.previous).startswith(
+        f"# Morning report — night {night.previous['night_id']}"
+    )
+    # What write_reports wrote beside the night's cycles is this very text.
+    assert (night.folder / "MORNING_REPORT.md").read_text(encoding="utf-8") == md
 
 
 @pytest.mark.parametrize(
@@ -790,11 +573,16 @@ def test_empty_report_renders_honest_lines_and_empty_charts(report: dict[str, An
     assert_no_network(html, page)
 
 
-def test_any_key_missing_or_null_still_renders() -> None:
-    """Every key of the full report, at the top level and one level into each section, left
+@pytest.mark.slow  # about 20 s: 400 pages rendered and parsed
+def test_any_key_missing_or_null_still_renders(night: Night) -> None:
+    """Every key of the real report, at the top level and one level into each section, left
     out or set to null: the page still renders with all its sections and charts, and a chart
     never draws more marks than its data has."""
-    full = full_report()
+    full = night.report
+    n_cycles = len(full["cycles"])
+    n_steps = len(full["durations"]["steps"])
+    n_buckets = len(full["quality"]["buckets"])
+    assert n_cycles and n_steps and n_buckets
     variants: list[tuple[str, dict[str, Any]]] = []
     for key in full:
         for value in ("missing", None, [], {}, "garbage"):
@@ -818,14 +606,14 @@ def test_any_key_missing_or_null_still_renders() -> None:
         page = Page(render_html(r))
         assert [h for tag, h in page.headings if tag == "h2"] == SECTIONS, label
         assert list(page.charts) == CHARTS, label
-        assert len(page.marks("cycle-timeline")) in (0, 20), label
+        assert len(page.marks("cycle-timeline")) in (0, n_cycles), label
         timeline = r.get("health_timeline")
         segments = (
             sum(len(v) for v in timeline.values() if isinstance(v, list)) if isinstance(timeline, dict) else 0
         )
         assert len(page.marks("health-timeline", "segment")) == segments, label
-        assert len(page.marks("step-durations")) in (0, 6), label
-        assert len(page.marks("score-distribution")) in (0, 4), label
+        assert len(page.marks("step-durations")) in (0, n_steps), label
+        assert len(page.marks("score-distribution")) in (0, n_buckets), label
 
 
 async def test_report_of_a_real_night(tmp_path: Path) -> None:
@@ -867,12 +655,23 @@ async def test_report_of_a_real_night(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ Chromium
 
 
+def _expected_marks(report: dict[str, Any]) -> dict[str, int]:
+    timeline = report["health_timeline"]
+    health = sum(len(v) for v in timeline.values()) + len(report["incidents"])
+    return {
+        "cycle-timeline": len(report["cycles"]),
+        "health-timeline": health + len(report["faults"]["injections"]),
+        "step-durations": len(report["durations"]["steps"]),
+        "score-distribution": len(report["quality"]["buckets"]),
+    }
+
+
 @pytest.mark.chromium
-def test_chromium_loads_the_file_without_console_messages(tmp_path: Path) -> None:
-    """The page as a user opens it: chromium's own file loading, its console on stderr."""
+def test_chromium_loads_the_file_without_console_messages(night: Night, tmp_path: Path) -> None:
+    """The page as a user opens it, where write_reports put it: chromium's own file
+    loading, its console on stderr."""
     exe = chromium()
-    page_path = tmp_path / "report.html"
-    page_path.write_text(render_html(full_report()), encoding="utf-8")
+    page_path = night.folder / "report.html"
     shot = tmp_path / "phone.png"
     base = chromium_args(exe, tmp_path / "profile")
     logs = ["--enable-logging=stderr", "--v=0"]
@@ -884,8 +683,7 @@ def test_chromium_loads_the_file_without_console_messages(tmp_path: Path) -> Non
     assert console == []
     page = Page(dom.stdout)
     assert list(page.charts) == CHARTS
-    assert len(page.marks("cycle-timeline")) == 20 and len(page.marks("health-timeline")) == 16
-    assert len(page.marks("step-durations")) == 6 and len(page.marks("score-distribution")) == 4
+    assert {name: len(chart["marks"]) for name, chart in page.charts.items()} == _expected_marks(night.report)
 
     run = subprocess.run(
         [*base, "--window-size=390,2000", f"--screenshot={shot}", page_path.as_uri()],
@@ -900,14 +698,14 @@ def test_chromium_loads_the_file_without_console_messages(tmp_path: Path) -> Non
 
 
 @pytest.mark.chromium
-def test_chromium_renders_charts_at_phone_width(tmp_path: Path) -> None:
-    """Driven over the DevTools protocol at a phone's viewport: no console message or
-    exception, no horizontal overflow, every chart laid out with visible marks, and the
-    verdict colours really painted in each chart's screenshot."""
+def test_chromium_renders_charts_at_phone_width(night: Night, tmp_path: Path) -> None:
+    """Driven over the DevTools protocol at a phone's viewport (390 CSS pixels wide, two
+    device pixels to one, as phones have): no console message or exception, no horizontal
+    overflow, every chart laid out with visible marks, and the verdict colours really
+    painted in each chart's screenshot."""
     exe = chromium()
-    page_path = tmp_path / "report.html"
-    report = full_report()
-    page_path.write_text(render_html(report), encoding="utf-8")
+    report = night.report
+    page_path = night.folder / "report.html"
     profile = tmp_path / "profile"
     stderr = (tmp_path / "chromium.log").open("wb")
     proc = subprocess.Popen(
@@ -926,7 +724,7 @@ def test_chromium_renders_charts_at_phone_width(tmp_path: Path) -> None:
             for domain in ("Page", "Runtime", "Log"):
                 cdp.call(f"{domain}.enable")
             cdp.call(
-                "Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=1, mobile=True
+                "Emulation.setDeviceMetricsOverride", width=390, height=844, deviceScaleFactor=2, mobile=True
             )
             cdp.call("Page.navigate", url=page_path.as_uri())
             cdp.wait_event("Page.loadEventFired")
@@ -971,25 +769,38 @@ def test_chromium_renders_charts_at_phone_width(tmp_path: Path) -> None:
     assert metrics["innerWidth"] == 390
     assert metrics["scrollWidth"] <= 390, metrics["overflowing"]
     assert metrics["wrappers"] > 5 and metrics["wrappersScrolling"] >= 1
-    assert metrics["verdictBackground"] == "rgb(192, 57, 43)"
-    expected = {"cycle-timeline": 20, "health-timeline": 16, "step-durations": 6, "score-distribution": 4}
+    assert report["exit_code"] == 1 and metrics["verdictBackground"] == "rgb(192, 57, 43)"
+    expected = _expected_marks(report)
     assert {n: c["marks"] for n, c in metrics["charts"].items()} == expected
     for name, chart in metrics["charts"].items():
         assert chart["visible"] == chart["marks"], name  # every mark has a non-empty box
         assert chart["inside"] == chart["marks"], name  # and lies within its chart
         assert 300 <= chart["box"][2] <= 390 and chart["box"][3] > 40, (name, chart["box"])
-    # What is painted: each chart's screenshot holds its marks' colours.
+    # What is painted: each chart's screenshot holds its marks' colours. A cycle or a state
+    # that lasted less than a second is a sliver 2 units wide (about 3 device pixels here),
+    # enough for its own colour unless a fallback's outline covers it; so the colours
+    # expected are those of the marks wide enough to show theirs, and both markers.
     assert set(shots) == set(expected)
+    page = Page(render_html(report))
+
+    def shows_fill(mark: dict[str, Any]) -> bool:
+        return float(mark["width"]) >= (6 if "fallback" in mark["class"].split() else 2)
+
+    cycle_fills = {m["fill"] for m in page.marks("cycle-timeline") if shows_fill(m)}
+    state_fills = {m["fill"] for m in page.marks("health-timeline", "segment") if float(m["width"]) >= 3}
+    markers = {"#8e44ad"} | {"#1f2d3d" if i["verified_at"] else "#d64541" for i in report["incidents"]}
+    assert {VERDICT_FILL["passed"], VERDICT_FILL["timeout"]} <= cycle_fills
+    assert {STATE_FILL["healthy"], STATE_FILL["fallback"]} <= state_fills
     colours = {
-        "cycle-timeline": ["#2e9e4f", "#d64541", "#f08c1a", "#8e44ad", "#7f8c8d"],
-        "health-timeline": ["#2e9e4f", "#f08c1a", "#8e44ad", "#1f2d3d"],  # segments and both markers
-        "step-durations": ["#3b82c4"],
-        "score-distribution": ["#2e9e4f", "#8bbf3f", "#f08c1a", "#d64541"],
+        "cycle-timeline": cycle_fills,
+        "health-timeline": state_fills | markers,
+        "step-durations": {"#3b82c4"},
+        "score-distribution": {SCORE_FILL[b] for b, n in report["quality"]["buckets"].items() if n},
     }
     for name, data in shots.items():
         width, height, pixels = png_size(base64.b64decode(data), decode=True)
         assert width > 300 and height > 40, name
-        for colour in colours[name]:
+        for colour in sorted(colours[name]):
             rgb = bytes.fromhex(colour[1:])
             assert pixels.get(rgb, 0) >= 4, (name, colour, pixels.most_common(5) if pixels else None)
 
