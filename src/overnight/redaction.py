@@ -95,11 +95,20 @@ _ASSIGNMENT = re.compile(
     r"(?P<val>(?:(?:Bearer|Basic|Token)\s+)?(?!\$\{)[^\s'\",;&]+)"
 )
 
-# Every name is_secret_key accepts holds one of these (each word of _STRONG contains
-# "pass", "secret", "token", "credential", "key" or "auth"; each of _WEAK, one of these or
-# "pwd" or "cookie"). Text without any has no secret-looking assignment, and redact skips
-# the costly _ASSIGNMENT pass: it ran on every log line (tests/test_secrets.py checks this).
-_SECRET_HINT = re.compile(r"pass|pwd|secret|token|credential|key|auth|cookie", re.IGNORECASE)
+# Every name is_secret_key accepts holds one of these, whatever its case: each word of
+# _STRONG holds "pass" (followed by "w" or "p"), "secret", "token", "credential", "key" or
+# "auth"; each of _WEAK is "pass" (the name's last word, so never followed by "ed"),
+# "pwd", "key", "auth", "oauth" or "cookie"; "api" … "key" holds "key".
+_HINTS = ("pwd", "secret", "token", "credential", "key", "auth", "cookie")
+
+
+def may_name_a_secret(text: str) -> bool:
+    """False when no secret-looking name can stand in ``text`` (a cheap test before the
+    assignment pass; tests/test_secrets.py checks it against ``is_secret_key`` and
+    ``redact`` against the full passes). "passed", in every attempt's line, is no hint."""
+    low = text.lower()
+    return any(hint in low for hint in _HINTS) or "pass" in low.replace("passed", "")
+
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -185,8 +194,10 @@ def redact(text: str | None) -> str | None:
             text = text.replace(value, MASK)
     if "://" in text:
         text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
-    if _SECRET_HINT.search(text) is None:
-        return text  # no name in it could be secret-looking: nothing to assign
+    if not may_name_a_secret(text):
+        # The assignment pass (a Python callback per "name: value") would change nothing,
+        # and it ran on every log line.
+        return text
     return _ASSIGNMENT.sub(_mask_assignment, text)
 
 
