@@ -16,6 +16,15 @@ from overnight.report import write_reports
 
 from .support.projects import make_project
 
+# An [agent] table for nights whose incidents must be worked within seconds.
+FAST_AGENT = """
+[agent]
+probe_period = 0.5
+probe_timeout = 3
+cooldown = 0.05
+max_backoff = 0.2
+"""
+
 
 def write_project(folder: Path, code: str, config: str = "") -> tuple[Path, str]:
     """A project for an in-process night: its scenario module gets a unique name, since

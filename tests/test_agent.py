@@ -22,15 +22,7 @@ from overnight.report import statistics
 from overnight.sandbox import shared_sandbox
 
 from .conftest import PgCluster, make_project, run_cli
-from .helpers import attempts_by_cycle, restore_sandbox, run_night
-
-FAST_AGENT = """
-[agent]
-probe_period = 0.5
-probe_timeout = 3
-cooldown = 0.05
-max_backoff = 0.2
-"""
+from .helpers import FAST_AGENT, attempts_by_cycle, restore_sandbox, run_night
 
 
 @pytest.fixture(autouse=True)

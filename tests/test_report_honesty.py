@@ -24,8 +24,8 @@ from overnight.report.markdown import render_markdown
 from overnight.report.stats import agent_figures
 from overnight.sandbox import shared_sandbox
 
-from .helpers import restore_sandbox, run_night
-from .test_agent import _SEARCH_WITH_CACHE, _TOPIC_RESEARCH, FAST_AGENT
+from .helpers import FAST_AGENT, restore_sandbox, run_night
+from .test_agent import _SEARCH_WITH_CACHE, _TOPIC_RESEARCH
 from .test_agent_hardening import FAST, _events, _module, _rows
 from .test_report_html import visible_text
 
