@@ -1,17 +1,22 @@
-"""In-process night runner for engine tests: real ledger, real orchestrator, no CLI."""
+"""In-process night runner for engine and agent tests: real ledger, real orchestrator, no
+CLI; and what such a night left in its ledger."""
 
 from __future__ import annotations
 
 import dataclasses
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
 
 from overnight.config import RunConfig, load_config
 from overnight.engine.orchestrator import NightOutcome, Orchestrator
 from overnight.engine.plan import Plan
 from overnight.engine.progress import LogProgress
 from overnight.ledger import Ledger, queries
+from overnight.ledger import schema as s
 from overnight.report import write_reports
 
 from .support.projects import make_project
@@ -69,6 +74,57 @@ def attempts_by_cycle(ledger: Ledger, night_id: str) -> dict[int, list[dict[str,
         for a in queries.attempts_of(conn, night_id):
             out.setdefault(a["cycle"], []).append(a)
     return out
+
+
+def table_rows(ledger: Ledger, table: Any, night_id: str) -> list[dict[str, Any]]:
+    """The night's rows of a ledger table (``schema.incidents``…), as stored."""
+    with ledger.read() as conn:
+        return [dict(r._mapping) for r in conn.execute(select(table).where(table.c.night_id == night_id))]
+
+
+def events_of(ledger: Ledger, night_id: str, kind: str) -> list[dict[str, Any]]:
+    """The night's events of one kind, in the order they happened."""
+    with ledger.read() as conn:
+        return queries.events_of(conn, night_id, kinds=(kind,))
+
+
+@dataclass
+class NightRecord:
+    """A night run in-process, and what its ledger holds, read before it was closed."""
+
+    outcome: NightOutcome
+    report: dict[str, Any]
+    attempts: dict[int, list[dict[str, Any]]]  # by cycle
+    incidents: list[dict[str, Any]]
+    repairs: list[dict[str, Any]]
+    probes: list[dict[str, Any]]
+    fallbacks: list[dict[str, Any]]
+    all_events: list[dict[str, Any]]
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        """The events of one kind, in the order they happened (as ``events_of``)."""
+        return [e for e in self.all_events if e["kind"] == kind]
+
+
+async def run_and_read(tmp_path: Path, code: str, config: str = "", **plan_kw: Any) -> NightRecord:
+    """``run_night``, then read back what the agent's tests look at, and close the ledger."""
+    outcome, report, ledger = await run_night(tmp_path, code, config, **plan_kw)
+    try:
+        nid = outcome.night_id
+        with ledger.read() as conn:
+            all_events = queries.events_of(conn, nid)
+        return NightRecord(
+            outcome,
+            report,
+            attempts_by_cycle(ledger, nid),
+            table_rows(ledger, s.incidents, nid),
+            table_rows(ledger, s.repairs, nid),
+            table_rows(ledger, s.probes, nid),
+            table_rows(ledger, s.fallbacks, nid),
+            all_events,
+        )
+    finally:
+        ledger.close()
 
 
 def restore_sandbox(box: Any) -> None:
