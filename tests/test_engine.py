@@ -35,6 +35,16 @@ async def cycle(ctx):
         raise ValueError("bug in the scenario")
 """
 
+# The totals of five cycles of VERDICT_SCENARIO, one of each kind.
+VERDICT_TOTALS = {
+    "passed": 1,
+    "failed": 2,
+    "infra_error": 1,
+    "timeout": 0,
+    "harness_error": 1,
+    "failed_on_fallback": 0,
+}
+
 
 async def test_each_verdict_and_only_infra_is_retried(tmp_path: Path) -> None:
     outcome, report, ledger = await run_night(tmp_path, VERDICT_SCENARIO, cycles=5, retry_attempts=2)
@@ -55,14 +65,7 @@ async def test_each_verdict_and_only_infra_is_retried(tmp_path: Path) -> None:
     assert atts[5][0]["error_type"] == "ValueError"
     assert "Traceback" in atts[5][0]["traceback"] and "bug in the scenario" in atts[5][0]["traceback"]
     assert all(a["step"] == "work" for c in (2, 3, 4, 5) for a in atts[c])
-    assert report["totals"] == {
-        "passed": 1,
-        "failed": 2,
-        "infra_error": 1,
-        "timeout": 0,
-        "harness_error": 1,
-        "failed_on_fallback": 0,
-    }
+    assert report["totals"] == VERDICT_TOTALS
     assert report["exit_code"] == 1
     assert outcome.status == "completed"
     # The report's per-cycle attempts mirror the ledger.
@@ -326,14 +329,7 @@ async def test_ledger_backends_share_one_code_path(tmp_path: Path, ledger_url: s
             nights = queries.list_nights(conn)
     finally:
         ledger.close()
-    assert report["totals"] == {
-        "passed": 1,
-        "failed": 2,
-        "infra_error": 1,
-        "timeout": 0,
-        "harness_error": 1,
-        "failed_on_fallback": 0,
-    }
+    assert report["totals"] == VERDICT_TOTALS
     assert len(nights) == 1 and nights[0]["done"] == 5 and nights[0]["passed"] == 1
     assert ledger.dialect in ("sqlite", "postgresql")
 
