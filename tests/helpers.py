@@ -54,15 +54,23 @@ def make_plan(config_path: Path, night_dir: Path, **kw: Any) -> Plan:
     return dataclasses.replace(plan, **kw)
 
 
-async def run_night(
+def make_orchestrator(
     tmp_path: Path, code: str, config: str = "", ledger_url: str | None = None, **plan_kw: Any
-) -> tuple[NightOutcome, dict[str, Any], Ledger]:
-    """Run one night in-process; returns (outcome, report, open ledger). Close the ledger."""
+) -> tuple[Orchestrator, Ledger]:
+    """The orchestrator of a night in-process (not started: ``await orch.run()``) and its
+    open ledger (``nights/overnight.db``, or ``ledger_url``). Close the ledger."""
     cfg, _ = write_project(tmp_path / "project", code, config)
     night_dir = tmp_path / "nights"
     plan = make_plan(cfg, night_dir, **plan_kw)
     ledger = Ledger(ledger_url or str(night_dir / "overnight.db"))
-    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
+    return Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False), ledger
+
+
+async def run_night(
+    tmp_path: Path, code: str, config: str = "", ledger_url: str | None = None, **plan_kw: Any
+) -> tuple[NightOutcome, dict[str, Any], Ledger]:
+    """Run one night in-process; returns (outcome, report, open ledger). Close the ledger."""
+    orch, ledger = make_orchestrator(tmp_path, code, config, ledger_url, **plan_kw)
     outcome = await orch.run()
     report, _ = write_reports(ledger, outcome.night_id)
     return outcome, report, ledger

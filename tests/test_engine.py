@@ -16,7 +16,7 @@ from overnight.engine.context import CycleInput
 from overnight.errors import ProtectedSettingError
 from overnight.ledger import queries
 
-from .helpers import attempts_by_cycle, run_night
+from .helpers import attempts_by_cycle, make_orchestrator, run_night
 
 VERDICT_SCENARIO = """
 import overnight
@@ -495,17 +495,10 @@ async def test_a_time_bound_during_a_cycles_start_leaves_no_cycle_started_with_n
     # The bound lands while cycle 3's "started" row is being written (queued from the
     # writer thread, so before the write's own wake-up): cycle 3 still runs its attempt,
     # and no later cycle is recorded as started with nothing run.
-    from overnight.engine.orchestrator import Orchestrator
-    from overnight.engine.progress import LogProgress
-    from overnight.ledger import Ledger, ops
+    from overnight.ledger import ops
     from overnight.report import write_reports
 
-    from .helpers import make_plan, write_project
-
-    cfg, _ = write_project(tmp_path / "project", "async def cycle(ctx):\n    pass\n")
-    plan = make_plan(cfg, tmp_path / "nights", cycles=10)
-    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
-    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
+    orch, ledger = make_orchestrator(tmp_path, "async def cycle(ctx):\n    pass\n", cycles=10)
     real = ops.cycle_started
     loop = asyncio.get_running_loop()
 
@@ -534,20 +527,13 @@ async def test_an_interrupt_while_an_attempt_is_being_started_still_cancels_it(
     # the attempt must still be cancelled at once, not run on until its cycle timeout.
     import signal
 
-    from overnight.engine.orchestrator import Orchestrator
-    from overnight.engine.progress import LogProgress
-    from overnight.ledger import Ledger, ops
+    from overnight.ledger import ops
     from overnight.report import write_reports
-
-    from .helpers import make_plan, write_project
 
     code = (
         "import asyncio\n\nasync def cycle(ctx):\n    if ctx.cycle == 2:\n        await asyncio.sleep(3600)\n"
     )
-    cfg, _ = write_project(tmp_path / "project", code)
-    plan = make_plan(cfg, tmp_path / "nights", cycles=3, cycle_timeout=600)
-    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
-    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
+    orch, ledger = make_orchestrator(tmp_path, code, cycles=3, cycle_timeout=600)
     real = ops.attempt_started
     loop = asyncio.get_running_loop()
 
