@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from overnight.config import ProtectedSettings
 from overnight.engine.context import CycleInput
 from overnight.errors import ProtectedSettingError
-from overnight.ledger import queries
+from overnight.ledger import ops, queries
 
 from .helpers import attempts_by_cycle, make_orchestrator, run_night
 
@@ -489,25 +490,35 @@ async def test_failing_setup_aborts_the_night_before_any_cycle(tmp_path: Path) -
     assert report["verdict"].startswith("ABORTED: setup failed")
 
 
+def _when_written(
+    monkeypatch: pytest.MonkeyPatch, op: str, cycle: int, act: Callable[..., Any], *args: Any
+) -> None:
+    """While the ledger op ``op`` (``ops.cycle_started``…) writes the row of ``cycle``,
+    ``act(*args)`` is called in the event loop (queued from the writer thread, before the
+    write itself)."""
+    real = getattr(ops, op)
+    loop = asyncio.get_running_loop()
+
+    def hooked(conn: Any, night_id: str, at: int, *rest: Any) -> Any:
+        if at == cycle:
+            loop.call_soon_threadsafe(act, *args)
+        return real(conn, night_id, at, *rest)
+
+    monkeypatch.setattr(ops, op, hooked)
+
+
 async def test_a_time_bound_during_a_cycles_start_leaves_no_cycle_started_with_nothing_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The bound lands while cycle 3's "started" row is being written (queued from the
     # writer thread, so before the write's own wake-up): cycle 3 still runs its attempt,
     # and no later cycle is recorded as started with nothing run.
-    from overnight.ledger import ops
     from overnight.report import write_reports
 
     orch, ledger = make_orchestrator(tmp_path, "async def cycle(ctx):\n    pass\n", cycles=10)
-    real = ops.cycle_started
-    loop = asyncio.get_running_loop()
-
-    def cycle_started(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
-        if cycle == 3:
-            loop.call_soon_threadsafe(orch.stopping.stop, "time bound reached (--max-hours / --until)")
-        return real(conn, night_id, cycle, *rest)
-
-    monkeypatch.setattr(ops, "cycle_started", cycle_started)
+    _when_written(
+        monkeypatch, "cycle_started", 3, orch.stopping.stop, "time bound reached (--max-hours / --until)"
+    )
     outcome = await orch.run()
     report, _ = write_reports(ledger, outcome.night_id)
     ledger.close()
@@ -527,22 +538,13 @@ async def test_an_interrupt_while_an_attempt_is_being_started_still_cancels_it(
     # the attempt must still be cancelled at once, not run on until its cycle timeout.
     import signal
 
-    from overnight.ledger import ops
     from overnight.report import write_reports
 
     code = (
         "import asyncio\n\nasync def cycle(ctx):\n    if ctx.cycle == 2:\n        await asyncio.sleep(3600)\n"
     )
     orch, ledger = make_orchestrator(tmp_path, code, cycles=3, cycle_timeout=600)
-    real = ops.attempt_started
-    loop = asyncio.get_running_loop()
-
-    def attempt_started(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
-        if cycle == 2:
-            loop.call_soon_threadsafe(orch.interrupt, "received SIGTERM", signal.SIGTERM)
-        return real(conn, night_id, cycle, *rest)
-
-    monkeypatch.setattr(ops, "attempt_started", attempt_started)
+    _when_written(monkeypatch, "attempt_started", 2, orch.interrupt, "received SIGTERM", signal.SIGTERM)
     t0 = time.monotonic()
     async with asyncio.timeout(30):  # before the fix: 600 s, the cycle timeout
         outcome = await orch.run()
