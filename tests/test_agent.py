@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import select
 
 from overnight.errors import ConfigError
 from overnight.ledger import Ledger, queries
@@ -22,15 +21,15 @@ from overnight.report import statistics
 from overnight.sandbox import shared_sandbox
 
 from .conftest import PgCluster, make_project, run_cli
-from .helpers import attempts_by_cycle, restore_sandbox, run_night
-
-FAST_AGENT = """
-[agent]
-probe_period = 0.5
-probe_timeout = 3
-cooldown = 0.05
-max_backoff = 0.2
-"""
+from .helpers import (
+    FAST_AGENT,
+    attempts_by_cycle,
+    events_of,
+    restore_sandbox,
+    run_and_read,
+    run_night,
+    table_rows,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -38,16 +37,6 @@ def clean_sandbox() -> Iterator[None]:
     """The shared sandbox lives for the whole process: every test leaves it as it found it."""
     yield
     restore_sandbox(shared_sandbox())
-
-
-def _rows(ledger: Ledger, table: Any, night_id: str) -> list[dict[str, Any]]:
-    with ledger.read() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(table).where(table.c.night_id == night_id))]
-
-
-def _events(ledger: Ledger, night_id: str, kind: str) -> list[dict[str, Any]]:
-    with ledger.read() as conn:
-        return queries.events_of(conn, night_id, kinds=(kind,))
 
 
 def _probe_meets(server: str, fault: str, answered: str) -> str:
@@ -103,9 +92,9 @@ async def test_llm_rate_limit_waits_retry_after_and_retries_the_cycle(tmp_path: 
     outcome, report, ledger = await run_night(tmp_path, code, config, cycles=5, retry_attempts=2)
     try:
         atts = attempts_by_cycle(ledger, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-        faults = _events(ledger, outcome.night_id, "component_fault")
+        incidents = table_rows(ledger, s.incidents, outcome.night_id)
+        repairs = table_rows(ledger, s.repairs, outcome.night_id)
+        faults = events_of(ledger, outcome.night_id, "component_fault")
         stats = statistics(ledger, outcome.night_id)
     finally:
         ledger.close()
@@ -164,12 +153,9 @@ async def test_a_quota_found_by_the_probe_waits_the_retry_after_the_probe_got(tm
         "429 in statuses and 200 in statuses[statuses.index(429):]",
     )
     config = FAST_AGENT + '[components.search]\ntype = "websearch"\nsandbox = true\n'
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=3, retry_attempts=2)
+    report = night.report
+    incidents, repairs = night.incidents, night.repairs
     assert report["totals"]["passed"] == 3, report["failures"]
     assert [(i["fault_kind"], i["trigger"], i["state"]) for i in incidents] == [
         ("quota_exceeded", "probe", "repaired")
@@ -192,12 +178,9 @@ async def test_a_burst_that_outlasts_the_verifying_probe_is_not_escalated(tmp_pa
         + 'escalation = "abort"\n'
         + '[components.llm]\ntype = "llm"\nprovider = "gigachat"\nsandbox = true\n'
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        escalated = _events(ledger, outcome.night_id, "escalated")
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=3, retry_attempts=2)
+    report = night.report
+    incidents, escalated = night.incidents, night.events("escalated")
     assert report["totals"]["passed"] == 3, report["failures"]
     assert escalated == []
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [("server_error", "recovered")]
@@ -224,8 +207,8 @@ async def test_slow_search_raises_the_timeout_within_its_bound(tmp_path: Path) -
     outcome, report, ledger = await run_night(tmp_path, code, config, cycles=4, retry_attempts=2)
     try:
         atts = attempts_by_cycle(ledger, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
+        incidents = table_rows(ledger, s.incidents, outcome.night_id)
+        repairs = table_rows(ledger, s.repairs, outcome.night_id)
         with ledger.read() as conn:
             cycles = {c["cycle"]: c for c in queries.cycles_of(conn, outcome.night_id)}
     finally:
@@ -293,9 +276,9 @@ async def test_closed_vector_store_is_reopened_and_a_degrading_playbook_is_block
         )
         outcome = await orch.run()
         report, _ = write_reports(ledger, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        blocked = _events(ledger, outcome.night_id, "degradation_blocked")
+        repairs = table_rows(ledger, s.repairs, outcome.night_id)
+        incidents = table_rows(ledger, s.incidents, outcome.night_id)
+        blocked = events_of(ledger, outcome.night_id, "degradation_blocked")
         stats = statistics(ledger, outcome.night_id)
     finally:
         ledger.close()
@@ -337,15 +320,11 @@ async def test_postgres_stopped_mid_night_is_restarted_and_verified(
         f'restart_command = "{pg_cluster.command("start")}"\nconnect_timeout = 3\n'
     )
     try:
-        outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
+        night = await run_and_read(tmp_path, code, config, cycles=3, retry_attempts=2)
     finally:
         pg_cluster.ctl("start")  # a no-op when the agent restarted it; later tests need it up
-    try:
-        atts = attempts_by_cycle(ledger, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-    finally:
-        ledger.close()
+    report = night.report
+    atts, incidents, repairs = night.attempts, night.incidents, night.repairs
     assert report["totals"]["passed"] == 3, report["failures"]
     assert atts[2][0]["verdict"] == "infra_error" and atts[2][-1]["verdict"] == "passed"
     assert incidents[0]["component"] == "db" and incidents[0]["fault_kind"] in (
@@ -379,12 +358,9 @@ async def test_terminated_backend_is_a_verified_transient_incident(tmp_path: Pat
             await conn.exec_driver_sql("SELECT 1")
     """
     config = FAST_AGENT + f'[components.db]\ntype = "database"\nurl = "{pg_url}"\n'
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=1)
-    try:
-        atts = attempts_by_cycle(ledger, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=3, retry_attempts=1)
+    report = night.report
+    atts, incidents = night.attempts, night.incidents
     assert report["totals"]["passed"] == 3, report["failures"]
     assert [a["verdict"] for a in atts[2]] == ["infra_error", "passed"]
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [("connection_lost", "transient")]
@@ -425,12 +401,9 @@ async def test_a_fault_signalled_while_a_probe_runs_holds_the_retry_until_verifi
             raise overnight.InfraError("gated", "connection_lost", "reset by peer")
     """
     config = FAST_AGENT + '[components.gated]\ntype = "gated:Gated"\n'
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=1)
-    try:
-        atts = attempts_by_cycle(ledger, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=3, retry_attempts=1)
+    report = night.report
+    atts, incidents = night.attempts, night.incidents
     assert report["totals"]["passed"] == 3, report["failures"]
     assert [a["verdict"] for a in atts[2]] == ["infra_error", "passed"]
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [("connection_lost", "transient")]
@@ -472,15 +445,11 @@ async def test_permanently_broken_component_escalates_to_abort_with_bounded_atte
         + "connect_timeout = 1\nprobe_period = 60\nstartup_grace = 0.6\n"
     )
     try:
-        outcome, report, ledger = await run_night(tmp_path, code, config, cycles=50, retry_attempts=1)
+        night = await run_and_read(tmp_path, code, config, cycles=50, retry_attempts=1)
     finally:
         server.shutdown()
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-        lag = _events(ledger, outcome.night_id, "loop_lag")
-    finally:
-        ledger.close()
+    outcome, report = night.outcome, night.report
+    incidents, repairs, lag = night.incidents, night.repairs, night.events("loop_lag")
     assert outcome.status == "aborted"
     assert "aborted by escalation: db unavailable: repairs did not restore the component" in outcome.reason
     assert report["verdict"].startswith("ABORTED") and report["exit_code"] == 1
@@ -518,12 +487,9 @@ async def test_a_crashing_monitor_is_restarted_and_the_night_goes_on(tmp_path: P
         FAST_AGENT.replace("probe_period = 0.5", "probe_period = 0.1")
         + '[components.flaky]\ntype = "flaky:Flaky"\n'
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=6)
-    try:
-        restarts = _events(ledger, outcome.night_id, "agent_restarted")
-        probes = _rows(ledger, s.probes, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=6)
+    report = night.report
+    restarts, probes = night.events("agent_restarted"), night.probes
     assert report["totals"]["passed"] == 6
     assert len(restarts) == 1 and "AttributeError" in restarts[0]["message"]
     assert any(p["healthy"] for p in probes)  # it came back and kept probing
@@ -563,16 +529,12 @@ async def test_revoked_llm_key_is_rotated_and_a_product_bug_stays_failed(
         "knob_quiet_period = 600\n"
     )
     try:
-        outcome, report, ledger = await run_night(tmp_path, code, config, cycles=5, retry_attempts=2)
+        night = await run_and_read(tmp_path, code, config, cycles=5, retry_attempts=2)
     finally:
         accepted.clear()
         accepted.update(saved)
-    try:
-        atts = attempts_by_cycle(ledger, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-    finally:
-        ledger.close()
+    report = night.report
+    atts, incidents, repairs = night.attempts, night.incidents, night.repairs
     verdicts = {c["cycle"]: c["verdict"] for c in report["cycles"]}
     assert verdicts == {1: "passed", 2: "passed", 3: "passed", 4: "failed", 5: "passed"}
     assert len(atts[4]) == 1  # the product failure was not retried, during or after the incident
@@ -601,12 +563,9 @@ async def test_slow_llm_answers_raise_its_timeout(tmp_path: Path) -> None:
         '[components.llm]\ntype = "llm"\nprovider = "gigachat"\nsandbox = true\ntimeout = 1\ntimeout_max = 2\n'
         "knob_quiet_period = 600\n"
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=3, retry_attempts=2)
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=3, retry_attempts=2)
+    report = night.report
+    incidents, repairs = night.incidents, night.repairs
     assert report["totals"]["passed"] == 3, report["failures"]
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [("timeout", "repaired")]
     assert repairs[-1]["strategy"] == "raise_timeout" and repairs[-1]["verified"]
@@ -634,13 +593,9 @@ async def test_declared_fallback_only_after_repairs_fail_and_back_to_primary(tmp
         '[components.search]\ntype = "websearch"\nsandbox = true\ntimeout = 2\n'
         'fallback_cache = "search_cache.json"\nfallback = "cache"\n'
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=10, retry_attempts=2)
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        fallbacks = _rows(ledger, s.fallbacks, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=10, retry_attempts=2)
+    outcome, report = night.outcome, night.report
+    incidents, fallbacks, repairs = night.incidents, night.fallbacks, night.repairs
     assert report["totals"]["passed"] == 10, report["failures"]
     marked = [c["cycle"] for c in report["cycles"] if c["fallback"]]
     sources = {
@@ -694,12 +649,9 @@ _SEARCH_WITH_CACHE = FAST_AGENT + (
 
 async def test_a_failure_on_a_fallback_is_rerun_on_the_primary_once_it_is_back(tmp_path: Path) -> None:
     code = "RESTORE = True\n" + _TOPIC_RESEARCH
-    outcome, report, ledger = await run_night(tmp_path, code, _SEARCH_WITH_CACHE, cycles=4, retry_attempts=2)
-    try:
-        atts = attempts_by_cycle(ledger, outcome.night_id)
-        fallbacks = _rows(ledger, s.fallbacks, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, _SEARCH_WITH_CACHE, cycles=4, retry_attempts=2)
+    outcome, report = night.outcome, night.report
+    atts, fallbacks = night.attempts, night.fallbacks
     # Down (infra error), then the review failed on the cached results of another topic;
     # that was no product verdict: rerun on the primary once a probe found it healthy.
     assert [(a["verdict"], a["fallback"]) for a in atts[3]] == [
@@ -779,14 +731,10 @@ async def test_a_raised_knob_returns_to_its_configured_value_after_a_quiet_perio
         '[components.search]\ntype = "websearch"\nsandbox = true\ntimeout = 1\ntimeout_max = 3\n'
         "probe_timeout = 5\nknob_quiet_period = 2.5\n"
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=14, retry_attempts=2)
-    try:
-        atts = attempts_by_cycle(ledger, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        changed = _events(ledger, outcome.night_id, "knob_changed")
-        restored = _events(ledger, outcome.night_id, "knob_restored")
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=14, retry_attempts=2)
+    outcome, report = night.outcome, night.report
+    atts, incidents = night.attempts, night.incidents
+    changed, restored = night.events("knob_changed"), night.events("knob_restored")
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [
         ("timeout", "repaired"),
         ("server_error", "transient"),
@@ -844,14 +792,10 @@ async def test_pause_escalation_holds_cycles_and_keeps_probing(tmp_path: Path) -
         '[components.db]\ntype = "database"\nurl = "postgresql://u:pw@127.0.0.1:1/x"\nconnect_timeout = 1\n'
         "probe_period = 0.2\nmax_repairs_per_hour = 3\n"
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1000, max_hours=2.5 / 3600)
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-        probes = _rows(ledger, s.probes, outcome.night_id)
-        skipped = _events(ledger, outcome.night_id, "repair_skipped")
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=1000, max_hours=2.5 / 3600)
+    outcome, report = night.outcome, night.report
+    incidents, repairs, probes = night.incidents, night.repairs, night.probes
+    skipped = night.events("repair_skipped")
     assert outcome.status == "stopped" and "time bound" in outcome.reason
     # The gate held the cycles: no run of 1000 failing cycles, a handful at most.
     assert report["cycles_run"] <= 3
@@ -893,8 +837,8 @@ async def test_flapping_component_is_escalated_not_repaired_forever(tmp_path: Pa
         plan = make_plan(cfg, tmp_path / "nights", cycles=6, retry_attempts=1, max_hours=8.0 / 3600)
         outcome = await Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False).run()
         write_reports(ledger, outcome.night_id)
-        flapping = _events(ledger, outcome.night_id, "flapping")
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
+        flapping = events_of(ledger, outcome.night_id, "flapping")
+        incidents = table_rows(ledger, s.incidents, outcome.night_id)
     finally:
         ledger.close()
     assert flapping, "flapping was not detected"

@@ -16,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from overnight.agent import MonitorSettings
 from overnight.config import load_config
 from overnight.engine.loading import build_components
 from overnight.errors import ConfigError
-from overnight.ledger import Ledger, queries
-from overnight.ledger import schema as s
 from overnight.report.markdown import render_markdown
 
-from .helpers import run_night
+from .helpers import run_and_read, run_night
 
 FAST = """
 [agent]
@@ -45,16 +42,6 @@ def _module(tmp_path: Path, source: str) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{name}.py").write_text(textwrap.dedent(source))
     return name
-
-
-def _events(ledger: Ledger, night_id: str, kind: str) -> list[dict[str, Any]]:
-    with ledger.read() as conn:
-        return queries.events_of(conn, night_id, kinds=(kind,))
-
-
-def _rows(ledger: Ledger, table: Any, night_id: str) -> list[dict[str, Any]]:
-    with ledger.read() as conn:
-        return [dict(r._mapping) for r in conn.execute(select(table).where(table.c.night_id == night_id))]
 
 
 # A component whose handle fails once when told to (a cycle's call → the gate closes at
@@ -111,15 +98,9 @@ async def test_a_probe_raising_a_base_exception_restarts_its_monitor_and_the_gat
     """
     config = FAST + f'[components.jumpy]\ntype = "{mod}:Jumpy"\n'
     t0 = time.monotonic()
-    outcome, report, ledger = await run_night(
-        tmp_path, code, config, cycles=6, retry_attempts=2, max_hours=20 / 3600
-    )
-    try:
-        restarts = _events(ledger, outcome.night_id, "agent_restarted")
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        probes = _rows(ledger, s.probes, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=6, retry_attempts=2, max_hours=20 / 3600)
+    outcome, report = night.outcome, night.report
+    restarts, incidents, probes = night.events("agent_restarted"), night.incidents, night.probes
     assert outcome.status == "completed", (outcome.reason, report["verdict"])
     assert time.monotonic() - t0 < 15
     assert report["cycles_run"] == 6 and report["totals"]["passed"] == 6, report["verdict"]
@@ -165,12 +146,9 @@ async def test_a_monitor_that_keeps_crashing_escalates_and_never_holds_the_gate_
         + f'[components.broken]\ntype = "{mod}:Broken"\n'
     )
     t0 = time.monotonic()
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1000, max_hours=60 / 3600)
-    try:
-        restarts = _events(ledger, outcome.night_id, "agent_restarted")
-        escalated = _events(ledger, outcome.night_id, "escalated")
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=1000, max_hours=60 / 3600)
+    outcome, report = night.outcome, night.report
+    restarts, escalated = night.events("agent_restarted"), night.events("escalated")
     assert time.monotonic() - t0 < 30  # not the 60 s time bound
     assert outcome.status == "aborted", outcome.reason
     assert report["verdict"].startswith("ABORTED: ") and report["exit_code"] == 1
@@ -235,15 +213,9 @@ async def test_a_strategy_raising_cancelled_error_restarts_the_monitor_and_the_r
             await ctx.components["db"].query()
     """
     config = FAST + f'[components.db]\ntype = "{mod}:Db"\nrepairs = {{ "*" = ["{mod}:Restart"] }}\n'
-    outcome, report, ledger = await run_night(
-        tmp_path, code, config, cycles=5, retry_attempts=2, max_hours=20 / 3600
-    )
-    try:
-        restarts = _events(ledger, outcome.night_id, "agent_restarted")
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=5, retry_attempts=2, max_hours=20 / 3600)
+    outcome, report = night.outcome, night.report
+    restarts, repairs, incidents = night.events("agent_restarted"), night.repairs, night.incidents
     assert outcome.status == "completed", (outcome.reason, report["verdict"])
     assert report["totals"]["passed"] == 5 and report["exit_code"] == 0, report["verdict"]
     assert len(restarts) == 1 and "CancelledError" in restarts[0]["message"]
@@ -319,14 +291,9 @@ async def test_a_pause_is_bounded_by_max_pause_and_the_repair_counts_agree(tmp_p
         "startup_grace = 0.6\nprobe_period = 60\n"
     )
     t0 = time.monotonic()
-    outcome, report, ledger = await run_night(
-        tmp_path, code, config, cycles=1000, retry_attempts=1, max_hours=60 / 3600
-    )
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=1000, retry_attempts=1, max_hours=60 / 3600)
+    outcome, report = night.outcome, night.report
+    incidents, repairs = night.incidents, night.repairs
     assert time.monotonic() - t0 < 30  # max_pause ended it, not the 60 s time bound
     assert outcome.status == "aborted"
     assert re.fullmatch(
@@ -384,11 +351,9 @@ async def test_a_probe_that_blocks_the_event_loop_is_named_in_the_report(tmp_pat
         await asyncio.sleep(0.3)
     """
     config = FAST + f'[components.slow]\ntype = "{mod}:Slow"\n[components.quick]\ntype = "{mod}:Quick"\n'
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=4)
-    try:
-        blocked = _events(ledger, outcome.night_id, "loop_blocked")
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=4)
+    report = night.report
+    blocked = night.events("loop_blocked")
     assert report["totals"]["passed"] == 4
     assert [(e["component"], e["message"][:45]) for e in blocked] == [
         ("slow", "the probe of slow blocked the event loop for ")
@@ -435,12 +400,9 @@ async def test_a_probe_cancelled_because_the_night_ends_is_not_a_crash(tmp_path:
         FAST.replace("probe_timeout = 2", "probe_timeout = 60") + f'[components.p]\ntype = "{mod}:Patient"\n'
     )
     t0 = time.monotonic()
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=2)
-    try:
-        restarts = _events(ledger, outcome.night_id, "agent_restarted")
-        probes = _rows(ledger, s.probes, outcome.night_id)
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=2)
+    outcome, report = night.outcome, night.report
+    restarts, probes = night.events("agent_restarted"), night.probes
     assert time.monotonic() - t0 < 10
     assert outcome.status == "completed" and report["exit_code"] == 0
     assert restarts == []
@@ -528,13 +490,8 @@ async def test_a_verifying_probe_that_sees_another_fault_rediagnoses_the_inciden
         f'repairs = {{ connection_lost = ["{name}:Reconnect"], unavailable = ["{name}:Restart"] }}\n'
     )
     code = "import asyncio\n\nasync def cycle(ctx):\n    await asyncio.sleep(0.3)\n"
-    outcome, _report, ledger = await run_night(tmp_path, code, config, cycles=3)
-    try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        repairs = _rows(ledger, s.repairs, outcome.night_id)
-        rediagnosed = _events(ledger, outcome.night_id, "rediagnosed")
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=3)
+    incidents, repairs, rediagnosed = night.incidents, night.repairs, night.events("rediagnosed")
     assert [(i["fault_kind"], i["state"]) for i in incidents] == [("unavailable", "repaired")]
     assert [(r["strategy"], r["result"], r["verified"]) for r in repairs] == [
         ("my_reconnect", "done", False),
@@ -608,12 +565,10 @@ async def test_after_an_incident_closes_the_next_probe_waits_its_period_unless_a
     config = FAST.replace("probe_period = 0.1", f"probe_period = {period}") + (
         f'[components.flaky]\ntype = "{mod}:Flaky"\nrepairs = {{ "*" = ["{mod}:Restart"] }}\n'
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=1)
-    try:
-        incidents = sorted(_rows(ledger, s.incidents, outcome.night_id), key=lambda i: i["id"])
-        probes = sorted(_rows(ledger, s.probes, outcome.night_id), key=lambda p: p["ts"])
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=1)
+    outcome, report = night.outcome, night.report
+    incidents = sorted(night.incidents, key=lambda i: i["id"])
+    probes = sorted(night.probes, key=lambda p: p["ts"])
     assert outcome.status == "completed" and report["totals"]["passed"] == 1, report["verdict"]
     assert [(i["trigger"], i["fault_kind"], i["state"]) for i in incidents] == [
         ("signal", "connection_lost", "transient"),

@@ -46,16 +46,7 @@ from overnight.faults.injectors import check, choose
 from overnight.faults.timeline import event_data
 from overnight.ledger import queries
 
-from .helpers import attempts_by_cycle, run_night
-
-FAST_AGENT = """
-[agent]
-probe_period = 0.5
-probe_timeout = 3
-cooldown = 0.05
-max_backoff = 0.2
-"""
-
+from .helpers import FAST_AGENT, attempts_by_cycle, run_night
 
 # -- a user's own dependency and the injector that breaks it -------------------------------
 

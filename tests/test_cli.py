@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from .conftest import make_project, run_cli
+from .support.spawn import spawn_cli
 
 PASSING = """
 import asyncio
@@ -216,15 +217,7 @@ def test_signal_stops_records_interrupted_and_resume_finishes(tmp_path: Path, si
     proj = make_project(tmp_path / "proj", SLOW)
     marker = tmp_path / "marker"
     env = {**os.environ, "OVN_MARKER": str(marker)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "overnight", "run", "--cycles", "4", "--seed", "5"],
-        cwd=proj,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_cli(["run", "--cycles", "4", "--seed", "5"], proj, env)
     _wait_for(marker, proc)
     proc.send_signal(signum)
     _out, err = proc.communicate(timeout=60)
@@ -310,15 +303,8 @@ def test_a_night_stopped_by_its_bound_resumes_only_by_id_with_a_new_bound(tmp_pa
 def test_report_of_an_unfinished_night_never_says_passed(tmp_path: Path) -> None:
     proj = make_project(tmp_path / "proj", SLOW)
     marker = tmp_path / "marker"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "overnight", "run", "--cycles", "3"],
-        cwd=proj,
-        env={**os.environ, "OVN_MARKER": str(marker)},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for(marker, proc)  # type: ignore[arg-type]
+    proc = spawn_cli(["run", "--cycles", "3"], proj, {**os.environ, "OVN_MARKER": str(marker)}, output=False)
+    _wait_for(marker, proc)
     proc.kill()
     proc.wait(timeout=30)
     res = run_cli(["report"], cwd=proj)
@@ -427,14 +413,7 @@ def test_plan_choices_become_protected_settings(tmp_path: Path) -> None:
 def test_sandbox_command_serves_until_sigterm(tmp_path: Path) -> None:
     import httpx
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "overnight", "sandbox", "--base-port", "0"],
-        cwd=tmp_path,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = spawn_cli(["sandbox", "--base-port", "0"], tmp_path)
     try:
         urls: dict[str, str] = {}
         assert proc.stdout is not None
@@ -489,15 +468,8 @@ def test_resume_with_a_literal_secret_in_the_config(tmp_path: Path) -> None:
     )
     marker = tmp_path / "marker"
     env = {**os.environ, "OVN_MARKER": str(marker)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "overnight", "run", "--cycles", "3"],
-        cwd=proj,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_for(marker, proc)  # type: ignore[arg-type]
+    proc = spawn_cli(["run", "--cycles", "3"], proj, env, output=False)
+    _wait_for(marker, proc)
     proc.kill()
     proc.wait(timeout=30)
     db = (proj / "night_tests" / "overnight.db").read_bytes()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,9 @@ import pytest
 from overnight.config import ProtectedSettings
 from overnight.engine.context import CycleInput
 from overnight.errors import ProtectedSettingError
-from overnight.ledger import queries
+from overnight.ledger import ops, queries
 
-from .helpers import attempts_by_cycle, run_night
+from .helpers import attempts_by_cycle, make_orchestrator, run_night
 
 VERDICT_SCENARIO = """
 import overnight
@@ -34,6 +35,16 @@ async def cycle(ctx):
             raise overnight.InfraError("llm", "quota_exceeded", "429 Too Many Requests")
         raise ValueError("bug in the scenario")
 """
+
+# The totals of five cycles of VERDICT_SCENARIO, one of each kind.
+VERDICT_TOTALS = {
+    "passed": 1,
+    "failed": 2,
+    "infra_error": 1,
+    "timeout": 0,
+    "harness_error": 1,
+    "failed_on_fallback": 0,
+}
 
 
 async def test_each_verdict_and_only_infra_is_retried(tmp_path: Path) -> None:
@@ -55,14 +66,7 @@ async def test_each_verdict_and_only_infra_is_retried(tmp_path: Path) -> None:
     assert atts[5][0]["error_type"] == "ValueError"
     assert "Traceback" in atts[5][0]["traceback"] and "bug in the scenario" in atts[5][0]["traceback"]
     assert all(a["step"] == "work" for c in (2, 3, 4, 5) for a in atts[c])
-    assert report["totals"] == {
-        "passed": 1,
-        "failed": 2,
-        "infra_error": 1,
-        "timeout": 0,
-        "harness_error": 1,
-        "failed_on_fallback": 0,
-    }
+    assert report["totals"] == VERDICT_TOTALS
     assert report["exit_code"] == 1
     assert outcome.status == "completed"
     # The report's per-cycle attempts mirror the ledger.
@@ -326,14 +330,7 @@ async def test_ledger_backends_share_one_code_path(tmp_path: Path, ledger_url: s
             nights = queries.list_nights(conn)
     finally:
         ledger.close()
-    assert report["totals"] == {
-        "passed": 1,
-        "failed": 2,
-        "infra_error": 1,
-        "timeout": 0,
-        "harness_error": 1,
-        "failed_on_fallback": 0,
-    }
+    assert report["totals"] == VERDICT_TOTALS
     assert len(nights) == 1 and nights[0]["done"] == 5 and nights[0]["passed"] == 1
     assert ledger.dialect in ("sqlite", "postgresql")
 
@@ -493,32 +490,35 @@ async def test_failing_setup_aborts_the_night_before_any_cycle(tmp_path: Path) -
     assert report["verdict"].startswith("ABORTED: setup failed")
 
 
+def _when_written(
+    monkeypatch: pytest.MonkeyPatch, op: str, cycle: int, act: Callable[..., Any], *args: Any
+) -> None:
+    """While the ledger op ``op`` (``ops.cycle_started``…) writes the row of ``cycle``,
+    ``act(*args)`` is called in the event loop (queued from the writer thread, before the
+    write itself)."""
+    real = getattr(ops, op)
+    loop = asyncio.get_running_loop()
+
+    def hooked(conn: Any, night_id: str, at: int, *rest: Any) -> Any:
+        if at == cycle:
+            loop.call_soon_threadsafe(act, *args)
+        return real(conn, night_id, at, *rest)
+
+    monkeypatch.setattr(ops, op, hooked)
+
+
 async def test_a_time_bound_during_a_cycles_start_leaves_no_cycle_started_with_nothing_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The bound lands while cycle 3's first attempt (and so the cycle) is being written (queued from the
-    # writer thread, so before the write's own wake-up): cycle 3 still runs its attempt,
+    # The bound lands while cycle 3's first attempt (and so the cycle) is being written
+    # (queued from the writer thread, before the write's own wake-up): cycle 3 still runs its attempt,
     # and no later cycle is recorded as started with nothing run.
-    from overnight.engine.orchestrator import Orchestrator
-    from overnight.engine.progress import LogProgress
-    from overnight.ledger import Ledger, ops
     from overnight.report import write_reports
 
-    from .helpers import make_plan, write_project
-
-    cfg, _ = write_project(tmp_path / "project", "async def cycle(ctx):\n    pass\n")
-    plan = make_plan(cfg, tmp_path / "nights", cycles=10)
-    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
-    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
-    real = ops.attempt_begin
-    loop = asyncio.get_running_loop()
-
-    def attempt_begin(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
-        if cycle == 3:
-            loop.call_soon_threadsafe(orch.stopping.stop, "time bound reached (--max-hours / --until)")
-        return real(conn, night_id, cycle, *rest)
-
-    monkeypatch.setattr(ops, "attempt_begin", attempt_begin)
+    orch, ledger = make_orchestrator(tmp_path, "async def cycle(ctx):\n    pass\n", cycles=10)
+    _when_written(
+        monkeypatch, "attempt_begin", 3, orch.stopping.stop, "time bound reached (--max-hours / --until)"
+    )
     outcome = await orch.run()
     report, _ = write_reports(ledger, outcome.night_id)
     ledger.close()
@@ -538,29 +538,13 @@ async def test_an_interrupt_while_an_attempt_is_being_started_still_cancels_it(
     # the attempt must still be cancelled at once, not run on until its cycle timeout.
     import signal
 
-    from overnight.engine.orchestrator import Orchestrator
-    from overnight.engine.progress import LogProgress
-    from overnight.ledger import Ledger, ops
     from overnight.report import write_reports
-
-    from .helpers import make_plan, write_project
 
     code = (
         "import asyncio\n\nasync def cycle(ctx):\n    if ctx.cycle == 2:\n        await asyncio.sleep(3600)\n"
     )
-    cfg, _ = write_project(tmp_path / "project", code)
-    plan = make_plan(cfg, tmp_path / "nights", cycles=3, cycle_timeout=600)
-    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
-    orch = Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False)
-    real = ops.attempt_begin
-    loop = asyncio.get_running_loop()
-
-    def attempt_begin(conn: Any, night_id: str, cycle: int, *rest: Any) -> Any:
-        if cycle == 2:
-            loop.call_soon_threadsafe(orch.interrupt, "received SIGTERM", signal.SIGTERM)
-        return real(conn, night_id, cycle, *rest)
-
-    monkeypatch.setattr(ops, "attempt_begin", attempt_begin)
+    orch, ledger = make_orchestrator(tmp_path, code, cycles=3, cycle_timeout=600)
+    _when_written(monkeypatch, "attempt_begin", 2, orch.interrupt, "received SIGTERM", signal.SIGTERM)
     t0 = time.monotonic()
     async with asyncio.timeout(30):  # before the fix: 600 s, the cycle timeout
         outcome = await orch.run()

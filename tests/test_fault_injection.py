@@ -32,7 +32,7 @@ from overnight.report import write_reports
 from overnight.sandbox import shared_sandbox
 
 from .conftest import REPO, PgCluster, run_cli
-from .helpers import attempts_by_cycle, make_plan, restore_sandbox
+from .helpers import FAST_AGENT, attempts_by_cycle, make_plan, restore_sandbox
 
 EXAMPLE = REPO / "examples" / "grant_pipeline"
 SEED = 11
@@ -41,13 +41,6 @@ CYCLES = 6
 # fails cycles 5 and 6 of seed 11's inputs (keyed on the prompt without its CITE block):
 # the faults of cycles 2-4 meet passing cycles, cycle 5's a failing one.
 BUG = {"bug_rate": 0.06, "bug_seed": 4}
-FAST_AGENT = """
-[agent]
-probe_period = 0.5
-probe_timeout = 3
-cooldown = 0.05
-max_backoff = 0.2
-"""
 _reference: dict[str, dict[int, str]] = {}
 
 

@@ -17,6 +17,24 @@ from overnight.ledger import schema as s
 from .helpers import run_night
 
 
+def _night_row(night_dir: str) -> dict[str, Any]:
+    """A running night "n1" of one planned cycle, as ``ops.create_night`` takes it."""
+    return {
+        "id": "n1",
+        "scenario": "x:y",
+        "started_at": 1.0,
+        "status": "running",
+        "seed": 1,
+        "planned_cycles": 1,
+        "parallel": 1,
+        "plan": "{}",
+        "config_fingerprint": "f",
+        "protected_fingerprint": "p",
+        "night_dir": night_dir,
+        "dry_run": False,
+    }
+
+
 def test_schema_is_versioned_and_newer_ledgers_are_refused(ledger_url: str) -> None:
     led = Ledger(ledger_url)
     with led.read() as conn:
@@ -59,20 +77,7 @@ def test_a_v3_ledger_is_upgraded_to_the_current_version(ledger_url: str) -> None
             columns = {t: {c["name"] for c in inspect(conn).get_columns(t)} for t in ("cycles", "attempts")}
         assert int(version) == SCHEMA_VERSION == 5
         assert {"fallback", "knobs_off", "calls"} <= columns["attempts"] and "knobs_off" in columns["cycles"]
-        night = {
-            "id": "n1",
-            "scenario": "x:y",
-            "started_at": 1.0,
-            "status": "running",
-            "seed": 1,
-            "planned_cycles": 1,
-            "parallel": 1,
-            "plan": "{}",
-            "config_fingerprint": "f",
-            "protected_fingerprint": "p",
-            "night_dir": "/tmp",
-            "dry_run": False,
-        }
+        night = _night_row("/tmp")
         led.write_sync(ops.create_night, night)
         led.write_sync(ops.attempt_begin, "n1", 1, 1, 1, 1.0, "7", "p")
         result = {"ended_at": 2.0, "duration_s": 1.0, "verdict": "failed", "fallback": True, "knobs_off": {}}
@@ -91,20 +96,7 @@ def test_a_v3_ledger_is_upgraded_to_the_current_version(ledger_url: str) -> None
 def test_one_bad_write_does_not_take_its_batch_down(tmp_path: Path) -> None:
     led = Ledger(str(tmp_path / "l.db"))
     try:
-        row = {
-            "id": "n1",
-            "scenario": "x:y",
-            "started_at": 1.0,
-            "status": "running",
-            "seed": 1,
-            "planned_cycles": 1,
-            "parallel": 1,
-            "plan": "{}",
-            "config_fingerprint": "f",
-            "protected_fingerprint": "p",
-            "night_dir": str(tmp_path),
-            "dry_run": False,
-        }
+        row = _night_row(str(tmp_path))
         led.write_sync(ops.create_night, row)
         futures = [
             led.submit(ops.add_event, "n1", 2.0, "first"),

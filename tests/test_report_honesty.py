@@ -24,9 +24,9 @@ from overnight.report.markdown import render_markdown
 from overnight.report.stats import agent_figures
 from overnight.sandbox import shared_sandbox
 
-from .helpers import restore_sandbox, run_night
-from .test_agent import _SEARCH_WITH_CACHE, _TOPIC_RESEARCH, FAST_AGENT
-from .test_agent_hardening import FAST, _events, _module, _rows
+from .helpers import FAST_AGENT, restore_sandbox, run_and_read, run_night, table_rows
+from .test_agent import _SEARCH_WITH_CACHE, _TOPIC_RESEARCH
+from .test_agent_hardening import FAST, _module
 from .test_report_html import visible_text
 
 # Counts that read as English: never "(s)", never "1 cycles".
@@ -181,12 +181,9 @@ async def test_a_raised_knob_and_its_time_in_force_and_action_time_apart_from_ti
         '[components.search]\ntype = "websearch"\nsandbox = true\ntimeout = 1\ntimeout_max = 3\n'
         "probe_timeout = 5\nknob_quiet_period = 1.5\n"
     )
-    outcome, report, ledger = await run_night(tmp_path, code, config, cycles=10, retry_attempts=2)
-    try:
-        changed = _events(ledger, outcome.night_id, "knob_changed")
-        restored = _events(ledger, outcome.night_id, "knob_restored")
-    finally:
-        ledger.close()
+    night = await run_and_read(tmp_path, code, config, cycles=10, retry_attempts=2)
+    report = night.report
+    changed, restored = night.events("knob_changed"), night.events("knob_restored")
     assert len(changed) == 1 and len(restored) == 1, (changed, restored)
 
     # The repair's own time is not its time to healthy.
@@ -251,8 +248,8 @@ async def cycle(ctx):
     )
     outcome, report, ledger = await run_night(tmp_path, code, _SEARCH_WITH_CACHE, cycles=4, retry_attempts=1)
     try:
-        incidents = _rows(ledger, s.incidents, outcome.night_id)
-        (fallback,) = _rows(ledger, s.fallbacks, outcome.night_id)
+        incidents = table_rows(ledger, s.incidents, outcome.night_id)
+        (fallback,) = table_rows(ledger, s.fallbacks, outcome.night_id)
         # The agent did not record a shortcut "not taken" for an incident served by the
         # fallback ...
         assert [i["degradation_avoided"] for i in incidents if i["id"] == fallback["incident_id"]] == [None]

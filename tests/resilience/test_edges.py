@@ -8,13 +8,13 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from ..conftest import make_project, run_cli
+from ..support.spawn import spawn_cli
 from ..test_resume import _progress, read_only, wait_for
 
 STEPS_FOREVER = """
@@ -24,12 +24,36 @@ async def cycle(ctx):
             pass
 """
 
+# A cycle of one short step: a night of them is still running when a test looks.
+STEP_A_WHILE = "import asyncio\n\nasync def cycle(ctx):\n    async with ctx.step('w'):\n        await asyncio.sleep(0.02)\n"
+
 
 def _night_rows(ledger: Path) -> tuple[list[tuple[str, str]], list[tuple[int, str, str]]]:
     with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True) as conn:
         nights = conn.execute("SELECT id, status FROM nights").fetchall()
         cycles = conn.execute("SELECT cycle, status, verdict FROM cycles ORDER BY cycle").fetchall()
     return nights, cycles
+
+
+def _two_at_once(
+    args: list[str], proj: Path, spawned: list, env: dict[str, str] | None = None
+) -> list[tuple[int, str]]:
+    """Start two ``overnight ARGS`` together; (exit code, stderr) of each once it ended."""
+    pair = [spawn_cli(args, proj, env) for _ in range(2)]
+    spawned.extend(pair)
+    return [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in pair]
+
+
+def _killed_after_three_cycles(
+    args: list[str], proj: Path, ledger_url: str, spawned: list, env: dict[str, str] | None = None
+) -> None:
+    """Start ``overnight ARGS`` and kill -9 it once its ledger holds three done cycles."""
+    first = spawn_cli(args, proj, env, output=False)
+    spawned.append(first)
+    with read_only(ledger_url) as ro:
+        wait_for(lambda: (p := _progress(ro)) is not None and len(p[1]) >= 3, "3 cycles", first)
+    first.kill()
+    first.wait(timeout=30)
 
 
 @pytest.mark.parametrize("trial", range(3))
@@ -54,33 +78,11 @@ def test_cycle_timeouts_under_parallel_load_end_the_night(tmp_path: Path, trial:
 def test_two_resumes_at_once_one_runs_the_other_is_refused(tmp_path: Path, spawned: list) -> None:
     """kill -9, then two --resume started together: exactly one owns the night; the
     other is refused naming the owner's pid and host, and no cycle runs twice."""
-    code = "import asyncio\n\nasync def cycle(ctx):\n    async with ctx.step('w'):\n        await asyncio.sleep(0.02)\n"
-    proj = make_project(tmp_path / "p", code, "[run]\ncycles = 40\n[agent]\nenabled = false\n")
+    proj = make_project(tmp_path / "p", STEP_A_WHILE, "[run]\ncycles = 40\n[agent]\nenabled = false\n")
     ledger = proj / "night_tests" / "overnight.db"
     env = {**os.environ, "COLUMNS": "200"}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "overnight", "run"], cwd=proj, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    spawned.append(first)
-    with read_only(str(ledger)) as ro:
-        wait_for(lambda: (p := _progress(ro)) is not None and len(p[1]) >= 3, "3 cycles", first)
-    first.kill()
-    first.wait(timeout=30)
-    pair = [
-        subprocess.Popen(
-            [sys.executable, "-m", "overnight", "run", "--resume"],
-            cwd=proj,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    spawned.extend(pair)
-    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in pair]
+    _killed_after_three_cycles(["run"], proj, str(ledger), spawned, env)
+    results = _two_at_once(["run", "--resume"], proj, spawned, env)
     codes = sorted(rc for rc, _ in results)
     assert codes == [0, 2], results
     refused = next(err for rc, err in results if rc == 2)
@@ -97,30 +99,9 @@ def test_two_resumes_at_once_one_runs_the_other_is_refused(tmp_path: Path, spawn
 
 @pytest.mark.postgres
 def test_two_resumes_at_once_on_postgresql(tmp_path: Path, pg_url: str, spawned: list) -> None:
-    code = "import asyncio\n\nasync def cycle(ctx):\n    async with ctx.step('w'):\n        await asyncio.sleep(0.02)\n"
-    proj = make_project(tmp_path / "p", code, "[run]\ncycles = 30\n[agent]\nenabled = false\n")
-    first = subprocess.Popen(
-        [sys.executable, "-m", "overnight", "run", "--ledger", pg_url], cwd=proj,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    spawned.append(first)
-    with read_only(pg_url) as ro:
-        wait_for(lambda: (p := _progress(ro)) is not None and len(p[1]) >= 3, "3 cycles", first)
-    first.kill()
-    first.wait(timeout=30)
-    pair = [
-        subprocess.Popen(
-            [sys.executable, "-m", "overnight", "run", "--resume", "--ledger", pg_url],
-            cwd=proj,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    spawned.extend(pair)
-    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in pair]
+    proj = make_project(tmp_path / "p", STEP_A_WHILE, "[run]\ncycles = 30\n[agent]\nenabled = false\n")
+    _killed_after_three_cycles(["run", "--ledger", pg_url], proj, pg_url, spawned)
+    results = _two_at_once(["run", "--resume", "--ledger", pg_url], proj, spawned)
     assert sorted(rc for rc, _ in results) == [0, 2], results
     refused = next(err for rc, err in results if rc == 2)
     assert "is still running (pid " in refused, refused
@@ -131,19 +112,7 @@ def test_two_first_runs_at_once_on_a_fresh_ledger(tmp_path: Path, spawned: list)
     proj = make_project(tmp_path / "p", "async def cycle(ctx):\n    pass\n", "[agent]\nenabled = false\n")
     for round_no in range(3):
         night_dir = tmp_path / f"nights{round_no}"
-        pair = [
-            subprocess.Popen(
-                [sys.executable, "-m", "overnight", "run", "--cycles", "3", "--night-dir", str(night_dir)],
-                cwd=proj,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                stdin=subprocess.DEVNULL,
-                text=True,
-            )
-            for _ in range(2)
-        ]
-        spawned.extend(pair)
-        results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in pair]
+        results = _two_at_once(["run", "--cycles", "3", "--night-dir", str(night_dir)], proj, spawned)
         assert [rc for rc, _ in results] == [0, 0], results
         nights, _cycles = _night_rows(night_dir / "overnight.db")
         assert sorted(status for _id, status in nights) == ["completed", "completed"]
@@ -173,10 +142,7 @@ def test_sigterm_ends_a_night_whose_sync_scenario_is_stuck(tmp_path: Path, spawn
     code = "import time\n\ndef cycle(ctx):\n    with ctx.step('stuck'):\n        time.sleep(600)\n"
     proj = make_project(tmp_path / "p", code, "[agent]\nenabled = false\n")
     ledger = proj / "night_tests" / "overnight.db"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "overnight", "run", "--cycles", "3", "--parallel", "2"], cwd=proj,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+    proc = spawn_cli(["run", "--cycles", "3", "--parallel", "2"], proj)
     spawned.append(proc)
 
     def stuck() -> bool:
@@ -249,17 +215,5 @@ def test_two_first_runs_at_once_on_a_fresh_postgresql_ledger(
     """Both create the schema of one empty PostgreSQL database at once (it used to fail
     the second with 'table meta already exists'): the schema is made once, both run."""
     proj = make_project(tmp_path / "p", "async def cycle(ctx):\n    pass\n", "[agent]\nenabled = false\n")
-    pair = [
-        subprocess.Popen(
-            [sys.executable, "-m", "overnight", "run", "--cycles", "3", "--ledger", pg_url],
-            cwd=proj,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    spawned.extend(pair)
-    results = [(p.wait(timeout=120), p.stderr.read() if p.stderr else "") for p in pair]
+    results = _two_at_once(["run", "--cycles", "3", "--ledger", pg_url], proj, spawned)
     assert [rc for rc, _ in results] == [0, 0], results

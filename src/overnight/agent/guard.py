@@ -28,22 +28,8 @@ class Guard:
         self, component: Component, name: str, value: Any, *, by: str, incident_id: int | None = None
     ) -> Any:
         """Change a knob within its bounds; returns the previous value."""
-        try:
-            old = component.knobs.set(name, value)
-        except KnobRefused as exc:
-            self.blocked(
-                by, f"set {component.name}.{name} = {value!r}", str(exc), component.name, incident_id
-            )
-            raise
-        self._record(
-            "knob_changed",
-            f"{component.name}.{name}: {old!r} → {value!r} (by {by})",
-            {"knob": name, "from": old, "to": value, "by": by, "incident_id": incident_id},
-            component=component.name,
-        )
-        if self._on_knob is not None:
-            self._on_knob(component, name, old, value, by, incident_id)
-        return old
+        attempted = f"set {component.name}.{name} = {value!r}"
+        return self._change(component, name, value, "knob_changed", attempted, "", by, incident_id)
 
     def restore_knob(
         self, component: Component, name: str, *, by: str, incident_id: int | None = None
@@ -51,21 +37,37 @@ class Guard:
         """Return a knob to its configured value (recorded as ``knob_restored``); returns
         the value it had."""
         configured = component.knobs.configured(name)
+        attempted = f"return {component.name}.{name} to {configured!r}"
+        return self._change(
+            component, name, configured, "knob_restored", attempted, ", its configured value", by, incident_id
+        )
+
+    def _change(
+        self,
+        component: Component,
+        name: str,
+        value: Any,
+        kind: str,
+        attempted: str,
+        note: str,
+        by: str,
+        incident_id: int | None,
+    ) -> Any:
+        """Set the knob, or record the refusal (``attempted``) and raise; the change is
+        recorded as ``kind`` (``note`` after the values in its text) and told to the listener."""
         try:
-            old = component.knobs.set(name, configured)
+            old = component.knobs.set(name, value)
         except KnobRefused as exc:
-            self.blocked(
-                by, f"return {component.name}.{name} to {configured!r}", str(exc), component.name, incident_id
-            )
+            self.blocked(by, attempted, str(exc), component.name, incident_id)
             raise
         self._record(
-            "knob_restored",
-            f"{component.name}.{name}: {old!r} → {configured!r}, its configured value (by {by})",
-            {"knob": name, "from": old, "to": configured, "by": by, "incident_id": incident_id},
+            kind,
+            f"{component.name}.{name}: {old!r} → {value!r}{note} (by {by})",
+            {"knob": name, "from": old, "to": value, "by": by, "incident_id": incident_id},
             component=component.name,
         )
         if self._on_knob is not None:
-            self._on_knob(component, name, old, configured, by, incident_id)
+            self._on_knob(component, name, old, value, by, incident_id)
         return old
 
     def write_setting(self, key: str, value: Any, *, by: str, incident_id: int | None = None) -> None:

@@ -244,8 +244,12 @@ class ComponentMonitor:
         self.last_probe = result
         if not result.healthy:
             self.knobs.unquiet_at = self.agent.clock()
-        await self.agent.write(
-            ops.record_probe,
+        await self.agent.write(ops.record_probe, *self._probe_row(result, trigger))
+        return result
+
+    def _probe_row(self, result: ProbeResult, trigger: str) -> tuple[Any, ...]:
+        """The arguments of ``ops.record_probe`` after the connection, for one probe."""
+        return (
             self.agent.night_id,
             self.comp.name,
             result.checked_at,
@@ -255,23 +259,12 @@ class ComponentMonitor:
             result.detail,
             trigger,
         )
-        return result
 
     def _record_probe(self, result: ProbeResult, trigger: str) -> None:
         self.last_probe = result
         self.knobs.unquiet_at = self.agent.clock()
         with contextlib.suppress(Exception):
-            self.agent.ledger.submit(
-                ops.record_probe,
-                self.agent.night_id,
-                self.comp.name,
-                result.checked_at,
-                result.healthy,
-                result.latency_s,
-                result.fault_kind,
-                result.detail,
-                trigger,
-            )
+            self.agent.ledger.submit(ops.record_probe, *self._probe_row(result, trigger))
 
     def note_hold(self, hold: LoopHold[Any], by: str, wall: float, strategy: str | None = None) -> None:
         """A probe or repair that held the event loop in one stretch for BLOCKING_S or

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -49,6 +50,9 @@ DEMO_CONFIG: dict[str, Any] = {
     "settings": {"min_sections": 8, "min_length": 2000},
 }
 
+# The parameters of the repeatable options, and the fields they fill.
+_REPEATABLE = {"set_": "sets", "faults": "fault_plans", "inject": "injects"}
+
 
 @dataclass
 class RunArgs:
@@ -84,6 +88,15 @@ class RunArgs:
             "cycle_timeout": self.cycle_timeout,
             "seed": self.seed,
         }
+
+    @classmethod
+    def given(cls, params: Mapping[str, Any], **fixed: Any) -> RunArgs:
+        """What a command was given: its parameters by name (its ``locals()``), each the
+        field of that name; a repeatable option is a list, [] when not given."""
+        fields: dict[str, Any] = {
+            _REPEATABLE.get(k, k): list(v or []) if k in _REPEATABLE else v for k, v in params.items()
+        }
+        return cls(**fields, **fixed)
 
 
 @app.command()
@@ -127,26 +140,7 @@ def run(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a night of cycles (or continue one with --resume)."""
-    args = RunArgs(
-        config=config,
-        night_id=night_id,
-        resume=resume,
-        cycles=cycles,
-        parallel=parallel,
-        max_hours=max_hours,
-        until=until,
-        retry_attempts=retry_attempts,
-        cycle_timeout=cycle_timeout,
-        seed=seed,
-        night_dir=night_dir,
-        ledger=ledger,
-        dry_run=dry_run,
-        verbose=verbose,
-        sets=list(set_ or []),
-        fault_plans=list(faults or []),
-        injects=list(inject or []),
-    )
-    guarded(run_command, args=args)
+    guarded(run_command, args=RunArgs.given(locals()))
 
 
 @app.command()
@@ -168,22 +162,7 @@ def demo(
 ) -> None:
     """Run a 3-cycle night of the reference grant pipeline on embedded defaults: SQLite,
     Qdrant local mode, the sandbox LLM and web search in-process. No servers, no credentials."""
-    args = RunArgs(
-        cycles=cycles,
-        parallel=parallel,
-        max_hours=max_hours,
-        until=until,
-        retry_attempts=retry_attempts,
-        cycle_timeout=cycle_timeout,
-        seed=seed,
-        night_dir=night_dir,
-        ledger=ledger,
-        dry_run=dry_run,
-        verbose=verbose,
-        sets=list(set_ or []),
-        demo=True,
-    )
-    guarded(run_command, args=args)
+    guarded(run_command, args=RunArgs.given(locals(), demo=True))
 
 
 def examples_dir() -> Path | None:

@@ -45,6 +45,7 @@ from .base import (
     classify_common,
     describe_error,
 )
+from .options import not_both
 
 _LOST = (
     "terminating connection",
@@ -110,9 +111,7 @@ class DatabaseOptions(Options):
     @field_validator("dsn")
     @classmethod
     def _one_url(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("url") is not None:
-            raise ValueError("give url or dsn, not both")
-        return value
+        return not_both(value, info, "url")
 
 
 class DatabaseHandle:

@@ -51,6 +51,7 @@ from .base import (
     url_endpoint,
     url_via,
 )
+from .options import listed_in, not_both
 
 if TYPE_CHECKING:
     from ..chaos.http import HttpFaults
@@ -80,25 +81,17 @@ class LLMOptions(TimeoutOptions):
     @field_validator("model")
     @classmethod
     def _model_in_models(cls, value: str | None, info: ValidationInfo) -> str | None:
-        models = info.data.get("models")
-        if value is not None and models is not None and value not in models:
-            raise ValueError(f"not in models {models!r}")
-        return value
+        return listed_in(value, info, "models")
 
     @field_validator("api_key_env")
     @classmethod
     def _env_in_envs(cls, value: str | None, info: ValidationInfo) -> str | None:
-        envs = info.data.get("api_key_envs")
-        if value is not None and envs is not None and value not in envs:
-            raise ValueError(f"not in api_key_envs {envs!r}")
-        return value
+        return listed_in(value, info, "api_key_envs")
 
     @field_validator("credentials")
     @classmethod
     def _one_key(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("api_key") is not None:
-            raise ValueError("give api_key or credentials, not both")
-        return value
+        return not_both(value, info, "api_key")
 
 
 @dataclass

@@ -30,6 +30,23 @@ class Options(ConfigModel):
     )
 
 
+def listed_in(value: str | None, info: ValidationInfo, listing: str) -> str | None:
+    """For a field validator: ``value``, if given, must be one of the list option
+    ``listing`` (when that is given; it is declared before the field)."""
+    listed = info.data.get(listing)
+    if value is not None and listed is not None and value not in listed:
+        raise ValueError(f"not in {listing} {listed!r}")
+    return value
+
+
+def not_both(value: str | None, info: ValidationInfo, other: str) -> str | None:
+    """For a field validator of an option's other name: not given with ``other`` (the
+    option's first name, declared before it)."""
+    if value is not None and info.data.get(other) is not None:
+        raise ValueError(f"give {other} or {info.field_name}, not both")
+    return value
+
+
 # The highest a timeout knob's bound may be: an hour for one request is already no answer.
 TIMEOUT_CEILING = 3600.0
 

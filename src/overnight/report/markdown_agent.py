@@ -3,6 +3,7 @@ fallbacks, knob changes, incidents and injected faults."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ..numbers import plural
@@ -54,26 +55,13 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
         w("")
     repairs = agent.get("repairs") or []
     verified = sum(1 for rp in repairs if rp["verified"])
-    w(f"### Repairs Performed: {len(repairs)} total, {verified} verified")
-    w("")
-    for rp in repairs:
-        # The action's own time, and apart from it the time to healthy: a raised timeout
-        # takes no time to set, and is no faster a recovery for it.
-        result = (
-            f"verified healthy {_s(rp.get('time_to_healthy_s'))} after detection ✅"
-            if rp["verified"]
-            else f"{rp['result']}, not verified"
-        )
-        knob_text = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in rp["knobs_changed"].items()) or "none"
-        cycle = f"cycle {rp['cycle']}" if rp["cycle"] is not None else "between cycles"
-        w(
-            f"- **{rp['component']} — {rp['fault_kind']}** (incident #{rp['incident_id']}, {cycle}, "
-            f"{_time(rp['started_at'])}): `{rp['strategy']}`: action took {_s(rp['duration_s'])}; "
-            f"{result}; knobs changed: {knob_text}" + (f" — {_esc(rp['detail'])}" if rp.get("detail") else "")
-        )
-    if not repairs:
-        w("None needed." if not r.get("incidents") else "No repair actions (incidents closed without one).")
-    w("")
+    _listing(
+        w,
+        f"Repairs Performed: {len(repairs)} total, {verified} verified",
+        repairs,
+        _repair_line,
+        "None needed." if not r.get("incidents") else "No repair actions (incidents closed without one).",
+    )
     prevented = r.get("degradation_prevented") or []
     blocked = r.get("blocked_attempts") or []
     w(f"### Degradation Prevented: {plural(len(prevented) + len(blocked), 'instance')}")
@@ -89,38 +77,17 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
         w("No degrading shortcut was available or attempted.")
     w("")
     fallbacks = r.get("fallbacks") or []
-    w(f"### Fallbacks Used: {len(fallbacks)}")
-    w("")
-    for f in fallbacks:
-        span = _s(f["duration_s"]) if f["duration_s"] is not None else "until the end of the night"
-        cycles = ", ".join(map(str, f["cycles"])) or "none"
-        w(
-            f"- **{f['component']}** on its `{f['kind']}` fallback for {span} from {_time(f['started_at'])}; "
-            f"cycles touched: {cycles}"
-        )
-    if not fallbacks:
-        w("None: every cycle ran against its primary dependencies.")
-    w("")
+    _listing(
+        w,
+        f"Fallbacks Used: {len(fallbacks)}",
+        fallbacks,
+        _fallback_line,
+        "None: every cycle ran against its primary dependencies.",
+    )
     knobs = r.get("knob_changes") or []
-    w(f"### Knob changes: {len(knobs)}")
-    w("")
-    for k in knobs:
-        who = f"by {k['by']}" + (f", incident #{k['incident_id']}" if k["incident_id"] is not None else "")
-        if k["ended_by"] == "knob_restored":
-            until = f"until {_time(k['ended_at'])} (returned to its configured value by {k['returned_by']})"
-        elif k["ended_by"] == "knob_changed":
-            until = f"until {_time(k['ended_at'])} (changed again)"
-        else:
-            until = "until the end of the night"
-        ran = ", ".join(map(str, k["cycles"])) or "none"
-        w(
-            f"- **{k['component']}.{k['knob']}** {k['from']} → {k['to']} (configured {k['configured']}) "
-            f"at {_time(k['changed_at'])} ({who}); in force {until}, {_s(k['in_force_s'])}; "
-            f"cycles that ran with it off: {ran}"
-        )
-    if not knobs:
-        w("None: every knob kept its configured value.")
-    w("")
+    _listing(
+        w, f"Knob changes: {len(knobs)}", knobs, _knob_line, "None: every knob kept its configured value."
+    )
     incidents = r.get("incidents") or []
     ttd, ttr = agent.get("time_to_detect_s") or {}, agent.get("time_to_repair_s") or {}
     w(f"### Incidents: {len(incidents)}")
@@ -191,3 +158,58 @@ def _agent(w: Any, r: dict[str, Any]) -> None:
         for f in faults.get("failed") or []:
             w(f"- Not injected: `{_esc(f['spec'])}`: {_esc(f['error'])}")
         w("")
+
+
+def _listing(
+    w: Any, title: str, items: list[dict[str, Any]], line: Callable[[dict[str, Any]], str], none: str
+) -> None:
+    """A ``### title`` subsection: a line for each item, or ``none`` without any."""
+    w(f"### {title}")
+    w("")
+    for item in items:
+        w(line(item))
+    if not items:
+        w(none)
+    w("")
+
+
+def _repair_line(rp: dict[str, Any]) -> str:
+    # The action's own time, and apart from it the time to healthy: a raised timeout
+    # takes no time to set, and is no faster a recovery for it.
+    result = (
+        f"verified healthy {_s(rp.get('time_to_healthy_s'))} after detection ✅"
+        if rp["verified"]
+        else f"{rp['result']}, not verified"
+    )
+    knob_text = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in rp["knobs_changed"].items()) or "none"
+    cycle = f"cycle {rp['cycle']}" if rp["cycle"] is not None else "between cycles"
+    return (
+        f"- **{rp['component']} — {rp['fault_kind']}** (incident #{rp['incident_id']}, {cycle}, "
+        f"{_time(rp['started_at'])}): `{rp['strategy']}`: action took {_s(rp['duration_s'])}; "
+        f"{result}; knobs changed: {knob_text}" + (f" — {_esc(rp['detail'])}" if rp.get("detail") else "")
+    )
+
+
+def _fallback_line(f: dict[str, Any]) -> str:
+    span = _s(f["duration_s"]) if f["duration_s"] is not None else "until the end of the night"
+    cycles = ", ".join(map(str, f["cycles"])) or "none"
+    return (
+        f"- **{f['component']}** on its `{f['kind']}` fallback for {span} from {_time(f['started_at'])}; "
+        f"cycles touched: {cycles}"
+    )
+
+
+def _knob_line(k: dict[str, Any]) -> str:
+    who = f"by {k['by']}" + (f", incident #{k['incident_id']}" if k["incident_id"] is not None else "")
+    if k["ended_by"] == "knob_restored":
+        until = f"until {_time(k['ended_at'])} (returned to its configured value by {k['returned_by']})"
+    elif k["ended_by"] == "knob_changed":
+        until = f"until {_time(k['ended_at'])} (changed again)"
+    else:
+        until = "until the end of the night"
+    ran = ", ".join(map(str, k["cycles"])) or "none"
+    return (
+        f"- **{k['component']}.{k['knob']}** {k['from']} → {k['to']} (configured {k['configured']}) "
+        f"at {_time(k['changed_at'])} ({who}); in force {until}, {_s(k['in_force_s'])}; "
+        f"cycles that ran with it off: {ran}"
+    )

@@ -1,6 +1,11 @@
-"""Helpers the Markdown report's sections share: verdict icons, durations, times and escaping."""
+"""Helpers the Markdown report's sections share: verdict icons, durations, times, escaping
+and a section's heading."""
 
 from __future__ import annotations
+
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 _ICON = {
     "passed": "✅",
@@ -24,6 +29,18 @@ def _s(x: float | None) -> str:
 
 def _esc(text: str | None) -> str:
     return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def _heading(w: Any, title: str, data: _T | None, none: str) -> _T | None:
+    """A section's ``## title``, and its ``data``; without any, the line ``none`` ends the
+    section, and None comes back."""
+    w(f"## {title}")
+    w("")
+    if data:
+        return data
+    w(none)
+    w("")
+    return None
 
 
 _HEALTH = {

@@ -6,16 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 from ..numbers import plural
-from .markdown_common import _esc, _time
+from .markdown_common import _esc, _heading, _time
 
 
 def _quality(w: Any, r: dict[str, Any]) -> None:
-    q = r.get("quality")
-    w("## Quality")
-    w("")
-    if not q:
-        w('No quality score was recorded (a scenario records one with `ctx.metric("score", value)`).')
-        w("")
+    q = _heading(
+        w,
+        "Quality",
+        r.get("quality"),
+        'No quality score was recorded (a scenario records one with `ctx.metric("score", value)`).',
+    )
+    if q is None:
         return
     w(f"`{q['metric']}` of {plural(q['n'], 'cycle')}: average **{q['mean']}**.")
     w("")
@@ -134,12 +135,8 @@ def _flaky(w: Any, r: dict[str, Any]) -> None:
 
 
 def _tokens(w: Any, r: dict[str, Any]) -> None:
-    w("## Token usage and cost")
-    w("")
-    tk = r.get("tokens")
-    if not tk:
-        w("No token usage was recorded.")
-        w("")
+    tk = _heading(w, "Token usage and cost", r.get("tokens"), "No token usage was recorded.")
+    if tk is None:
         return
     tot = tk["total"]
     w(
@@ -168,12 +165,10 @@ def _tokens(w: Any, r: dict[str, Any]) -> None:
 
 
 def _trend(w: Any, r: dict[str, Any]) -> None:
-    w("## Trend")
-    w("")
-    tr = r.get("trend")
-    if not tr:
-        w("No earlier night of this scenario in the ledger to compare with.")
-        w("")
+    tr = _heading(
+        w, "Trend", r.get("trend"), "No earlier night of this scenario in the ledger to compare with."
+    )
+    if tr is None:
         return
     w(f"Against night {tr['previous_night_id']} (started {tr['previous_started_at']}):")
     w("")

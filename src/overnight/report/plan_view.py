@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from ..faults.plan import FaultSpec
@@ -31,28 +32,28 @@ def _started(rows: queries.NightRows) -> dict[str, Any]:
 def protected_settings(rows: queries.NightRows) -> dict[str, Any]:
     """The values the night ran with (secrets masked). Nights recorded before the values
     were: the settings as written in the stored config."""
-    started = _started(rows)
-    if isinstance(started.get("settings"), dict):
-        return dict(started["settings"])
-    try:
-        plan = json.loads(rows.night.get("plan") or "{}")
-    except ValueError:
-        return {}
-    settings = (plan.get("config_raw") or {}).get("settings")
-    return dict(settings) if isinstance(settings, dict) else {}
+    return _started_or_planned(rows, "settings", lambda plan: (plan.get("config_raw") or {}).get("settings"))
 
 
 def plan_choices(rows: queries.NightRows) -> dict[str, Any]:
     """Protected settings chosen on the command line for this night (e.g. --mock-websearch)."""
+    return _started_or_planned(rows, "plan_choices", lambda plan: plan.get("choices"))
+
+
+def _started_or_planned(
+    rows: queries.NightRows, key: str, in_plan: Callable[[dict[str, Any]], Any]
+) -> dict[str, Any]:
+    """The table ``key`` of the night_started event; for nights recorded before it was,
+    ``in_plan`` of the stored plan; {} when neither is a table."""
     started = _started(rows)
-    if isinstance(started.get("plan_choices"), dict):
-        return dict(started["plan_choices"])
+    if isinstance(started.get(key), dict):
+        return dict(started[key])
     try:
         plan = json.loads(rows.night.get("plan") or "{}")
     except ValueError:
         return {}
-    choices = plan.get("choices")
-    return dict(choices) if isinstance(choices, dict) else {}
+    found = in_plan(plan)
+    return dict(found) if isinstance(found, dict) else {}
 
 
 def component_use(rows: queries.NightRows, declared: list[str]) -> dict[str, Any]:
