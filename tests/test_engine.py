@@ -493,7 +493,7 @@ async def test_failing_setup_aborts_the_night_before_any_cycle(tmp_path: Path) -
 def _when_written(
     monkeypatch: pytest.MonkeyPatch, op: str, cycle: int, act: Callable[..., Any], *args: Any
 ) -> None:
-    """While the ledger op ``op`` (``ops.cycle_started``…) writes the row of ``cycle``,
+    """While the ledger op ``op`` (``ops.attempt_begin``…) writes the row of ``cycle``,
     ``act(*args)`` is called in the event loop (queued from the writer thread, before the
     write itself)."""
     real = getattr(ops, op)
