@@ -119,6 +119,7 @@ class Ledger:
         self._closing = threading.Event()
         self._claims: list[NightClaim] = []
         self._queue: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._conn: Connection | None = None  # the writer thread's alone
         self._thread = threading.Thread(target=self._run, name="overnight-ledger", daemon=True)
         self._thread.start()
         self._closed = False
@@ -289,6 +290,11 @@ class Ledger:
                 log.exception("ledger writer failed")
                 self._break(LedgerUnavailable(f"ledger {self.display_url}: writer failed: {_describe(exc)}"))
                 _settle(batch, error=self._broken)
+                self._drop_writer_connection()
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()  # back to the pool, which close() disposes of
+            self._conn = None
 
     def _commit(self, batch: list[Item]) -> None:
         if self._broken is not None:
@@ -312,14 +318,23 @@ class Ledger:
         the ledger."""
         deadline = time.monotonic() + WRITE_RETRY_S
         delay = 0.1
+        first_try = True
         while True:
             try:
-                with self.engine.begin() as conn:
+                conn = self._writer_connection()
+                with conn.begin():
                     results = [op(conn, *args) for op, args, _fut in batch]
                 return results, None
             except DBAPIError as exc:
                 if not isinstance(exc, OperationalError) and not _storage_failure(exc):
                     return None, exc  # this batch's own fault (a constraint, a bug)
+                self._drop_writer_connection()
+                if first_try and exc.connection_invalidated:
+                    # The kept connection was found dead (a server restarted while the
+                    # night was quiet): what a ping on checkout used to catch. Once, at once.
+                    first_try = False
+                    continue
+                first_try = False
                 if _storage_failure(exc):
                     return None, self._break(LedgerUnavailable(self._storage_message(exc)))
                 if self._closing.is_set():
@@ -335,7 +350,25 @@ class Ledger:
                 self._closing.wait(delay)
                 delay = min(delay * 2, 5.0)
             except Exception as exc:
+                self._drop_writer_connection()  # its state is unknown after our own bug
                 return None, exc
+
+    def _writer_connection(self) -> Connection:
+        """The writer's own connection, kept between batches: a checkout per batch cost a
+        pool round and, on PostgreSQL, a ping to the server."""
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _drop_writer_connection(self) -> None:
+        """Forget the writer's connection after connection trouble: the next batch makes a
+        new one instead of retrying on a broken one."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.invalidate()
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def _break(self, exc: LedgerUnavailable) -> LedgerUnavailable:
         if self._broken is None:
