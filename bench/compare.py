@@ -2,16 +2,18 @@
 and both against the floor (``floor.py``). A measurement, not a test.
 
     python bench/compare.py [--against 67f475d] [--cycles 4000] [--parallel 8] [--repeat 3]
-                            [--ledger sqlite|postgresql|both] [--pg-url URL] [--json OUT]
+                            [--ledger sqlite|postgresql|both] [--demo 3] [--pg-url URL] [--json OUT]
 
-The older revision's ``src`` is taken with ``git archive`` into a temporary folder. Each
+The older revision is taken with ``git archive`` into a temporary folder. Each
 round runs, in alternating order (so that a machine growing busier or quieter during the
 run favours neither), one night of ``overnight.scenarios.noop:cycle`` with each tree
 (``python -m overnight run --cycles N --parallel P`` with ``PYTHONPATH`` on that tree's
 ``src``, in a fresh folder, a fresh SQLite file or a fresh PostgreSQL database) and one
 pass of the floor. Cycles per second are read from the ledger: cycles ÷ (last cycle's
 ``ended_at`` − first cycle's ``started_at``). The table gives the median of the rounds
-and the ratios of the medians.
+and the ratios of the medians. Then ``--demo`` alternating rounds of ``overnight demo``
+per tree give the demo's wall time (interpreter start, the reference pipeline's three
+cycles and its report).
 
 PostgreSQL runs on a throwaway cluster made for this run (``benchutil.Cluster``) unless
 ``--pg-url`` names a server (a superuser URL: it creates and drops a database per night).
@@ -42,9 +44,9 @@ SCENARIO = "overnight.scenarios.noop:cycle"
 
 
 def checkout(rev: str, into: Path) -> Path:
-    """``rev``'s ``src`` folder, unpacked under ``into``."""
+    """``rev``'s tree unpacked under ``into`` (its examples too: the demo runs one); its ``src``."""
     blob = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "--format=tar", rev, "src"], capture_output=True, check=False
+        ["git", "-C", str(REPO), "archive", "--format=tar", rev], capture_output=True, check=False
     )
     if blob.returncode != 0:
         sys.exit(f"compare.py: git archive {rev}: {blob.stderr.decode(errors='replace').strip()}")
@@ -86,6 +88,26 @@ def night(src: Path, cycles: int, parallel: int, ledger: str | None, folder: Pat
     if done != cycles:
         sys.exit(f"compare.py: night with {src} finished {done} of {cycles} cycles")
     return {"cycles_per_s": round(done / (last - first), 1), "process_s": round(wall, 3)}
+
+
+def demo(src: Path, folder: Path) -> float:
+    """Wall time of ``python -m overnight demo`` with the tree at ``src``, in a fresh folder."""
+    folder.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONPATH": str(src)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "overnight", "demo"],
+        cwd=folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"compare.py: demo with {src} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+    return round(wall, 3)
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,6 +153,14 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{dialect} round {round_no + 1}: floor: {runs['floor'][-1]['cycles_per_s']} cycles/s")
             medians = {label: statistics.median(r["cycles_per_s"] for r in rs) for label, rs in runs.items()}
             results[dialect] = {"runs": runs, "median_cycles_per_s": medians}
+        demos: dict[str, list[float]] = {label: [] for label in trees}
+        for round_no in range(args.demo):
+            order = list(trees.items())
+            if round_no % 2:
+                order.reverse()
+            for label, src in order:
+                demos[label].append(demo(src, base / f"demo-{round_no}-{label.replace(' ', '_')}"))
+                log(f"demo round {round_no + 1}: {label}: {demos[label][-1]} s")
     return {
         "benchmark": "overnight-compare",
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -142,6 +172,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         "repeat": args.repeat,
         "machine": machine(),
         "results": results,
+        "demo_wall_s": demos,
     }
 
 
@@ -187,6 +218,15 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {dialect} | {m[old]:.0f} | {m['this tree']:.0f} | {m['this tree'] / m[old]:.2f} "
             f"| {m['floor']:.0f} | {m['this tree'] / m['floor'] * 100:.0f}% |"
         )
+    demos = report.get("demo_wall_s") or {}
+    if any(demos.values()):
+        lines += [
+            "",
+            f"`overnight demo` wall time, median of {len(demos[old])} alternating runs: "
+            f"{old} {statistics.median(demos[old]):.2f} s, "
+            f"this tree {statistics.median(demos['this tree']):.2f} s "
+            f"(runs: {old} {demos[old]}, this tree {demos['this tree']}).",
+        ]
     return "\n".join(lines)
 
 
@@ -197,11 +237,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--ledger", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--demo", type=int, default=3, help="rounds of `overnight demo` per tree (default 3)")
     parser.add_argument("--pg-url", help="a PostgreSQL superuser URL (default: a throwaway cluster)")
     parser.add_argument("--json", type=Path, help="default: bench/results/compare-p<P>.json")
     args = parser.parse_args(argv)
-    if args.cycles < 1 or args.parallel < 1 or args.repeat < 1:
-        parser.error("--cycles, --parallel and --repeat must be at least 1")
+    if args.cycles < 1 or args.parallel < 1 or args.repeat < 1 or args.demo < 0:
+        parser.error("--cycles, --parallel and --repeat must be at least 1, --demo at least 0")
     report = bench(args)
     out = args.json or REPO / "bench" / "results" / f"compare-p{args.parallel}.json"
     table = markdown(report)
