@@ -204,3 +204,54 @@ async def test_dead_ledger_stops_the_night_and_resume_finishes_it(
         ]
     finally:
         ledger.close()
+
+
+@pytest.mark.parametrize("steps", [0, 1])
+async def test_a_cycle_costs_two_round_trips_and_four_statements_plus_its_steps(
+    tmp_path: Path, ledger_url: str, steps: int
+) -> None:
+    """The ledger's cost of a passing cycle, counted on the real engine: two awaited
+    writes (its attempt begins, its attempt ends) and four statements on the cycle and
+    attempt tables; a step adds its two writes and its two statements."""
+    import threading
+
+    from sqlalchemy import event
+
+    from .helpers import make_orchestrator
+
+    code = "async def cycle(ctx):\n" + (
+        "    async with ctx.step('work'):\n        pass\n" if steps else "    pass\n"
+    )
+    orch, ledger = make_orchestrator(tmp_path, code, ledger_url=ledger_url, cycles=6, parallel=2)
+    statements: list[str] = []
+    writes: list[str] = []
+
+    def counted(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        if threading.current_thread().name == "overnight-ledger":  # writes, not the reads
+            statements.append(" ".join(statement.split()).upper())
+
+    real_write = ledger.write
+
+    async def write(op: Any, *args: Any) -> Any:
+        writes.append(op.__name__)
+        return await real_write(op, *args)
+
+    event.listen(ledger.engine, "before_cursor_execute", counted)
+    ledger.write = write  # type: ignore[method-assign]  # counts the awaited round trips
+    try:
+        outcome = await orch.run()
+    finally:
+        event.remove(ledger.engine, "before_cursor_execute", counted)
+        ledger.close()
+    assert outcome.status == "completed"
+    per_cycle = ("attempt_begin", "attempt_finished", "step_started", "step_finished")
+    cycle_writes = [w for w in writes if w in per_cycle]
+    assert len(cycle_writes) == 6 * (2 + 2 * steps), writes
+    on_cycles = [
+        s
+        for s in statements
+        if s.startswith(("INSERT", "UPDATE", "SELECT", "DELETE"))
+        and any(f" {t} " in f" {s} " for t in ("CYCLES", "ATTEMPTS", "STEPS"))
+    ]
+    assert len(on_cycles) == 6 * (4 + 2 * steps), on_cycles
+    assert not [s for s in on_cycles if s.startswith("SELECT")]  # an upsert, no read first
