@@ -62,20 +62,7 @@ def night(src: Path, cycles: int, parallel: int, ledger: str | None, folder: Pat
     args = ["run", "--cycles", str(cycles), "--parallel", str(parallel)]
     if ledger:
         args += ["--ledger", ledger]
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONPATH": str(src)}
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "overnight", *args],
-        cwd=folder,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"compare.py: night with {src} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+    wall = overnight(src, folder, args)
     query = "SELECT min(started_at), max(ended_at), count(*) FROM cycles WHERE status = 'done'"
     if ledger:
         import psycopg
@@ -93,10 +80,16 @@ def night(src: Path, cycles: int, parallel: int, ledger: str | None, folder: Pat
 def demo(src: Path, folder: Path) -> float:
     """Wall time of ``python -m overnight demo`` with the tree at ``src``, in a fresh folder."""
     folder.mkdir(parents=True)
+    return round(overnight(src, folder, ["demo"]), 3)
+
+
+def overnight(src: Path, folder: Path, args: list[str]) -> float:
+    """Run ``python -m overnight ARGS`` in ``folder`` with the tree at ``src``; its wall time.
+    A failure ends the benchmark with the command's last output."""
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONPATH": str(src)}
     t0 = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "overnight", "demo"],
+        [sys.executable, "-m", "overnight", *args],
         cwd=folder,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -106,8 +99,10 @@ def demo(src: Path, folder: Path) -> float:
     )
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        sys.exit(f"compare.py: demo with {src} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
-    return round(wall, 3)
+        sys.exit(
+            f"compare.py: overnight {args[0]} with {src} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+        )
+    return wall
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
