@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from markupsafe import Markup
@@ -31,6 +32,12 @@ from .svg import (
 )
 
 
+def _cycles(r: dict[str, Any]) -> Sequence[Any]:
+    """The report's cycles: a list, or the ``CycleEntries`` write_reports streams."""
+    cycles = r.get("cycles")
+    return cycles if isinstance(cycles, Sequence) and not isinstance(cycles, str | bytes) else []
+
+
 def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
     """One bar per cycle over the night's clock time, in lanes when cycles overlapped."""
     name, label = "cycle-timeline", "Cycle timeline"
@@ -38,7 +45,7 @@ def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
     night_start = _epoch(r.get("started_ts")) or _epoch(r.get("started_at"))
     night_end = _epoch(r.get("ended_ts")) or _epoch(r.get("ended_at"))
     items = []
-    for c in _l(r.get("cycles")):
+    for c in _cycles(r):
         if not isinstance(c, dict):
             continue
         s = _epoch(c.get("started_at"))
