@@ -206,11 +206,6 @@ def _compact_rows(
     args = tuple(params[k] for k in compiled.positiontup or ()) if compiled.positional else params
     selected = list(query.selected_columns)
     keys = tuple(str(c.key) for c in selected)  # plain str: a str subclass key unshares the table
-    convert = {
-        i: proc
-        for i, c in enumerate(selected)
-        if (proc := c.type.dialect_impl(dialect).result_processor(dialect, None)) is not None
-    }
     seen = {} if seen is None else seen
     memos = {i: seen.setdefault(k, {}) for i, k in enumerate(keys) if k in repeated}
     holder = type("LedgerRow", (), {})  # its instances' dicts share one key table
@@ -221,6 +216,13 @@ def _compact_rows(
     cursor = dbapi.cursor()
     try:
         cursor.execute(str(compiled), args)
+        # Each column's processor for the type the database says it returned (PostgreSQL's
+        # numeric processors depend on it), as SQLAlchemy picks them.
+        convert = {
+            i: proc
+            for i, (c, described) in enumerate(zip(selected, cursor.description, strict=True))
+            if (proc := c.type.dialect_impl(dialect).result_processor(dialect, described[1])) is not None
+        }
         while chunk := cursor.fetchmany(_FETCH):
             rows: Iterable[Any] = chunk
             if memos or convert:

@@ -76,7 +76,9 @@ def write_json(
     sep = "\n  "
     for key, value in report.items():
         out.write(f"{sep}{encode(key)}: ")
-        if isinstance(value, list | CycleEntries) and len(value):
+        if isinstance(value, list | CycleEntries) and not len(value):
+            out.write("[]")
+        elif isinstance(value, list | CycleEntries):
             out.write("[")
             inner = "\n    "
             for item in value:
