@@ -77,7 +77,7 @@ def knob_changes(
         data = json_field(e["data"]) or {}
         if e["component"] and data.get("knob"):
             history[(e["component"], data["knob"])].append({**e, "data": data})
-    marks = [(a, json_field(a.get("knobs_off")) or {}) for a in attempts]
+    marks = [(a, json_field(a.get("knobs_off")) or {}) for a in attempts] if history else []
     out = []
     for (component, knob), changes in history.items():
         for k, e in enumerate(changes):
@@ -126,9 +126,10 @@ def fallback_failures(
     periods that served its final attempt: the evidence that it was not tested on the
     primary."""
     final: dict[int, dict[str, Any]] = {}
-    for a in attempts:
-        if a["verdict"] not in (None, "interrupted"):
-            final[a["cycle"]] = a
+    if any(f["verdict"] == "failed_on_fallback" for f in report["failures"]):
+        for a in attempts:
+            if a["verdict"] not in (None, "interrupted"):
+                final[a["cycle"]] = a
     out = []
     for f in report["failures"]:
         if f["verdict"] != "failed_on_fallback" or f["cycle"] not in final:

@@ -10,6 +10,7 @@ are reported as flaky, each with its evidence.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from ..numbers import wilson
@@ -52,17 +53,46 @@ def input_dependent_steps(steps: list[dict[str, Any]], cycles: list[dict[str, An
     return sorted(out, key=lambda r: (r["pass_rate"], r["step"]))
 
 
+def differs_from(cycles: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
+    """Whether an earlier night's finished cycle gave a different outcome than this night
+    on the same input: the only rows of ``same_inputs`` that ``flaky_inputs`` uses."""
+    final: dict[str, dict[str, Any]] | None = None  # built at the first earlier cycle, if any
+
+    def differs(h: dict[str, Any]) -> bool:
+        nonlocal final
+        if final is None:
+            final = _final_by_seed(cycles)
+        ours = final.get(h["input_seed"])
+        return ours is not None and h["verdict"] in _OUTCOMES and h["verdict"] != ours["verdict"]
+
+    return differs
+
+
+def _final_by_seed(cycles: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """This night's finished cycles with an outcome, by input seed."""
+    return {c["input_seed"]: c for c in cycles if c["status"] == "done" and c["verdict"] in _OUTCOMES}
+
+
 def flaky_inputs(
     cycles: list[dict[str, Any]], attempts: list[dict[str, Any]], history: list[dict[str, Any]], night_id: str
 ) -> list[dict[str, Any]]:
     """Inputs that gave different outcomes: within this night (attempts of one cycle) or
     across nights (the same input seed, the same protected settings). Each with the
     attempts or nights that disagree."""
-    by_cycle: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    # The attempts with an outcome of each cycle that has two or more of them.
+    first: dict[int, dict[str, Any]] = {}
+    by_cycle: dict[int, list[dict[str, Any]]] = {}
     for a in attempts:
         if a["verdict"] in _OUTCOMES and not a.get("fallback"):
-            by_cycle[a["cycle"]].append(a)
-    seeds = {c["cycle"]: c["input_seed"] for c in cycles}
+            n = a["cycle"]
+            if n in by_cycle:
+                by_cycle[n].append(a)
+            elif n in first:
+                by_cycle[n] = [first.pop(n), a]
+            else:
+                first[n] = a
+    del first
+    seeds = {c["cycle"]: c["input_seed"] for c in cycles if c["cycle"] in by_cycle}
     found: dict[str, dict[str, Any]] = {}
 
     def entry(seed: str, cycle: int) -> dict[str, Any]:
@@ -82,7 +112,7 @@ def flaky_inputs(
                         "step": a["step"],
                     }
                 )
-    final = {c["input_seed"]: c for c in cycles if c["status"] == "done" and c["verdict"] in _OUTCOMES}
+    final = _final_by_seed(cycles) if history else {}
     for h in history:
         ours = final.get(h["input_seed"])
         if ours is None or h["verdict"] not in _OUTCOMES or h["verdict"] == ours["verdict"]:

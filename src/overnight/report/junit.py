@@ -23,12 +23,11 @@ Rendered from the report dict alone (``build_report``), like the Markdown and JS
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import io
 import re
-import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from typing import Any
+import shutil
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 # Characters XML 1.0 does not allow, even escaped: C0 controls except tab, LF, CR;
 # lone surrogates (possible in strings decoded from JSON); U+FFFE and U+FFFF.
@@ -40,6 +39,12 @@ MAX_NOT_STARTED = 1000
 
 _ERROR_VERDICTS = ("infra_error", "timeout", "harness_error")
 _NOT_FINAL = (None, "interrupted")
+_INDENT = "  "
+
+# The document is written as ``xml.etree.ElementTree`` would write it after
+# ``ET.indent(root, space="  ")`` (the same escaping, the same `` />`` for an empty
+# element), one testcase at a time: a night of 100,000 cycles never has its whole tree
+# in memory.
 
 
 def clean(value: Any) -> str:
@@ -48,8 +53,72 @@ def clean(value: Any) -> str:
     return _ILLEGAL_XML.sub("", "" if value is None else str(value))
 
 
+# Anything an attribute value or a text node may need changed: illegal characters (removed),
+# markup and whitespace (escaped). Most values have none, and are written as they are.
+_ATTR_TROUBLE = re.compile('[&<>"\r\n\t\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]')
+_TEXT_TROUBLE = re.compile("[&<>\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _escape_text(text: str) -> str:
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    return text
+
+
+def _attr_value(value: Any) -> str:
+    """``clean`` and escaped for an attribute (as ElementTree escapes one)."""
+    text = value if value.__class__ is str else ("" if value is None else str(value))
+    if _ATTR_TROUBLE.search(text) is None:
+        return text
+    text = _escape_text(clean(text))
+    if '"' in text:
+        text = text.replace('"', "&quot;")
+    # Newlines and tabs as character references, so they survive attribute-value normalisation.
+    if "\r" in text:
+        text = text.replace("\r", "&#13;")
+    if "\n" in text:
+        text = text.replace("\n", "&#10;")
+    if "\t" in text:
+        text = text.replace("\t", "&#09;")
+    return text
+
+
+def _text_value(value: Any) -> str:
+    """``clean`` and escaped for a text node."""
+    text = value if value.__class__ is str else str(value)
+    return text if _TEXT_TROUBLE.search(text) is None else _escape_text(clean(text))
+
+
+def _attrs(attrs: dict[str, Any]) -> str:
+    """`` k="v"`` for each attribute that has a value (a trailing ``_`` dropped from the name)."""
+    return "".join(f' {k.rstrip("_")}="{_attr_value(v)}"' for k, v in attrs.items() if v is not None)
+
+
+def _leaf(tag: str, text: Any = None, **attrs: Any) -> str:
+    """An element without children: ``<tag a="v">text</tag>``, or ``<tag a="v" />``."""
+    body = _text_value(text) if text is not None else ""
+    head = f"<{tag}{_attrs(attrs)}"
+    return f"{head}>{body}</{tag}>" if body else f"{head} />"
+
+
+def _parent(tag: str, attrs: str, children: Iterable[str], level: int) -> str:
+    """An element with children, each on its own line one level deeper (``level``: the
+    element's own depth)."""
+    inner = "\n" + _INDENT * (level + 1)
+    parts = [inner + child for child in children]
+    if not parts:
+        return f"<{tag}{attrs} />"
+    return f"<{tag}{attrs}>{''.join(parts)}\n{_INDENT * level}</{tag}>"
+
+
 def _secs(value: Any) -> str:
     """Surefire's time format: seconds with at most 3 decimals."""
+    if value.__class__ is float:
+        return "0.000" if value < 0.0 else f"{value:.3f}"
     try:
         return f"{max(float(value), 0.0):.3f}"
     except (TypeError, ValueError):
@@ -62,13 +131,6 @@ def _local_timestamp(iso: str | None) -> str | None:
     if not iso:
         return None
     return iso[:19]
-
-
-def _sub(parent: ET.Element, tag: str, text: Any = None, **attrs: Any) -> ET.Element:
-    el = ET.SubElement(parent, tag, {k.rstrip("_"): clean(v) for k, v in attrs.items() if v is not None})
-    if text is not None:
-        el.text = clean(text)
-    return el
 
 
 def _final_attempt(cycle: dict[str, Any]) -> dict[str, Any] | None:
@@ -116,88 +178,107 @@ def _earlier(cycle: dict[str, Any], final: dict[str, Any] | None) -> list[dict[s
     ]
 
 
-def _properties(tc: ET.Element, cycle: dict[str, Any], final: dict[str, Any] | None) -> None:
-    props = ET.SubElement(tc, "properties")
+def _property(name: str, value: Any) -> str:
+    if value is None:
+        return f'<property name="{_attr_value(name)}" />'
+    return f'<property name="{_attr_value(name)}" value="{_attr_value(value)}" />'
 
-    def prop(name: str, value: Any) -> None:
-        _sub(props, "property", name=name, value=value)
 
+_PROPERTY_GAP = "\n" + _INDENT * 4
+
+
+def _properties(cycle: dict[str, Any], final: dict[str, Any] | None) -> str:
+    """The testcase's ``<properties>`` (level 3; a testcase's hot path, written out)."""
+    gap = _PROPERTY_GAP
+    parts = []
     for step in (final or {}).get("steps") or []:
         dur = step.get("duration_s")
         outcome = step.get("outcome") or "running"
-        prop(f"step.{step.get('name')}", f"{outcome} {_secs(dur)}s" if dur is not None else outcome)
+        parts.append(
+            gap
+            + _property(
+                f"step.{step.get('name')}", f"{outcome} {_secs(dur)}s" if dur is not None else outcome
+            )
+        )
     attempts = cycle.get("attempts") or []
-    prop("input_seed", cycle.get("input_seed"))
-    prop("attempts", sum(1 for a in attempts if a.get("verdict") != "interrupted"))
+    parts.append(gap + _property("input_seed", cycle.get("input_seed")))
+    counted = sum(1 for a in attempts if a.get("verdict") != "interrupted")
+    parts.append(f'{gap}<property name="attempts" value="{counted}" />')
     interrupted = [a for a in attempts if a.get("verdict") == "interrupted"]
     if interrupted:
         why = [f"attempt {a.get('attempt')}: {a.get('error_message') or 'interrupted'}" for a in interrupted]
-        prop("interrupted_attempts", "; ".join(why))
-    prop("fallback", "true" if cycle.get("fallback") else "false")
+        parts.append(gap + _property("interrupted_attempts", "; ".join(why)))
+    fallback = "true" if cycle.get("fallback") else "false"
+    parts.append(f'{gap}<property name="fallback" value="{fallback}" />')
     if cycle.get("artifacts_dir"):
-        prop("artifacts_dir", cycle["artifacts_dir"])
+        parts.append(gap + _property("artifacts_dir", cycle["artifacts_dir"]))
+    return f"<properties>{''.join(parts)}\n{_INDENT * 3}</properties>"
 
 
-def _retry_element(tc: ET.Element, tag_prefix: str, att: dict[str, Any]) -> None:
+def _retry_element(tag_prefix: str, att: dict[str, Any]) -> str:
     """One ``<flakyError>`` / ``<rerunError>`` (or …Failure) for an earlier attempt."""
     verdict = att.get("verdict") or "error"
     kind = "Failure" if verdict == "failed" else "Error"
     message, type_ = _message(att, verdict), att.get("error_type") or verdict
-    el = _sub(tc, f"{tag_prefix}{kind}", message=message, type_=type_)
-    _sub(el, "stackTrace", _attempt_line(att))  # required by the XSD; no traceback of earlier attempts
-    _sub(el, "system-err", _fault_details(att))
+    return _parent(
+        f"{tag_prefix}{kind}",
+        _attrs({"message": message, "type": type_}),
+        [
+            _leaf("stackTrace", _attempt_line(att)),  # required by the XSD; no traceback of earlier attempts
+            _leaf("system-err", _fault_details(att)),
+        ],
+        3,
+    )
 
 
 def _testcase(
-    suite: ET.Element,
     report: dict[str, Any],
     cycle: dict[str, Any],
     width: int,
     failure_tb: dict[int, str | None],
-) -> str:
-    """Append the cycle's testcase; return its result: passed, failure, error or skipped."""
+    classname: str,
+) -> tuple[str, str]:
+    """The cycle's testcase, and its result: passed, failure, error or skipped."""
     number: int = cycle["cycle"]
     done = cycle.get("status") == "done"
-    tc = _sub(
-        suite,
-        "testcase",
-        name=f"cycle {number:0{width}d}",
-        classname=_classname(report),
-        time=_secs(cycle.get("duration_s")),
-    )
+    # (classname: clean and escaped once by the caller)
+    head = f' name="cycle {number:0{width}d}" classname="{classname}" time="{_secs(cycle.get("duration_s"))}"'
     final = _final_attempt(cycle)
-    _properties(tc, cycle, final)
+    children = [_properties(cycle, final)]
     if not done:
-        _sub(
-            tc,
-            "skipped",
-            f"cycle {number} started at {cycle.get('started_at')} and did not finish"
-            + (f" ({_attempt_line(final)})" if final else ""),
-            message=f"did not run: {_why_not_run(report)}",
+        children.append(
+            _leaf(
+                "skipped",
+                f"cycle {number} started at {cycle.get('started_at')} and did not finish"
+                + (f" ({_attempt_line(final)})" if final else ""),
+                message=f"did not run: {_why_not_run(report)}",
+            )
         )
-        return "skipped"
+        return _parent("testcase", head, children, 2), "skipped"
 
     verdict = cycle.get("verdict") or "harness_error"
+    if verdict == "passed" and len(cycle.get("attempts") or ()) == 1:
+        # (the common case: nothing retried, nothing to add)
+        return f"<testcase{head}>\n{_INDENT * 3}{children[0]}\n{_INDENT * 2}</testcase>", "passed"
     att = final or {}
     earlier = _earlier(cycle, final)
     earlier_f = [a for a in earlier if a.get("verdict") == "failed"]
     earlier_e = [a for a in earlier if a.get("verdict") != "failed"]
     prefix = "flaky" if verdict == "passed" else "rerun"
     result = "passed" if verdict == "passed" else "failure" if verdict == "failed" else "error"
-    body = _fault_details(att)
-    if failure_tb.get(number):
-        body += "\n\n" + str(failure_tb[number])
-    message, type_ = _message(att, verdict), att.get("error_type") or verdict
-    # In the XSD's order: failure, rerunFailure, flakyFailure, skipped, error, rerunError, flakyError.
-    if result == "failure":
-        _sub(tc, "failure", body, message=message, type_=type_)
-    for prior in earlier_f:
-        _retry_element(tc, prefix, prior)
-    if result == "error":
-        _sub(tc, "error", body, message=message, type_=type_)
-    for prior in earlier_e:
-        _retry_element(tc, prefix, prior)
-    return result
+    if result != "passed" or earlier:
+        body = _fault_details(att)
+        if failure_tb.get(number):
+            body += "\n\n" + str(failure_tb[number])
+        message, type_ = _message(att, verdict), att.get("error_type") or verdict
+        # In the XSD's order: failure, rerunFailure, flakyFailure, skipped, error, rerunError, flakyError.
+        if result == "failure":
+            children.append(_leaf("failure", body, message=message, type_=type_))
+        children.extend(_retry_element(prefix, prior) for prior in earlier_f)
+        if result == "error":
+            children.append(_leaf("error", body, message=message, type_=type_))
+        children.extend(_retry_element(prefix, prior) for prior in earlier_e)
+    return _parent("testcase", head, children, 2), result
 
 
 def _classname(report: dict[str, Any]) -> str:
@@ -214,106 +295,166 @@ def _why_not_run(report: dict[str, Any]) -> str:
     return str(report.get("status") or "unknown")
 
 
-def _not_started(planned: int, listed: set[Any]) -> Iterator[int]:
-    return (n for n in range(1, planned + 1) if n not in listed)
+class JunitWriter:
+    """junit.xml, a testcase at a time: ``add`` each cycle that started, in cycle order;
+    ``finish`` writes the document. The testcases go to ``spool`` first (a temporary
+    file, or a buffer), since the counts that head the document are known only after
+    them; the planned cycles that never started are filled in between and after (the
+    first ``MAX_NOT_STARTED`` one by one, the rest in one testcase).
+
+    ``largest_cycle``: the largest cycle number among the cycles to come (testcase names
+    are zero-padded to the width of it or of the plan)."""
+
+    def __init__(self, report: dict[str, Any], spool: TextIO, largest_cycle: int = 0) -> None:
+        self.report = report
+        self.spool = spool
+        self.planned = int(report.get("planned_cycles") or 0)
+        self.width = len(str(max(self.planned, largest_cycle, 1)))
+        self.counts = {"passed": 0, "failure": 0, "error": 0, "skipped": 0}
+        self.failure_tb = {f.get("cycle"): f.get("traceback_tail") for f in report.get("failures") or []}
+        self.why = f"did not run: {_why_not_run(report)}"
+        self.classname = _classname(report)
+        self.attr_classname = _attr_value(self.classname)
+        self.gap_from = 1  # the first planned cycle not yet accounted for
+        self.not_started = 0
+        self.first_unlisted: int | None = None
+        self.last_unlisted: int | None = None
+
+    def _write(self, testcase: str) -> None:
+        self.spool.write("\n" + _INDENT * 2 + testcase)
+
+    def _never_started(self, upto: int) -> None:
+        """The planned cycles from gap_from to upto (excluded): none of them started (the
+        first MAX_NOT_STARTED of the night get a testcase each; the rest are counted)."""
+        start, end = self.gap_from, min(upto, self.planned + 1)
+        if end > start:
+            room = max(0, MAX_NOT_STARTED - self.not_started)
+            width = self.width
+            for n in range(start, min(end, start + room)):
+                head = _attrs({"name": f"cycle {n:0{width}d}", "classname": self.classname, "time": "0.000"})
+                self.counts["skipped"] += 1
+                self._write(
+                    _parent(
+                        "testcase", head, [_leaf("skipped", f"cycle {n} never started", message=self.why)], 2
+                    )
+                )
+            if end - start > room and self.first_unlisted is None:
+                self.first_unlisted = start + room
+            self.not_started += end - start
+            self.last_unlisted = end - 1
+        self.gap_from = max(self.gap_from, upto + 1)
+
+    def add(self, cycle: dict[str, Any]) -> None:
+        """The testcase of a cycle that started (after the planned ones before it that did not)."""
+        self._never_started(cycle.get("cycle") or 0)
+        text, result = _testcase(self.report, cycle, self.width, self.failure_tb, self.attr_classname)
+        self.counts[result] += 1
+        self._write(text)
+
+    def finish(self, out: TextIO) -> None:
+        """The planned cycles after the last that started, then the whole document, to ``out``."""
+        report, counts, width = self.report, self.counts, self.width
+        self._never_started(self.planned + 1)
+        if self.first_unlisted is not None:
+            # The rest share one testcase, so a night planned far beyond its time bound
+            # does not write a testcase for each of millions of cycles.
+            more = self.not_started - MAX_NOT_STARTED
+            head = _attrs(
+                {
+                    "name": f"cycles {self.first_unlisted:0{width}d}-{self.last_unlisted:0{width}d}",
+                    "classname": self.classname,
+                    "time": "0.000",
+                }
+            )
+            counts["skipped"] += 1
+            self._write(
+                _parent(
+                    "testcase",
+                    head,
+                    [
+                        _leaf(
+                            "skipped",
+                            f"{more} more cycles never started",
+                            message=f"{self.why} ({more} cycles)",
+                        )
+                    ],
+                    2,
+                )
+            )
+
+        suite_props = []
+        for key in (
+            "night_id",
+            "scenario",
+            "status",
+            "end_reason",
+            "verdict",
+            "exit_code",
+            "seed",
+            "dry_run",
+            "started_at",
+            "ended_at",
+            "planned_cycles",
+            "cycles_run",
+            "cycles_not_run",
+            "success_rate",
+            "retried_cycles",
+            "passed_with_fallback",
+            "interrupted_attempts",
+        ):
+            value = report.get(key)
+            if value is not None:
+                if isinstance(value, bool):
+                    value = "true" if value else "false"
+                suite_props.append(_property(key, value))
+
+        duration = report.get("duration_s")
+        if duration is None:
+            duration = report.get("active_s")
+        totals = {
+            "tests": sum(counts.values()),
+            "failures": counts["failure"],
+            "errors": counts["error"],
+            "skipped": counts["skipped"],
+            "time": _secs(duration),
+        }
+        suite_attrs = {"name": f"overnight.{report.get('scenario')}", **totals}
+        stamp = _local_timestamp(report.get("started_at"))
+        if stamp:
+            suite_attrs["timestamp"] = stamp
+        if report.get("hostname"):
+            suite_attrs["hostname"] = report["hostname"]
+
+        out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
+        root_attrs = {"name": f"overnight {report.get('night_id')}", **totals}
+        out.write(f"<testsuites{_attrs(root_attrs)}>")
+        out.write(f"\n{_INDENT}<testsuite{_attrs(suite_attrs)}>")
+        out.write(f"\n{_INDENT * 2}{_parent('properties', '', suite_props, 2)}")
+        self.spool.seek(0)
+        shutil.copyfileobj(self.spool, out)
+        out.write(f"\n{_INDENT}</testsuite>\n</testsuites>\n")
+
+
+def write_junit(report: dict[str, Any], out: TextIO, spool: TextIO | None = None) -> None:
+    """The report as a JUnit XML document, written to ``out`` a testcase at a time
+    (through ``spool``: see ``JunitWriter``)."""
+    cycles = report.get("cycles") or []
+    if isinstance(cycles, list | tuple):
+        cycles = sorted(cycles, key=lambda c: c.get("cycle") or 0)
+        largest = max((c.get("cycle") or 0 for c in cycles), default=0)
+    else:  # the report's own CycleEntries: in cycle order already
+        largest = cycles.largest_cycle
+    writer = JunitWriter(report, spool if spool is not None else io.StringIO(), largest)
+    for cycle in cycles:
+        writer.add(cycle)
+    writer.finish(out)
 
 
 def render_junit(report: dict[str, Any]) -> str:
     """The report as a JUnit XML document (a str, to be written as UTF-8)."""
-    cycles = sorted(report.get("cycles") or [], key=lambda c: c.get("cycle") or 0)
-    planned = int(report.get("planned_cycles") or 0)
-    listed = {c.get("cycle") for c in cycles}
-    largest = max([planned, *(c.get("cycle") or 0 for c in cycles), 1])
-    width = len(str(largest))
-
-    suite = ET.Element("testsuite")
-    suite_props = ET.SubElement(suite, "properties")
-    for key in (
-        "night_id",
-        "scenario",
-        "status",
-        "end_reason",
-        "verdict",
-        "exit_code",
-        "seed",
-        "dry_run",
-        "started_at",
-        "ended_at",
-        "planned_cycles",
-        "cycles_run",
-        "cycles_not_run",
-        "success_rate",
-        "retried_cycles",
-        "passed_with_fallback",
-        "interrupted_attempts",
-    ):
-        value = report.get(key)
-        if value is not None:
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            _sub(suite_props, "property", name=key, value=value)
-
-    failure_tb = {f.get("cycle"): f.get("traceback_tail") for f in report.get("failures") or []}
-    counts = {"passed": 0, "failure": 0, "error": 0, "skipped": 0}
-    why = f"did not run: {_why_not_run(report)}"
-    classname = _classname(report)
-    not_started = _not_started(planned, listed)
-    total_not_started = planned - sum(1 for n in listed if isinstance(n, int) and 1 <= n <= planned)
-    shown = list(itertools.islice(not_started, MAX_NOT_STARTED))
-    in_order = heapq.merge(
-        ((c.get("cycle") or 0, c) for c in cycles), ((n, None) for n in shown), key=lambda item: item[0]
-    )
-    for n, cycle in in_order:
-        if cycle is not None:
-            counts[_testcase(suite, report, cycle, width, failure_tb)] += 1
-            continue
-        tc = _sub(suite, "testcase", name=f"cycle {n:0{width}d}", classname=classname, time="0.000")
-        _sub(tc, "skipped", f"cycle {n} never started", message=why)
-        counts["skipped"] += 1
-    first = next(not_started, None)
-    if first is not None:
-        # The rest share one testcase, so a night planned far beyond its time bound
-        # does not write a testcase for each of millions of cycles.
-        last = next(n for n in range(planned, 0, -1) if n not in listed)
-        more = total_not_started - MAX_NOT_STARTED
-        tc = _sub(
-            suite,
-            "testcase",
-            name=f"cycles {first:0{width}d}-{last:0{width}d}",
-            classname=classname,
-            time="0.000",
-        )
-        _sub(tc, "skipped", f"{more} more cycles never started", message=f"{why} ({more} cycles)")
-        counts["skipped"] += 1
-
-    tests = sum(counts.values())
-    duration = report.get("duration_s")
-    if duration is None:
-        duration = report.get("active_s")
-    totals = {
-        "tests": tests,
-        "failures": counts["failure"],
-        "errors": counts["error"],
-        "skipped": counts["skipped"],
-        "time": _secs(duration),
-    }
-    suite.attrib.update(
-        {
-            "name": clean(f"overnight.{report.get('scenario')}"),
-            **{k: str(v) for k, v in totals.items()},
-        }
-    )
-    stamp = _local_timestamp(report.get("started_at"))
-    if stamp:
-        suite.set("timestamp", clean(stamp))
-    if report.get("hostname"):
-        suite.set("hostname", clean(report["hostname"]))
-
-    root = ET.Element("testsuites", {"name": clean(f"overnight {report.get('night_id')}")})
-    root.attrib.update({k: str(v) for k, v in totals.items()})
-    root.append(suite)
-    ET.indent(root, space="  ")
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    out = io.StringIO()
+    write_junit(report, out)
+    return out.getvalue()
 
 
-__all__ = ["MAX_NOT_STARTED", "render_junit"]
+__all__ = ["MAX_NOT_STARTED", "JunitWriter", "render_junit", "write_junit"]

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
+import operator
+import os
 from collections import Counter, defaultdict
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, overload
 
 from ..ledger import Ledger, queries
 from ..numbers import duration_stats, iso, noun, plural, rnd
@@ -24,13 +28,26 @@ _round = rnd
 
 
 def _knobs_off(text: str | None) -> dict[str, Any]:
-    data = json.loads(text) if text else None
+    if not text:
+        return {}
+    data = json.loads(text)
     return data if isinstance(data, dict) else {}
 
 
 def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
-    """The one read path: every table of the night read once (and the previous night's,
-    for the trend), then every section computed from those rows."""
+    """The one read path: every table of the night read once (and the previous night's
+    figures, for the trend), then every section computed from those rows. ``cycles`` is a
+    list, one entry per cycle."""
+    report = build_report_lazily(ledger, night_id)
+    report["cycles"] = list(report["cycles"])
+    return report
+
+
+def build_report_lazily(ledger: Ledger, night_id: str) -> dict[str, Any]:
+    """``build_report``, with ``cycles`` as a ``CycleEntries``: each cycle's entry is
+    built when it is read, from the rows, so a long night's entries are never all in
+    memory at once (``write_reports`` streams them into report.json and junit.xml)."""
+    from .inputs import differs_from
     from .sections import build_sections
     from .trend import previous_night
 
@@ -39,7 +56,7 @@ def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
         if rows is None:
             raise KeyError(night_id)
         previous = previous_night(conn, rows.night)
-        history = queries.same_inputs(conn, rows.night)
+        history = queries.same_inputs(conn, rows.night, keep=differs_from(rows.cycles))
     report = assemble(rows)
     report.update(build_sections(rows, report, previous, history))
     return report
@@ -51,7 +68,7 @@ def assemble(rows: queries.NightRows) -> dict[str, Any]:
     declared = rows.events_of("component_declared")
     ended = rows.events_of("night_ended")
     held = _held_at_gate(ended) if night["status"] != "running" else {}
-    report = _assemble(night, rows.cycles, rows.attempts, rows.steps, rows.artifacts, rows.sessions, held)
+    report = _assemble(rows, held)
     report["components"] = _components(declared)
     report["sandbox_components"] = [c["name"] for c in report["components"] if c["sandbox"]]
     return report
@@ -84,109 +101,271 @@ def _components(declared: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def _assemble(
-    night: dict[str, Any],
-    cycles: list[dict[str, Any]],
-    attempts: list[dict[str, Any]],
-    steps: list[dict[str, Any]],
-    artifacts: list[dict[str, Any]],
-    sessions: list[dict[str, Any]],
-    held_at_gate: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    night_path = Path(night["night_dir"]) / night["id"]
-    by_cycle: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for a in attempts:
-        by_cycle[a["cycle"]].append(a)
-    arts: dict[tuple[int, int], list[str]] = defaultdict(list)
-    for art in artifacts:
-        arts[(art["cycle"], art["attempt"])].append(art["name"])
-    steps_of: dict[tuple[int, int], list[dict[str, Any]]] = defaultdict(list)
-    for st in steps:
-        steps_of[(st["cycle"], st["attempt"])].append(
-            {"name": st["name"], "outcome": st["outcome"], "duration_s": _round(st["duration_s"])}
-        )
+_NOT_FINAL = (None, "interrupted")
 
-    done = [c for c in cycles if c["status"] == "done"]
-    totals = Counter({v.value: 0 for v in CYCLE_VERDICTS})
-    totals.update(c["verdict"] for c in done)
 
-    cycle_objs = []
-    failures = []
+class _Runs:
+    """Rows sorted by a key, handed out one run of equal keys at a time, for keys asked
+    in increasing order (rows whose key is never asked are passed over)."""
+
+    __slots__ = ("_groups", "_key", "_run")
+
+    def __init__(self, rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> None:
+        self._groups = itertools.groupby(rows, key)
+        self._key: Any = None
+        self._run: Iterator[dict[str, Any]] = iter(())
+        self._advance()
+
+    def _advance(self) -> None:
+        self._key, self._run = next(self._groups, (None, iter(())))
+
+    def take(self, key: Any) -> list[dict[str, Any]]:
+        while self._key is not None and self._key < key:
+            self._advance()
+        if self._key is None or self._key != key:
+            return []
+        run = list(self._run)
+        self._advance()
+        return run
+
+
+_cycle_key = operator.itemgetter("cycle")
+_attempt_key = operator.itemgetter("cycle", "attempt")
+
+
+def with_attempts(
+    cycles: list[dict[str, Any]], attempts: list[dict[str, Any]]
+) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Each cycle row with its attempt rows (both in cycle order, as read_night reads them)."""
+    runs = _Runs(attempts, _cycle_key)
     for c in cycles:
-        atts = by_cycle.get(c["cycle"], [])
-        final = next((a for a in reversed(atts) if a["verdict"] not in (None, "interrupted")), None)
-        cycle_dir = night_path / "cycles" / f"{c['cycle']:03d}"
-        final_dir = (
-            cycle_dir if not final or final["attempt"] == 1 else cycle_dir / f"attempt-{final['attempt']}"
-        )
-        obj = {
+        yield c, runs.take(c["cycle"])
+
+
+def _final(atts: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The attempt that gave the cycle its verdict: the last that ended, not interrupted."""
+    return next((a for a in reversed(atts) if a["verdict"] not in _NOT_FINAL), None)
+
+
+def _artifacts_dir(cycle: int, final: dict[str, Any] | None) -> str | None:
+    """The final attempt's folder, relative to the night's."""
+    if final is None:
+        return None
+    folder = f"cycles{os.sep}{cycle:03d}"
+    return folder if final["attempt"] == 1 else f"{folder}{os.sep}attempt-{final['attempt']}"
+
+
+class _Iso:
+    """``numbers.iso``, remembered per whole second: a night's hundreds of thousands of
+    timestamps fall in a few thousand seconds. A time within a microsecond of a whole
+    second is converted afresh (its rounding may carry into the next second)."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[int, str | None] = {}
+
+    def __call__(self, ts: float | None) -> str | None:
+        if ts is None:
+            return None
+        whole = math.floor(ts)
+        if not 1e-6 <= ts - whole <= 1 - 1e-6:
+            return iso(ts)
+        text = self._seen.get(whole)
+        if text is None:
+            text = self._seen[whole] = iso(ts)
+        return text
+
+
+class CycleEntries(Sequence[dict[str, Any]]):
+    """``report["cycles"]``: one entry per cycle that started, in cycle order, built from
+    the night's rows each time it is iterated (so report.json and junit.xml can stream a
+    long night's entries instead of holding them all). Indexing or comparing builds the
+    whole list once and keeps it."""
+
+    def __init__(self, rows: queries.NightRows) -> None:
+        self._rows = rows
+        self._iso = _Iso()
+        self._list: list[dict[str, Any]] | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._list is not None:
+            yield from self._list
+            return
+        rows, iso_ = self._rows, self._iso
+        steps = _Runs(rows.steps, _attempt_key)
+        arts = _Runs(rows.artifacts, _attempt_key) if rows.artifacts else None
+        for c, atts in with_attempts(rows.cycles, rows.attempts):
+            number = c["cycle"]
+            entry = self._fields(c, atts)
+            attempts = entry["attempts"] = []
+            for a in atts:
+                key = (number, a["attempt"])
+                attempts.append(
+                    {
+                        "attempt": a["attempt"],
+                        "session": a["session"],
+                        "verdict": a["verdict"],
+                        "started_at": iso_(a["started_at"]),
+                        "ended_at": iso_(a["ended_at"]),
+                        "duration_s": _round(a["duration_s"]),
+                        "step": a["step"],
+                        "error_type": a["error_type"],
+                        "error_message": a["error_message"],
+                        "fault_component": a["fault_component"],
+                        "fault_kind": a["fault_kind"],
+                        "fallback": bool(a.get("fallback")),
+                        "knobs_off": _knobs_off(a.get("knobs_off")),
+                        "artifacts": [art["name"] for art in arts.take(key)] if arts else [],
+                        "steps": [
+                            {
+                                "name": st["name"],
+                                "outcome": st["outcome"],
+                                "duration_s": _round(st["duration_s"]),
+                            }
+                            for st in steps.take(key)
+                        ],
+                    }
+                )
+            yield entry
+
+    def summaries(self) -> Iterator[tuple[dict[str, Any], int]]:
+        """Of each entry what the cycle timeline draws (``cycle``, ``status``, ``verdict``,
+        ``started_at``, ``ended_at``, ``duration_s``, ``fallback``: the same values), with
+        its number of attempts, without building the rest."""
+        if self._list is not None:
+            for entry in self._list:
+                yield entry, len(entry["attempts"])
+            return
+        iso_ = self._iso
+        for c, atts in with_attempts(self._rows.cycles, self._rows.attempts):
+            summary = {
+                "cycle": c["cycle"],
+                "status": c["status"],
+                "verdict": c["verdict"] if c["status"] == "done" else None,
+                "started_at": iso_(c["started_at"]),
+                "ended_at": iso_(c["ended_at"]),
+                "duration_s": _round(c["duration_s"]),
+                "fallback": bool(c["fallback"]),
+            }
+            yield summary, len(atts)
+
+    def _fields(self, c: dict[str, Any], atts: list[dict[str, Any]]) -> dict[str, Any]:
+        """A cycle's entry up to its attempts."""
+        iso_ = self._iso
+        return {
             "cycle": c["cycle"],
             "status": c["status"],
             "verdict": c["verdict"] if c["status"] == "done" else None,
             "input_seed": c["input_seed"],
-            "started_at": iso(c["started_at"]),
-            "ended_at": iso(c["ended_at"]),
+            "started_at": iso_(c["started_at"]),
+            "ended_at": iso_(c["ended_at"]),
             "duration_s": _round(c["duration_s"]),
             "fallback": bool(c["fallback"]),
             "knobs_off": _knobs_off(c.get("knobs_off")),
-            "artifacts_dir": str(final_dir.relative_to(night_path)) if final else None,
-            "attempts": [
-                {
-                    "attempt": a["attempt"],
-                    "session": a["session"],
-                    "verdict": a["verdict"],
-                    "started_at": iso(a["started_at"]),
-                    "ended_at": iso(a["ended_at"]),
-                    "duration_s": _round(a["duration_s"]),
-                    "step": a["step"],
-                    "error_type": a["error_type"],
-                    "error_message": a["error_message"],
-                    "fault_component": a["fault_component"],
-                    "fault_kind": a["fault_kind"],
-                    "fallback": bool(a.get("fallback")),
-                    "knobs_off": _knobs_off(a.get("knobs_off")),
-                    "artifacts": arts.get((c["cycle"], a["attempt"]), []),
-                    "steps": steps_of.get((c["cycle"], a["attempt"]), []),
-                }
-                for a in atts
-            ],
+            "artifacts_dir": _artifacts_dir(c["cycle"], _final(atts)),
         }
-        cycle_objs.append(obj)
-        if c["status"] == "done" and c["verdict"] != "passed" and final is not None:
+
+    def __len__(self) -> int:
+        return len(self._rows.cycles)
+
+    @property
+    def largest_cycle(self) -> int:
+        """The largest cycle number (0 for none)."""
+        return max((c["cycle"] for c in self._rows.cycles), default=0)
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        return self.as_list()[index]
+
+    def as_list(self) -> list[dict[str, Any]]:
+        if self._list is None:
+            self._list = list(self)
+        return self._list
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, CycleEntries | list | tuple):
+            return self.as_list() == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # a sequence compared by value is unhashable, like a list
+
+    def __repr__(self) -> str:
+        return f"<CycleEntries of night {self._rows.id}: {len(self)} cycles>"
+
+
+def cycle_totals(done: Iterable[tuple[Any, float | None]]) -> dict[str, Any]:
+    """The counts of a night's finished cycles, from each one's (verdict, duration): the
+    one definition the report and the trend's previous night share. A cycle's duration
+    is its final attempt's."""
+    totals = Counter({v.value: 0 for v in CYCLE_VERDICTS})
+    durations: list[float] = []
+    run = 0
+    for verdict, duration in done:
+        run += 1
+        totals[verdict] += 1
+        if duration is not None:
+            durations.append(duration)
+    return {
+        "cycles_run": run,
+        "totals": dict(totals),
+        "success_rate": _round(totals["passed"] / run, 4) if run else None,
+        "cycle_durations": duration_stats(durations),
+    }
+
+
+def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = None) -> dict[str, Any]:
+    night, sessions, attempts = rows.night, rows.sessions, rows.attempts
+    counts = cycle_totals((c["verdict"], c["duration_s"]) for c in rows.cycles if c["status"] == "done")
+    failures = []
+    retried = passed_with_fallback = passed_with_knobs_off = 0
+    # Cycles that met an infra error and still got their final verdict on a later attempt,
+    # whichever verdict that was: a count of retries, not of repairs (none may have run).
+    infra_retried = []
+    for c, atts in with_attempts(rows.cycles, attempts):
+        done = c["status"] == "done"
+        if sum(1 for a in atts if a["verdict"] != "interrupted") > 1:
+            retried += 1
+        if not done:
+            continue
+        verdict = c["verdict"]
+        if verdict == "passed":
+            passed_with_fallback += bool(c["fallback"])
+            passed_with_knobs_off += bool(_knobs_off(c.get("knobs_off")))
+        met = [a for a in atts[:-1] if a["verdict"] == "infra_error"]
+        if verdict != "infra_error" and met:
+            faults = sorted({f"{a['fault_component']}/{a['fault_kind']}" for a in met})
+            infra_retried.append({"cycle": c["cycle"], "verdict": verdict, "faults": faults})
+        final = _final(atts) if verdict != "passed" else None
+        if final is not None:
             failures.append(
                 {
                     "cycle": c["cycle"],
-                    "verdict": c["verdict"],
+                    "verdict": verdict,
                     "step": final["step"],
                     "error_type": final["error_type"],
                     "error_message": final["error_message"],
                     "fault_component": final["fault_component"],
                     "fault_kind": final["fault_kind"],
-                    "attempts": len([a for a in atts if a["verdict"] != "interrupted"]),
-                    "artifacts_dir": obj["artifacts_dir"],
+                    "attempts": sum(1 for a in atts if a["verdict"] != "interrupted"),
+                    "artifacts_dir": _artifacts_dir(c["cycle"], final),
                     "traceback_tail": _tail(final["traceback"]),
                 }
             )
 
-    # Durations: a cycle's time is its final attempt's; steps count every finished run.
-    cycle_durations = [c["duration_s"] for c in done if c["duration_s"] is not None]
+    # Steps count every finished run (a cycle's time is its final attempt's: cycle_totals).
     step_durations: dict[str, list[float]] = defaultdict(list)
     step_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
-    for st in steps:
+    for st in rows.steps:
         if st["duration_s"] is not None:
             step_durations[st["name"]].append(st["duration_s"])
         step_outcomes[st["name"]][st["outcome"]] += 1
 
-    run = len(done)
-    retried = [c for c in cycle_objs if len([a for a in c["attempts"] if a["verdict"] != "interrupted"]) > 1]
-    # Cycles that met an infra error and still got their final verdict on a later attempt,
-    # whichever verdict that was: a count of retries, not of repairs (none may have run).
-    infra_retried = []
-    for c in cycle_objs:
-        met = [a for a in c["attempts"][:-1] if a["verdict"] == "infra_error"]
-        if c["status"] == "done" and c["verdict"] != "infra_error" and met:
-            faults = sorted({f"{a['fault_component']}/{a['fault_kind']}" for a in met})
-            infra_retried.append({"cycle": c["cycle"], "verdict": c["verdict"], "faults": faults})
     interrupted_attempts = sum(1 for a in attempts if a["verdict"] == "interrupted")
     wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None
     busy = sum((s["ended_at"] - s["started_at"]) for s in sessions if s["ended_at"] is not None)
@@ -215,21 +394,19 @@ def _assemble(
             for s in sessions
         ],
         "planned_cycles": night["planned_cycles"],
-        "cycles_run": run,
-        "cycles_not_run": night["planned_cycles"] - run,
+        "cycles_run": counts["cycles_run"],
+        "cycles_not_run": night["planned_cycles"] - counts["cycles_run"],
         "held_at_gate": dict(held_at_gate or {}),
-        "totals": dict(totals),
-        "success_rate": _round(totals["passed"] / run, 4) if run else None,
-        "passed_with_fallback": sum(1 for c in done if c["verdict"] == "passed" and c["fallback"]),
-        "passed_with_knobs_off": sum(
-            1 for c in done if c["verdict"] == "passed" and _knobs_off(c.get("knobs_off"))
-        ),
-        "retried_cycles": len(retried),
+        "totals": counts["totals"],
+        "success_rate": counts["success_rate"],
+        "passed_with_fallback": passed_with_fallback,
+        "passed_with_knobs_off": passed_with_knobs_off,
+        "retried_cycles": retried,
         "infra_retried_to_verdict": {"count": len(infra_retried), "cycles": infra_retried},
         "attempts_total": len(attempts),
         "interrupted_attempts": interrupted_attempts,
         "durations": {
-            "cycle": duration_stats(cycle_durations),
+            "cycle": counts["cycle_durations"],
             "steps": {name: duration_stats(vals) for name, vals in step_durations.items()},
         },
         "step_outcomes": {name: dict(cnt) for name, cnt in step_outcomes.items()},
@@ -240,7 +417,7 @@ def _assemble(
         },
         "config_fingerprint": night["config_fingerprint"],
         "failures": failures,
-        "cycles": cycle_objs,
+        "cycles": CycleEntries(rows),
     }
     report["verdict"], report["exit_code"] = night_verdict(report)
     return report

@@ -4,10 +4,15 @@ attempts, numeric metrics, and tokens with their cost at the night's prices."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from ..numbers import rnd as _round
 from .settings import json_field
+
+# Metric values repeat (a score with one decimal, a weakness from a short list): each
+# distinct recorded JSON is parsed once, up to this many of them.
+_PARSED_MAX = 4096
 
 BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.9", 0.0, 5.0))
 
@@ -19,36 +24,47 @@ def final_attempts(cycles: list[dict[str, Any]]) -> dict[int, int]:
     return {c["cycle"]: c["attempts"] for c in cycles if c["status"] == "done"}
 
 
-def metrics_section(metric_events: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> dict[str, Any]:
-    """Numeric metrics of final attempts: n, mean, min, max per name."""
-    final = final_attempts(cycles)
-    values: dict[str, list[float]] = defaultdict(list)
-    for e in metric_events:
-        data = json_field(e["data"]) or {}
-        if final.get(e["cycle"]) == e["attempt"] and isinstance(data.get("value"), int | float):
-            values[data["name"]].append(float(data["value"]))
-    return {
-        name: {"n": len(v), "mean": _round(sum(v) / len(v)), "min": min(v), "max": max(v)}
-        for name, v in sorted(values.items())
-    }
-
-
 def quality_section(
-    metric_events: list[dict[str, Any]], cycles: list[dict[str, Any]], settings: dict[str, Any]
+    metric_events: Iterable[dict[str, Any]], final: dict[int, int], settings: dict[str, Any]
 ) -> dict[str, Any] | None:
-    final = final_attempts(cycles)
+    return quality_and_metrics(metric_events, final, settings)[0]
+
+
+def quality_and_metrics(
+    metric_events: Iterable[dict[str, Any]], final: dict[int, int], settings: dict[str, Any] | None
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The quality section (None without ``settings``, or without scores and weaknesses)
+    and the numeric metrics (n, mean, min, max per name), each event's data parsed once.
+    Only what a cycle's final attempt measured counts (``final``: cycle → its final
+    attempt, as ``final_attempts`` gives it)."""
+    score_metric = settings["score_metric"] if settings else None
+    weakness_metric = settings["weakness_metric"] if settings else None
+    values: dict[str, list[float]] = defaultdict(list)
     scores: dict[int, float] = {}
     weaknesses: Counter[str] = Counter()
+    parsed: dict[Any, Any] = {}  # the same recorded JSON, parsed once (up to _PARSED_MAX kinds)
     for e in metric_events:
         if final.get(e["cycle"]) != e["attempt"]:
             continue  # an attempt that was retried: its measurements do not count
-        data = json_field(e["data"]) or {}
-        if data.get("name") == settings["score_metric"] and isinstance(data.get("value"), int | float):
-            scores[e["cycle"]] = float(data["value"])
-        elif data.get("name") == settings["weakness_metric"] and isinstance(data.get("value"), str):
-            weaknesses[data["value"].strip()] += 1
-    if not scores and not weaknesses:
-        return None
+        raw = e["data"]
+        data = parsed.get(raw) if raw.__class__ is str else None
+        if data is None:
+            data = json_field(raw) or {}
+            if raw.__class__ is str and len(parsed) < _PARSED_MAX:
+                parsed[raw] = data
+        name, value = data.get("name"), data.get("value")
+        if isinstance(value, int | float):
+            values[data["name"]].append(float(value))
+            if name == score_metric and settings:
+                scores[e["cycle"]] = float(value)
+        elif name == weakness_metric and settings and isinstance(value, str):
+            weaknesses[value.strip()] += 1
+    metrics = {
+        name: {"n": len(v), "mean": _round(sum(v) / len(v)), "min": min(v), "max": max(v)}
+        for name, v in sorted(values.items())
+    }
+    if settings is None or (not scores and not weaknesses):
+        return None, metrics
     buckets = {name: 0 for name, _, _ in BUCKETS}
     for v in scores.values():
         for name, lo, hi in BUCKETS:
@@ -57,7 +73,7 @@ def quality_section(
                 break
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
     k = min(3, len(ranked) // 2)  # best and worst never overlap
-    return {
+    quality = {
         "metric": settings["score_metric"],
         "n": len(scores),
         "mean": _round(sum(scores.values()) / len(scores)) if scores else None,
@@ -66,14 +82,14 @@ def quality_section(
         "worst": [{"cycle": c, "score": v} for c, v in reversed(ranked[len(ranked) - k :])] if k else [],
         "weaknesses": [{"text": t, "count": n} for t, n in weaknesses.most_common(5)],
     }
+    return quality, metrics
 
 
 # -- tokens and cost ---------------------------------------------------------------------------
 
 
-def tokens_section(usage: list[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any] | None:
-    if not usage:
-        return None
+def tokens_section(usage: Iterable[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any] | None:
+    """Tokens in total, per step and per model, and their cost; None without usage."""
 
     def empty() -> dict[str, int]:
         return {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -87,6 +103,8 @@ def tokens_section(usage: list[dict[str, Any]], settings: dict[str, Any]) -> dic
             bucket["calls"] += 1
             for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
                 bucket[key] += int(data.get(key) or 0)
+    if not total["calls"]:
+        return None
     cost = None
     prices = settings["prices"]
     if prices:

@@ -14,16 +14,16 @@ from .agent_view import agent_section
 from .incidents import fallback_failures, knob_changes
 from .inputs import flaky_inputs, input_dependent_steps
 from .plan_view import comparison, component_use, plan_choices, protected_settings
-from .quality import metrics_section, quality_section, tokens_section
+from .quality import final_attempts, quality_and_metrics, tokens_section
 from .recommendations import recommendations
 from .settings import json_field, report_settings
-from .trend import trend_section
+from .trend import PreviousNight, trend_section
 
 
 def build_sections(
     rows: queries.NightRows,
     report: dict[str, Any],
-    previous: queries.NightRows | None,
+    previous: PreviousNight | None,
     history: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Every section beyond the cycle counts, from the rows read once (``previous``: the
@@ -81,11 +81,10 @@ def build_sections(
     )
     out["knob_changes"] = knob_changes(by_kind, attempts, report, night["ended_at"])
     out["fallback_failures"] = fallback_failures(report, attempts, fallbacks)
-    out["quality"] = quality_section(by_kind["metric"], cycles, settings)
-    out["metrics"] = metrics_section(by_kind["metric"], cycles)
+    out["quality"], out["metrics"] = quality_and_metrics(by_kind["metric"], final_attempts(cycles), settings)
     out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles)
     out["flaky"] = flaky_inputs(cycles, attempts, history or [], rows.id)
     out["tokens"] = tokens_section(by_kind["usage"], settings)
-    out["trend"] = trend_section(previous, report, out, comparison(rows, previous))
+    out["trend"] = trend_section(previous, report, out, comparison(rows, previous.rows if previous else None))
     out["recommendations"] = recommendations(report, out, incidents)
     return out

@@ -2,17 +2,23 @@
 
 - ``cycle-timeline``: one mark per cycle with a start time, placed from its start to its end
   (all attempts), coloured by verdict; parallel cycles stack in lanes; fallback cycles hatched.
+  A night of more than ``CYCLE_MARKS_MAX`` cycles is drawn in ``TIME_SLICES`` time slices
+  instead: per slice and lane, the cycles that started in it, one mark per verdict (its
+  height the verdict's share, its title the counts).
 - ``health-timeline``: one row per component, one mark per state segment, per incident
   (detected → verified) and per injected fault (injected → cleared).
 """
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from markupsafe import Markup
 
 from .fmt import _d, _epoch, _fault_name, _is_num, _l, _night_tz, _tz_label, fmt_duration, fmt_when
+from .model import CycleEntries
 from .svg import (
     FONT,
     HEALTH_COLORS,
@@ -30,15 +36,28 @@ from .svg import (
     _v,
 )
 
+# More cycles than this, and the cycle timeline draws time slices, not one mark per cycle.
+CYCLE_MARKS_MAX = 2000
+TIME_SLICES = 120
+
+
+def _cycles(r: dict[str, Any]) -> Sequence[Any]:
+    """The report's cycles: a list, or the ``CycleEntries`` write_reports streams."""
+    cycles = r.get("cycles")
+    return cycles if isinstance(cycles, Sequence) and not isinstance(cycles, str | bytes) else []
+
 
 def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
     """One bar per cycle over the night's clock time, in lanes when cycles overlapped."""
     name, label = "cycle-timeline", "Cycle timeline"
+    cycles = _cycles(r)
+    if len(cycles) > CYCLE_MARKS_MAX:
+        return _sliced_cycle_timeline(r, cycles)
     tz = _night_tz(r)
     night_start = _epoch(r.get("started_ts")) or _epoch(r.get("started_at"))
     night_end = _epoch(r.get("ended_ts")) or _epoch(r.get("ended_at"))
     items = []
-    for c in _l(r.get("cycles")):
+    for c in cycles:
         if not isinstance(c, dict):
             continue
         s = _epoch(c.get("started_at"))
@@ -164,6 +183,199 @@ def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
     legend += _text(fb_x + 15, fb_y, "hatched, dashed outline: ran while a fallback was active")
     body.append(legend)
     return _svg(name, fb_y + 10, body, label)
+
+
+def _fallback_hatch() -> list[str]:
+    return [
+        "<defs>",
+        _el(
+            "pattern",
+            {
+                "id": "fallback-hatch",
+                "width": 6,
+                "height": 6,
+                "patternUnits": "userSpaceOnUse",
+                "patternTransform": "rotate(45)",
+            },
+            _el("line", {"x1": 0, "y1": 0, "x2": 0, "y2": 6, "stroke": "#ffffff", "stroke_width": 2.5}),
+        ),
+        "</defs>",
+    ]
+
+
+def _summaries(cycles: Sequence[Any]) -> Iterator[tuple[dict[str, Any], int]]:
+    """Each cycle's entry (its attempts need not be built) and its number of attempts."""
+    if isinstance(cycles, CycleEntries):
+        yield from cycles.summaries()
+        return
+    for c in cycles:
+        if isinstance(c, dict):
+            yield c, len(_l(c.get("attempts")))
+
+
+def _sliced_cycle_timeline(r: dict[str, Any], cycles: Sequence[Any]) -> Markup:
+    """A long night's cycle timeline: the night cut into ``TIME_SLICES`` slices; per slice
+    and lane (lanes as in the per-cycle chart, from the cycles' real ends), the cycles
+    that started in it, one mark per verdict stacked in the lane, its height the verdict's
+    share of them (at least a sliver, so one failure among thousands still shows), its
+    title the slice's counts. Marks: at most slices × lanes × verdicts."""
+    name, label = "cycle-timeline", "Cycle timeline"
+    tz = _night_tz(r)
+    night_start = _epoch(r.get("started_ts")) or _epoch(r.get("started_at"))
+    night_end = _epoch(r.get("ended_ts")) or _epoch(r.get("ended_at"))
+    epoch_of: dict[Any, float | None] = {}  # the entries' times repeat: many cycles a second
+
+    def epoch(x: Any) -> float | None:
+        if x.__class__ is not str:
+            return _epoch(x)
+        t = epoch_of.get(x, -1.0)
+        if t == -1.0:
+            t = epoch_of[x] = _epoch(x)
+        return t
+
+    # (start, end or None, cycle number, verdict, fallback, attempts): the little each cycle needs
+    items: list[tuple[float, float | None, int, str | None, bool, int]] = []
+    for c, attempts in _summaries(cycles):
+        s = epoch(c.get("started_at"))
+        if s is None:
+            continue
+        e = epoch(c.get("ended_at"))
+        dur = c.get("duration_s") if _is_num(c.get("duration_s")) else None
+        if e is None and dur is not None:
+            e = s + dur
+        verdict = c.get("verdict") if c.get("status", "done") == "done" else None
+        number = c["cycle"] if _is_num(c.get("cycle")) else 0
+        items.append((s, e, number, verdict, bool(c.get("fallback")), attempts))
+    if not items:
+        return _no_data(name, label)
+    rng = _span([night_start, night_end, *(it[0] for it in items), *(it[1] for it in items)])
+    assert rng is not None
+    t0, t1 = rng
+    x0, x1 = 40.0, W - 12.0
+    slice_s = (t1 - t0) / TIME_SLICES
+    slice_w = (x1 - x0) / TIME_SLICES
+    items.sort(key=lambda it: (it[0], it[2]))
+    # Lanes: a cycle goes to the first lane free at its start, as in the per-cycle chart,
+    # but a lane is free again at the cycle's real end (no minimum width to reserve).
+    busy: list[tuple[float, int]] = []  # (free from, lane)
+    free: list[int] = []  # lanes free now, lowest first
+    lanes = 0
+    # (slice, lane) -> {verdict: cycles}, and per (slice, lane): on a fallback, retried
+    bins: dict[tuple[int, int], dict[str | None, int]] = {}
+    extra: dict[tuple[int, int], list[int]] = {}
+    for s, e, _number, verdict, fallback, attempts in items:
+        while busy and busy[0][0] <= s + 1e-9:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            lane = heapq.heappop(free)
+        else:
+            lane, lanes = lanes, lanes + 1
+        end = e if e is not None else (night_end if night_end and night_end > s else t1)
+        heapq.heappush(busy, (max(end, s), lane))
+        key = (min(int((s - t0) / slice_s), TIME_SLICES - 1), lane)
+        counts = bins.setdefault(key, {})
+        counts[verdict] = counts.get(verdict, 0) + 1
+        flags = extra.setdefault(key, [0, 0])
+        flags[0] += fallback
+        flags[1] += attempts > 1
+    lane_h = 20.0 if lanes <= 12 else max(6.0, 240.0 / lanes)
+    top = 16.0
+    axis_y = top + lanes * lane_h + 4
+    body = [
+        *_fallback_hatch(),
+        _time_axis(x0, x1, t0, t1, top, axis_y, tz),
+        _text(4, 11, "lane", cls="axislbl"),
+        _text((x0 + x1) / 2, axis_y + 32, f"time of night ({_tz_label(tz)})", "middle", "axislbl"),
+    ]
+    order = list(VERDICT_COLORS)
+    for (slot, lane), counts in sorted(bins.items()):
+        n = sum(counts.values())
+        on_fallback, retried = extra[(slot, lane)]
+        start = t0 + slot * slice_s
+        kinds = [v for v in order if counts.get(v)] + [v for v in counts if v not in VERDICT_COLORS]
+        tip = (
+            f"from {fmt_when(start, tz)} for {fmt_duration(slice_s)}, lane {lane + 1}: "
+            + f"{n:,} {'cycle' if n == 1 else 'cycles'} started: "
+            + ", ".join(f"{counts[v]:,} {VERDICT_LABELS.get(v, v)}" for v in kinds)
+            + (f"; {on_fallback:,} on a fallback" if on_fallback else "")
+            + (f"; {retried:,} with more than one attempt" if retried else "")
+        )
+        x = x0 + slot * slice_w
+        y = top + lane * lane_h + 2
+        h = lane_h - 4
+        heights = _shares([counts[v] for v in kinds], h, min(1.5, h / len(kinds)))
+        for v, part in zip(kinds, heights, strict=True):
+            body.append(
+                _el(
+                    "rect",
+                    {
+                        "class": "mark cycle-slice" + (" fallback" if on_fallback else ""),
+                        "x": x,
+                        "y": y,
+                        "width": slice_w,
+                        "height": part,
+                        "fill": VERDICT_COLORS.get(v, "#b0b7bd"),
+                        "data_verdict": v or "not done",
+                        "data_cycles": counts[v],
+                        "data_lane": lane + 1,
+                        "data_slice": slot + 1,
+                    },
+                    _title(tip),
+                )
+            )
+            y += part
+        if on_fallback:
+            body.append(
+                _el(
+                    "rect",
+                    {
+                        "class": "hatch",
+                        "x": x,
+                        "y": top + lane * lane_h + 2,
+                        "width": slice_w,
+                        "height": h,
+                        "fill": "url(#fallback-hatch)",
+                    },
+                )
+            )
+    for i in range(lanes):
+        if lanes <= 12:
+            body.append(_text(x0 - 6, top + i * lane_h + lane_h / 2 + 4, i + 1, "end", "tick"))
+    legend_items = [(VERDICT_LABELS[k], col) for k, col in VERDICT_COLORS.items()]
+    legend, lh = _legend(8, axis_y + 52, legend_items)
+    fb_y = axis_y + 52 + lh
+    legend += _el(
+        "rect",
+        {
+            "x": 8.0,
+            "y": fb_y - 10,
+            "width": 11,
+            "height": 11,
+            "fill": "#9aa5ad",
+            "class": "swatch",
+        },
+    ) + _el("rect", {"x": 8.0, "y": fb_y - 10, "width": 11, "height": 11, "fill": "url(#fallback-hatch)"})
+    legend += _text(23, fb_y, "hatched: some of its cycles ran on a fallback")
+    note_y = fb_y + FONT + 8
+    legend += _text(
+        8, note_y, f"{len(items):,} cycles, in {TIME_SLICES} slices of {fmt_duration(slice_s)} each:"
+    )
+    note_y += FONT + 4
+    legend += _text(8, note_y, "per slice and lane, a mark per verdict, as tall as its share")
+    body.append(legend)
+    return _svg(name, note_y + 10, body, f"{label}: {len(items):,} cycles in {TIME_SLICES} time slices")
+
+
+def _shares(counts: list[int], total: float, least: float) -> list[float]:
+    """``total`` split in proportion to ``counts``, each part at least ``least`` (taken
+    from the largest part)."""
+    n = sum(counts)
+    parts = [max(least, total * k / n) for k in counts]
+    over = sum(parts) - total
+    if over > 0:
+        big = max(range(len(parts)), key=parts.__getitem__)
+        parts[big] = max(parts[big] - over, least)
+    return parts
 
 
 def health_timeline_svg(r: dict[str, Any]) -> Markup:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
@@ -11,6 +13,7 @@ from ..ledger import queries
 from ..ledger import schema as s
 from ..numbers import iso
 from ..numbers import rnd as _round
+from .model import cycle_totals
 from .quality import quality_section, tokens_section
 from .settings import report_settings
 
@@ -34,8 +37,23 @@ def figures(report: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def previous_night(conn: Connection, night: dict[str, Any]) -> queries.NightRows | None:
-    """The rows of the previous ended night of the same scenario (the trend's baseline)."""
+# Rows fetched at a time from the previous night's tables (streamed, never all held).
+_FETCH = 2000
+
+
+@dataclass(frozen=True)
+class PreviousNight:
+    """The previous ended night of the same scenario, as the trend needs it: its night
+    row, ``night_started`` event and incidents (what ``comparison`` and the incident count
+    read), and its figures, computed while its cycles and metric and usage events were
+    streamed from the ledger (a long night's rows are not all held)."""
+
+    rows: queries.NightRows
+    figures: dict[str, Any]
+
+
+def previous_night(conn: Connection, night: dict[str, Any]) -> PreviousNight | None:
+    """The previous ended night of the same scenario (the trend's baseline)."""
     previous = conn.execute(
         select(s.nights.c.id)
         .where(
@@ -47,11 +65,51 @@ def previous_night(conn: Connection, night: dict[str, Any]) -> queries.NightRows
         .order_by(s.nights.c.started_at.desc())
         .limit(1)
     ).first()
-    return queries.read_night(conn, previous.id) if previous is not None else None
+    if previous is None:
+        return None
+    rows = queries.read_night(
+        conn, previous.id, tables=("events", "incidents"), event_kinds=("night_started",)
+    )
+    if rows is None:
+        return None
+    c, e = s.cycles.c, s.events.c
+    final: dict[int, int] = {}
+
+    def done() -> Iterator[tuple[Any, float | None]]:
+        q = select(c.cycle, c.status, c.verdict, c.attempts, c.duration_s).where(c.night_id == rows.id)
+        q = q.order_by(c.cycle)
+        for cycle, status, verdict, attempts, duration in conn.execute(q.execution_options(yield_per=_FETCH)):
+            if status == "done":
+                final[cycle] = attempts
+                yield verdict, duration
+
+    def events(kind: str) -> Iterator[dict[str, Any]]:
+        q = (
+            select(e.cycle, e.attempt, e.data)
+            .where(e.night_id == rows.id, e.kind == kind)
+            .order_by(e.ts, e.id)
+        )
+        for cycle, attempt, data in conn.execute(q.execution_options(yield_per=_FETCH)):
+            yield {"cycle": cycle, "attempt": attempt, "data": data}
+
+    counts = cycle_totals(done())
+    settings = report_settings(rows.night)
+    report = {
+        "success_rate": counts["success_rate"],
+        "cycles_run": counts["cycles_run"],
+        "totals": counts["totals"],
+        "durations": {"cycle": counts["cycle_durations"]},
+    }
+    sections = {
+        "quality": quality_section(events("metric"), final, settings),
+        "tokens": tokens_section(events("usage"), settings),
+        "incidents": rows.incidents,
+    }
+    return PreviousNight(rows=rows, figures=figures(report, sections))
 
 
 def trend_section(
-    previous: queries.NightRows | None,
+    previous: PreviousNight | None,
     report: dict[str, Any],
     sections: dict[str, Any],
     compared: dict[str, Any] | None,
@@ -60,20 +118,11 @@ def trend_section(
     no deltas when the two nights ran different plans (settings or plan choices)."""
     if previous is None or compared is None:
         return None
-    from .model import assemble
-
-    prev_report = assemble(previous)
-    prev_settings = report_settings(previous.night)
-    prev_sections = {
-        "quality": quality_section(previous.events_of("metric"), previous.cycles, prev_settings),
-        "tokens": tokens_section(previous.events_of("usage"), prev_settings),
-        "incidents": previous.incidents,
-    }
-    now, before = figures(report, sections), figures(prev_report, prev_sections)
+    now, before = figures(report, sections), previous.figures
     like = compared["comparable"]
     return {
-        "previous_night_id": previous.id,
-        "previous_started_at": iso(previous.night["started_at"]),
+        "previous_night_id": previous.rows.id,
+        "previous_started_at": iso(previous.rows.night["started_at"]),
         **compared,
         "figures": {
             k: {

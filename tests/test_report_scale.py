@@ -1,0 +1,203 @@
+"""A long night's report: the cycle timeline is drawn in time slices beyond
+``CYCLE_MARKS_MAX`` cycles (marks bounded, counts adding up to the cycles, verdict colours
+and counts in the titles), and report.json and junit.xml, written a cycle at a time, hold
+what the in-memory report holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from overnight.ledger import Ledger
+from overnight.report import REPORT_HTML, REPORT_JSON, REPORT_JUNIT, build_report, timelines, write_reports
+from overnight.report.html import render_html
+from overnight.report.junit import render_junit
+from overnight.report.svg import VERDICT_COLORS, VERDICT_LABELS
+
+from .helpers import run_night
+
+# Every 50th cycle fails; every 97th meets an infra error on its first attempt, and is
+# retried (cycle 4850 would do both: its retry fails).
+CODE = """
+import overnight
+
+async def cycle(ctx):
+    async with ctx.step("work"):
+        if ctx.cycle % 97 == 0 and ctx.attempt == 1:
+            raise overnight.InfraError("db", "connection_lost", "server closed the connection")
+        if ctx.cycle % 50 == 0:
+            ctx.fail("every 50th cycle fails")
+"""
+CONFIG = "[run]\nretry_backoff = 0\n[agent]\nenabled = false\n"
+
+
+class Chart(HTMLParser):
+    """The cycle timeline's marks (attributes and title) from a report page."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.marks: list[dict[str, Any]] = []
+        self.svg: dict[str, str] | None = None
+        self._in = False
+        self._title = False
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "svg" and a.get("data-chart") == "cycle-timeline":
+            self._in, self.svg = True, a
+        elif self._in and "mark" in a.get("class", "").split():
+            self.marks.append({**a, "title": ""})
+        elif self._in and tag == "title" and self.marks:
+            self._title = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self._in = False
+        if tag == "title":
+            self._title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._title:
+            self.marks[-1]["title"] += data
+
+
+def night(tmp: Path, cycles: int) -> tuple[dict[str, Any], Path, str]:
+    """A real night of ``cycles`` small cycles, parallel 8; (its report, its folder, its ledger's URL)."""
+    outcome, _report, ledger = asyncio.run(
+        run_night(tmp, CODE, CONFIG, cycles=cycles, parallel=8, retry_attempts=1)
+    )
+    try:
+        report, folder = write_reports(ledger, outcome.night_id)
+    finally:
+        ledger.close()
+    return report, folder, str(tmp / "nights" / "overnight.db")
+
+
+LOW = 100  # the threshold, lowered so that 300 cycles (about 3 s) make a long night
+
+
+@pytest.fixture(scope="module")
+def long_night(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(timelines, "CYCLE_MARKS_MAX", LOW)
+        return night(tmp_path_factory.mktemp("long_night"), 300)
+
+
+@pytest.fixture
+def low_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(timelines, "CYCLE_MARKS_MAX", LOW)
+
+
+def check_sliced_timeline(html: str, report: dict[str, Any]) -> list[dict[str, Any]]:
+    chart = Chart(html)
+    marks = chart.marks
+    assert chart.svg is not None and "time slices" in chart.svg["aria-label"], chart.svg
+    assert marks and all("cycle-slice" in m["class"].split() for m in marks)
+    assert not any("data-cycle" in m for m in marks)  # no mark of a single cycle
+    # At most a mark per slice, lane and verdict.
+    lanes = {int(m["data-lane"]) for m in marks}
+    kinds = {m["data-verdict"] for m in marks}
+    assert len(marks) <= timelines.TIME_SLICES * max(lanes) * len(kinds)
+    # Every cycle that started is counted once, under its verdict.
+    started = [c for c in report["cycles"] if c["started_at"]]
+    by_verdict: Counter[str] = Counter()
+    for m in marks:
+        by_verdict[m["data-verdict"]] += int(m["data-cycles"])
+    assert sum(by_verdict.values()) == len(started)
+    assert by_verdict == Counter(c["verdict"] or "not done" for c in started)
+    assert {m["fill"] for m in marks} == {VERDICT_COLORS[v] for v in by_verdict}
+    # Each title says how many cycles started in its slice and lane, and which verdicts:
+    # the counts of the marks of one slice and lane, which add up.
+    bins: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for m in marks:
+        bins.setdefault((m["data-slice"], m["data-lane"]), []).append(m)
+    for group in bins.values():
+        title = group[0]["title"]
+        assert all(m["title"] == title for m in group)
+        total = sum(int(m["data-cycles"]) for m in group)
+        noun = "cycle" if total == 1 else "cycles"
+        assert f": {total:,} {noun} started: " in title, title
+        for m in group:
+            verdict = None if m["data-verdict"] == "not done" else m["data-verdict"]
+            assert f"{int(m['data-cycles']):,} {VERDICT_LABELS[verdict]}" in title, title
+    return marks
+
+
+@pytest.mark.usefixtures("low_threshold")
+def test_a_long_night_is_drawn_in_time_slices(long_night: tuple[dict[str, Any], Path, str]) -> None:
+    report, folder, url = long_night
+    assert report["totals"]["failed"] == 6 and report["cycles_run"] == 300
+    html = (folder / REPORT_HTML).read_text(encoding="utf-8")
+    marks = check_sliced_timeline(html, report)
+    assert len(marks) < 300  # fewer marks than cycles
+    retried = [m for m in marks if "with more than one attempt" in m["title"]]
+    assert retried  # cycles 97, 194 and 291 were retried
+    # The same chart from the report as report.json has it, and as build_report returns it.
+    ledger = Ledger(url)
+    try:
+        whole = build_report(ledger, report["night_id"])
+    finally:
+        ledger.close()
+    saved = json.loads((folder / REPORT_JSON).read_text(encoding="utf-8"))
+    chart = re.compile(r'<svg[^>]*data-chart="cycle-timeline".*?</svg>', re.S)
+    drawn = chart.search(html)
+    assert drawn is not None
+    for again in (render_html(saved), render_html(whole)):
+        redrawn = chart.search(again)
+        assert redrawn is not None and redrawn.group(0) == drawn.group(0)
+
+
+@pytest.mark.usefixtures("low_threshold")
+def test_a_night_at_the_threshold_keeps_one_mark_per_cycle(
+    long_night: tuple[dict[str, Any], Path, str],
+) -> None:
+    report, _folder, _ = long_night
+    cycles = report["cycles"][:LOW]  # at the threshold: drawn one by one
+    marks = Chart(render_html({**report, "cycles": cycles})).marks
+    assert sorted(int(m["data-cycle"]) for m in marks) == list(range(1, LOW + 1))
+
+
+def test_report_json_and_junit_are_written_a_cycle_a_line(
+    long_night: tuple[dict[str, Any], Path, str],
+) -> None:
+    report, folder, url = long_night
+    ledger = Ledger(url)
+    try:
+        whole = build_report(ledger, report["night_id"])
+    finally:
+        ledger.close()
+    text = (folder / REPORT_JSON).read_text(encoding="utf-8")
+    assert json.loads(text) == whole == report
+    lines = text.splitlines()
+    assert lines[0] == "{" and lines[-1] == "}"
+    start = lines.index('  "cycles": [')
+    end = next(i for i in range(start, len(lines)) if lines[i].startswith("  ]"))
+    assert [json.loads(line.rstrip(","))["cycle"] for line in lines[start + 1 : end]] == list(range(1, 301))
+    assert all(line.startswith('  "') or line.startswith(("    ", "  ]")) for line in lines[1:-1])
+
+    xml = (folder / REPORT_JUNIT).read_text(encoding="utf-8")
+    assert xml == render_junit(whole)  # streamed to the file, as rendered in memory
+    suite = ET.fromstring(xml.encode("utf-8")).find("testsuite")
+    assert suite is not None
+    cases = suite.findall("testcase")
+    assert [c.get("name") for c in cases] == [f"cycle {n:03d}" for n in range(1, 301)]
+    assert int(suite.get("tests") or 0) == 300 and int(suite.get("failures") or 0) == 6
+    flaky = [c.get("name") for c in cases if c.find("flakyError") is not None]
+    assert flaky == ["cycle 097", "cycle 194", "cycle 291"]
+
+
+@pytest.mark.slow  # about 15 s: 2,100 real cycles
+def test_the_real_threshold(tmp_path: Path) -> None:
+    report, folder, _ = night(tmp_path, timelines.CYCLE_MARKS_MAX + 100)
+    marks = check_sliced_timeline((folder / REPORT_HTML).read_text(encoding="utf-8"), report)
+    assert len(marks) < timelines.CYCLE_MARKS_MAX
