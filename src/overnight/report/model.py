@@ -27,6 +27,12 @@ REPORT_VERSION = 2
 _round = rnd
 
 
+def _ts(epoch: float | None) -> float | None:
+    """A moment as epoch seconds, to the microsecond: the timeline needs more than the
+    whole seconds of ``started_at`` (sub-second cycles would have no length)."""
+    return None if epoch is None else round(float(epoch), 6)
+
+
 def _knobs_off(text: str | None) -> dict[str, Any]:
     if not text:
         return {}
@@ -245,6 +251,8 @@ class CycleEntries(Sequence[dict[str, Any]]):
                 "verdict": c["verdict"] if c["status"] == "done" else None,
                 "started_at": iso_(c["started_at"]),
                 "ended_at": iso_(c["ended_at"]),
+                "started_ts": _ts(c["started_at"]),
+                "ended_ts": _ts(c["ended_at"]),
                 "duration_s": _round(c["duration_s"]),
                 "fallback": bool(c["fallback"]),
             }
@@ -260,6 +268,8 @@ class CycleEntries(Sequence[dict[str, Any]]):
             "input_seed": c["input_seed"],
             "started_at": iso_(c["started_at"]),
             "ended_at": iso_(c["ended_at"]),
+            "started_ts": _ts(c["started_at"]),
+            "ended_ts": _ts(c["ended_at"]),
             "duration_s": _round(c["duration_s"]),
             "fallback": bool(c["fallback"]),
             "knobs_off": _knobs_off(c.get("knobs_off")),

@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from markupsafe import Markup
@@ -60,10 +60,9 @@ def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
     for c in cycles:
         if not isinstance(c, dict):
             continue
-        s = _epoch(c.get("started_at"))
+        s, e = _cycle_span(c, _epoch)
         if s is None:
             continue
-        e = _epoch(c.get("ended_at"))
         dur = c.get("duration_s") if _is_num(c.get("duration_s")) else None
         if e is None and dur is not None:
             e = s + dur
@@ -83,13 +82,14 @@ def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
         items, key=lambda it: (it[0], it[2]["cycle"] if _is_num(it[2].get("cycle")) else 0)
     ):
         end = e if e is not None else (night_end if night_end and night_end > s else t1)
-        end_px = max(end, s + min_w / px)
+        # A lane is free again at the cycle's real end: lanes count cycles run at once
+        # (a sub-second cycle is drawn min_w wide, over the next one's start if need be).
         lane = next((i for i, free in enumerate(lanes) if free <= s + 1e-9), None)
         if lane is None:
-            lanes.append(end_px)
+            lanes.append(end)
             lane = len(lanes) - 1
         else:
-            lanes[lane] = end_px
+            lanes[lane] = end
         placed.append((s, end, lane, e is None, c))
     lane_h = 20.0 if len(lanes) <= 12 else max(6.0, 240.0 / len(lanes))
     top = 16.0
@@ -203,6 +203,14 @@ def _fallback_hatch() -> list[str]:
     ]
 
 
+def _cycle_span(c: dict[str, Any], epoch: Callable[[Any], float | None]) -> tuple[float | None, float | None]:
+    """A cycle's start and end as epoch seconds: exact (``started_ts``) where the report
+    has them, else from its ISO times (whole seconds)."""
+    start = c.get("started_ts") if _is_num(c.get("started_ts")) else epoch(c.get("started_at"))
+    end = c.get("ended_ts") if _is_num(c.get("ended_ts")) else epoch(c.get("ended_at"))
+    return start, end
+
+
 def _summaries(cycles: Sequence[Any]) -> Iterator[tuple[dict[str, Any], int]]:
     """Each cycle's entry (its attempts need not be built) and its number of attempts."""
     if isinstance(cycles, CycleEntries):
@@ -236,10 +244,9 @@ def _sliced_cycle_timeline(r: dict[str, Any], cycles: Sequence[Any]) -> Markup:
     # (start, end or None, cycle number, verdict, fallback, attempts): the little each cycle needs
     items: list[tuple[float, float | None, int, str | None, bool, int]] = []
     for c, attempts in _summaries(cycles):
-        s = epoch(c.get("started_at"))
+        s, e = _cycle_span(c, epoch)
         if s is None:
             continue
-        e = epoch(c.get("ended_at"))
         dur = c.get("duration_s") if _is_num(c.get("duration_s")) else None
         if e is None and dur is not None:
             e = s + dur
