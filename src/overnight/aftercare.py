@@ -57,14 +57,14 @@ def _event(led: Ledger, night_id: str, kind: str, message: str | None, data: Any
     led.write_sync(ops.add_event, night_id, time.time(), kind, message, data, None, None, None)
 
 
-def catch_up(led: Ledger, now: float | None = None) -> list[tuple[str, Path, list[str]]]:
+def catch_up(led: Ledger, now: float | None = None) -> list[tuple[str, Path, list[str], str]]:
     """Report the recently ended nights that have no ``night_reported`` record and whose
     folder is here. A night owned by a live process is left to it. Returns
-    (night id, folder, notification failures) for each night reported now."""
+    (night id, folder, notification failures, verdict line) for each night reported now."""
     now = time.time() if now is None else now
     with led.read() as conn:
         candidates = queries.unreported_nights(conn, now - CATCH_UP_WINDOW_S)
-    done: list[tuple[str, Path, list[str]]] = []
+    done: list[tuple[str, Path, list[str], str]] = []
     for night in candidates:
         folder = Path(night["night_dir"]) / night["id"]
         if not folder.is_dir():
@@ -77,8 +77,8 @@ def catch_up(led: Ledger, now: float | None = None) -> list[tuple[str, Path, lis
             with led.read() as conn:
                 if queries.has_event(conn, night["id"], ("night_reported",)):
                     continue
-            _report, folder, failures = report_night(led, night["id"], _notify_config(night))
-            done.append((night["id"], folder, failures))
+            report, folder, failures = report_night(led, night["id"], _notify_config(night))
+            done.append((night["id"], folder, failures, str(report.get("verdict"))))
         finally:
             claim.release()
     return done

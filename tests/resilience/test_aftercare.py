@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +86,39 @@ def test_the_next_command_writes_the_missing_report_and_notifies_once(
     again = run_cli(["report"], cwd=proj)
     assert again.returncode == 0 and "had ended without its report" not in again.stderr
     assert len([r for r in server.requests if r["body"]["night_id"] == night_id]) == 1
+
+
+async def test_report_of_a_night_it_just_caught_up_writes_the_files_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`overnight report` on an ended night without its report: the catch-up writes the
+    four files, and the command does not write them a second time (at 100,000 cycles that
+    was 5 s more)."""
+    import overnight.aftercare
+    import overnight.cli.inspect as inspect_cli
+
+    from ..helpers import make_orchestrator
+
+    orch, ledger = make_orchestrator(tmp_path, "async def cycle(ctx):\n    pass\n", cycles=3)
+    outcome = await orch.run()  # run() alone records no night_reported: the CLI's aftercare does
+    url = ledger.url
+    ledger.close()
+    writes: list[str] = []
+    for module in (overnight.aftercare, inspect_cli):
+        real = module.write_reports
+
+        def counted(led: Any, night_id: str, out: Any = None, _real: Any = real, _m: Any = module) -> Any:
+            writes.append(_m.__name__)
+            return _real(led, night_id, out)
+
+        monkeypatch.setattr(module, "write_reports", counted)
+    inspect_cli.report_command(None, None, None, url, None)
+    printed = capsys.readouterr()
+    assert writes == ["overnight.aftercare"]
+    assert f"night {outcome.night_id} had ended without its report" in printed.err
+    assert printed.out.splitlines()[0] == "PASSED: all 3 cycles passed"
+    assert (outcome.night_path / "MORNING_REPORT.md").is_file()
+    # Asked again, it writes them (once): the night is reported now.
+    writes.clear()
+    inspect_cli.report_command(None, None, None, url, None)
+    assert writes == ["overnight.cli.inspect"]

@@ -114,18 +114,24 @@ def report_command(
 ) -> None:
     led = existing_ledger(config, night_dir, ledger)
     try:
-        caught_up(led)
+        caught = caught_up(led)
         nid = pick_night(led, night_id)
-        try:
-            rep, folder = write_reports(led, nid, out)
-        except OSError as exc:
-            where = (
-                f"--out: cannot write in {out}" if out is not None else f"cannot write the report of {nid}"
-            )
-            raise UsageError(f"{where}: {exc.strerror or exc}") from None
+        if out is None and nid in caught:
+            verdict, folder = caught[nid]  # its files were written a moment ago: not twice
+        else:
+            try:
+                rep, folder = write_reports(led, nid, out)
+            except OSError as exc:
+                where = (
+                    f"--out: cannot write in {out}"
+                    if out is not None
+                    else f"cannot write the report of {nid}"
+                )
+                raise UsageError(f"{where}: {exc.strerror or exc}") from None
+            verdict = rep["verdict"]
     finally:
         led.close()
-    typer.echo(rep["verdict"])
+    typer.echo(verdict)
     for name in (REPORT_MD, REPORT_JSON, REPORT_HTML, REPORT_JUNIT):
         typer.echo(f"{folder / name}")
 

@@ -21,12 +21,16 @@ def existing_ledger(config: Path | None, night_dir: Path | None, ledger: str | N
     return Ledger(url, create=False)
 
 
-def caught_up(led: Ledger) -> None:
-    """Finish what a killed process left: ended nights without their report."""
-    for night_id, folder, failures in catch_up(led):
+def caught_up(led: Ledger) -> dict[str, tuple[str, Path]]:
+    """Finish what a killed process left: ended nights without their report. Returns
+    each night reported now: its verdict line and the folder of its files."""
+    done: dict[str, tuple[str, Path]] = {}
+    for night_id, folder, failures, verdict in catch_up(led):
+        done[night_id] = (verdict, folder)
         say(
             f"overnight: night {night_id} had ended without its report (the process stopped while "
             f"writing it); written now: {folder / REPORT_MD}"
         )
         for line in failures:
             say(f"overnight: notification failed: {line}")
+    return done
