@@ -28,9 +28,10 @@ _round = rnd
 
 
 def _ts(epoch: float | None) -> float | None:
-    """A moment as epoch seconds, to the microsecond: the timeline needs more than the
-    whole seconds of ``started_at`` (sub-second cycles would have no length)."""
-    return None if epoch is None else round(float(epoch), 6)
+    """A moment as epoch seconds, as the ledger keeps it: the timeline needs more than
+    the whole seconds of ``started_at`` (sub-second cycles would have no length). Not
+    rounded: a round() per moment was 4 % of a 100,000-cycle report."""
+    return epoch
 
 
 def _knobs_off(text: str | None) -> dict[str, Any]:
