@@ -95,19 +95,7 @@ def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
     top = 16.0
     axis_y = top + len(lanes) * lane_h + 4
     body = [
-        "<defs>",
-        _el(
-            "pattern",
-            {
-                "id": "fallback-hatch",
-                "width": 6,
-                "height": 6,
-                "patternUnits": "userSpaceOnUse",
-                "patternTransform": "rotate(45)",
-            },
-            _el("line", {"x1": 0, "y1": 0, "x2": 0, "y2": 6, "stroke": "#ffffff", "stroke_width": 2.5}),
-        ),
-        "</defs>",
+        *_fallback_hatch(),
         _time_axis(x0, x1, t0, t1, top, axis_y, tz),
         _text(4, 11, "lane", cls="axislbl"),
         _text((x0 + x1) / 2, axis_y + 32, f"time of night ({_tz_label(tz)})", "middle", "axislbl"),
@@ -160,29 +148,35 @@ def cycle_timeline_svg(r: dict[str, Any]) -> Markup:
                     },
                 )
             )
-    for i in range(len(lanes)):
-        if len(lanes) <= 12:
-            body.append(_text(x0 - 6, top + i * lane_h + lane_h / 2 + 4, i + 1, "end", "tick"))
-    legend_items = [(VERDICT_LABELS[k], col) for k, col in VERDICT_COLORS.items()]
-    legend, lh = _legend(8, axis_y + 52, legend_items)
-    fb_x = 8.0
-    fb_y = axis_y + 52 + lh
-    legend += _el(
-        "rect",
-        {
-            "x": fb_x,
-            "y": fb_y - 10,
-            "width": 11,
-            "height": 11,
-            "fill": "#9aa5ad",
-            "stroke": "#222222",
-            "stroke_dasharray": "3 2",
-            "class": "swatch",
-        },
-    ) + _el("rect", {"x": fb_x, "y": fb_y - 10, "width": 11, "height": 11, "fill": "url(#fallback-hatch)"})
-    legend += _text(fb_x + 15, fb_y, "hatched, dashed outline: ran while a fallback was active")
+    body += _lane_numbers(len(lanes), x0, top, lane_h)
+    legend, fb_y = _verdict_legend(
+        axis_y,
+        "hatched, dashed outline: ran while a fallback was active",
+        {"stroke": "#222222", "stroke_dasharray": "3 2"},
+    )
     body.append(legend)
     return _svg(name, fb_y + 10, body, label)
+
+
+def _lane_numbers(lanes: int, x0: float, top: float, lane_h: float) -> list[str]:
+    """Each lane's number beside it, when there are few enough to read."""
+    if lanes > 12:
+        return []
+    return [_text(x0 - 6, top + i * lane_h + lane_h / 2 + 4, i + 1, "end", "tick") for i in range(lanes)]
+
+
+def _verdict_legend(axis_y: float, fallback_note: str, swatch_outline: dict[str, Any]) -> tuple[str, float]:
+    """The verdicts' colours, then the fallback swatch and what it means. Returns the
+    legend and the baseline of its last line."""
+    legend, lh = _legend(8, axis_y + 52, [(VERDICT_LABELS[k], col) for k, col in VERDICT_COLORS.items()])
+    fb_y = axis_y + 52 + lh
+    swatch = {"x": 8.0, "y": fb_y - 10, "width": 11, "height": 11, "fill": "#9aa5ad", **swatch_outline}
+    legend += _el("rect", swatch | {"class": "swatch"})
+    legend += _el(
+        "rect", {"x": 8.0, "y": fb_y - 10, "width": 11, "height": 11, "fill": "url(#fallback-hatch)"}
+    )
+    legend += _text(23.0, fb_y, fallback_note)
+    return legend, fb_y
 
 
 def _fallback_hatch() -> list[str]:
@@ -345,24 +339,8 @@ def _sliced_cycle_timeline(r: dict[str, Any], cycles: Sequence[Any]) -> Markup:
                     },
                 )
             )
-    for i in range(lanes):
-        if lanes <= 12:
-            body.append(_text(x0 - 6, top + i * lane_h + lane_h / 2 + 4, i + 1, "end", "tick"))
-    legend_items = [(VERDICT_LABELS[k], col) for k, col in VERDICT_COLORS.items()]
-    legend, lh = _legend(8, axis_y + 52, legend_items)
-    fb_y = axis_y + 52 + lh
-    legend += _el(
-        "rect",
-        {
-            "x": 8.0,
-            "y": fb_y - 10,
-            "width": 11,
-            "height": 11,
-            "fill": "#9aa5ad",
-            "class": "swatch",
-        },
-    ) + _el("rect", {"x": 8.0, "y": fb_y - 10, "width": 11, "height": 11, "fill": "url(#fallback-hatch)"})
-    legend += _text(23, fb_y, "hatched: some of its cycles ran on a fallback")
+    body += _lane_numbers(lanes, x0, top, lane_h)
+    legend, fb_y = _verdict_legend(axis_y, "hatched: some of its cycles ran on a fallback", {})
     note_y = fb_y + FONT + 8
     legend += _text(
         8, note_y, f"{len(items):,} cycles, in {TIME_SLICES} slices of {fmt_duration(slice_s)} each:"
