@@ -20,6 +20,7 @@ RANKS: dict[str, int] = {
     "runtime": 0,
     "chaos": 0,
     "sandbox": 0,
+    "weakening": 0,
     "verdicts": 1,
     "config": 1,
     "ledger": 2,
