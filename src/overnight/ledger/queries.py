@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, case, func, select
 
@@ -155,10 +155,9 @@ def has_event(conn: Connection, night_id: str, kinds: tuple[str, ...]) -> bool:
 # in its attempts, steps and events, a metric's recorded JSON): read_night keeps one object
 # per distinct value instead of one per row.
 _REPEATED = {
-    "sessions": ("night_id", "hostname", "end_reason"),
-    "cycles": ("night_id", "cycle", "status", "verdict", "protected_fingerprint", "knobs", "knobs_off"),
+    "sessions": ("hostname", "end_reason"),
+    "cycles": ("cycle", "status", "verdict", "protected_fingerprint", "knobs", "knobs_off"),
     "attempts": (
-        "night_id",
         "cycle",
         "verdict",
         "step",
@@ -170,15 +169,28 @@ _REPEATED = {
         "knobs_off",
         "calls",
     ),
-    "steps": ("night_id", "cycle", "name", "outcome", "error_type", "error_message"),
-    "artifacts": ("night_id", "cycle", "name"),
-    "events": ("night_id", "cycle", "kind", "component", "message", "data"),
-    "probes": ("night_id", "component", "fault_kind", "trigger", "detail"),
+    "steps": ("cycle", "name", "outcome"),
+    "artifacts": ("cycle", "name"),
+    "events": ("cycle", "kind", "component", "message", "data"),
+    "probes": ("component", "fault_kind", "trigger", "detail"),
 }
 
-# Tables read_night reads only some columns of: the ones the report reads (a step's
-# timestamps and error are in its attempt's row; a long night has two or more steps a cycle).
-_COLUMNS = {"steps": ("cycle", "attempt", "name", "outcome", "duration_s")}
+
+class StepRow(NamedTuple):
+    """A step as the report reads it (its timestamps and error are in its attempt's row):
+    a night holds two or more a cycle, so a tuple, not a dict."""
+
+    cycle: int
+    attempt: int
+    name: str
+    outcome: str
+    duration_s: float | None
+
+
+# Tables read_night reads only some columns of (every table: all but ``night_id``, the
+# same in every row), and the tuple type their rows are read as (the rest: dicts).
+_COLUMNS = {"steps": StepRow._fields}
+_TUPLES: dict[str, Callable[[Iterable[Any]], Any]] = {"steps": StepRow._make}
 
 # Rows fetched from the database cursor at a time.
 _FETCH = 2000
@@ -189,13 +201,14 @@ def _compact_rows(
     query: Any,
     repeated: tuple[str, ...] = (),
     seen: dict[str, dict[Any, Any]] | None = None,
-) -> list[dict[str, Any]]:
+    make: Callable[[Iterable[Any]], Any] | None = None,
+) -> list[Any]:
     """The query's rows as dicts that share one key table (CPython's split dicts, the
     kind an object's ``__dict__`` is: 176 bytes for a 13-column row where ``dict(row)``
-    takes 464), each value of the ``repeated`` columns one object however many rows hold
+    takes 464), or as ``make`` builds them from each row's values (a named tuple's
+    ``_make``), each value of the ``repeated`` columns one object however many rows hold
     it (``seen``: the values met so far, by column name, shared between the tables of a
-    night). Plain dicts to every reader; a 100,000-cycle night holds about 600,000 of
-    them while its report is written.
+    night). A 100,000-cycle night holds about 600,000 rows while its report is written.
 
     Fetched from the DBAPI cursor in chunks, the chunk's columns passed through the
     column types' result processors (SQLite's 0/1 to bool) as SQLAlchemy's rows would
@@ -209,7 +222,7 @@ def _compact_rows(
     seen = {} if seen is None else seen
     memos = {i: seen.setdefault(k, {}) for i, k in enumerate(keys) if k in repeated}
     holder = type("LedgerRow", (), {})  # its instances' dicts share one key table
-    out: list[dict[str, Any]] = []
+    out: list[Any] = []
     append = out.append
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None  # (None only once the connection is closed)
@@ -232,6 +245,9 @@ def _compact_rows(
                 for i, memo in memos.items():
                     columns[i] = tuple(map(memo.setdefault, columns[i], columns[i]))
                 rows = zip(*columns, strict=True)
+            if make is not None:
+                out.extend(map(make, rows))
+                continue
             for values in rows:
                 d = holder().__dict__
                 d.update(zip(keys, values, strict=True))
@@ -247,14 +263,14 @@ class NightRows:
     report, the fault timeline and the agent's figures are computed from. Each list is in
     its table's order: cycles by cycle; attempts by (cycle, attempt); steps by (cycle,
     attempt, seq); artifacts by (cycle, attempt, name); events, probes, incidents, repairs
-    and fallbacks in time order. Every column, but of steps only their cycle, attempt,
-    name, outcome and duration_s."""
+    and fallbacks in time order. Every column but ``night_id`` (the night's, in every
+    row); steps as ``StepRow`` tuples, with only what the report reads of them."""
 
     night: dict[str, Any]
     sessions: list[dict[str, Any]]
     cycles: list[dict[str, Any]]
     attempts: list[dict[str, Any]]
-    steps: list[dict[str, Any]]
+    steps: list[StepRow]
     artifacts: list[dict[str, Any]]
     events: list[dict[str, Any]]
     probes: list[dict[str, Any]]
@@ -322,15 +338,16 @@ def read_night(
         return None
     seen: dict[str, dict[Any, Any]] = {}
 
-    def rows(name: str) -> list[dict[str, Any]]:
+    def rows(name: str) -> list[Any]:
         if name not in tables:
             return []
         table, order = _NIGHT_TABLES[name]
-        columns = [table.c[k] for k in _COLUMNS[name]] if name in _COLUMNS else [table]
+        only = _COLUMNS.get(name)
+        columns = [table.c[k] for k in only] if only else [c for c in table.c if c.key != "night_id"]
         q = select(*columns).where(table.c.night_id == night_id)
         if name == "events" and event_kinds is not None:
             q = q.where(table.c.kind.in_(event_kinds))
-        return _compact_rows(conn, q.order_by(*order), _REPEATED.get(name, ()), seen)
+        return _compact_rows(conn, q.order_by(*order), _REPEATED.get(name, ()), seen, _TUPLES.get(name))
 
     return NightRows(
         night=night,

@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from ..ledger.queries import StepRow
 from ..numbers import wilson
 
 # Outcomes that say something about the product on that input. Infra errors are the
@@ -22,19 +23,19 @@ _OUTCOMES = ("passed", "failed", "timeout")
 MAX_INPUTS = 20
 
 
-def input_dependent_steps(steps: list[dict[str, Any]], cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def input_dependent_steps(steps: list[StepRow], cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Steps whose outcome (passed / failed) differs between cycles, on their final
     attempts, with the inputs they failed on."""
     final = {c["cycle"]: c for c in cycles if c["status"] == "done"}
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     failed_on: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for st in steps:
-        cycle = final.get(st["cycle"])
-        if cycle is None or cycle["attempts"] != st["attempt"] or st["outcome"] not in ("passed", "failed"):
+        cycle = final.get(st.cycle)
+        if cycle is None or cycle["attempts"] != st.attempt or st.outcome not in ("passed", "failed"):
             continue
-        counts[st["name"]][st["outcome"]] += 1
-        if st["outcome"] == "failed":
-            failed_on[st["name"]].append({"cycle": st["cycle"], "input_seed": cycle["input_seed"]})
+        counts[st.name][st.outcome] += 1
+        if st.outcome == "failed":
+            failed_on[st.name].append({"cycle": st.cycle, "input_seed": cycle["input_seed"]})
     out = []
     for name, c in counts.items():
         if c["passed"] and c["failed"]:

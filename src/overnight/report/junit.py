@@ -187,25 +187,32 @@ def _property(name: str, value: Any) -> str:
 _PROPERTY_GAP = "\n" + _INDENT * 4
 
 
-def _properties(cycle: dict[str, Any], final: dict[str, Any] | None) -> str:
+class _Memo(dict[Any, str]):
+    """Values escaped for an attribute once each: a night's hundreds of thousands of
+    steps share a few names and outcomes."""
+
+    def __missing__(self, key: Any) -> str:
+        value = self[key] = _attr_value(key)
+        return value
+
+
+def _properties(cycle: dict[str, Any], final: dict[str, Any] | None, memo: _Memo | None = None) -> str:
     """The testcase's ``<properties>`` (level 3; a testcase's hot path, written out)."""
     gap = _PROPERTY_GAP
+    memo = _Memo() if memo is None else memo
     parts = []
     for step in (final or {}).get("steps") or []:
         dur = step.get("duration_s")
-        outcome = step.get("outcome") or "running"
-        parts.append(
-            gap
-            + _property(
-                f"step.{step.get('name')}", f"{outcome} {_secs(dur)}s" if dur is not None else outcome
-            )
-        )
+        outcome = memo[step.get("outcome") or "running"]
+        name = memo[f"step.{step.get('name')}"]
+        value = f"{outcome} {_secs(dur)}s" if dur is not None else outcome
+        parts.append(f'{gap}<property name="{name}" value="{value}" />')
     attempts = cycle.get("attempts") or []
     parts.append(gap + _property("input_seed", cycle.get("input_seed")))
     counted = sum(1 for a in attempts if a.get("verdict") != "interrupted")
     parts.append(f'{gap}<property name="attempts" value="{counted}" />')
-    interrupted = [a for a in attempts if a.get("verdict") == "interrupted"]
-    if interrupted:
+    if counted != len(attempts):
+        interrupted = [a for a in attempts if a.get("verdict") == "interrupted"]
         why = [f"attempt {a.get('attempt')}: {a.get('error_message') or 'interrupted'}" for a in interrupted]
         parts.append(gap + _property("interrupted_attempts", "; ".join(why)))
     fallback = "true" if cycle.get("fallback") else "false"
@@ -237,6 +244,7 @@ def _testcase(
     width: int,
     failure_tb: dict[int, str | None],
     classname: str,
+    memo: _Memo | None = None,
 ) -> tuple[str, str]:
     """The cycle's testcase, and its result: passed, failure, error or skipped."""
     number: int = cycle["cycle"]
@@ -244,7 +252,7 @@ def _testcase(
     # (classname: clean and escaped once by the caller)
     head = f' name="cycle {number:0{width}d}" classname="{classname}" time="{_secs(cycle.get("duration_s"))}"'
     final = _final_attempt(cycle)
-    children = [_properties(cycle, final)]
+    children = [_properties(cycle, final, memo)]
     if not done:
         children.append(
             _leaf(
@@ -319,6 +327,7 @@ class JunitWriter:
         self.not_started = 0
         self.first_unlisted: int | None = None
         self.last_unlisted: int | None = None
+        self.memo = _Memo()
 
     def _write(self, testcase: str) -> None:
         self.spool.write("\n" + _INDENT * 2 + testcase)
@@ -347,7 +356,9 @@ class JunitWriter:
     def add(self, cycle: dict[str, Any]) -> None:
         """The testcase of a cycle that started (after the planned ones before it that did not)."""
         self._never_started(cycle.get("cycle") or 0)
-        text, result = _testcase(self.report, cycle, self.width, self.failure_tb, self.attr_classname)
+        text, result = _testcase(
+            self.report, cycle, self.width, self.failure_tb, self.attr_classname, self.memo
+        )
         self.counts[result] += 1
         self._write(text)
 

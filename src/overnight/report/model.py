@@ -136,7 +136,6 @@ class _Runs:
         return run
 
 
-_cycle_key = operator.itemgetter("cycle")
 _attempt_key = operator.itemgetter("cycle", "attempt")
 
 
@@ -144,9 +143,15 @@ def with_attempts(
     cycles: list[dict[str, Any]], attempts: list[dict[str, Any]]
 ) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Each cycle row with its attempt rows (both in cycle order, as read_night reads them)."""
-    runs = _Runs(attempts, _cycle_key)
+    i, n = 0, len(attempts)
     for c in cycles:
-        yield c, runs.take(c["cycle"])
+        number = c["cycle"]
+        while i < n and attempts[i]["cycle"] < number:
+            i += 1  # (an attempt of no cycle row: passed over)
+        first = i
+        while i < n and attempts[i]["cycle"] == number:
+            i += 1
+        yield c, attempts[first:i]
 
 
 def _final(atts: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -162,26 +167,25 @@ def _artifacts_dir(cycle: int, final: dict[str, Any] | None) -> str | None:
     return folder if final["attempt"] == 1 else f"{folder}{os.sep}attempt-{final['attempt']}"
 
 
-class _Iso:
+def _iso_by_second() -> Callable[[float | None], str | None]:
     """``numbers.iso``, remembered per whole second: a night's hundreds of thousands of
     timestamps fall in a few thousand seconds. A time within a microsecond of a whole
     second is converted afresh (its rounding may carry into the next second)."""
+    seen: dict[int, str | None] = {}
+    floor = math.floor
 
-    __slots__ = ("_seen",)
-
-    def __init__(self) -> None:
-        self._seen: dict[int, str | None] = {}
-
-    def __call__(self, ts: float | None) -> str | None:
+    def text(ts: float | None) -> str | None:
         if ts is None:
             return None
-        whole = math.floor(ts)
+        whole = floor(ts)
         if not 1e-6 <= ts - whole <= 1 - 1e-6:
             return iso(ts)
-        text = self._seen.get(whole)
-        if text is None:
-            text = self._seen[whole] = iso(ts)
-        return text
+        found = seen.get(whole)
+        if found is None:
+            found = seen[whole] = iso(ts)
+        return found
+
+    return text
 
 
 class CycleEntries(Sequence[dict[str, Any]]):
@@ -192,30 +196,48 @@ class CycleEntries(Sequence[dict[str, Any]]):
 
     def __init__(self, rows: queries.NightRows) -> None:
         self._rows = rows
-        self._iso = _Iso()
+        self._iso = _iso_by_second()
         self._list: list[dict[str, Any]] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._list is not None:
             yield from self._list
             return
+        # The hot path of a long night's report: written out, no call per value it can avoid.
         rows, iso_ = self._rows, self._iso
-        steps = _Runs(rows.steps, _attempt_key)
+        steps, s, ns = rows.steps, 0, len(rows.steps)
         arts = _Runs(rows.artifacts, _attempt_key) if rows.artifacts else None
         for c, atts in with_attempts(rows.cycles, rows.attempts):
             number = c["cycle"]
             entry = self._fields(c, atts)
             attempts = entry["attempts"] = []
             for a in atts:
-                key = (number, a["attempt"])
+                n = a["attempt"]
+                while s < ns and (
+                    steps[s].cycle < number or (steps[s].cycle == number and steps[s].attempt < n)
+                ):
+                    s += 1  # (a step of no attempt row: passed over)
+                its_steps = []
+                while s < ns and steps[s].cycle == number and steps[s].attempt == n:
+                    st = steps[s]
+                    s += 1
+                    d = st.duration_s
+                    its_steps.append(
+                        {
+                            "name": st.name,
+                            "outcome": st.outcome,
+                            "duration_s": None if d is None else round(d, 4),
+                        }
+                    )
+                d = a["duration_s"]
                 attempts.append(
                     {
-                        "attempt": a["attempt"],
+                        "attempt": n,
                         "session": a["session"],
                         "verdict": a["verdict"],
                         "started_at": iso_(a["started_at"]),
                         "ended_at": iso_(a["ended_at"]),
-                        "duration_s": _round(a["duration_s"]),
+                        "duration_s": None if d is None else round(d, 4),
                         "step": a["step"],
                         "error_type": a["error_type"],
                         "error_message": a["error_message"],
@@ -223,15 +245,8 @@ class CycleEntries(Sequence[dict[str, Any]]):
                         "fault_kind": a["fault_kind"],
                         "fallback": bool(a.get("fallback")),
                         "knobs_off": _knobs_off(a.get("knobs_off")),
-                        "artifacts": [art["name"] for art in arts.take(key)] if arts else [],
-                        "steps": [
-                            {
-                                "name": st["name"],
-                                "outcome": st["outcome"],
-                                "duration_s": _round(st["duration_s"]),
-                            }
-                            for st in steps.take(key)
-                        ],
+                        "artifacts": [art["name"] for art in arts.take((number, n))] if arts else [],
+                        "steps": its_steps,
                     }
                 )
             yield entry
@@ -262,6 +277,7 @@ class CycleEntries(Sequence[dict[str, Any]]):
     def _fields(self, c: dict[str, Any], atts: list[dict[str, Any]]) -> dict[str, Any]:
         """A cycle's entry up to its attempts."""
         iso_ = self._iso
+        d = c["duration_s"]
         return {
             "cycle": c["cycle"],
             "status": c["status"],
@@ -269,9 +285,9 @@ class CycleEntries(Sequence[dict[str, Any]]):
             "input_seed": c["input_seed"],
             "started_at": iso_(c["started_at"]),
             "ended_at": iso_(c["ended_at"]),
-            "started_ts": _ts(c["started_at"]),
-            "ended_ts": _ts(c["ended_at"]),
-            "duration_s": _round(c["duration_s"]),
+            "started_ts": c["started_at"],
+            "ended_ts": c["ended_at"],
+            "duration_s": None if d is None else round(d, 4),
             "fallback": bool(c["fallback"]),
             "knobs_off": _knobs_off(c.get("knobs_off")),
             "artifacts_dir": _artifacts_dir(c["cycle"], _final(atts)),
@@ -373,9 +389,9 @@ def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = Non
     step_durations: dict[str, list[float]] = defaultdict(list)
     step_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
     for st in rows.steps:
-        if st["duration_s"] is not None:
-            step_durations[st["name"]].append(st["duration_s"])
-        step_outcomes[st["name"]][st["outcome"]] += 1
+        if st.duration_s is not None:
+            step_durations[st.name].append(st.duration_s)
+        step_outcomes[st.name][st.outcome] += 1
 
     interrupted_attempts = sum(1 for a in attempts if a["verdict"] == "interrupted")
     wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None
