@@ -251,28 +251,22 @@ class CycleEntries(Sequence[dict[str, Any]]):
                 )
             yield entry
 
-    def summaries(self) -> Iterator[tuple[dict[str, Any], int]]:
-        """Of each entry what the cycle timeline draws (``cycle``, ``status``, ``verdict``,
-        ``started_at``, ``ended_at``, ``duration_s``, ``fallback``: the same values), with
-        its number of attempts, without building the rest."""
-        if self._list is not None:
-            for entry in self._list:
-                yield entry, len(entry["attempts"])
-            return
-        iso_ = self._iso
+    def spans(self) -> list[tuple[float, float | None, int, str | None, bool, int]]:
+        """Of each cycle what the sliced cycle timeline draws, as its entry has it: start
+        and end (``started_ts``, ``ended_ts``; a cycle with no end: its start plus its
+        ``duration_s``, if it has one), number, verdict, on a fallback, and its number of
+        attempts; from the rows, without building the entries."""
+        out: list[tuple[float, float | None, int, str | None, bool, int]] = []
+        append = out.append
         for c, atts in with_attempts(self._rows.cycles, self._rows.attempts):
-            summary = {
-                "cycle": c["cycle"],
-                "status": c["status"],
-                "verdict": c["verdict"] if c["status"] == "done" else None,
-                "started_at": iso_(c["started_at"]),
-                "ended_at": iso_(c["ended_at"]),
-                "started_ts": _ts(c["started_at"]),
-                "ended_ts": _ts(c["ended_at"]),
-                "duration_s": _round(c["duration_s"]),
-                "fallback": bool(c["fallback"]),
-            }
-            yield summary, len(atts)
+            start, end, d = c["started_at"], c["ended_at"], c["duration_s"]
+            if start is None:
+                continue
+            if end is None and d is not None:
+                end = start + round(d, 4)
+            verdict = c["verdict"] if c["status"] == "done" else None
+            append((start, end, c["cycle"], verdict, bool(c["fallback"]), len(atts)))
+        return out
 
     def _fields(self, c: dict[str, Any], atts: list[dict[str, Any]]) -> dict[str, Any]:
         """A cycle's entry up to its attempts."""

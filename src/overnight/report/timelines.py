@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from markupsafe import Markup
@@ -205,14 +205,30 @@ def _cycle_span(c: dict[str, Any], epoch: Callable[[Any], float | None]) -> tupl
     return start, end
 
 
-def _summaries(cycles: Sequence[Any]) -> Iterator[tuple[dict[str, Any], int]]:
-    """Each cycle's entry (its attempts need not be built) and its number of attempts."""
+# (start, end or None, cycle number, verdict, on a fallback, attempts): what the sliced
+# timeline needs of a cycle.
+Span = tuple[float, float | None, int, str | None, bool, int]
+
+
+def _spans(cycles: Sequence[Any], epoch: Callable[[Any], float | None]) -> list[Span]:
+    """Each cycle's ``Span`` (cycles without a start left out): from the night's rows for
+    the report's own ``CycleEntries`` (no entry is built), else from each entry."""
     if isinstance(cycles, CycleEntries):
-        yield from cycles.summaries()
-        return
+        return cycles.spans()
+    items: list[Span] = []
     for c in cycles:
-        if isinstance(c, dict):
-            yield c, len(_l(c.get("attempts")))
+        if not isinstance(c, dict):
+            continue
+        s, e = _cycle_span(c, epoch)
+        if s is None:
+            continue
+        dur = c.get("duration_s") if _is_num(c.get("duration_s")) else None
+        if e is None and dur is not None:
+            e = s + dur
+        verdict = c.get("verdict") if c.get("status", "done") == "done" else None
+        number = c["cycle"] if _is_num(c.get("cycle")) else 0
+        items.append((s, e, number, verdict, bool(c.get("fallback")), len(_l(c.get("attempts")))))
+    return items
 
 
 def _sliced_cycle_timeline(r: dict[str, Any], cycles: Sequence[Any]) -> Markup:
@@ -235,18 +251,7 @@ def _sliced_cycle_timeline(r: dict[str, Any], cycles: Sequence[Any]) -> Markup:
             t = epoch_of[x] = _epoch(x)
         return t
 
-    # (start, end or None, cycle number, verdict, fallback, attempts): the little each cycle needs
-    items: list[tuple[float, float | None, int, str | None, bool, int]] = []
-    for c, attempts in _summaries(cycles):
-        s, e = _cycle_span(c, epoch)
-        if s is None:
-            continue
-        dur = c.get("duration_s") if _is_num(c.get("duration_s")) else None
-        if e is None and dur is not None:
-            e = s + dur
-        verdict = c.get("verdict") if c.get("status", "done") == "done" else None
-        number = c["cycle"] if _is_num(c.get("cycle")) else 0
-        items.append((s, e, number, verdict, bool(c.get("fallback")), attempts))
+    items = _spans(cycles, epoch)
     if not items:
         return _no_data(name, label)
     rng = _span([night_start, night_end, *(it[0] for it in items), *(it[1] for it in items)])
