@@ -1,18 +1,27 @@
 """Checks removed from the code between two nights (issue 16, part 2), on real git
-repositories made in each test: what ``weakening.code`` finds, and what it says when it
-cannot compare."""
+repositories made in each test: what ``weakening.code`` finds, what it says when it
+cannot compare, and the ``code_checks`` event the engine records as a new night opens."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from overnight.engine.orchestrator import Orchestrator
+from overnight.engine.plan import Plan
+from overnight.engine.progress import LogProgress
+from overnight.engine.resume import find_resumable
+from overnight.ledger import Ledger, queries
 from overnight.weakening.code import compare_checks, compare_project, describe, summary
+
+from .helpers import make_plan, write_project
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -368,3 +377,132 @@ def test_a_secret_in_a_removed_check_is_masked(tmp_path: Path) -> None:
     assert (finding["change"], finding["line"]) == ("removed", 2)
     assert secret not in repr(result) and secret not in describe(finding)
     assert finding["text"].startswith('assert ctx.login(api_key="***')
+
+
+# -- the engine records it as a night opens -------------------------------------------------
+
+SCENARIO = """
+from {helper} import long_enough
+
+
+async def cycle(ctx):
+    text = "x" * 20
+    if not long_enough(text):
+        ctx.fail("the application is too short")
+"""
+
+HELPER = """
+def long_enough(text):
+    return len(text) >= 10
+"""
+
+HOOKS = """
+def setup(night):
+    pass
+"""
+
+
+async def _night(config: Path, night_dir: Path, ledger: Ledger) -> tuple[str, dict[str, Any]]:
+    """Run one night of one cycle; its id and its ``code_checks`` event's data."""
+    plan = make_plan(config, night_dir, cycles=1)
+    outcome = await Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False).run()
+    assert outcome.status == "completed", outcome
+    with ledger.read() as conn:
+        [event] = queries.events_of(conn, outcome.night_id, ("code_checks",))
+    data = json.loads(event["data"])
+    assert event["message"] == summary(data)
+    return outcome.night_id, data
+
+
+async def test_each_new_night_records_the_checks_removed_since_the_previous_one(tmp_path: Path) -> None:
+    helper, hooks = f"helper_{uuid.uuid4().hex[:8]}", f"hooks_{uuid.uuid4().hex[:8]}"
+    config, module = write_project(
+        tmp_path / "project", SCENARIO.format(helper=helper), f'setup = "{hooks}:setup"\n'
+    )
+    project = config.parent
+    a = commit(project, {f"{helper}.py": HELPER, f"{hooks}.py": HOOKS}, "night 1's code")
+    night_dir = tmp_path / "nights"  # outside the repository
+    ledger = Ledger(str(night_dir / "overnight.db"))
+    try:
+        first, data1 = await _night(config, night_dir, ledger)
+        code = (project / f"{module}.py").read_text()
+        commented = code.replace('        ctx.fail("the', '        pass  # ctx.fail("the')
+        assert commented != code
+        b = commit(project, {f"{module}.py": commented}, "a green night")
+        second, data2 = await _night(config, night_dir, ledger)
+    finally:
+        ledger.close()
+
+    assert data1 == {
+        "status": "not_available",
+        "reason": "no previous ended night of this scenario",
+        "before_commit": None,
+        "after_commit": a,
+        "files": [],
+        "findings": [],
+        "note": None,
+        "previous_night_id": None,
+    }
+    assert (data2["status"], data2["previous_night_id"]) == ("compared", first)
+    assert (data2["before_commit"], data2["after_commit"]) == (a, b)
+    assert data2["files"] == sorted([f"{module}.py", f"{helper}.py", f"{hooks}.py"])
+    committed = (project / f"{module}.py").read_text().splitlines()
+    line = next(n for n, text in enumerate(committed, 1) if "# ctx.fail" in text)
+    assert data2["findings"] == [
+        {
+            "file": f"{module}.py",
+            "line": line,
+            "commit": b,
+            "change": "commented_out",
+            "text": 'pass  # ctx.fail("the application is too short")',
+            "before_text": 'ctx.fail("the application is too short")',
+        }
+    ]
+    assert second != first
+
+
+async def test_a_night_outside_a_git_work_tree_says_the_code_check_was_not_possible(tmp_path: Path) -> None:
+    helper = f"helper_{uuid.uuid4().hex[:8]}"
+    config, _ = write_project(tmp_path / "project", SCENARIO.format(helper=helper))
+    (config.parent / f"{helper}.py").write_text(HELPER)
+    night_dir = tmp_path / "nights"
+    ledger = Ledger(str(night_dir / "overnight.db"))
+    try:
+        first, data1 = await _night(config, night_dir, ledger)
+        second, data2 = await _night(config, night_dir, ledger)
+    finally:
+        ledger.close()
+    for data in (data1, data2):
+        assert data["status"] == "not_available"
+        assert data["reason"] == "this night recorded no git commit (not a git work tree)"
+        assert data["findings"] == [] and data["after_commit"] is None
+    assert (data1["previous_night_id"], data2["previous_night_id"]) == (None, first)
+    assert second != first
+
+
+async def test_a_resumed_night_does_not_compare_again(tmp_path: Path) -> None:
+    """The comparison belongs to the night, made once as it opens: a resumed session
+    records no second one."""
+    hooks = f"hooks_{uuid.uuid4().hex[:8]}"
+    code = "async def cycle(ctx):\n    pass\n"
+    config, _ = write_project(tmp_path / "project", code, f'setup = "{hooks}:setup"\n')
+    # The first session's setup fails (the night is aborted, so it resumes); the second's passes.
+    (config.parent / f"{hooks}.py").write_text("def setup(night):\n    assert night.resumed\n")
+    commit(config.parent, {}, "the project")
+    night_dir = tmp_path / "nights"
+    ledger = Ledger(str(night_dir / "overnight.db"))
+    try:
+        plan = make_plan(config, night_dir, cycles=1)
+        first = await Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False).run()
+        assert first.status == "aborted", first
+        night = find_resumable(ledger, first.night_id)
+        resumed = Orchestrator(
+            Plan.from_json(night["plan"]), ledger, resume=night, progress=LogProgress(), handle_signals=False
+        )
+        assert (await resumed.run()).status == "completed"
+        with ledger.read() as conn:
+            events = queries.events_of(conn, first.night_id, ("code_checks", "night_resumed"))
+    finally:
+        ledger.close()
+    assert [e["kind"] for e in events] == ["code_checks", "night_resumed"]
+    assert json.loads(events[0]["data"])["reason"] == "no previous ended night of this scenario"
