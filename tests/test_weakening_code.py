@@ -230,6 +230,43 @@ def test_edits_that_loosen_nothing_give_no_finding(tmp_path: Path) -> None:
     assert (same["status"], same["findings"], same["files"]) == ("compared", [], ["checks.py", "scenario.py"])
 
 
+def test_a_check_over_several_lines_is_one_finding(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    before = """
+    def cycle(ctx, report):
+        if (
+            len(report["text"]) < 15000
+            or report["sections"] < 8
+        ):
+            ctx.fail("the application is too short")
+        assert report["totals"] == {
+            "passed": 1,
+            "failed": 0,
+        }, "totals"
+    """
+    after = """
+    def cycle(ctx, report):
+        if (
+            len(report["text"]) < 500
+            or report["sections"] < 8
+        ):
+            ctx.fail("the application is too short")
+        pass
+    """
+    a = commit(repo, {"scenario.py": before})
+    b = commit(repo, {"scenario.py": after})
+    result = compare_checks(repo, a, b, ["scenario.py"])
+    assert changes(result) == {
+        ("scenario.py", line_of(after, "< 500"), b, "changed"),
+        ("scenario.py", line_of(before, 'assert report["totals"]'), a, "removed"),
+    }
+    changed = next(f for f in result["findings"] if f["change"] == "changed")
+    assert (changed["before_text"], changed["text"]) == (
+        'len(report["text"]) < 15000',
+        'len(report["text"]) < 500',
+    )
+
+
 def test_imports_are_followed_through_packages_and_a_file_gone_lost_its_checks(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     a = commit(

@@ -24,8 +24,10 @@ A check line is, read from the file's syntax tree: an ``assert`` (the lines of i
 condition); ``raise AssertionError``; a call ``RECEIVER.fail(…)`` whatever the receiver
 is named (``ctx.fail``, ``pytest.fail``, ``self.fail``; the scenario's context may have
 any name); and the condition of an ``if``/``elif`` whose own body holds an ``assert``, a
-``raise`` or such a ``.fail(`` call (the comparison that feeds the check). A file that
-does not parse is read line by line instead (``if``: when the next code line is a check).
+``raise`` or such a ``.fail(`` call (the comparison that feeds the check). A condition
+over several lines is one check: however many of its lines changed, it is one finding. A
+file that does not parse is read line by line instead (``if``: when the next code line
+is a check).
 
 What it does not do, said plainly: it reads lines, not meaning, and never says why a
 line changed. A check line that reappears unchanged (whatever its indentation) elsewhere
@@ -482,18 +484,20 @@ def _checks_directly(stmt: ast.stmt) -> bool:
     return False
 
 
-def check_lines(text: str) -> dict[int, str]:
-    """The check lines of a Python file: line number (from 1) -> kind (``assert``,
-    ``raise``, ``fail``, ``if``)."""
+def _check_lines(text: str) -> dict[int, tuple[str, int]]:
+    """The check lines of a Python file: line number (from 1) -> (kind, the line its
+    check starts on). Kinds: ``assert``, ``raise``, ``fail``, ``if``. A condition over
+    several lines is one check: each of its lines is a check line, and a change to any
+    of them is reported once."""
     try:
         module = ast.parse(text)
     except (SyntaxError, ValueError):
         return _check_lines_by_text(text.splitlines())
-    out: dict[int, str] = {}
+    out: dict[int, tuple[str, int]] = {}
 
     def mark(first: int, last: int | None, kind: str) -> None:
         for n in range(first, (last or first) + 1):
-            out.setdefault(n, kind)
+            out.setdefault(n, (kind, first))
 
     for node in ast.walk(module):
         if isinstance(node, ast.Assert):
@@ -501,10 +505,10 @@ def check_lines(text: str) -> dict[int, str]:
         elif isinstance(node, ast.Raise) and node.exc is not None:
             exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
             if isinstance(exc, ast.Name) and exc.id == "AssertionError":
-                out[node.lineno] = "raise"
+                out[node.lineno] = ("raise", node.lineno)
         elif _is_fail_call(node):
             assert isinstance(node, ast.Call)
-            out[node.lineno] = "fail"
+            out[node.lineno] = ("fail", node.lineno)
         elif isinstance(node, ast.If) and any(_checks_directly(s) for s in node.body):
             mark(node.lineno, node.test.end_lineno, "if")
     return out
@@ -520,20 +524,20 @@ def _kind_by_text(code: str) -> str | None:
     return None
 
 
-def _check_lines_by_text(lines: list[str]) -> dict[int, str]:
+def _check_lines_by_text(lines: list[str]) -> dict[int, tuple[str, int]]:
     """For a file that does not parse: each line on its own (an ``if``/``elif`` counts
     when the next code line is a check, or ``raise``)."""
-    out: dict[int, str] = {}
+    out: dict[int, tuple[str, int]] = {}
     codes = [line.strip() for line in lines]
     for i, code in enumerate(codes):
         if not code or code.startswith("#"):
             continue
         if kind := _kind_by_text(code):
-            out[i + 1] = kind
+            out[i + 1] = (kind, i + 1)
         elif re.match(r"(?:el)?if\b", code):
             following = next((c for c in codes[i + 1 :] if c and not c.startswith("#")), "")
             if _kind_by_text(following) or re.match(r"raise\b", following):
-                out[i + 1] = "if"
+                out[i + 1] = ("if", i + 1)
     return out
 
 
@@ -574,14 +578,14 @@ def _findings(
     files: list[str], before: dict[str, str], after: dict[str, str], commits: tuple[str, str]
 ) -> list[dict[str, Any]]:
     hunks: list[_Hunk] = []
-    checks_before: dict[str, dict[int, str]] = {}
-    checks_after: dict[str, dict[int, str]] = {}
+    checks_before: dict[str, dict[int, tuple[str, int]]] = {}
+    checks_after: dict[str, dict[int, tuple[str, int]]] = {}
     for path in files:
         a_text, b_text = before.get(path, ""), after.get(path, "")
         if a_text == b_text:
             continue
         a, b = a_text.splitlines(), b_text.splitlines()
-        checks_before[path], checks_after[path] = check_lines(a_text), check_lines(b_text)
+        checks_before[path], checks_after[path] = _check_lines(a_text), _check_lines(b_text)
         matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
         for tag, i1, i2, j1, j2 in matcher.get_opcodes():
             if tag != "equal":
@@ -610,19 +614,23 @@ def _findings(
             }
         )
 
+    reported: set[tuple[str, int]] = set()  # (file, line at before) of each check reported
     for h in hunks:
         was_checks = checks_before[h.file]
-        now_checks = checks_after[h.file]
+        now_kinds = {n: kind for n, (kind, _) in checks_after[h.file].items()}
         # Lines put in, not yet paired with a check taken out.
         free = [(n, text) for n, text in h.added]
         for n, text in h.removed:
-            kind = was_checks.get(n)
+            if n not in was_checks:
+                continue
+            kind, start = was_checks[n]
             code = text.strip()
-            if kind is None:
+            if (h.file, start) in reported:  # another line of a check already reported
                 continue
             if put_in[code] > 0:
                 put_in[code] -= 1
                 continue
+            reported.add((h.file, start))
             commented = next((x for x in free if _uncomment(x[1]) == code), None)
             if commented is None:
                 commented = next((x for x in free if _looks_like(_uncomment(x[1]), kind)), None)
@@ -635,7 +643,7 @@ def _findings(
                     x
                     for x in free
                     if not x[1].strip().startswith("#")
-                    and (now_checks.get(x[0]) == kind or _looks_like(x[1].strip(), kind))
+                    and (now_kinds.get(x[0]) == kind or _looks_like(x[1].strip(), kind))
                 ),
                 None,
             )
