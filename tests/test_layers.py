@@ -20,8 +20,8 @@ RANKS: dict[str, int] = {
     "runtime": 0,
     "chaos": 0,
     "sandbox": 0,
-    "weakening": 0,
     "verdicts": 1,
+    "weakening": 1,  # the weakening watch's comparisons: they mask secrets with redaction
     "config": 1,
     "ledger": 2,
     "components": 3,

@@ -39,6 +39,8 @@ class EventKind(StrEnum):
     PROTECTED_FINGERPRINT_MISMATCH = "protected_fingerprint_mismatch"
     DEGRADATION_BLOCKED = "degradation_blocked"
     METRIC = "metric"
+    # Check lines removed from the scenario's code since the previous night (weakening.code).
+    CODE_CHECKS = "code_checks"
 
 
 class Journal:

@@ -67,6 +67,18 @@ def import_scenario(spec: str, base_dir: Path, where: str, key: str = "scenario"
     return fn
 
 
+def imported_files(specs: list[str]) -> list[Path]:
+    """The files of the modules ``module:function`` specs name, as ``import_scenario``
+    imported them (nothing is imported again); a module without a file is left out."""
+    out: list[Path] = []
+    for spec in specs:
+        module = sys.modules.get(spec.partition(":")[0])
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str):
+            out.append(Path(file))
+    return out
+
+
 async def git_commit(folder: Path) -> str | None:
     """The commit of the project under test (``<hash>`` or ``<hash>-dirty``), when its
     folder is in a git work tree and git is installed; None otherwise."""

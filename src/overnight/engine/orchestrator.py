@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ProtectedSettings
 from ..errors import LedgerUnavailable, UsageError
-from ..ledger import Ledger, ops
+from ..ledger import Ledger, ops, queries
 from ..ledger.ownership import NightClaim
 from ..runtime import current_call
+from ..weakening.code import compare_project, summary, unavailable
 from .attempts import CycleRunner
 from .context import NightContext
 from .cycles import CycleSource
@@ -41,6 +42,7 @@ from .loading import (
     connect_components,
     git_commit,
     import_scenario,
+    imported_files,
     run_setup_hook,
     scenario_shortcuts,
 )
@@ -55,6 +57,12 @@ if TYPE_CHECKING:
     from ..faults.driver import FaultDriver
 
 log = logging.getLogger("overnight")
+
+# Git's part of the code checks at a night's start, all its calls together; the whole
+# comparison (the ledger read included) gets a little more.
+CODE_CHECKS_GIT_S = 20.0
+CODE_CHECKS_S = CODE_CHECKS_GIT_S + 5.0
+NO_PREVIOUS_NIGHT = "no previous ended night of this scenario"
 
 
 @dataclass
@@ -256,6 +264,7 @@ class Orchestrator:
         self._session = await self.ledger.write(
             ops.start_session, self.night_id, now, os.getpid(), socket.gethostname()
         )
+        commit = await git_commit(self.loaded.base_dir)
         await self.journal.event(
             EventKind.NIGHT_RESUMED if self.resume else EventKind.NIGHT_STARTED,
             f"session {self._session}, pid {os.getpid()}",
@@ -264,12 +273,14 @@ class Orchestrator:
                 "parallel": self.plan.parallel,
                 "deadline": self.deadline,
                 "dry_run": self.plan.dry_run,
-                "git_commit": await git_commit(self.loaded.base_dir),
+                "git_commit": commit,
                 # The values, not only their hash (redacted at the ledger's door).
                 "settings": self.settings.to_dict(),
                 "plan_choices": dict(self.plan.choices),
             },
         )
+        if self.resume is None:
+            await self._record_code_checks(commit)
         done = await asyncio.to_thread(self.journal.done_cycles)
         self._attempts_used = await asyncio.to_thread(self.journal.attempts_used)
         self._cycles = CycleSource(self.plan.cycles_to_run, frozenset(done))
@@ -285,6 +296,64 @@ class Orchestrator:
         )
         if self.deadline is not None and self.deadline <= now:
             self.stopping.stop("time bound already reached")
+
+    async def _record_code_checks(self, commit: str | None) -> None:
+        """Check lines removed from the scenario's code since the previous ended night of
+        its scenario (``weakening.code``), recorded as ``code_checks`` as a new night
+        opens. It never fails or holds the night: git runs in a thread within its bound,
+        an interrupt cancels the wait, and whatever goes wrong is recorded as
+        ``not_available`` with its reason."""
+        previous: dict[str, Any] | None = None
+
+        async def compare() -> dict[str, Any]:
+            nonlocal previous
+            night = {"id": self.night_id, "scenario": self.plan.scenario, "started_at": self.started_at}
+            previous = await asyncio.to_thread(self._previous_night, night)
+            if previous is None and commit is not None:
+                return unavailable(NO_PREVIOUS_NIGHT, None, commit)
+            before = previous["night_started"].get("git_commit") if previous else None
+            specs = [spec for spec in (self.plan.scenario, self.loaded.config.setup) if spec]
+            return await asyncio.to_thread(
+                compare_project,
+                self.loaded.base_dir,
+                before if isinstance(before, str) else None,
+                commit,
+                imported_files(specs),
+                names=(
+                    f"the previous night {previous['id']}" if previous else "the previous night",
+                    "this night",
+                ),
+                timeout=CODE_CHECKS_GIT_S,
+            )
+
+        work = asyncio.create_task(compare(), name="code-checks")
+        with self.stopping.cancellable(work):
+            try:
+                async with asyncio.timeout(CODE_CHECKS_S):
+                    result = await work
+            except TimeoutError:
+                result = unavailable(f"the comparison took longer than {CODE_CHECKS_S:g} s", None, commit)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                result = unavailable("the night was interrupted before the comparison ended", None, commit)
+            except Exception as exc:  # our bug, or the ledger's: recorded, never the night's end
+                detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                result = unavailable(f"the comparison failed: {detail}", None, commit)
+        if previous is not None:
+            if result["before_commit"] is None:  # a branch above that did not get to compare
+                result["before_commit"] = previous["night_started"].get("git_commit")
+            result["previous_night_id"] = previous["id"]
+        else:
+            result["previous_night_id"] = None
+        message = summary(result)
+        await self.journal.event(EventKind.CODE_CHECKS, message, result)
+        log.info("%s", message)
+
+    def _previous_night(self, night: dict[str, Any]) -> dict[str, Any] | None:
+        with self.ledger.read() as conn:
+            return queries.previous_ended_night(conn, night)
 
     async def _close_night(self) -> NightOutcome:
         now = self.clock()

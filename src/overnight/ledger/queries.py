@@ -402,3 +402,38 @@ def _rows_streamed(result: Any) -> Iterator[dict[str, Any]]:
     keys = tuple(result.keys())
     for row in result:
         yield dict(zip(keys, row, strict=True))
+
+
+def previous_ended_night(conn: Connection, night: dict[str, Any]) -> dict[str, Any] | None:
+    """The previous ended night of ``night``'s scenario, by the trend's rule (same
+    scenario, started before it, ended, not itself): ``{"id", "started_at",
+    "night_started"}``, the last its ``night_started`` event's data (``{}`` when it has
+    none). ``night`` needs ``id``, ``scenario`` and ``started_at``."""
+    import json
+
+    n, e = s.nights.c, s.events.c
+    row = conn.execute(
+        select(n.id, n.started_at)
+        .where(
+            n.scenario == night["scenario"],
+            n.started_at < night["started_at"],
+            n.ended_at.is_not(None),
+            n.id != night["id"],
+        )
+        .order_by(n.started_at.desc())
+        .limit(1)
+    ).first()
+    if row is None:
+        return None
+    raw = conn.execute(
+        select(e.data).where(e.night_id == row.id, e.kind == "night_started").order_by(e.ts, e.id).limit(1)
+    ).scalar()
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = {}
+    return {
+        "id": row.id,
+        "started_at": row.started_at,
+        "night_started": data if isinstance(data, dict) else {},
+    }
