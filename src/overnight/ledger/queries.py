@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -409,8 +410,6 @@ def previous_ended_night(conn: Connection, night: dict[str, Any]) -> dict[str, A
     scenario, started before it, ended, not itself): ``{"id", "started_at",
     "night_started"}``, the last its ``night_started`` event's data (``{}`` when it has
     none). ``night`` needs ``id``, ``scenario`` and ``started_at``."""
-    import json
-
     n, e = s.nights.c, s.events.c
     row = conn.execute(
         select(n.id, n.started_at)
