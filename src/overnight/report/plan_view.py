@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from ..config import SETTINGS_DECLARATIONS
 from ..faults.plan import FaultSpec
 from ..ledger import queries
 
@@ -32,7 +33,15 @@ def _started(rows: queries.NightRows) -> dict[str, Any]:
 def protected_settings(rows: queries.NightRows) -> dict[str, Any]:
     """The values the night ran with (secrets masked). Nights recorded before the values
     were: the settings as written in the stored config."""
-    return _started_or_planned(rows, "settings", lambda plan: (plan.get("config_raw") or {}).get("settings"))
+    return _started_or_planned(rows, "settings", _planned_settings)
+
+
+def _planned_settings(plan: dict[str, Any]) -> Any:
+    """``[settings]`` of the stored config, without the tables that are not settings."""
+    settings = (plan.get("config_raw") or {}).get("settings")
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in SETTINGS_DECLARATIONS}
 
 
 def plan_choices(rows: queries.NightRows) -> dict[str, Any]:
