@@ -260,12 +260,13 @@ def compare(
         return mask is not None and any(_holds(v, mask) for v in values)
 
     changes: list[Change] = []
-    hidden: list[str] = []  # secrets stored alike both nights
+    hidden: list[str] = []  # secrets stored masked alike both nights
     for key in sorted(set(was) | set(is_)):
         a, b = was.get(key, ABSENT), is_.get(key, ABSENT)
         if secret(key, a, b):
             if a is not ABSENT and b is not ABSENT and same_value(a, b):
-                hidden.append(key)
+                if mask is None or _holds(a, mask):  # stored masked: unseen, not unchanged
+                    hidden.append(key)
             else:
                 changes.append(_secret_change(key, a, b))
             continue
