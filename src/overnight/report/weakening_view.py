@@ -186,8 +186,8 @@ def weakening_section(
         )
         differ = None if fp_now is None or fp_before is None else fp_now != fp_before
         compared = compare(
-            protected_settings(previous.rows),
-            protected_settings(rows),
+            protected_settings(previous.rows, masked=False),
+            protected_settings(rows, masked=False),
             meta,
             acknowledged,
             is_secret=is_secret_key,
