@@ -31,6 +31,7 @@ from overnight.config import validate_config
 from overnight.engine.orchestrator import Orchestrator
 from overnight.engine.progress import LogProgress
 from overnight.ledger import Ledger
+from overnight.notify import telegram_text
 from overnight.redaction import MASK
 from overnight.report import REPORT_HTML, REPORT_JSON, REPORT_JUNIT, REPORT_MD, night_verdict, write_reports
 from overnight.report.weakening_view import NO_PREVIOUS, code_findings, code_section
@@ -573,6 +574,13 @@ async def test_two_nights_a_lowered_threshold_and_a_stage_switched_off(tmp_path:
     assert '<p class="verdict weakened" data-exit-code="0">' in head
     assert "min_application_length lowered 15000 → 500" in head and "expert: true → false" in head
     assert "code checks: not recorded for this night" in head
+    lines = telegram_text(report, {}).splitlines()
+    assert lines[0] == f"overnight {report['night_id']}: {report['verdict']}"
+    assert lines[-3:] == [
+        "checks weakened since the previous night: 2",
+        "- expert: true → false (a stage no longer runs)",
+        "- min_application_length lowered 15000 → 500",
+    ]
     saved = json.loads((folder / REPORT_JSON).read_text())
     assert saved["weakened"] == report["weakened"] and saved["verdict"] == report["verdict"]
     assert 'name="verdict" value="PASSED — checks weakened' in (folder / REPORT_JUNIT).read_text()
