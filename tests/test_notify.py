@@ -165,6 +165,9 @@ def test_webhook_gets_the_summary_as_json(server: Recorder) -> None:
         "ended_at": "2026-11-25T06:12:40+01:00",
         "incidents": 2,
         "repairs": 3,
+        "weakened_count": 0,
+        "weakened": [],
+        "weakening_mode": None,
         "report": PATHS,
     }
 

@@ -78,8 +78,19 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
 
 
+# Weakening findings a Telegram message lists (the webhook body has them all).
+_TELEGRAM_WEAKENED = 5
+
+
+def _weakened(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [w for w in report.get("weakened") or [] if isinstance(w, dict)]
+
+
 def webhook_payload(report: dict[str, Any], paths: dict[str, str]) -> dict[str, Any]:
-    """The JSON body of the webhook: the night's verdict, counts and report files."""
+    """The JSON body of the webhook: the night's verdict, counts, what was weakened since
+    the previous night (``weakened``: each finding's ``source`` and one-line ``text``),
+    and report files."""
+    weakened = _weakened(report)
     return {
         "event": "night_ended",
         "night_id": report.get("night_id"),
@@ -94,6 +105,9 @@ def webhook_payload(report: dict[str, Any], paths: dict[str, str]) -> dict[str, 
         "ended_at": report.get("ended_at"),
         "incidents": len(report.get("incidents") or []),
         "repairs": len((report.get("agent") or {}).get("repairs") or []),
+        "weakened_count": len(weakened),
+        "weakened": [{"source": w.get("source"), "text": w.get("text")} for w in weakened],
+        "weakening_mode": (report.get("weakening") or {}).get("mode"),
         "report": dict(paths),
     }
 
@@ -111,6 +125,12 @@ def telegram_text(report: dict[str, Any], paths: dict[str, str]) -> str:
         f"incidents {len(report.get('incidents') or [])}, "
         f"repairs {len((report.get('agent') or {}).get('repairs') or [])}",
     ]
+    weakened = _weakened(report)
+    if weakened:
+        lines.append(f"checks weakened since the previous night: {len(weakened)}")
+        lines.extend(f"- {w.get('text')}" for w in weakened[:_TELEGRAM_WEAKENED])
+        if len(weakened) > _TELEGRAM_WEAKENED:
+            lines.append(f"- and {len(weakened) - _TELEGRAM_WEAKENED} more (see the report)")
     where = next((paths[k] for k in ("markdown", "html", "json", "junit") if paths.get(k)), None)
     if where is None and paths:
         where = next(iter(paths.values()))

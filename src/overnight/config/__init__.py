@@ -8,7 +8,8 @@ Every problem becomes one ``ConfigError`` line naming the file, the key and what
 expected.
 
 The package: ``models`` (``ConfigModel`` and the tables, ``Config``), ``loading``
-(reading, interpolation, secrets, validation errors, ``LoadedConfig``), ``protected``
+(reading, interpolation, secrets, validation errors, ``LoadedConfig``, the checks of
+``[settings.meta]`` / ``[settings.acknowledged]`` against the settings they name), ``protected``
 (``ProtectedSettings``) and ``locating`` (night dir, ledger, ``parse_set``); every name is
 re-exported here.
 """
@@ -17,6 +18,7 @@ from .loading import (
     CONFIG_FILE,
     LoadedConfig,
     agent_settings_for,
+    check_declarations,
     describe_validation_error,
     find_config,
     fingerprint,
@@ -41,6 +43,8 @@ from .models import (
     MAX_CYCLES,
     MAX_HOURS,
     MAX_SEED,
+    SETTINGS_DECLARATIONS,
+    Acknowledgement,
     AgentConfig,
     ComponentConfig,
     Config,
@@ -51,6 +55,7 @@ from .models import (
     Price,
     ReportConfig,
     RunConfig,
+    SettingMeta,
 )
 from .protected import ProtectedSettings
 
@@ -62,6 +67,8 @@ __all__ = [
     "MAX_CYCLES",
     "MAX_HOURS",
     "MAX_SEED",
+    "SETTINGS_DECLARATIONS",
+    "Acknowledgement",
     "AgentConfig",
     "ComponentConfig",
     "Config",
@@ -74,7 +81,9 @@ __all__ = [
     "ProtectedSettings",
     "ReportConfig",
     "RunConfig",
+    "SettingMeta",
     "agent_settings_for",
+    "check_declarations",
     "config_for_location",
     "describe_validation_error",
     "find_config",

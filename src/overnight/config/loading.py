@@ -25,7 +25,7 @@ from ..redaction import (
     register_secrets_in,
     walk_secrets,
 )
-from .models import AGENT_KEYS_PER_COMPONENT, AgentConfig, Config, Interpolated
+from .models import AGENT_KEYS_PER_COMPONENT, SETTINGS_DECLARATIONS, AgentConfig, Config, Interpolated
 
 CONFIG_FILE = "overnight.toml"
 
@@ -129,7 +129,98 @@ def validate_config(raw: dict[str, Any], path: Path | None, prefix: str = "") ->
         config = Config.model_validate(resolved)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, name, prefix)) from None
+    problem = check_declarations(config, raw)
+    if problem:
+        raise ConfigError(f"{name}: {prefix}{problem}")
     return LoadedConfig(config=config, path=path, raw=raw, key_prefix=prefix)
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def _setting(settings: Mapping[str, Any], dotted: str, table: str) -> tuple[str | None, Any]:
+    """(what is wrong or None, value) of the protected setting ``[settings.TABLE]`` names
+    by its dotted name (``llm.temperature``)."""
+    value: Any = settings
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return f"settings.{table}.{dotted}: no protected setting {dotted} in [settings]", None
+        value = value[part]
+    if isinstance(value, Mapping):
+        inner = next(iter(value), "NAME")
+        return (
+            f"settings.{table}.{dotted}: settings.{dotted} is a table; name each of its settings "
+            f'by its dotted name ("{dotted}.{inner}")',
+            None,
+        )
+    return None, value
+
+
+def _kind_of(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def check_declarations(config: Config, raw: Mapping[str, Any]) -> str | None:
+    """``KEY: what is wrong`` with ``[settings.meta]``, ``[settings.acknowledged]`` or
+    ``[report] weakening`` beyond their types, or None: each names a protected setting,
+    fits its type, and is written out (the report reads them back from the ledger as
+    written, so a ``${VAR}`` there could not be read the same way)."""
+    settings = raw.get("settings") if isinstance(raw.get("settings"), dict) else {}
+    for table in SETTINGS_DECLARATIONS:
+        written = settings.get(table) if isinstance(settings, dict) else None
+        ref = _first_reference(written, f"settings.{table}")
+        if ref:
+            return f"{ref}: a ${{VAR}} reference is not allowed here; write the value out"
+    report = raw.get("report")
+    if isinstance(report, dict) and isinstance(report.get("weakening"), str) and "${" in report["weakening"]:
+        return 'report.weakening: a ${VAR} reference is not allowed here; write "warn" or "fail"'
+    for key, meta in config.settings_meta.items():
+        missing, value = _setting(config.settings, key, "meta")
+        if missing:
+            return missing
+        if isinstance(meta.stricter, bool) and not isinstance(value, bool):
+            return (
+                f"settings.meta.{key}.stricter: true or false is for a boolean setting; "
+                f"settings.{key} is {_kind_of(value)}"
+            )
+        if isinstance(meta.stricter, str) and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return (
+                f'settings.meta.{key}.stricter: "{meta.stricter}" is for a number setting; '
+                f"settings.{key} is {_kind_of(value)}"
+            )
+    for key, ack in config.settings_acknowledged.items():
+        missing, value = _setting(config.settings, key, "acknowledged")
+        if missing:
+            return missing
+        if any(is_secret_key(part) for part in key.split(".")):
+            return (
+                f"settings.acknowledged.{key}: a secret's value cannot be acknowledged (it would be "
+                "written in the config); secret settings are reported as changed, never as weakening"
+            )
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (value, ack.value))
+        if not numbers and type(value) is not type(ack.value):
+            return (
+                f"settings.acknowledged.{key}.value: {_kind_of(ack.value)}, but "
+                f"settings.{key} is {_kind_of(value)}"
+            )
+    return None
+
+
+def _first_reference(data: Any, key: str) -> str | None:
+    """The key of the first string holding a ``${VAR}`` reference in ``data``, or None."""
+    if isinstance(data, dict):
+        for k, v in data.items():
+            found = _first_reference(v, f"{key}.{k}")
+            if found:
+                return found
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found = _first_reference(v, f"{key}[{i}]")
+            if found:
+                return found
+    elif isinstance(data, str) and ENV_REF.search(data):
+        return key
+    return None
 
 
 def interpolate(data: Any, file: str, prefix: str = "", _key: str = "") -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import ConfigError, UsageError
 from .loading import LoadedConfig, find_config, load_config
+from .models import SETTINGS_DECLARATIONS
 
 DEFAULT_NIGHT_DIR = "night_tests"
 LEDGER_FILE = "overnight.db"
@@ -85,6 +86,11 @@ def parse_set(items: list[str], settings: Mapping[str, Any]) -> dict[str, Any]:
             raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set expert=false")
         if key in out:
             raise UsageError(f"--set {key}: given twice")
+        if key in SETTINGS_DECLARATIONS:
+            raise UsageError(
+                f"--set {key}: [settings.{key}] is not a protected setting (it says how they are "
+                "compared between nights); write it in the config"
+            )
         try:
             value: Any = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:

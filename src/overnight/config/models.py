@@ -6,10 +6,11 @@ values read from the environment converted to the field's type) and each table u
 from __future__ import annotations
 
 import contextlib
+import math
 import re
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _SCENARIO = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
@@ -198,6 +199,76 @@ class ReportConfig(ConfigModel):
     prices: dict[str, Price] = Field(default_factory=dict, description="per model: prompt/completion per 1K")
     score_metric: str = Field("score", description="the ctx.metric name the Quality section reads")
     weakness_metric: str = Field("weakness", description="the ctx.metric name of reviewer weaknesses")
+    weakening: Literal["warn", "fail"] = Field(
+        "warn",
+        description="a night after checks were weakened since the previous night: 'warn' "
+        "(the verdict says so, exit 0 if it passed) or 'fail' (the night fails)",
+    )
+
+
+# The tables inside [settings] that describe the protected settings without being any:
+# taken out of ctx.settings and the protected fingerprint when the config is loaded.
+SETTINGS_DECLARATIONS = ("meta", "acknowledged")
+
+
+class SettingMeta(ConfigModel):
+    """``[settings.meta.NAME]``: which way a protected setting is stricter, for the
+    weakening watch (the setting's name may be dotted for a nested table)."""
+
+    stricter: Any = Field(
+        description='"higher" or "lower" for a number; true or false for a boolean (its stricter value)'
+    )
+    off: str | None = Field(None, description="a boolean's words when it goes to its looser value")
+
+    @field_validator("stricter")
+    @classmethod
+    def _check_stricter(cls, value: Any) -> Any:
+        if isinstance(value, bool) or value in ("higher", "lower"):
+            return value
+        raise ValueError(
+            'expected "higher" or "lower" (a number setting), or true or false '
+            "(a boolean setting: its stricter value)"
+        )
+
+    @field_validator("off")
+    @classmethod
+    def _check_off(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("expected the words shown when it goes to its looser value, not an empty string")
+        return value
+
+    @model_validator(mode="after")
+    def _off_is_for_booleans(self) -> SettingMeta:
+        if self.off is not None and not isinstance(self.stricter, bool):
+            raise ValueError("off is only for a boolean setting (stricter = true or false)")
+        return self
+
+
+class Acknowledgement(ConfigModel):
+    """``[settings.acknowledged] NAME = { value = …, reason = "…" }``: a deliberate change
+    of a protected setting, listed as acknowledged instead of weakening while the
+    setting has this value."""
+
+    value: Any = Field(description="the setting's new value, as the night runs with it")
+    reason: str = Field(description="why it changed (a ticket, a decision)")
+
+    @field_validator("value")
+    @classmethod
+    def _check_value(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            raise ValueError(
+                "expected the setting's value (a number, a boolean, a string or a list), not a table"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+
+    @field_validator("reason")
+    @classmethod
+    def _check_reason(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("expected why the setting changed, not an empty string")
+        return value
 
 
 class ComponentConfig(ConfigModel):
@@ -218,11 +289,25 @@ class Config(ConfigModel):
     settings: dict[str, Any] = Field(
         default_factory=dict, description="protected settings, frozen for the whole night"
     )
+    # [settings.meta] and [settings.acknowledged]: read from inside [settings] (errors
+    # name them there), and taken out of it (``_without_declarations``).
+    settings_meta: dict[str, SettingMeta] = Field(
+        default_factory=dict, validation_alias=AliasPath("settings", "meta")
+    )
+    settings_acknowledged: dict[str, Acknowledgement] = Field(
+        default_factory=dict, validation_alias=AliasPath("settings", "acknowledged")
+    )
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("settings")
+    @classmethod
+    def _without_declarations(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """The protected settings alone: not ``meta`` nor ``acknowledged``."""
+        return {k: v for k, v in value.items() if k not in SETTINGS_DECLARATIONS}
 
     @field_validator("scenario", "setup")
     @classmethod

@@ -11,6 +11,7 @@ from typing import Any
 from .markdown_agent import _agent
 from .markdown_common import _ICON, _esc, _s
 from .markdown_results import _failures, _flaky, _quality, _recommendations, _tokens, _trend
+from .markdown_weakening import _weakening
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -82,6 +83,7 @@ def _header(w: Any, r: dict[str, Any]) -> None:
     if use.get("known") and use.get("unused"):
         w(f"| Declared, never called this night | {', '.join(use['unused'])} |")
     w("")
+    _weakening(w, r)
     if comps:
         w("| component | type | target | real / sandbox | critical |")
         w("|---|---|---|---|---|")

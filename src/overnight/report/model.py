@@ -452,7 +452,38 @@ def night_verdict(report: dict[str, Any]) -> tuple[str, int]:
     so); 1 otherwise, a cycle that failed on a fallback included (no product verdict). A
     night that has not ended is never reported as passed, nor one whose planned cycles
     did not run because the gate held them when it ended.
+
+    Checks weakened since the previous night (``report["weakened"]``) are never a clean
+    pass: ``PASSED — checks weakened since the previous night: …; all 3 cycles passed``
+    (the head of the line it had without them kept: ``PASSED WITH FALLBACK — …``), exit
+    0, or with ``[report] weakening = "fail"`` (``report["weakening"]["mode"]``)
+    ``FAILED: checks weakened since the previous night: …; all 3 cycles passed``, exit 1.
+    A night that did not pass says it after its own line.
     """
+    line, code = _cycles_verdict(report)
+    weakened = report.get("weakened") or []
+    if not weakened:
+        return line, code
+    what = f"checks weakened since the previous night: {_weakened_words(weakened)}"
+    if code != 0:
+        return f"{line}; {what}", code
+    head, _, rest = line.partition(": ")
+    if (report.get("weakening") or {}).get("mode") == "fail":
+        return f"FAILED: {what}; {rest}", 1
+    return f"{head} — {what}; {rest}", 0
+
+
+def _weakened_words(weakened: list[dict[str, Any]], limit: int = 3) -> str:
+    """The weakening findings in a few words each (``short``): the first ``limit``, then
+    how many more."""
+    shown = [str(w.get("short") or w.get("text")) for w in weakened[:limit]]
+    more = len(weakened) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+def _cycles_verdict(report: dict[str, Any]) -> tuple[str, int]:
+    """``night_verdict`` from the cycles, the end of the night and the protected
+    fingerprint alone."""
     t = report["totals"]
     fp = report["protected_fingerprint"]
     run = report["cycles_run"]

@@ -10,8 +10,10 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from ..config import SETTINGS_DECLARATIONS
 from ..faults.plan import FaultSpec
 from ..ledger import queries
+from ..redaction import MASK, is_secret_key
 
 
 def _data(event: dict[str, Any] | None) -> dict[str, Any]:
@@ -29,15 +31,45 @@ def _started(rows: queries.NightRows) -> dict[str, Any]:
     return _data(events[0] if events else None)
 
 
-def protected_settings(rows: queries.NightRows) -> dict[str, Any]:
+def protected_settings(rows: queries.NightRows, masked: bool = True) -> dict[str, Any]:
     """The values the night ran with (secrets masked). Nights recorded before the values
-    were: the settings as written in the stored config."""
-    return _started_or_planned(rows, "settings", lambda plan: (plan.get("config_raw") or {}).get("settings"))
+    were: the settings as written in the stored config.
+
+    The ledger masks a string under a secret-looking key, not a number or a boolean
+    (``pin_token = 12345678`` is stored as it is): ``masked`` masks every value under
+    such a key, at any depth. Unmasked only for comparisons that never show a value
+    (the weakening watch says of a secret "changed" or nothing)."""
+    settings = _started_or_planned(rows, "settings", _planned_settings)
+    shown: dict[str, Any] = mask_secret_values(settings) if masked else settings
+    return shown
+
+
+def mask_secret_values(data: Any) -> Any:
+    """``data`` with every value held under a secret-looking key masked, whatever its type."""
+    if isinstance(data, dict):
+        return {
+            k: MASK if is_secret_key(str(k)) and v is not None else mask_secret_values(v)
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [mask_secret_values(v) for v in data]
+    return data
+
+
+def _planned_settings(plan: dict[str, Any]) -> Any:
+    """``[settings]`` of the stored config, without the tables that are not settings."""
+    settings = (plan.get("config_raw") or {}).get("settings")
+    if not isinstance(settings, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in SETTINGS_DECLARATIONS}
 
 
 def plan_choices(rows: queries.NightRows) -> dict[str, Any]:
     """Protected settings chosen on the command line for this night (e.g. --mock-websearch)."""
-    return _started_or_planned(rows, "plan_choices", lambda plan: plan.get("choices"))
+    choices: dict[str, Any] = mask_secret_values(
+        _started_or_planned(rows, "plan_choices", lambda plan: plan.get("choices"))
+    )
+    return choices
 
 
 def _started_or_planned(

@@ -260,6 +260,19 @@ def recommendations(
                 + ", ".join(f"#{r['incident_id']}" for r in injections),
             }
         )
+    weakened = sections.get("weakened") or []
+    if weakened:
+        # Before "nothing to do": a green night after a loosened check is not one.
+        mode = (sections.get("weakening") or {}).get("mode")
+        out.append(
+            {
+                "text": f"{plural(len(weakened), 'check')} weakened since the previous night: restore "
+                "them, or acknowledge a deliberate setting change in [settings.acknowledged] (value "
+                "and reason)"
+                + ("" if mode == "fail" else '; [report] weakening = "fail" makes such a night fail'),
+                "evidence": "; ".join(w["text"] for w in weakened[:5]) + (" …" if len(weakened) > 5 else ""),
+            }
+        )
     if not [o for o in out if not o["text"].startswith("the fault drill passed")]:
         ours = [row for row in rows if row["repaired_by_us"]]
         transient = [row for row in rows if row["state"] == "transient"]

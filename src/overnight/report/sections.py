@@ -1,7 +1,7 @@
 """The report's sections beyond the cycle counts: the repair agent, incidents and faults,
-quality, flaky steps, tokens and cost, the trend against the previous night, and
-recommendations. Every figure comes from the ledger (the night's own config, prices
-included, is in its stored plan)."""
+quality, flaky steps, tokens and cost, the trend against the previous night, the
+weakening watch (and the verdict line it may change), and recommendations. Every figure
+comes from the ledger (the night's own config, prices included, is in its stored plan)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from ..ledger import queries
 from .agent_view import agent_section
 from .incidents import fallback_failures, knob_changes
 from .inputs import flaky_inputs, input_dependent_steps
+from .model import night_verdict
 from .plan_view import comparison, component_use, plan_choices, protected_settings
 from .quality import final_attempts, quality_and_metrics, tokens_section
 from .recommendations import recommendations
 from .settings import json_field, report_settings
 from .trend import PreviousNight, trend_section
+from .weakening_view import weakening_section
 
 
 def build_sections(
@@ -86,5 +88,10 @@ def build_sections(
     out["flaky"] = flaky_inputs(cycles, attempts, history or [], rows.id)
     out["tokens"] = tokens_section(by_kind["usage"], settings)
     out["trend"] = trend_section(previous, report, out, comparison(rows, previous.rows if previous else None))
+    out["weakening"], out["weakened"] = weakening_section(rows, previous)
+    # The verdict line again, now that what weakened since the previous night is known.
+    out["verdict"], out["exit_code"] = night_verdict(
+        {**report, "weakening": out["weakening"], "weakened": out["weakened"]}
+    )
     out["recommendations"] = recommendations(report, out, incidents)
     return out

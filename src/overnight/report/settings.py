@@ -25,4 +25,5 @@ def report_settings(night: dict[str, Any]) -> dict[str, Any]:
         "prices": raw.get("prices") or {},
         "score_metric": raw.get("score_metric", "score"),
         "weakness_metric": raw.get("weakness_metric", "weakness"),
+        "weakening": raw.get("weakening", "warn"),
     }
