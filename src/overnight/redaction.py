@@ -205,8 +205,8 @@ def redact_data(data: Any, key: str = "") -> Any:
     """JSON-able ``data`` with its secrets masked, its structure intact (masking the
     dumped text could break it: a registered "2024" inside a number, ``"token": 5``).
 
-    Strings pass through ``redact``. A string held under a secret-looking key is masked
-    whole, except its ``${VAR}`` references; the default of a ``${VAR:-default}`` is masked
+    Strings pass through ``redact``. A string or a number held under a secret-looking key
+    is masked whole, except a string's ``${VAR}`` references; the default of a ``${VAR:-default}`` is masked
     when its key or variable name looks secret. This is what the ledger keeps of a config:
     ``Plan.load_config`` reads masked values back from the unchanged file.
     """
@@ -214,9 +214,11 @@ def redact_data(data: Any, key: str = "") -> Any:
         return {redact(str(k)): redact_data(v, str(k)) for k, v in data.items()}
     if isinstance(data, list | tuple):
         return [redact_data(v, key) for v in data]
-    if not isinstance(data, str):
-        return data
     secret = bool(key) and is_secret_key(key)
+    if not isinstance(data, str):
+        # A number under a secret-looking key is a secret too (a PIN, a numeric token);
+        # booleans and null say nothing.
+        return MASK if secret and isinstance(data, int | float) and not isinstance(data, bool) else data
     parts, last = [], 0
     for match in ENV_REF.finditer(data):
         if match.start() > last:
