@@ -162,7 +162,7 @@ class VerdictFlips:
         item = (-later_cycle, self.flipped, entry)
         if len(self._heap) < self._shown:
             heapq.heappush(self._heap, item)
-        elif item[0] > self._heap[0][0]:
+        elif self._heap and item[0] > self._heap[0][0]:
             heapq.heapreplace(self._heap, item)
 
     def result(self) -> dict[str, Any]:
