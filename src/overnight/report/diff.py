@@ -90,7 +90,7 @@ def side(report: Mapping[str, Any]) -> dict[str, Any]:
         "figures": figures(report),
         "durations": {
             "cycle": spread(durations["cycle"]),
-            "steps": {name: spread(st) for name, st in sorted((durations.get("steps") or {}).items())},
+            "steps": {name: spread(st) for name, st in (durations.get("steps") or {}).items()},
         },
         "incidents": {c: dict(sorted(kinds.items())) for c, kinds in sorted(incidents.items())},
         "tokens": dict(tokens["total"]) if tokens.get("total") else None,
@@ -283,7 +283,10 @@ def compare(
         "comparable": like,
         "plan": {
             "comparable": like,
-            "settings_differ": list(plan.get("settings_differ") or []),
+            "settings_differ": [
+                {"setting": x.get("key"), "a": x.get("before"), "b": x.get("now")}
+                for x in plan.get("settings_differ") or []
+            ],
             "choices_a": plan.get("choices_before"),
             "choices_b": plan.get("choices_now"),
             "faults_a": plan.get("faults_before"),

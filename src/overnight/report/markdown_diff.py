@@ -53,9 +53,11 @@ def _header(w: Any, d: dict[str, Any]) -> None:
         w("")
     plan = d["plan"]
     if not d["comparable"]:
-        diffs = [f"{x['key']}: {_v(x['before'])} → {_v(x['now'])}" for x in plan.get("settings_differ") or []]
+        diffs = [
+            f"{x['setting']}: {show(x['a'])} → {show(x['b'])}" for x in plan.get("settings_differ") or []
+        ]
         if plan.get("choices_a") != plan.get("choices_b"):
-            diffs.append(f"plan choices: {_v(plan.get('choices_a'))} → {_v(plan.get('choices_b'))}")
+            diffs.append(f"plan choices: {show(plan.get('choices_a'))} → {show(plan.get('choices_b'))}")
         if plan.get("faults_a") != plan.get("faults_b"):
             diffs.append(
                 f"injected faults: {_faults(plan.get('faults_a'))} → {_faults(plan.get('faults_b'))}"
@@ -227,7 +229,7 @@ def _tokens(w: Any, d: dict[str, Any]) -> None:
     w("| | night A | night B | change |")
     w("|---|---:|---:|---:|")
     for name, f in tokens.items():
-        w(f"| {name.replace('_', ' ')} | {_v(f['a'])} | {_v(f['b'])} | {_change(name, f)} |")
+        w(f"| {name.replace('_', ' ')} | {_count(f['a'])} | {_count(f['b'])} | {_count(f['delta'], True)} |")
     if cost:
         ca, cb = cost.get("currency_a"), cost.get("currency_b")
         label = f"cost ({cost['currency']})" if ca == cb or not (ca and cb) else f"cost ({ca} / {cb})"
@@ -238,6 +240,13 @@ def _tokens(w: Any, d: dict[str, Any]) -> None:
     if not cost:
         w("Cost: no price table configured in either night (`[report] prices`).")
         w("")
+
+
+def _count(x: Any, signed: bool = False) -> str:
+    """A count as the report's token section writes it: ``75,059``."""
+    if not isinstance(x, int) or isinstance(x, bool):
+        return _v(x)
+    return f"{'+' if signed and x > 0 else ''}{x:,}"
 
 
 def _money(x: Any, signed: bool = False) -> str:
@@ -283,7 +292,7 @@ def _settings(w: Any, d: dict[str, Any]) -> None:
         w("Neither night had protected settings.")
         w("")
     plan = d["plan"]
-    choices_a, choices_b = _v(plan.get("choices_a") or {}), _v(plan.get("choices_b") or {})
+    choices_a, choices_b = _esc(show(plan.get("choices_a") or {})), _esc(show(plan.get("choices_b") or {}))
     w(f"Plan choices (command line): night A {choices_a}, night B {choices_b}.")
     w(f"Injected faults: night A {_faults(plan.get('faults_a'))}; night B {_faults(plan.get('faults_b'))}.")
     w("")
