@@ -143,15 +143,16 @@ def _specs(rows: queries.NightRows) -> list[str]:
 
 
 def module_paths(folder: Path, specs: list[str]) -> list[Path]:
-    """The files a ``module:function`` spec may name under ``folder`` (where the night
-    imported it from): ``a/b.py`` and ``a/b/__init__.py`` for ``a.b``; the code
-    comparison reads those the commits have."""
+    """The file a ``module:function`` spec names under ``folder`` (where the night
+    imported it from): ``a/b.py`` or ``a/b/__init__.py`` for ``a.b``, the one that is
+    there now; both when neither is (the code comparison reads those the commits have)."""
     out: list[Path] = []
     for spec in specs:
         parts = spec.partition(":")[0].split(".")
         if not all(p.isidentifier() for p in parts):
             continue
-        out += [folder.joinpath(*parts[:-1], f"{parts[-1]}.py"), folder.joinpath(*parts, "__init__.py")]
+        candidates = [folder.joinpath(*parts[:-1], f"{parts[-1]}.py"), folder.joinpath(*parts, "__init__.py")]
+        out += [c for c in candidates if c.is_file()][:1] or candidates
     return list(dict.fromkeys(out))
 
 
