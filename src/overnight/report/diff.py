@@ -186,7 +186,7 @@ class VerdictFlips:
         }
 
 
-def flips_text(v: Mapping[str, Any], later: str = "b") -> str:
+def flips_text(v: Mapping[str, Any]) -> str:
     """One line: ``3 of 10 inputs in common flipped: 2 now passing, 1 now failing``."""
     common, flipped = v.get("inputs_in_common") or 0, v.get("flipped") or 0
     if not common:
