@@ -436,3 +436,17 @@ def previous_ended_night(conn: Connection, night: dict[str, Any]) -> dict[str, A
         "started_at": row.started_at,
         "night_started": data if isinstance(data, dict) else {},
     }
+
+
+def final_verdicts(conn: Connection, night_id: str) -> Iterator[tuple[str, int, str]]:
+    """(input seed, cycle, final verdict) of each finished cycle of the night, in cycle
+    order, streamed from the database (a long night's rows are never all held): what
+    ``overnight diff`` compares input by input. Exhaust it while ``conn`` is open."""
+    c = s.cycles.c
+    q = (
+        select(c.input_seed, c.cycle, c.verdict)
+        .where(c.night_id == night_id, c.status == "done")
+        .order_by(c.cycle)
+    )
+    for row in conn.execute(q.execution_options(yield_per=_FETCH)):
+        yield row[0], row[1], row[2]

@@ -193,6 +193,26 @@ def _trend(w: Any, r: dict[str, Any]) -> None:
         now, before, change = _figure(name, f["now"]), _figure(name, f["before"]), _figure(name, delta, True)
         w(f"| {name.replace('_', ' ')} | {now} | {before} | {sign}{change} |")
     w("")
+    verdicts = tr.get("verdicts")
+    if verdicts:
+        text = str(verdicts.get("text") or "")
+        w(f"Verdicts per input (the same input seed: the same input): {_esc(text)}.")
+        w("")
+        for f in verdicts.get("cycles") or []:
+            w(
+                f"- input `{f['input_seed']}`: cycle {f['before']['cycle']} {f['before']['verdict']} → "
+                f"cycle {f['now']['cycle']} {f['now']['verdict']}"
+            )
+        more = (verdicts.get("flipped") or 0) - len(verdicts.get("cycles") or [])
+        if more > 0:
+            w(f"- … and {more} more")
+        if verdicts.get("cycles"):
+            w("")
+    w(
+        f"`overnight diff {tr['previous_night_id']} {r['night_id']}` compares the two nights in full "
+        "(verdicts per input, step durations, incidents, tokens, settings, commits, weakening)."
+    )
+    w("")
 
 
 def _figure(name: str, x: Any, change: bool = False) -> str:

@@ -62,7 +62,7 @@ def build_report_lazily(ledger: Ledger, night_id: str) -> dict[str, Any]:
         rows = queries.read_night(conn, night_id)
         if rows is None:
             raise KeyError(night_id)
-        previous = previous_night(conn, rows.night)
+        previous = previous_night(conn, rows.night, rows.cycles)
         history = queries.same_inputs(conn, rows.night, keep=differs_from(rows.cycles))
     report = assemble(rows)
     report.update(build_sections(rows, report, previous, history))

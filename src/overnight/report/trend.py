@@ -1,8 +1,10 @@
-"""The trend: a night's figures against the previous ended night of the same scenario."""
+"""The trend: a night's figures against the previous ended night of the same scenario,
+the short form of ``overnight diff`` (``diff``: the same figures, deltas and verdicts per
+input, one definition)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,29 +14,13 @@ from sqlalchemy.engine import Connection
 from ..ledger import queries
 from ..ledger import schema as s
 from ..numbers import iso
-from ..numbers import rnd as _round
+from .diff import VerdictFlips, compare_figures, figures, flips_text
 from .model import cycle_totals
 from .quality import quality_section, tokens_section
 from .settings import report_settings
 
-
-def figures(report: dict[str, Any], sections: dict[str, Any]) -> dict[str, Any]:
-    """The figures a trend compares, for one night."""
-    quality = sections.get("quality") or {}
-    tokens = (sections.get("tokens") or {}).get("total") or {}
-    return {
-        "success_rate": report.get("success_rate"),
-        "cycles_run": report.get("cycles_run"),
-        "failed": report["totals"].get("failed", 0),
-        "infra_error": report["totals"].get("infra_error", 0),
-        "cycle_p50_s": report["durations"]["cycle"].get("p50"),
-        "cycle_p95_s": report["durations"]["cycle"].get("p95"),
-        "mean_score": quality.get("mean"),
-        "incidents": len(sections.get("incidents") or []),
-        "tokens_per_cycle": _round(tokens.get("total_tokens", 0) / report["cycles_run"], 1)
-        if report.get("cycles_run") and tokens
-        else None,
-    }
+# Flipped inputs the trend lists (``overnight diff`` lists more).
+TREND_FLIPS_SHOWN = 10
 
 
 # Rows fetched at a time from the previous night's tables (streamed, never all held).
@@ -50,10 +36,17 @@ class PreviousNight:
 
     rows: queries.NightRows
     figures: dict[str, Any]
+    # The final verdicts of the inputs both nights ran, against the night reported
+    # (``VerdictFlips.result``, ``before`` / ``now``); None when its cycles were not given.
+    verdicts: dict[str, Any] | None = None
 
 
-def previous_night(conn: Connection, night: dict[str, Any]) -> PreviousNight | None:
-    """The previous ended night of the same scenario (the trend's baseline)."""
+def previous_night(
+    conn: Connection, night: dict[str, Any], cycles: Sequence[dict[str, Any]] | None = None
+) -> PreviousNight | None:
+    """The previous ended night of the same scenario (the trend's baseline). ``cycles``:
+    the reported night's cycle rows, to compare the final verdicts of the inputs both
+    nights ran as the previous night's cycles are streamed."""
     previous = conn.execute(
         select(s.nights.c.id)
         .where(
@@ -74,13 +67,21 @@ def previous_night(conn: Connection, night: dict[str, Any]) -> PreviousNight | N
         return None
     c, e = s.cycles.c, s.events.c
     final: dict[int, int] = {}
+    flips = None
+    if cycles is not None:
+        held = {r["input_seed"]: (r["cycle"], r["verdict"]) for r in cycles if r["status"] == "done"}
+        flips = VerdictFlips(held, "now", ("before", "now"), shown=TREND_FLIPS_SHOWN)
 
     def done() -> Iterator[tuple[Any, float | None]]:
-        q = select(c.cycle, c.status, c.verdict, c.attempts, c.duration_s).where(c.night_id == rows.id)
-        q = q.order_by(c.cycle)
-        for cycle, status, verdict, attempts, duration in conn.execute(q.execution_options(yield_per=_FETCH)):
+        q = select(c.cycle, c.status, c.verdict, c.attempts, c.duration_s, c.input_seed)
+        q = q.where(c.night_id == rows.id).order_by(c.cycle)
+        for cycle, status, verdict, attempts, duration, seed in conn.execute(
+            q.execution_options(yield_per=_FETCH)
+        ):
             if status == "done":
                 final[cycle] = attempts
+                if flips is not None:
+                    flips.add(seed, cycle, verdict)
                 yield verdict, duration
 
     def events(kind: str) -> Iterator[dict[str, Any]]:
@@ -105,7 +106,11 @@ def previous_night(conn: Connection, night: dict[str, Any]) -> PreviousNight | N
         "tokens": tokens_section(events("usage"), settings),
         "incidents": rows.incidents,
     }
-    return PreviousNight(rows=rows, figures=figures(report, sections))
+    return PreviousNight(
+        rows=rows,
+        figures=figures({**report, **sections}),
+        verdicts=flips.result() if flips is not None else None,
+    )
 
 
 def trend_section(
@@ -115,23 +120,17 @@ def trend_section(
     compared: dict[str, Any] | None,
 ) -> Any:
     """The same figures for the previous ended night of the same scenario, with deltas;
-    no deltas when the two nights ran different plans (settings or plan choices)."""
+    no deltas when the two nights ran different plans (settings or plan choices); and the
+    inputs both nights ran whose final verdict flipped (``verdicts``)."""
     if previous is None or compared is None:
         return None
-    now, before = figures(report, sections), previous.figures
-    like = compared["comparable"]
+    both = compare_figures(previous.figures, figures({**report, **sections}), compared["comparable"])
     return {
         "previous_night_id": previous.rows.id,
         "previous_started_at": iso(previous.rows.night["started_at"]),
         **compared,
-        "figures": {
-            k: {
-                "now": now[k],
-                "before": before[k],
-                "delta": _round(now[k] - before[k])
-                if like and now[k] is not None and before[k] is not None
-                else None,
-            }
-            for k in now
-        },
+        "figures": {k: {"now": f["b"], "before": f["a"], "delta": f["delta"]} for k, f in both.items()},
+        "verdicts": {**previous.verdicts, "text": flips_text(previous.verdicts)}
+        if previous.verdicts
+        else None,
     }

@@ -164,17 +164,24 @@ def code_findings(code: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def weakening_section(
-    rows: queries.NightRows, previous: PreviousNight | None
+    rows: queries.NightRows,
+    previous: PreviousNight | None,
+    code_checks: dict[str, Any] | None = None,
+    since: str = "the previous night",
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(``weakening``, ``weakened``) of the night against ``previous``, the previous ended
-    night of the same scenario."""
+    night of the same scenario (``overnight diff``: any earlier night, ``since`` naming
+    it in the texts). ``code_checks``: a code comparison (``weakening.code``'s result,
+    with ``previous_night_id``) to use instead of the one the night recorded."""
     night = rows.night
     mode, mode_note = weakening_mode(night)
     meta, acknowledged, notes = declarations(night)
     if mode_note:
         notes.append(mode_note)
-    code_events = rows.events_of("code_checks")
-    code = code_section(json_field(code_events[-1]["data"]) if code_events else None)
+    if code_checks is None:
+        code_events = rows.events_of("code_checks")
+        code_checks = json_field(code_events[-1]["data"]) if code_events else None
+    code = code_section(code_checks)
     settings: list[dict[str, Any]] = []
     weakened: list[dict[str, Any]] = []
     if previous is None:
@@ -211,7 +218,7 @@ def weakening_section(
         their = code.get("previous_night_id")
         if code["status"] == "compared" and their and their != previous.rows.id:
             notes.append(f"the code checks compared night {their}; the settings, night {previous.rows.id}")
-        text = _summary(settings, len(weakened))
+        text = _summary(settings, len(weakened), since)
     weakened.extend(code_findings(code))
     return (
         {
@@ -228,11 +235,11 @@ def weakening_section(
     )
 
 
-def _summary(settings: list[dict[str, Any]], loosened: int) -> str:
+def _summary(settings: list[dict[str, Any]], loosened: int, since: str) -> str:
     if not settings:
-        return "protected settings: unchanged since the previous night"
+        return f"protected settings: unchanged since {since}"
     acknowledged = sum(1 for s in settings if s["acknowledged"] is not None)
-    parts = [plural(len(settings), "protected setting") + " changed since the previous night"]
+    parts = [plural(len(settings), "protected setting") + f" changed since {since}"]
     if loosened:
         parts.append(f"{loosened} loosened")
     if acknowledged:
