@@ -645,7 +645,7 @@ async def test_a_secret_setting_that_changes_is_shown_as_changed_without_its_val
     ]
     assert changes[0]["text"] == (
         "one or more of api_key, pin_token changed "
-        "(secrets: values not shown; seen only through the settings fingerprint)"
+        "(secrets, values not shown; seen only through the settings fingerprint)"
     )
     assert report["weakened"] == [] and report["verdict"] == "PASSED: the only cycle passed"
     assert report["protected_settings"]["pin_token"] == MASK
@@ -664,6 +664,11 @@ async def test_a_secret_setting_that_changes_is_shown_as_changed_without_its_val
     assert "one or more of api_key, pin_token changed (secrets" in (folder / REPORT_MD).read_text()
     for value in secrets:
         assert value not in project.files(folder), value
+    # overnight diff says it too, its words intact through the stdout's secret net.
+    res = run_cli(["diff", "previous", "last"], cwd=project.config.parent)
+    assert res.returncode == 0, res.stderr
+    assert "one or more of api_key, pin_token changed (secrets, values not shown" in res.stdout
+    assert not any(value in res.stdout for value in secrets)
 
 
 @pytest.fixture

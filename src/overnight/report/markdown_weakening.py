@@ -21,7 +21,7 @@ def classification(change: dict[str, Any]) -> str:
     if kind == "stricter":
         return f"stricter{rule}"
     if change.get("secret"):
-        return "changed (a secret: compared as changed or unchanged only)"
+        return "changed (a secret, compared as changed or unchanged only)"
     return "changed (which way is stricter is not declared)"
 
 

@@ -279,8 +279,8 @@ def compare(
         changes.append(_seen_by_fingerprint(hidden))
     elif fingerprints_differ and hidden:
         notes.append(
-            f"{_names(hidden)}: {'a secret' if len(hidden) == 1 else 'secrets'} stored masked, compared only "
-            "through the settings fingerprint, which the other changes already explain: "
+            f"{'a secret' if len(hidden) == 1 else 'secrets'} ({_names(hidden)}) stored masked, "
+            "compared only through the settings fingerprint, which the other changes already explain: "
             "whether it changed too is not known"
         )
 
@@ -325,14 +325,14 @@ def _names(keys: Iterable[str]) -> str:
 def _secret_change(key: str, before: Any, now: Any) -> Change:
     if before is ABSENT:
         return Change(
-            key, None, None, ADDED, CHANGED, f"{key} added (a secret: value not shown)", secret=True
+            key, None, None, ADDED, CHANGED, f"{key} added (a secret, value not shown)", secret=True
         )
     if now is ABSENT:
         return Change(
-            key, None, None, REMOVED, CHANGED, f"{key} removed (a secret: value not shown)", secret=True
+            key, None, None, REMOVED, CHANGED, f"{key} removed (a secret, value not shown)", secret=True
         )
     return Change(
-        key, None, None, CHANGED, CHANGED, f"{key} changed (a secret: values not shown)", secret=True
+        key, None, None, CHANGED, CHANGED, f"{key} changed (a secret, values not shown)", secret=True
     )
 
 
@@ -340,10 +340,10 @@ def _seen_by_fingerprint(hidden: list[str]) -> Change:
     """The fingerprints differ and no recorded value explains it."""
     why = "seen only through the settings fingerprint"
     if len(hidden) == 1:
-        text = f"{hidden[0]} changed (a secret: values not shown; {why})"
+        text = f"{hidden[0]} changed (a secret, values not shown; {why})"
         return Change(hidden[0], None, None, CHANGED, CHANGED, text, secret=True)
     if hidden:
-        text = f"one or more of {_names(hidden)} changed (secrets: values not shown; {why})"
+        text = f"one or more of {_names(hidden)} changed (secrets, values not shown; {why})"
         return Change(_names(hidden), None, None, CHANGED, CHANGED, text, secret=True)
     text = "the protected settings changed, but no recorded value did (seen only through the fingerprint)"
     return Change("(not recorded)", None, None, CHANGED, CHANGED, text, secret=True)
