@@ -188,6 +188,20 @@ class StepRow(NamedTuple):
     duration_s: float | None
 
 
+class CallEvent(NamedTuple):
+    """An event of a kind recorded per call or per measurement (``PER_CALL_KINDS``): a
+    long night holds one or more a cycle, so a tuple of what the report reads of them."""
+
+    cycle: int | None
+    attempt: int | None
+    data: str | None
+
+
+# Event kinds recorded per call or measurement, not per happening: read_night keeps them
+# apart (``NightRows.metrics``, ``NightRows.usage``), as ``CallEvent`` tuples.
+PER_CALL_KINDS = ("metric", "usage")
+
+
 # Tables read_night reads only some columns of (every table: all but ``night_id``, the
 # same in every row), and the tuple type their rows are read as (the rest: dicts).
 _COLUMNS = {"steps": StepRow._fields}
@@ -265,7 +279,9 @@ class NightRows:
     its table's order: cycles by cycle; attempts by (cycle, attempt); steps by (cycle,
     attempt, seq); artifacts by (cycle, attempt, name); events, probes, incidents, repairs
     and fallbacks in time order. Every column but ``night_id`` (the night's, in every
-    row); steps as ``StepRow`` tuples, with only what the report reads of them."""
+    row); steps as ``StepRow`` tuples, with only what the report reads of them; the
+    events of ``PER_CALL_KINDS`` not in ``events`` but in ``metrics`` and ``usage``, as
+    ``CallEvent`` tuples, in time order."""
 
     night: dict[str, Any]
     sessions: list[dict[str, Any]]
@@ -278,6 +294,8 @@ class NightRows:
     incidents: list[dict[str, Any]]
     repairs: list[dict[str, Any]]
     fallbacks: list[dict[str, Any]]
+    metrics: list[CallEvent] = field(default_factory=list)  # the ``metric`` events
+    usage: list[CallEvent] = field(default_factory=list)  # the ``usage`` events
     _by_kind: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -304,7 +322,10 @@ class NightRows:
         }
 
     def events_of(self, *kinds: str) -> list[dict[str, Any]]:
-        """Events of these kinds, in the order they happened."""
+        """Events of these kinds, in the order they happened (not of ``PER_CALL_KINDS``:
+        ``metrics`` and ``usage`` hold those)."""
+        if not set(kinds).isdisjoint(PER_CALL_KINDS):
+            raise ValueError(f"{kinds}: metric and usage events are NightRows.metrics and .usage")
         if len(kinds) == 1:
             return self._by_kind.get(kinds[0], [])
         return [e for e in self.events if e["kind"] in kinds]
@@ -346,9 +367,18 @@ def read_night(
         only = _COLUMNS.get(name)
         columns = [table.c[k] for k in only] if only else [c for c in table.c if c.key != "night_id"]
         q = select(*columns).where(table.c.night_id == night_id)
-        if name == "events" and event_kinds is not None:
-            q = q.where(table.c.kind.in_(event_kinds))
+        if name == "events":
+            q = q.where(table.c.kind.not_in(PER_CALL_KINDS))
+            if event_kinds is not None:
+                q = q.where(table.c.kind.in_(event_kinds))
         return _compact_rows(conn, q.order_by(*order), _REPEATED.get(name, ()), seen, _TUPLES.get(name))
+
+    def per_call(kind: str) -> list[CallEvent]:
+        if "events" not in tables or (event_kinds is not None and kind not in event_kinds):
+            return []
+        e = s.events.c
+        q = select(e.cycle, e.attempt, e.data).where(e.night_id == night_id, e.kind == kind)
+        return _compact_rows(conn, q.order_by(e.ts, e.id), ("cycle", "data"), seen, CallEvent._make)
 
     return NightRows(
         night=night,
@@ -362,6 +392,8 @@ def read_night(
         incidents=rows("incidents"),
         repairs=rows("repairs"),
         fallbacks=rows("fallbacks"),
+        metrics=per_call("metric"),
+        usage=per_call("usage"),
     )
 
 

@@ -7,6 +7,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from ..ledger.queries import CallEvent
 from ..numbers import rnd as _round
 from .settings import json_field
 
@@ -25,13 +26,13 @@ def final_attempts(cycles: list[dict[str, Any]]) -> dict[int, int]:
 
 
 def quality_section(
-    metric_events: Iterable[dict[str, Any]], final: dict[int, int], settings: dict[str, Any]
+    metric_events: Iterable[CallEvent], final: dict[int, int], settings: dict[str, Any]
 ) -> dict[str, Any] | None:
     return quality_and_metrics(metric_events, final, settings)[0]
 
 
 def quality_and_metrics(
-    metric_events: Iterable[dict[str, Any]], final: dict[int, int], settings: dict[str, Any] | None
+    metric_events: Iterable[CallEvent], final: dict[int, int], settings: dict[str, Any] | None
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """The quality section (None without ``settings``, or without scores and weaknesses)
     and the numeric metrics (n, mean, min, max per name), each event's data parsed once.
@@ -44,9 +45,9 @@ def quality_and_metrics(
     weaknesses: Counter[str] = Counter()
     parsed: dict[Any, Any] = {}  # the same recorded JSON, parsed once (up to _PARSED_MAX kinds)
     for e in metric_events:
-        if final.get(e["cycle"]) != e["attempt"]:
+        if (final.get(e.cycle) if e.cycle is not None else None) != e.attempt:
             continue  # an attempt that was retried: its measurements do not count
-        raw = e["data"]
+        raw = e.data
         data = parsed.get(raw) if raw.__class__ is str else None
         if data is None:
             data = json_field(raw) or {}
@@ -55,8 +56,8 @@ def quality_and_metrics(
         name, value = data.get("name"), data.get("value")
         if isinstance(value, int | float):
             values[data["name"]].append(float(value))
-            if name == score_metric and settings:
-                scores[e["cycle"]] = float(value)
+            if name == score_metric and settings and e.cycle is not None:
+                scores[e.cycle] = float(value)
         elif name == weakness_metric and settings and isinstance(value, str):
             weaknesses[value.strip()] += 1
     metrics = {
@@ -88,7 +89,7 @@ def quality_and_metrics(
 # -- tokens and cost ---------------------------------------------------------------------------
 
 
-def tokens_section(usage: Iterable[dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any] | None:
+def tokens_section(usage: Iterable[CallEvent], settings: dict[str, Any]) -> dict[str, Any] | None:
     """Tokens in total, per step and per model, and their cost; None without usage."""
 
     def empty() -> dict[str, int]:
@@ -98,7 +99,7 @@ def tokens_section(usage: Iterable[dict[str, Any]], settings: dict[str, Any]) ->
     per_step: defaultdict[str, dict[str, int]] = defaultdict(empty)
     per_model: defaultdict[str, dict[str, int]] = defaultdict(empty)
     for e in usage:
-        data = json_field(e["data"]) or {}
+        data = json_field(e.data) or {}
         for bucket in (total, per_step[data.get("step") or "-"], per_model[data.get("model") or "-"]):
             bucket["calls"] += 1
             for key in ("prompt_tokens", "completion_tokens", "total_tokens"):

@@ -41,8 +41,6 @@ def build_sections(
         "unmonitored",
         "component_state",
         "degradation_blocked",
-        "metric",
-        "usage",
         "night_started",
         "loop_blocked",
         "loop_lag",
@@ -83,10 +81,10 @@ def build_sections(
     )
     out["knob_changes"] = knob_changes(by_kind, attempts, report, night["ended_at"])
     out["fallback_failures"] = fallback_failures(report, attempts, fallbacks)
-    out["quality"], out["metrics"] = quality_and_metrics(by_kind["metric"], final_attempts(cycles), settings)
+    out["quality"], out["metrics"] = quality_and_metrics(rows.metrics, final_attempts(cycles), settings)
     out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles)
     out["flaky"] = flaky_inputs(cycles, attempts, history or [], rows.id)
-    out["tokens"] = tokens_section(by_kind["usage"], settings)
+    out["tokens"] = tokens_section(rows.usage, settings)
     out["trend"] = trend_section(previous, report, out, comparison(rows, previous.rows if previous else None))
     out["weakening"], out["weakened"] = weakening_section(rows, previous)
     # The verdict line again, now that what weakened since the previous night is known.

@@ -84,14 +84,14 @@ def previous_night(
                     flips.add(seed, cycle, verdict)
                 yield verdict, duration
 
-    def events(kind: str) -> Iterator[dict[str, Any]]:
+    def events(kind: str) -> Iterator[queries.CallEvent]:
         q = (
             select(e.cycle, e.attempt, e.data)
             .where(e.night_id == rows.id, e.kind == kind)
             .order_by(e.ts, e.id)
         )
         for cycle, attempt, data in conn.execute(q.execution_options(yield_per=_FETCH)):
-            yield {"cycle": cycle, "attempt": attempt, "data": data}
+            yield queries.CallEvent(cycle, attempt, data)
 
     counts = cycle_totals(done())
     settings = report_settings(rows.night)
