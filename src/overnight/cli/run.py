@@ -24,6 +24,7 @@ from ..faults.plan import collect
 from ..ledger import Ledger
 from ..report import REPORT_MD, write_reports
 from .app import app, err, fail, guarded, say, setup_logging
+from .examples import demo_example
 from .ledgers import caught_up, existing_ledger
 from .options import (
     ConfigOpt,
@@ -43,7 +44,7 @@ from .options import (
 
 log = logging.getLogger("overnight")
 
-# Without examples/ (an installation without the source tree), the demo's mini scenario.
+# Without the examples (neither the source tree's nor the wheel's copy), the demo's mini scenario.
 DEMO_CONFIG: dict[str, Any] = {
     "scenario": "overnight.scenarios.demo:cycle",
     "run": {"cycles": 3},
@@ -165,17 +166,6 @@ def demo(
     guarded(run_command, args=RunArgs.given(locals(), demo=True))
 
 
-def examples_dir() -> Path | None:
-    """The reference scenarios shipped with the source tree (``examples/``)."""
-    env = os.environ.get("OVERNIGHT_EXAMPLES")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3] / "examples")
-    for folder in candidates:
-        if (folder / "grant_pipeline" / "overnight.toml").is_file():
-            return folder
-    return None
-
-
 def run_command(args: RunArgs) -> None:
     # Every flag against the same bounds as its [run] key, before anything is opened.
     run_settings(None, args.run_flags())
@@ -257,12 +247,13 @@ def resume_night(args: RunArgs, sink: ProgressSink) -> None:
 
 
 def _demo_config() -> LoadedConfig:
-    examples = examples_dir()
-    if examples is not None:
-        return load_config(examples / "grant_pipeline" / "overnight.toml")
+    # The source tree's examples/, or the copy an installed wheel carries (cli/examples.py).
+    example = demo_example()
+    if example is not None:
+        return load_config(example / "overnight.toml")
     say(
-        "overnight: the reference grant pipeline (examples/grant_pipeline) is not in this "
-        "installation; running the built-in mini scenario instead"
+        "overnight: the reference example (examples/) is not in this installation; "
+        "running the built-in mini scenario instead"
     )
     return validate_config(DEMO_CONFIG, None)
 
