@@ -9,9 +9,12 @@ import contextlib
 import re
 from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 _SCENARIO = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# ``scenario = "pytest:PATH"``: a pytest suite as the cycle (a file or folder, relative to
+# the config's folder); "pytest:" always means a suite, never a module named pytest.
+PYTEST_SCENARIO = "pytest:"
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -200,6 +203,20 @@ class ReportConfig(ConfigModel):
     weakness_metric: str = Field("weakness", description="the ctx.metric name of reviewer weaknesses")
 
 
+class PytestConfig(ConfigModel):
+    """A pytest suite as the cycle (``scenario = "pytest:PATH"``): what each cycle's pytest
+    is given, and how an error a test meets is tied to a declared component."""
+
+    args: list[str] = Field(
+        default_factory=list, description="pytest arguments for every cycle, e.g. ['-k', 'smoke']"
+    )
+    components: dict[str, str] = Field(
+        default_factory=dict,
+        description="an exception's module or class (any in its chain) -> the component it comes "
+        "from, for errors that carry no host and port of a declared component",
+    )
+
+
 class ComponentConfig(ConfigModel):
     """A dependency the scenario uses. Keys beyond these belong to the component type."""
 
@@ -219,14 +236,40 @@ class Config(ConfigModel):
         default_factory=dict, description="protected settings, frozen for the whole night"
     )
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
+    pytest: PytestConfig = Field(default_factory=PytestConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
 
-    @field_validator("scenario", "setup")
+    @field_validator("scenario")
     @classmethod
-    def _check_scenario(cls, value: str | None) -> str | None:
+    def _check_scenario(cls, value: str) -> str:
+        if value.startswith(PYTEST_SCENARIO):
+            if not value[len(PYTEST_SCENARIO) :].strip():
+                raise ValueError(
+                    "expected 'pytest:PATH', the file or folder of the tests, e.g. 'pytest:tests/e2e'"
+                )
+            return value
+        if not _SCENARIO.match(value):
+            raise ValueError("expected 'module:function', e.g. 'my_tests:cycle', or 'pytest:PATH'")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _check_setup(cls, value: str | None) -> str | None:
         if value is not None and not _SCENARIO.match(value):
             raise ValueError("expected 'module:function', e.g. 'my_tests:cycle'")
+        return value
+
+    @field_validator("pytest")
+    @classmethod
+    def _check_pytest(cls, value: PytestConfig, info: ValidationInfo) -> PytestConfig:
+        declared = info.data.get("components")
+        if declared is None:  # the components table is wrong itself: said there
+            return value
+        for key, name in value.components.items():
+            if name not in declared:
+                known = ", ".join(declared) or "none declared"
+                raise ValueError(f"components.{key}: {name!r} is not a declared component ({known})")
         return value
