@@ -23,8 +23,7 @@ import pytest
 
 from overnight.engine.orchestrator import NightOutcome, Orchestrator
 from overnight.engine.progress import LogProgress
-from overnight.ledger import Ledger, queries
-from overnight.ledger import schema
+from overnight.ledger import Ledger, queries, schema
 from overnight.report import REPORT_JUNIT, write_reports
 
 from .conftest import run_cli
@@ -322,7 +321,7 @@ def test_sigterm_to_a_night_mid_cycle_leaves_no_pytest_behind(tmp_path: Path) ->
                 conn.settimeout(30)
                 pids = [int(p) for p in conn.recv(100).decode().split()]
             night.send_signal(signal.SIGTERM)
-            out, err = night.communicate(timeout=60)
+            _out, err = night.communicate(timeout=60)
         finally:
             if night.poll() is None:
                 night.kill()
