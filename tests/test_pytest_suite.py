@@ -132,7 +132,9 @@ async def test_a_night_of_a_small_suite(tmp_path: Path, monkeypatch: pytest.Monk
     assert [a["verdict"] for a in atts[3]] == ["failed"]
     assert atts[3][0]["step"] == T + "test_input_dependent"
     assert "wrong answer on input" in atts[3][0]["error_message"]
-    assert "test_suite.py:10" in atts[3][0]["traceback"]  # pytest's own report of the test
+    # Its traceback ends with pytest's own report of the test.
+    assert f"pytest's report of {T}test_input_dependent" in atts[3][0]["traceback"]
+    assert "tests/test_suite.py:11: AssertionError" in atts[3][0]["traceback"]
     assert {c["cycle"]: c["verdict"] for c in report["cycles"]} == {1: "passed", 2: "passed", 3: "failed"}
     assert report["verdict"] == "FAILED: 1 product failure in 3 cycles"
 

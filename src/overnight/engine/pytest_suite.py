@@ -42,6 +42,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +51,11 @@ from typing import TYPE_CHECKING, Any
 from ..components import Component, RemoteError
 from ..config import PYTEST_SCENARIO, LoadedConfig
 from ..errors import ConfigError, InfraError, ProductFailure
-from ..ledger import queries
+from ..ledger import ops, queries
 from ..numbers import plural
 from ..redaction import redact
 from .context import CycleContext, Step
+from .journal import EventKind
 
 if TYPE_CHECKING:
     from ..ledger import Ledger
@@ -71,6 +73,9 @@ OUTPUT_MAX = 1_000_000  # bytes of pytest's output kept (its tail) as the attemp
 KILL_WAIT_S = 5.0  # for a killed pytest to be reaped
 DRAIN_S = 5.0  # for its last results and output once it exited
 COLLECTION = "<collection>"  # the step of a collection error pytest names no node for
+# ``test_report`` events recorded per test and outcome in a session: a test that fails on
+# every cycle of a long night has its first reports kept, not one per cycle.
+REPORTS_PER_TEST = 10
 
 PASSING = frozenset({"passed", "xpassed"})
 # The outcomes a later attempt runs again: the dependency's, or none of the test's own.
@@ -193,6 +198,7 @@ class PytestSuite:
         self.components: Mapping[str, Component] = {}
         self.ledger: Ledger | None = None
         self.night_dir = Path(".")
+        self.reported: dict[tuple[str, str], int] = {}  # (node id, outcome) -> test_report events
 
     def attach(self, components: Mapping[str, Component], ledger: Ledger, night_dir: Path) -> None:
         """The night's components (to signal the agent and describe them to the tests) and
@@ -432,9 +438,41 @@ class _Attempt:
                 comp.report_fault(result.kind, remote, result.nodeid)
         step = self.open.pop(result.nodeid)
         step.settle(result.outcome, result.error_type, result.message, result.duration)
+        self._report(result)
         await step.__aexit__(None, None, None)
         self.results[result.nodeid] = result
         self.last_finished = result.nodeid
+
+    def _report(self, result: TestOutcome) -> None:
+        """A ``test_report`` event for a test that did not pass (queued: the writer is
+        first in, first out, so it is committed before the attempt's end)."""
+        if result.outcome in PASSING:
+            return
+        key = (result.nodeid, result.outcome)
+        seen = self.suite.reported.get(key, 0)
+        if seen >= REPORTS_PER_TEST:
+            return
+        self.suite.reported[key] = seen + 1
+        ctx = self.ctx
+        data = {
+            "step": result.nodeid,
+            "outcome": result.outcome,
+            "error_type": result.error_type,
+            "component": result.component,
+            "fault_kind": result.kind,
+            "longrepr": result.longrepr,
+        }
+        ctx._ledger.submit(
+            ops.add_event,
+            ctx.night_id,
+            time.time(),
+            EventKind.TEST_REPORT.value,
+            result.message,
+            data,
+            ctx.cycle,
+            ctx.attempt,
+            result.component,
+        )
 
     async def _close_open_steps(self) -> None:
         """A test still open when pytest has exited died with it (a crash, os._exit)."""
@@ -442,6 +480,7 @@ class _Attempt:
             why = f"the pytest process {self._how_it_ended()} during this test"
             result = TestOutcome(nodeid, "harness_error", self.ctx.attempt, "PytestCrashed", why)
             step.settle(result.outcome, result.error_type, result.message)
+            self._report(result)
             del self.open[nodeid]
             await step.__aexit__(None, None, None)
             self.results[nodeid] = result

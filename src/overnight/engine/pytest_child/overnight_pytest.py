@@ -76,7 +76,7 @@ _ENDPOINTS = (
 )
 
 # Keys whose values the fixture's repr never shows.
-_SECRET_KEY = re.compile(r"(?i)(api_?key|password|passwd|secret|token|credentials)")
+_SECRET_KEY = re.compile(r"(?i)(^|_)(api_?key|password|passwd|secret|token|credentials)$")
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
 
 
