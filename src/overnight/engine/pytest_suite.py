@@ -52,7 +52,6 @@ from ..components import Component, RemoteError
 from ..config import PYTEST_SCENARIO, LoadedConfig
 from ..errors import ConfigError, InfraError, ProductFailure
 from ..ledger import ops, queries
-from ..numbers import plural
 from ..redaction import redact
 from .context import CycleContext, Step
 from .journal import EventKind
@@ -516,18 +515,18 @@ class _Attempt:
             by.setdefault(result.outcome, []).append(result)
         problem = self._session_problem()
         if by.get("failed"):
-            raise self._tag(ProductFailure(self._summary(by["failed"], "failed test")), by["failed"][0])
+            raise self._tag(ProductFailure(self._summary(by["failed"], "failed")), by["failed"][0])
         if by.get("infra_error"):
             first = by["infra_error"][0]
-            summary = self._summary(by["infra_error"], "test with an infrastructure error")
+            summary = self._summary(by["infra_error"], "with an infra error")
             raise self._tag(InfraError(first.component or "?", first.kind or "unavailable", summary), first)
         if by.get("timeout"):
-            raise self._tag(SuiteTimeout(self._summary(by["timeout"], "test timed out")), by["timeout"][0])
+            raise self._tag(SuiteTimeout(self._summary(by["timeout"], "timed out")), by["timeout"][0])
         if by.get("harness_error") or problem:
             harness = by.get("harness_error") or []
             parts = [problem] if problem else []
             if harness:
-                parts.append(self._summary(harness, "test with a harness error"))
+                parts.append(self._summary(harness, "with a harness error"))
             exc = SuiteError("; ".join(parts))
             raise self._tag(exc, harness[0]) if harness else exc
         if not any(result.outcome in PASSING for result in latest.values()):
@@ -550,7 +549,7 @@ class _Attempt:
         text = f"{first.nodeid}{earlier}: {headline}"
         if len(results) > 1:
             more = ", ".join(r.nodeid for r in results[1:4]) + (", …" if len(results) > 4 else "")
-            text += f" (and {plural(len(results) - 1, 'more ' + what)}: {more})"
+            text += f" (and {len(results) - 1} more {what}: {more})"
         return text
 
     def _session_problem(self) -> str | None:
