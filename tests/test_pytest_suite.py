@@ -299,7 +299,13 @@ import socket
 import subprocess
 
 
-def test_waits(overnight_input):
+def test_first():
+    pass
+
+
+def test_waits(overnight_attempt):
+    if overnight_attempt > 1:
+        return
     # A child of its own, in the same process group: it must go too.
     child = subprocess.Popen(["sleep", "300"])
     with socket.create_connection(("127.0.0.1", int(os.environ["HARNESS_PORT"]))) as conn:
@@ -310,13 +316,13 @@ def test_waits(overnight_input):
 
 def test_sigterm_to_a_night_mid_cycle_leaves_no_pytest_behind(tmp_path: Path) -> None:
     proj = tmp_path / "project"
-    write_suite(proj, {"test_suite.py": SLEEPING_SUITE}, "[run]\ncycles = 2\n")
+    write_suite(proj, {"test_suite.py": SLEEPING_SUITE})
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         listener.settimeout(60)
         env = {**os.environ, **FAST_PYTEST, "HARNESS_PORT": str(listener.getsockname()[1])}
-        night = spawn_cli(["run", "--cycles", "2"], cwd=proj, env=env)
+        night = spawn_cli(["run", "--cycles", "1"], cwd=proj, env=env)
         try:
             conn, _ = listener.accept()  # the test is running, and said who it is
             with conn:
@@ -332,10 +338,73 @@ def test_sigterm_to_a_night_mid_cycle_leaves_no_pytest_behind(tmp_path: Path) ->
     assert "resume with: overnight run --resume" in err
     for pid in pids:
         assert not _alive(pid), f"process {pid} outlived its night"
-    ledger = next((proj / "night_tests").glob("overnight.db"))
-    with sqlite3.connect(ledger) as conn:
-        rows = conn.execute("SELECT cycle, attempt, verdict FROM attempts").fetchall()
-    assert rows == [(1, 1, "interrupted")]
+    ledger = proj / "night_tests" / "overnight.db"
+    with sqlite3.connect(ledger) as db:
+        assert db.execute("SELECT cycle, attempt, verdict FROM attempts").fetchall() == [
+            (1, 1, "interrupted")
+        ]
+    # Resumed, the cycle runs again on the same input: only the test that had no outcome
+    # of its own (the first one passed before the signal, and keeps its pass).
+    res = run_cli(["run", "--resume"], cwd=proj, env=FAST_PYTEST)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with sqlite3.connect(ledger) as db:
+        steps = db.execute("SELECT attempt, name, outcome FROM steps ORDER BY attempt, seq").fetchall()
+    assert steps == [
+        (1, T + "test_first", "passed"),
+        (1, T + "test_waits", "interrupted"),
+        (2, T + "test_waits", "passed"),
+    ]
+
+
+TIMEOUT_SUITE = """
+import os
+import time
+
+
+def test_a():
+    pass
+
+
+def test_slow(overnight_attempt):
+    if overnight_attempt == 1:
+        with open(os.environ["PID_FILE"], "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(300)
+
+
+def test_z():
+    pass
+"""
+
+
+async def test_a_cycle_timeout_kills_pytest_and_runs_the_rest_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in FAST_PYTEST.items():
+        monkeypatch.setenv(k, v)
+    pid_file = tmp_path / "pid"
+    monkeypatch.setenv("PID_FILE", str(pid_file))
+    outcome, _report, ledger = await suite_night(
+        tmp_path, {"test_suite.py": TIMEOUT_SUITE}, cycles=1, retry_attempts=1, cycle_timeout=6
+    )
+    try:
+        steps = steps_by_attempt(ledger, outcome.night_id)
+        atts = attempts_by_cycle(ledger, outcome.night_id)
+    finally:
+        ledger.close()
+    assert not _alive(int(pid_file.read_text())), "the timed-out pytest outlived its attempt"
+    assert [a["verdict"] for a in atts[1]] == ["timeout", "passed"]
+    assert atts[1][0]["step"] == T + "test_slow"
+    # The test cut short is settled as the attempt's timeout; the next attempt runs it
+    # and the one never reached, not the one that passed.
+    assert [(s["name"], s["outcome"]) for s in steps[(1, 1)]] == [
+        (T + "test_a", "passed"),
+        (T + "test_slow", "timeout"),
+    ]
+    assert [(s["name"], s["outcome"]) for s in steps[(1, 2)]] == [
+        (T + "test_slow", "passed"),
+        (T + "test_z", "passed"),
+    ]
 
 
 def _alive(pid: int) -> bool:
