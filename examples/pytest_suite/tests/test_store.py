@@ -1,5 +1,4 @@
 import pytest
-
 from briefing import briefing, slug
 
 
