@@ -138,6 +138,22 @@ def ledger_figures(db: Path) -> dict[str, Any]:
     }
 
 
+def read_back(path: Path) -> list[dict[str, Any]] | str:
+    """junit.xml as a real consumer of the format reads it (junitparser, when installed):
+    each testcase's result, and the Surefire elements nested in it."""
+    try:
+        from junitparser import JUnitXml
+    except ImportError:
+        return "junitparser is not installed (pip install junitparser)"
+    out = []
+    for suite in JUnitXml.fromfile(str(path)):
+        for case in suite:
+            nested = [c.tag for c in case._elem if c.tag.startswith(("flaky", "rerun"))]
+            results = [type(r).__name__ for r in case.result]
+            out.append({"testcase": f"{case.classname}::{case.name}", "result": results, "nested": nested})
+    return out
+
+
 def stats(values: list[float]) -> dict[str, float]:
     return {
         "n": len(values),
@@ -200,6 +216,8 @@ def main() -> None:
                 env,
             )
             fig = ledger_figures(folder / "ex" / "overnight.db")
+            night_dir = next((folder / "ex").glob("*/junit.xml")).parent
+            result["junit_read_back"] = read_back(night_dir / "junit.xml")
             result["example_night"] = {
                 "cycles": fig["cycles"],
                 "attempts": fig["attempts"],
@@ -243,6 +261,21 @@ def main() -> None:
             f"{ex['wall_s']} s wall ({ex['attempt_s']['mean']} s per attempt on average); verdicts "
             f"{ex['verdicts']}: `{ex['verdict_line']}` (exit {ex['exit_code']}).",
         ]
+    back = result.get("junit_read_back")
+    if isinstance(back, list):
+        lines += [
+            "",
+            "junit.xml read back by junitparser:",
+            "",
+            "| testcase | result | nested |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| `{c['testcase']}` | {', '.join(c['result']) or 'passed'} | {', '.join(c['nested'])} |"
+            for c in back
+        ]
+    elif back:
+        lines += ["", f"junit.xml not read back: {back}"]
     table = "\n".join(lines)
     save(opts.json, result, table)
     print(table)

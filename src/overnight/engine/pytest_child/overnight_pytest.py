@@ -391,6 +391,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not fds or config.pluginmanager.get_plugin("overnight-session") is not None:
         return
     session_fd, results_fd = (int(x) for x in fds.split(","))
+    del os.environ[FDS_ENV]  # the pipes are this process's: not for a pytest the tests start
     for fd in (session_fd, results_fd):
         os.set_inheritable(fd, False)  # not for the tests' own subprocesses
     data = _read_line(session_fd)
