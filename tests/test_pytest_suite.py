@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
+import overnight
 from overnight.engine.orchestrator import NightOutcome, Orchestrator
 from overnight.engine.progress import LogProgress
 from overnight.ledger import Ledger, queries, schema
@@ -321,7 +322,15 @@ def test_sigterm_to_a_night_mid_cycle_leaves_no_pytest_behind(tmp_path: Path) ->
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         listener.settimeout(60)
-        env = {**os.environ, **FAST_PYTEST, "HARNESS_PORT": str(listener.getsockname()[1])}
+        # (the overnight under test, whatever PYTHONPATH says relative to another folder)
+        here = str(Path(overnight.__file__).resolve().parents[1])
+        path = os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+        env = {
+            **os.environ,
+            **FAST_PYTEST,
+            "HARNESS_PORT": str(listener.getsockname()[1]),
+            "PYTHONPATH": path,
+        }
         night = spawn_cli(["run", "--cycles", "1"], cwd=proj, env=env)
         try:
             conn, _ = listener.accept()  # the test is running, and said who it is

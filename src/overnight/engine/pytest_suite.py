@@ -348,6 +348,8 @@ class _Attempt:
             consumer = asyncio.create_task(self._consume(reader))
             tasks = [output, waiter, consumer]
             await asyncio.wait({consumer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer.done() and consumer.exception() is not None:
+                consumer.result()  # our own failure (the ledger): not after the whole suite
             await waiter  # (the results ended: pytest is exiting; the cycle timeout bounds it)
             self.returncode = proc.returncode
             _kill_group(proc.pid)  # whatever the tests left running in its group
