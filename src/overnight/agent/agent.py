@@ -305,7 +305,7 @@ class RepairAgent:
 
     def _from_component(self, comp: Component, kind: str, exc: BaseException) -> None:
         """The component listener: may run in a scenario thread; hop onto the loop."""
-        details = comp.fault_details(exc)
+        details = comp.details_of(exc)
         ts = self.clock()
         monitor = self.monitors.get(comp.name)
         if monitor is None or self._loop is None:

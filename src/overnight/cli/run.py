@@ -13,10 +13,20 @@ from typing import Annotated, Any
 import typer
 
 from ..aftercare import report_night
-from ..config import LoadedConfig, load_config, parse_set, resolve_ledger, resolve_night_dir, validate_config
+from ..config import (
+    PYTEST_SCENARIO,
+    LoadedConfig,
+    find_config,
+    load_config,
+    parse_set,
+    resolve_ledger,
+    resolve_night_dir,
+    validate_config,
+)
 from ..engine.orchestrator import Orchestrator
 from ..engine.plan import Plan, run_settings
 from ..engine.progress import ProgressSink, make_sink
+from ..engine.pytest_suite import pytest_path
 from ..engine.resume import find_resumable
 from ..engine.runner import run_loop
 from ..errors import LedgerUnavailable, OvernightError, UsageError
@@ -77,6 +87,8 @@ class RunArgs:
     fault_plans: list[Path] = field(default_factory=list)
     injects: list[str] = field(default_factory=list)
     demo: bool = False
+    pytest: str | None = None  # --pytest PATH
+    extra: list[str] = field(default_factory=list)  # positional arguments after the night id
 
     def run_flags(self) -> dict[str, Any]:
         """The flags that are ``[run]`` keys, to be checked by the same model."""
@@ -100,8 +112,9 @@ class RunArgs:
         return cls(**fields, **fixed)
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True})
 def run(
+    ctx: typer.Context,
     night_id: Annotated[
         str | None,
         typer.Argument(help="with --resume: the night to continue (default: the last unfinished one)"),
@@ -138,10 +151,20 @@ def run(
             " repeatable",
         ),
     ] = None,
+    pytest: Annotated[
+        str | None,
+        typer.Option(
+            "--pytest",
+            metavar="PATH",
+            help="run this pytest suite (a file or folder) as the cycle; pytest's own arguments "
+            "go after --, e.g. --pytest tests/e2e -- -k smoke",
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a night of cycles (or continue one with --resume)."""
-    guarded(run_command, args=RunArgs.given(locals()))
+    params = {k: v for k, v in locals().items() if k != "ctx"}
+    guarded(run_command, args=RunArgs.given(params, extra=list(ctx.args)))
 
 
 @app.command()
@@ -169,14 +192,18 @@ def demo(
 def run_command(args: RunArgs) -> None:
     # Every flag against the same bounds as its [run] key, before anything is opened.
     run_settings(None, args.run_flags())
-    if args.night_id is not None and not args.resume:
-        raise UsageError(f"unexpected argument {args.night_id!r}: a night id is only taken with --resume")
+    # Without --resume, positional arguments are a pytest suite's (after --), if any.
+    positional = [] if args.resume else [a for a in (args.night_id, *args.extra) if a is not None]
+    if args.resume and (args.pytest is not None or args.extra):
+        raise UsageError("--pytest / arguments after --: a resumed night keeps its original plan")
+    if positional and args.pytest is None and pytest_path(_scenario_here(args)) is None:
+        raise UsageError(f"unexpected argument {positional[0]!r}: a night id is only taken with --resume")
     sink = make_sink()
     setup_logging(args.verbose, sink.interactive)
     if args.resume:
         resume_night(args, sink)
         return
-    loaded = _demo_config() if args.demo else load_config(args.config)
+    loaded = _demo_config() if args.demo else _config_for(args)
     choices = parse_set(args.sets, loaded.config.settings)
     if choices:
         raw = dict(loaded.raw)
@@ -194,6 +221,7 @@ def run_command(args: RunArgs) -> None:
         dry_run=args.dry_run,
         faults=[spec.to_dict() for spec in fault_specs],
         choices=choices,
+        pytest_args=positional,
     )
     _prepare_night_dir(ndir)
     led = Ledger(url)
@@ -244,6 +272,32 @@ def resume_night(args: RunArgs, sink: ProgressSink) -> None:
         execute(orch, led)
     finally:
         led.close()
+
+
+def _scenario_here(args: RunArgs) -> str:
+    """The scenario of the config this command would run, read only to tell whether a
+    positional argument is a pytest suite's (a broken config is said later, as always)."""
+    try:
+        return load_config(args.config).config.scenario
+    except OvernightError:
+        return ""
+
+
+def _config_for(args: RunArgs) -> LoadedConfig:
+    """The config; with ``--pytest PATH`` its scenario is that suite (the path relative
+    to where the command runs), and no config file is needed."""
+    if args.pytest is None:
+        return load_config(args.config)
+    suite = Path(args.pytest).expanduser()
+    if not suite.exists():
+        raise UsageError(f"--pytest: {args.pytest}: no such file or folder")
+    suite = suite.resolve()
+    if args.config is None and find_config() is None:
+        return validate_config({"scenario": f"{PYTEST_SCENARIO}{suite}"}, None)
+    loaded = load_config(args.config)
+    raw = dict(loaded.raw)
+    raw["scenario"] = f"{PYTEST_SCENARIO}{os.path.relpath(suite, loaded.base_dir)}"
+    return validate_config(raw, loaded.path, loaded.key_prefix)
 
 
 def _demo_config() -> LoadedConfig:

@@ -23,7 +23,15 @@ from ..config import describe_validation_error
 from ..errors import ConfigError, InfraError
 from ..redaction import redact
 from ..runtime import NullRecorder, Recorder, current_call
-from .errors import classify_common, classify_status, describe_error, url_endpoint, url_via
+from .errors import (
+    RemoteError,
+    classify_common,
+    classify_status,
+    describe_error,
+    type_name_of,
+    url_endpoint,
+    url_via,
+)
 from .knobs import Knob, KnobRefused, Knobs
 from .options import (
     COMMON_OPTIONS,
@@ -48,6 +56,7 @@ __all__ = [
     "OptionError",
     "Options",
     "ProbeResult",
+    "RemoteError",
     "SandboxEndpoints",
     "TimeoutOptions",
     "classify_common",
@@ -242,6 +251,22 @@ class Component:
         """Extra facts a repair can use, e.g. ``{"retry_after_s": 30}`` from a 429."""
         return {}
 
+    def details_of(self, exc: BaseException) -> dict[str, Any]:
+        """``fault_details`` of an error met here, or the details a remote one carries."""
+        return dict(exc.details) if isinstance(exc, RemoteError) else self.fault_details(exc)
+
+    def connection(self) -> dict[str, Any]:
+        """How a client of its own reaches the dependency (a pytest suite's test, through
+        the ``overnight_components`` fixture): URL, host, port, credentials, as the type
+        has them; as it is now (a fault proxy's address, a rotated key). May hold
+        secrets: it goes to the night's own test processes only, never to a record. The
+        default: the ``tcp_endpoint`` (host, port), when there is one."""
+        try:
+            host, port = self.tcp_endpoint()
+        except Exception:  # no TCP endpoint (local, sandbox): nothing to say
+            return {}
+        return {"host": host, "port": port}
+
     async def reconnect(self) -> None:
         """Drop clients and connect again (the simplest repair)."""
         await self.close()
@@ -306,9 +331,9 @@ class Component:
             {
                 "fault_kind": kind,
                 "op": op,
-                "error_type": type(exc).__name__,
+                "error_type": type_name_of(exc),
                 "step": scope.step if scope else None,
-                **self.fault_details(exc),
+                **self.details_of(exc),
             },
             component=self.name,
         )

@@ -266,6 +266,26 @@ class DatabaseComponent(Component):
     def route_via(self, host: str, port: int) -> None:
         self.url = make_url(self.url).set(host=host, port=port).render_as_string(hide_password=False)
 
+    def connection(self) -> dict[str, Any]:
+        """``url`` for a client of the test's own (``sqlite:///PATH`` or
+        ``postgresql://user:password@host:port/db``, through the fault proxy when there is
+        one), and its parts."""
+        url = make_url(self.url)
+        if self.dialect == "sqlite":
+            return {"dialect": "sqlite", "path": url.database, "url": f"sqlite:///{url.database}"}
+        host, port = url.host or "127.0.0.1", url.port or 5432
+        return {
+            "dialect": "postgresql",
+            "url": url.set(drivername="postgresql", host=host, port=port).render_as_string(
+                hide_password=False
+            ),
+            "host": host,
+            "port": port,
+            "database": url.database,
+            "user": url.username,
+            "password": url.password,
+        }
+
     async def connect(self) -> None:
         self._engine = self._make_engine()
         if self.dialect == "sqlite":

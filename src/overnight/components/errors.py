@@ -5,8 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from typing import Any
 
 from ..redaction import redact
+
+
+class RemoteError(Exception):
+    """An error met and diagnosed in another process (a test of a pytest-suite night), as
+    it arrives here: the name of its type, its message, and the facts a repair can use
+    (``fault_details`` as its component's classifier read them there)."""
+
+    def __init__(self, type_name: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.message = message
+        self.details = dict(details or {})
+
+    def __reduce__(self) -> tuple[Any, ...]:  # the 3-arg constructor survives pickling
+        return (type(self), (self.type_name, self.message, self.details))
+
+
+def type_name_of(exc: BaseException) -> str:
+    """The bare name of an error's type (a remote error's own type, not RemoteError)."""
+    if isinstance(exc, RemoteError):
+        return exc.type_name.rpartition(".")[2] or exc.type_name
+    return type(exc).__name__
 
 
 def describe_error(exc: BaseException) -> str:
@@ -17,7 +40,7 @@ def describe_error(exc: BaseException) -> str:
         text = f"HTTP {status}: {' '.join(body.split())[:200]}"
     else:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    name = type(exc).__name__
+    name = type_name_of(exc)
     return redact(f"{name}: {text}" if text else name) or name
 
 

@@ -271,6 +271,24 @@ class LLMComponent(Component):
         assert self.base_url is not None
         self.base_url = url_via(self.base_url, host, port)
 
+    def connection(self) -> dict[str, Any]:
+        """The API as the handle calls it now: ``provider``, ``base_url`` (and
+        ``auth_url`` for GigaChat), ``model``, ``api_key`` (the key in use), ``host``,
+        ``port``; a ``base_url`` of None means the provider's public API."""
+        out: dict[str, Any] = {
+            "provider": self.provider,
+            "base_url": self.base_url,
+            "auth_url": self.auth_url,
+            "model": self.knobs.get("model"),
+            "api_key": self._key(),
+            "verify_ssl": self.verify_ssl,
+        }
+        if self.base_url:
+            out["host"], out["port"] = url_endpoint(
+                self.base_url, 443 if self.base_url.startswith("https") else 80
+            )
+        return out
+
     async def close(self) -> None:
         clients = [*self._retired, self._client]
         self._client, self._retired = None, []

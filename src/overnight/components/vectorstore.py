@@ -183,6 +183,14 @@ class VectorStoreComponent(Component):
         assert self.url is not None
         self.url = url_via(self.url, host, port)
 
+    def connection(self) -> dict[str, Any]:
+        """``url``, ``api_key``, ``host``, ``port`` of a server; ``path`` in local mode
+        (one client at a time: the night's holds it while connected)."""
+        if not self.url:
+            return {"path": str(self.path)}
+        host, port = url_endpoint(self.url, 6333)
+        return {"url": self.url, "api_key": self.api_key, "host": host, "port": port}
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:

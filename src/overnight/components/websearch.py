@@ -256,6 +256,23 @@ class WebSearchComponent(Component):
     def route_via(self, host: str, port: int) -> None:
         self.endpoint = url_via(str(self.endpoint), host, port)
 
+    def connection(self) -> dict[str, Any]:
+        """``endpoint``, ``api_key``, ``api_key_header``, ``query_param``, ``host``,
+        ``port`` (a replay: ``replay``, the file)."""
+        if self.replay is not None:
+            return {"replay": str(self.replay.path)}
+        out: dict[str, Any] = {
+            "endpoint": self.endpoint,
+            "api_key": self.api_key,
+            "api_key_header": self.api_key_header,
+            "query_param": self.query_param,
+        }
+        if self.endpoint:
+            out["host"], out["port"] = url_endpoint(
+                self.endpoint, 443 if self.endpoint.startswith("https") else 80
+            )
+        return out
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:

@@ -10,9 +10,12 @@ import math
 import re
 from typing import Any, Literal, get_args
 
-from pydantic import AliasPath, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasPath, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 _SCENARIO = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+# ``scenario = "pytest:PATH"``: a pytest suite as the cycle (a file or folder, relative to
+# the config's folder); "pytest:" always means a suite, never a module named pytest.
+PYTEST_SCENARIO = "pytest:"
 _HHMM = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 
@@ -271,6 +274,20 @@ class Acknowledgement(ConfigModel):
         return value
 
 
+class PytestConfig(ConfigModel):
+    """A pytest suite as the cycle (``scenario = "pytest:PATH"``): what each cycle's pytest
+    is given, and how an error a test meets is tied to a declared component."""
+
+    args: list[str] = Field(
+        default_factory=list, description="pytest arguments for every cycle, e.g. ['-k', 'smoke']"
+    )
+    components: dict[str, str] = Field(
+        default_factory=dict,
+        description="an exception's module or class (any in its chain) -> the component it comes "
+        "from, for errors that carry no host and port of a declared component",
+    )
+
+
 class ComponentConfig(ConfigModel):
     """A dependency the scenario uses. Keys beyond these belong to the component type."""
 
@@ -298,6 +315,7 @@ class Config(ConfigModel):
         default_factory=dict, validation_alias=AliasPath("settings", "acknowledged")
     )
     components: dict[str, ComponentConfig] = Field(default_factory=dict)
+    pytest: PytestConfig = Field(default_factory=PytestConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
@@ -309,9 +327,34 @@ class Config(ConfigModel):
         """The protected settings alone: not ``meta`` nor ``acknowledged``."""
         return {k: v for k, v in value.items() if k not in SETTINGS_DECLARATIONS}
 
-    @field_validator("scenario", "setup")
+    @field_validator("scenario")
     @classmethod
-    def _check_scenario(cls, value: str | None) -> str | None:
+    def _check_scenario(cls, value: str) -> str:
+        if value.startswith(PYTEST_SCENARIO):
+            if not value[len(PYTEST_SCENARIO) :].strip():
+                raise ValueError(
+                    "expected 'pytest:PATH', the file or folder of the tests, e.g. 'pytest:tests/e2e'"
+                )
+            return value
+        if not _SCENARIO.match(value):
+            raise ValueError("expected 'module:function', e.g. 'my_tests:cycle', or 'pytest:PATH'")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _check_setup(cls, value: str | None) -> str | None:
         if value is not None and not _SCENARIO.match(value):
             raise ValueError("expected 'module:function', e.g. 'my_tests:cycle'")
+        return value
+
+    @field_validator("pytest")
+    @classmethod
+    def _check_pytest(cls, value: PytestConfig, info: ValidationInfo) -> PytestConfig:
+        declared = info.data.get("components")
+        if declared is None:  # the components table is wrong itself: said there
+            return value
+        for key, name in value.components.items():
+            if name not in declared:
+                known = ", ".join(declared) or "none declared"
+                raise ValueError(f"components.{key}: {name!r} is not a declared component ({known})")
         return value

@@ -73,6 +73,19 @@ class Step:
         self.seq = 0
         self._t0 = 0.0
         self._wall0 = 0.0
+        self._settled: tuple[str, str | None, str | None, float | None] | None = None
+
+    def settle(
+        self,
+        outcome: str,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        duration_s: float | None = None,
+    ) -> None:
+        """The outcome (and error, and duration) this step ends with when nothing is raised
+        out of it: for a step whose work ran elsewhere and was reported, such as a test of
+        a pytest suite in its own process (``skipped``, ``xfailed``, ``failed``…)."""
+        self._settled = (outcome, error_type, error_message, duration_s)
 
     # async form ----------------------------------------------------------------------
     async def __aenter__(self) -> Step:
@@ -121,12 +134,16 @@ class Step:
     def _end(self, exc: BaseException | None) -> tuple[Any, ...]:
         ctx = self._ctx
         duration = time.perf_counter() - self._t0
+        if exc is None and self._settled is not None and self._settled[3] is not None:
+            duration = self._settled[3]
         if ctx._steps and ctx._steps[-1] == self.name:
             ctx._steps.pop()
         ctx._notify_step()
         if exc is None or isinstance(exc, Exception):
             ctx._open_steps -= 1  # its outcome is final; a cancelled one is settled later
-        if exc is None:
+        if exc is None and self._settled is not None:
+            outcome, etype, emsg = self._settled[:3]
+        elif exc is None:
             outcome, etype, emsg = "passed", None, None
         elif isinstance(exc, Exception):
             outcome, etype, emsg = classify(exc).value, error_type_name(exc), str(exc)

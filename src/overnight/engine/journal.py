@@ -41,6 +41,9 @@ class EventKind(StrEnum):
     METRIC = "metric"
     # Check lines removed from the scenario's code since the previous night (weakening.code).
     CODE_CHECKS = "code_checks"
+    # A test of a pytest-suite night that did not pass: pytest's report of it (the step
+    # keeps its outcome and message; this, what CI shows of a failure).
+    TEST_REPORT = "test_report"
 
 
 class Journal:

@@ -48,6 +48,7 @@ from .loading import (
 )
 from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
+from .pytest_suite import PytestSuite, pytest_path, suite_files
 from .resume import reopen
 from .services import AGENT_STOP, FAULTS_STOP, NightService, stop_within
 from .stopping import Stopping
@@ -98,7 +99,14 @@ class Orchestrator:
         self.gate = Gate()
         self.loaded = plan.load_config()
         where = config_where(self.loaded)
-        self.scenario = import_scenario(plan.scenario, self.loaded.base_dir, where)
+        # A pytest suite (``pytest:PATH``) is a scenario of the engine's own.
+        suite_path = pytest_path(plan.scenario)
+        self.suite: PytestSuite | None = None
+        if suite_path is not None:
+            self.suite = PytestSuite(suite_path, self.loaded, plan.pytest_args, where)
+            self.scenario = self.suite.cycle
+        else:
+            self.scenario = import_scenario(plan.scenario, self.loaded.base_dir, where)
         setup = self.loaded.config.setup
         self.setup = import_scenario(setup, self.loaded.base_dir, where, key="setup") if setup else None
         self.shortcuts = scenario_shortcuts(self.scenario, self.loaded.config.components, where)
@@ -108,6 +116,8 @@ class Orchestrator:
         self.components = build_components(self.loaded, self.night_dir)
         check_agent_settings(self.loaded, self.components)
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
+        if self.suite is not None:
+            self.suite.attach(self.components, ledger, self.night_dir)
         self.night_id = resume["id"] if resume else new_night_id(clock())
         self.night_path = self.night_dir / self.night_id
         self.journal = Journal(ledger, self.night_id, clock)
@@ -312,13 +322,15 @@ class Orchestrator:
             if previous is None and commit is not None:
                 return unavailable(NO_PREVIOUS_NIGHT, None, commit)
             before = previous["night_started"].get("git_commit") if previous else None
-            specs = [spec for spec in (self.plan.scenario, self.loaded.config.setup) if spec]
+            specs = [
+                s for s in (self.plan.scenario, self.loaded.config.setup) if s and pytest_path(s) is None
+            ]
             return await asyncio.to_thread(
                 compare_project,
                 self.loaded.base_dir,
                 before if isinstance(before, str) else None,
                 commit,
-                imported_files(specs),
+                imported_files(specs) + suite_files(self.plan.scenario, self.loaded.base_dir),
                 names=(
                     f"the previous night {previous['id']}" if previous else "the previous night",
                     "this night",

@@ -53,6 +53,9 @@ class Plan:
     # Protected settings the command line chose for this night (they are in the config's
     # settings too): shown in the report as the night's plan choices.
     choices: dict[str, Any] = field(default_factory=dict)
+    # A pytest suite's arguments from the command line (``overnight run -- -k smoke``), after
+    # the config's ``[pytest] args``: they choose what is tested, so they are the plan's.
+    pytest_args: list[str] = field(default_factory=list)
 
     @classmethod
     def from_config(
@@ -64,6 +67,7 @@ class Plan:
         dry_run: bool = False,
         faults: list[dict[str, Any]] | None = None,
         choices: Mapping[str, Any] | None = None,
+        pytest_args: list[str] | None = None,
     ) -> Plan:
         """The night's plan: the config's ``[run]`` with the command line's values over
         it, checked by the one model, so ``--max-hours`` and ``max_hours`` share their
@@ -86,6 +90,7 @@ class Plan:
             config_raw=loaded.raw,
             faults=list(faults or []),
             choices=dict(choices or {}),
+            pytest_args=list(pytest_args or []),
         )
 
     def to_json(self) -> str:

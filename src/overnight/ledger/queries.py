@@ -93,6 +93,18 @@ def attempts_used(conn: Connection, night_id: str) -> dict[int, tuple[int, int]]
     return {r[0]: (int(r[1]), int(r[2] or 0)) for r in conn.execute(q)}
 
 
+def cycle_steps(conn: Connection, night_id: str, cycle: int, before_attempt: int) -> list[dict[str, Any]]:
+    """The steps of one cycle's attempts before ``before_attempt``, in order (attempt,
+    seq): what a later attempt of a pytest-suite cycle runs again, and what it keeps."""
+    t = s.steps.c
+    q = (
+        select(t.attempt, t.seq, t.name, t.outcome, t.error_type, t.error_message)
+        .where(and_(t.night_id == night_id, t.cycle == cycle, t.attempt < before_attempt))
+        .order_by(t.attempt, t.seq)
+    )
+    return _rows(conn.execute(q))
+
+
 def sessions_of(conn: Connection, night_id: str) -> list[dict[str, Any]]:
     return _rows(
         conn.execute(select(s.sessions).where(s.sessions.c.night_id == night_id).order_by(s.sessions.c.seq))

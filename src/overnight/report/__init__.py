@@ -34,7 +34,7 @@ def write_reports(ledger: Ledger, night_id: str, out_dir: Path | None = None) ->
 
 def _write_reports(ledger: Ledger, night_id: str, out_dir: Path | None) -> tuple[dict[str, Any], Path]:
     from .html import render_html
-    from .junit import JunitWriter
+    from .junit import JunitWriter, PytestJunitWriter
 
     report = build_report_lazily(ledger, night_id)
     if out_dir is None:
@@ -52,7 +52,9 @@ def _write_reports(ledger: Ledger, night_id: str, out_dir: Path | None) -> tuple
         _atomic(out_dir / REPORT_JUNIT) as xml,
         tempfile.TemporaryFile("w+", encoding="utf-8", dir=out_dir) as spool,
     ):
-        junit = JunitWriter(report, spool, cycles.largest_cycle)
+        # A pytest suite's night: a testcase per node id; any other: per cycle.
+        writer = PytestJunitWriter if report.get("tests") is not None else JunitWriter
+        junit = writer(report, spool, cycles.largest_cycle)
         write_json(report, out, each_cycle=junit.add)
         junit.finish(xml)
     with _atomic(out_dir / REPORT_MD) as out:

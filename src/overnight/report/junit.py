@@ -494,6 +494,9 @@ class JunitWriter:
 def write_junit(report: dict[str, Any], out: TextIO, spool: TextIO | None = None) -> None:
     """The report as a JUnit XML document, written to ``out`` a testcase at a time
     (through ``spool``: see ``JunitWriter``)."""
+    if report.get("tests") is not None:  # a pytest suite's night: a testcase per node id
+        write_pytest_junit(report, out)
+        return
     cycles = report.get("cycles") or []
     if isinstance(cycles, list | tuple):
         cycles = sorted(cycles, key=lambda c: c.get("cycle") or 0)
@@ -513,4 +516,224 @@ def render_junit(report: dict[str, Any]) -> str:
     return out.getvalue()
 
 
-__all__ = ["MAX_NOT_STARTED", "JunitWriter", "render_junit", "write_junit"]
+# -- a pytest suite's night: one testcase per node id ----------------------------------------
+
+SESSION_CLASSNAME = "overnight.pytest"
+# The night's properties a suite's document carries, as the cycles' one does.
+_SUITE_PROPERTIES = (
+    "night_id",
+    "scenario",
+    "status",
+    "end_reason",
+    "verdict",
+    "exit_code",
+    "seed",
+    "dry_run",
+    "started_at",
+    "ended_at",
+    "planned_cycles",
+    "cycles_run",
+    "cycles_not_run",
+    "success_rate",
+    "retried_cycles",
+    "interrupted_attempts",
+)
+
+
+class PytestJunitWriter:
+    """junit.xml of a pytest-suite night (``scenario = "pytest:PATH"``): one
+    ``<testcase>`` per node id for the whole night, named as pytest's own junitxml names
+    it (``classname`` the dotted path and class, ``name`` the function and parameters), so
+    CI follows each test from night to night, in the Surefire convention:
+
+    - a test that failed (an assertion: a product failure) on any cycle's final attempt →
+      ``<failure>`` naming the cycles and inputs; else one that ended in an infra error, a
+      timeout or a harness error → ``<error>``; else one that never passed (skipped or
+      xfailed in every cycle) → ``<skipped>`` (``type`` ``pytest.skip`` / ``pytest.xfail``);
+      else a plain testcase;
+    - each earlier run of it in a cycle that did not pass is nested: ``<flakyFailure>`` /
+      ``<flakyError>`` when the test passed in the end in that cycle, ``<rerunFailure>`` /
+      ``<rerunError>`` when it did not;
+    - ``time``: its mean duration per run; ``<properties>``: its runs, outcome counts, pass
+      rate, the cycles it failed and was flaky on.
+
+    Cycles whose verdict no test explains (the pytest session itself failed: a crash
+    outside a test, arguments pytest refused, nothing passed) share one more testcase,
+    ``overnight.pytest`` / ``session``, with an ``<error>``. The interface of
+    ``JunitWriter``; what it writes comes from the report's ``tests`` section."""
+
+    def __init__(self, report: dict[str, Any], spool: TextIO | None = None, largest_cycle: int = 0) -> None:
+        self.report = report
+
+    def add(self, cycle: dict[str, Any]) -> None:
+        """(Each cycle's tests are in the report's ``tests`` section already.)"""
+
+    def finish(self, out: TextIO) -> None:
+        write_pytest_junit(self.report, out)
+
+
+def write_pytest_junit(report: dict[str, Any], out: TextIO) -> None:
+    """The JUnit document of a pytest-suite night (see ``PytestJunitWriter``)."""
+    section = report.get("tests") or {}
+    counts = {"passed": 0, "failure": 0, "error": 0, "skipped": 0}
+    cases = []
+    for test in section.get("tests") or ():
+        text, result = _test_testcase(test)
+        counts[result] += 1
+        cases.append(text)
+    session = section.get("session_errors") or []
+    if session:
+        counts["error"] += 1
+        cases.append(_session_testcase(session))
+    props = []
+    for key in _SUITE_PROPERTIES:
+        value = report.get(key)
+        if value is not None:
+            props.append(_property(key, ("true" if value else "false") if isinstance(value, bool) else value))
+    duration = report.get("duration_s")
+    totals = {
+        "tests": sum(counts.values()),
+        "failures": counts["failure"],
+        "errors": counts["error"],
+        "skipped": counts["skipped"],
+        "time": _secs(report.get("active_s") if duration is None else duration),
+    }
+    suite_attrs = {"name": f"overnight.{report.get('scenario')}", **totals}
+    stamp = _local_timestamp(report.get("started_at"))
+    if stamp:
+        suite_attrs["timestamp"] = stamp
+    if report.get("hostname"):
+        suite_attrs["hostname"] = report["hostname"]
+    out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
+    root_attrs = {"name": f"overnight {report.get('night_id')}", **totals}
+    out.write(f"<testsuites{_attrs(root_attrs)}>")
+    out.write(f"\n{_INDENT}<testsuite{_attrs(suite_attrs)}>")
+    out.write(f"\n{_INDENT * 2}{_parent('properties', '', props, 2)}")
+    for case in cases:
+        out.write(f"\n{_INDENT * 2}{case}")
+    out.write(f"\n{_INDENT}</testsuite>\n</testsuites>\n")
+
+
+def _cycles_text(entries: list[dict[str, Any]]) -> str:
+    return ", ".join(f"cycle {e['cycle']}" for e in entries)
+
+
+def _run_text(entry: dict[str, Any], cycle: int | None = None) -> str:
+    """``cycle 3 (input 123) attempt 1: failed: AssertionError: …`` and pytest's report."""
+    where = f"cycle {cycle if cycle is not None else entry.get('cycle')}"
+    if entry.get("input_seed") is not None:
+        where += f" (input {entry['input_seed']})"
+    line = f"{where} attempt {entry.get('attempt')}: {entry.get('outcome')}"
+    if entry.get("message"):
+        line += f": {entry['message']}"
+    return f"{line}\n{entry['longrepr']}" if entry.get("longrepr") else line
+
+
+def _headline(entry: dict[str, Any]) -> str:
+    text = str(entry.get("message") or entry.get("outcome") or "")
+    return text.strip().splitlines()[0] if text.strip() else str(entry.get("outcome"))
+
+
+def _test_testcase(test: dict[str, Any]) -> tuple[str, str]:
+    """One test's testcase over the night, and its result."""
+    outcomes: dict[str, int] = test.get("outcomes") or {}
+    runs = int(test.get("runs") or 0)
+    head = _attrs(
+        {
+            "name": test["name"],
+            "classname": test["classname"],
+            "time": _secs(test.get("mean_duration_s") or 0),
+        }
+    )
+    props = [_property("nodeid", test["nodeid"]), _property("runs", runs)]
+    props += [_property(f"outcome.{k}", v) for k, v in outcomes.items()]
+    if test.get("pass_rate") is not None:
+        props.append(_property("pass_rate", test["pass_rate"]))
+    if test.get("failed_inputs"):
+        props.append(_property("failed_cycles", " ".join(str(e["cycle"]) for e in test["failed_inputs"])))
+    if test.get("flaky"):
+        props.append(_property("flaky_cycles", " ".join(str(e["cycle"]) for e in test["flaky"])))
+    props.append(_property("input_dependent", "true" if test.get("input_dependent") else "false"))
+    children = [_parent("properties", "", props, 3)]
+    failed, errors = test.get("failed_inputs") or [], test.get("errors") or []
+    passed = outcomes.get("passed", 0) + outcomes.get("xpassed", 0)
+    if outcomes.get("failed"):
+        result = "failure"
+    elif any(outcomes.get(k) for k in _ERROR_VERDICTS):
+        result = "error"
+    elif not passed and (outcomes.get("skipped") or outcomes.get("xfailed")):
+        result = "skipped"
+    else:
+        result = "passed"
+    earlier_f: list[tuple[str, str]] = []  # (flaky or rerun, the element)
+    earlier_e: list[tuple[str, str]] = []
+    for rerun in test.get("reruns") or ():
+        prefix = "flaky" if rerun.get("final") in ("passed", "xpassed") else "rerun"
+        for att in rerun.get("attempts") or ():
+            kind = "Failure" if att.get("outcome") == "failed" else "Error"
+            element = _parent(
+                f"{prefix}{kind}",
+                _attrs(
+                    {
+                        "message": f"cycle {rerun['cycle']} attempt {att.get('attempt')}: {_headline(att)}",
+                        "type": att.get("error_type") or att.get("outcome"),
+                    }
+                ),
+                [
+                    _leaf(
+                        "stackTrace", _run_text(att | {"input_seed": rerun.get("input_seed")}, rerun["cycle"])
+                    )
+                ],
+                3,
+            )
+            (earlier_f if kind == "Failure" else earlier_e).append((prefix, element))
+    # In the XSD's order: failure, rerunFailure, flakyFailure, skipped, error, rerunError, flakyError.
+    if result == "failure":
+        first = failed[0] if failed else {}
+        message = f"failed on {len(failed)} of {runs} cycles ({_cycles_text(failed)}): {_headline(first)}"
+        body = "\n\n".join(_run_text(e) for e in failed)
+        children.append(_leaf("failure", body, message=message, type_=first.get("error_type") or "failed"))
+    children.extend(element for _, element in sorted(earlier_f, key=lambda pe: pe[0] != "rerun"))
+    if result == "skipped":
+        xfail_only = not outcomes.get("skipped")
+        reason = test.get("skip_reason") or ("xfailed" if xfail_only else "skipped")
+        kind = "pytest.xfail" if xfail_only else "pytest.skip"
+        children.append(_leaf("skipped", None, message=reason, type_=kind))
+    if result == "error":
+        first = errors[0] if errors else {}
+        what = ", ".join(f"{k} {outcomes[k]}" for k in _ERROR_VERDICTS if outcomes.get(k))
+        cycles = _cycles_text(errors)
+        message = (
+            f"ended in an error on {len(errors)} of {runs} cycles ({what}; {cycles}): {_headline(first)}"
+        )
+        body = "\n\n".join(_run_text(e) for e in errors)
+        type_ = first.get("error_type") or first.get("outcome")
+        children.append(_leaf("error", body, message=message, type_=type_))
+    children.extend(element for _, element in sorted(earlier_e, key=lambda pe: pe[0] != "rerun"))
+    return _parent("testcase", head, children, 2), result
+
+
+def _session_testcase(errors: list[dict[str, Any]]) -> str:
+    """The cycles whose pytest session itself failed (no test explains their verdict)."""
+    head = _attrs({"name": "session", "classname": SESSION_CLASSNAME, "time": "0.000"})
+    first = errors[0]
+    message = (
+        f"the pytest session failed on {len(errors)} cycles ({_cycles_text(errors)}): {_headline(first)}"
+    )
+    body = "\n".join(
+        f"cycle {e['cycle']} (input {e.get('input_seed')}) attempt {e.get('attempt')}: "
+        f"{e.get('verdict')}: {e.get('message')}"
+        for e in errors
+    )
+    return _parent("testcase", head, [_leaf("error", body, message=message, type_=first.get("verdict"))], 2)
+
+
+__all__ = [
+    "MAX_NOT_STARTED",
+    "SESSION_CLASSNAME",
+    "JunitWriter",
+    "PytestJunitWriter",
+    "render_junit",
+    "write_junit",
+    "write_pytest_junit",
+]

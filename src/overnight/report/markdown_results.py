@@ -90,6 +90,82 @@ def _failures(w: Any, r: dict[str, Any]) -> None:
         w("")
 
 
+MAX_TEST_ROWS = 200  # tests in the table (the worst first); report.json has every one
+
+
+def _tests(w: Any, r: dict[str, Any]) -> None:
+    """A pytest suite's tests, by node id (only for a pytest-suite night)."""
+    section = r.get("tests")
+    if section is None:
+        return
+    tests = section["tests"]
+    w(f"## Tests (pytest suite `{_esc(section['suite'])}`)")
+    w("")
+    if not tests:
+        w("No test reported a result.")
+        w("")
+    else:
+        ranked = sorted(
+            tests, key=lambda t: (t["pass_rate"] if t["pass_rate"] is not None else 2.0, t["nodeid"])
+        )
+        w(
+            f"{plural(len(tests), 'test')}. Pass rate: passed ÷ (passed + failed) over the cycles where the "
+            "test reached a product verdict (skips, xfails and errors are counted apart, never as passes)."
+        )
+        w("")
+        columns = ("test", "runs", "passed", "failed", "errors", "skipped / xfailed", "pass rate", "flaky")
+        w(f"| {' | '.join(columns)} | failed on cycles |")
+        w("|---|---:|---:|---:|---:|---:|---:|---|---|")
+        for t in ranked[:MAX_TEST_ROWS]:
+            o = t["outcomes"]
+            errors = sum(o.get(k, 0) for k in ("infra_error", "timeout", "harness_error"))
+            skipped = o.get("skipped", 0) + o.get("xfailed", 0)
+            rate = "–" if t["pass_rate"] is None else f"{t['pass_rate'] * 100:.1f}%"
+            flaky = ", ".join(str(f["cycle"]) for f in t["flaky"]) or "–"
+            failed = ", ".join(str(f["cycle"]) for f in t["failed_inputs"]) or "–"
+            w(
+                f"| `{_esc(t['nodeid'])}` | {t['runs']} | {o.get('passed', 0) + o.get('xpassed', 0)} "
+                f"| {o.get('failed', 0)} | {errors} | {skipped} | {rate} | {flaky} | {failed} |"
+            )
+        if len(ranked) > MAX_TEST_ROWS:
+            w("")
+            w(f"_… and {len(ranked) - MAX_TEST_ROWS} more tests, all in report.json._")
+        w("")
+    flaky_tests = [t for t in tests if t["flaky"]]
+    w("**Flaky tests** (the same input gave the test different outcomes, on two attempts of a cycle):")
+    w("")
+    if not flaky_tests:
+        w("None.")
+    for t in flaky_tests:
+        for f in t["flaky"]:
+            runs = ", then ".join(f"attempt {a['attempt']} {a['outcome']}" for a in f["attempts"])
+            w(f"- `{_esc(t['nodeid'])}`: cycle {f['cycle']} (input `{f['input_seed']}`): {runs}")
+    w("")
+    failing = [t for t in tests if t["failed_inputs"]]
+    w("**Failing inputs** (the test's assertion failed on these cycles' inputs: product failures):")
+    w("")
+    if not failing:
+        w("None.")
+    for t in failing:
+        kind = " (passed on other inputs: input-dependent)" if t["input_dependent"] else ""
+        w(f"- `{_esc(t['nodeid'])}`{kind}:")
+        for f in t["failed_inputs"]:
+            head = (f.get("message") or "").strip().splitlines()
+            w(
+                f"  - cycle {f['cycle']} (input `{f['input_seed']}`)"
+                + (f": `{_esc(head[0])[:300]}`" if head else "")
+            )
+    w("")
+    session = section.get("session_errors") or []
+    if session:
+        w("**Cycles whose pytest session itself failed** (no test explains their verdict):")
+        w("")
+        for e in session:
+            said = _esc(e.get("message") or "")[:300]
+            w(f"- cycle {e['cycle']} attempt {e['attempt']}: {e['verdict']}: `{said}`")
+        w("")
+
+
 def _flaky(w: Any, r: dict[str, Any]) -> None:
     w("## Flaky or input-dependent")
     w("")

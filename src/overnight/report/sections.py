@@ -18,6 +18,7 @@ from .plan_view import comparison, component_use, plan_choices, protected_settin
 from .quality import final_attempts, quality_and_metrics, tokens_section
 from .recommendations import recommendations
 from .settings import json_field, report_settings
+from .suite import tests_section
 from .trend import PreviousNight, trend_section
 from .weakening_view import weakening_section
 
@@ -84,6 +85,7 @@ def build_sections(
     out["quality"], out["metrics"] = quality_and_metrics(rows.metrics, final_attempts(cycles), settings)
     out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles)
     out["flaky"] = flaky_inputs(cycles, attempts, history or [], rows.id)
+    out["tests"] = tests_section(rows)  # a pytest suite's tests, by node id (else None)
     out["tokens"] = tokens_section(rows.usage, settings)
     out["trend"] = trend_section(previous, report, out, comparison(rows, previous.rows if previous else None))
     out["weakening"], out["weakened"] = weakening_section(rows, previous)
