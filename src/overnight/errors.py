@@ -33,7 +33,14 @@ class ProductFailure(AssertionError):
 
     Raised by ``ctx.fail(reason)``. Subclasses AssertionError so that a plain ``assert``
     in a scenario and ``ctx.fail`` end in the same verdict.
+
+    ``rerun_others``: the attempt also left checks unanswered for an infrastructure reason
+    (a pytest suite's tests that met an infra error or a timeout beside the one that
+    failed): the cycle gets another attempt, after the gate opens, for those alone. The
+    failure itself is not run again, and the cycle's verdict stays failed.
     """
+
+    rerun_others: bool = False
 
 
 class InfraError(OvernightError):

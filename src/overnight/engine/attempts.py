@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..components import Component
 from ..config import ProtectedSettings
-from ..errors import InfraError, LedgerUnavailable
+from ..errors import InfraError, LedgerUnavailable, ProductFailure
 from ..ledger import Ledger, ops
 from ..redaction import redact
 from ..runtime import CallScope, current_call
@@ -144,7 +144,7 @@ class CycleRunner:
             for service in self.services:
                 await service.before_cycle(cycle)  # once per cycle: it meets its faults
             attempt = last_no = last_no + 1
-            verdict, result, error, meta, fallbacks, open_steps = await self._run_attempt(
+            verdict, result, error, meta, fallbacks, open_steps, rerun_others = await self._run_attempt(
                 cycle, attempt, cycle_input
             )
             if verdict is Verdict.INTERRUPTED:
@@ -158,17 +158,18 @@ class CycleRunner:
             # nothing trustworthy about the product: rerun on the primary (promise 2).
             # Only a failure on primaries is a product failure, final (promise 1).
             on_fallback = verdict is Verdict.FAILED and bool(fallbacks)
-            final = (
-                (verdict not in RETRYABLE and not on_fallback)
-                or counted >= budget
-                or self.stopping.stop_starting
-            )
+            # A product failure stays final; with rerun_others, the checks of this attempt
+            # that met the infrastructure get another attempt (the verdict stays failed).
+            rerun = verdict in RETRYABLE or on_fallback or (verdict is Verdict.FAILED and rerun_others)
+            final = not rerun or counted >= budget or self.stopping.stop_starting
             cycle_verdict = Verdict.FAILED_ON_FALLBACK if on_fallback and final else verdict
             fields = {"protected_fingerprint": self.fingerprint, **meta, "verdict": cycle_verdict.value}
             await self.ledger.write(
                 ops.attempt_finished, self.night_id, cycle, attempt, result, final, fields, open_steps
             )
             why = "" if final else " (retrying)"
+            if rerun_others and not final and not on_fallback:
+                why = " (the failure is final; the tests that met the infrastructure run again)"
             if on_fallback:
                 then = "cycle failed_on_fallback" if final else "rerun on the primary once it is back"
                 why = f" on the {', '.join(fallbacks)} fallback: {then}"
@@ -222,10 +223,11 @@ class CycleRunner:
 
     async def _run_attempt(
         self, cycle: int, attempt: int, cycle_input: CycleInput
-    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str], bool]:
+    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str], bool, bool]:
         """Run one attempt. Returns its verdict, its attempt row, its error message, the
-        cycle's fields should it be final, the components whose fallback touched it, and
-        whether a step of it may still be recorded as running."""
+        cycle's fields should it be final, the components whose fallback touched it,
+        whether a step of it may still be recorded as running, and whether its product
+        failure asks for its other checks to run again (``ProductFailure.rerun_others``)."""
         started = self.clock()
         # The knob values this attempt ran with, and whether any fallback touched it.
         knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
@@ -302,7 +304,8 @@ class CycleRunner:
             )
             if isinstance(exc, InfraError):
                 result.update(fault_component=exc.component, fault_kind=exc.kind)
-        return verdict, result, message, meta, sorted(fallbacks), ctx.open_steps
+        rerun_others = isinstance(exc, ProductFailure) and exc.rerun_others
+        return verdict, result, message, meta, sorted(fallbacks), ctx.open_steps, rerun_others
 
     async def _call_scenario(self, ctx: CycleContext, scope: CallScope) -> None:
         # Component handles read this to attribute usage and faults to cycle and step;

@@ -30,7 +30,9 @@ nothing is not a pass); else ``passed``.
 Retries (the engine's: after the gate opens, on the same input): the next attempt runs
 again only the tests whose latest outcome is ``infra_error`` or ``timeout``, or that were
 cut short or never reached; every other test keeps its outcome and is deselected. Which
-is which is read from the ledger, so a resumed night knows it as well.
+is which is read from the ledger, so a resumed night knows it as well. A product failure
+is final, but the tests that met the infrastructure beside it still get their attempt
+(``ProductFailure.rerun_others``): the cycle's verdict stays ``failed``.
 """
 
 from __future__ import annotations
@@ -517,7 +519,11 @@ class _Attempt:
             by.setdefault(result.outcome, []).append(result)
         problem = self._session_problem()
         if by.get("failed"):
-            raise self._tag(ProductFailure(self._summary(by["failed"], "failed")), by["failed"][0])
+            failure = ProductFailure(self._summary(by["failed"], "failed"))
+            # Tests that met the infrastructure beside it are run again (they alone): the
+            # failure stays, and so does the cycle's verdict.
+            failure.rerun_others = bool(by.get("infra_error") or by.get("timeout"))
+            raise self._tag(failure, by["failed"][0])
         if by.get("infra_error"):
             first = by["infra_error"][0]
             summary = self._summary(by["infra_error"], "with an infra error")
