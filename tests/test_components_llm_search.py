@@ -277,7 +277,9 @@ async def test_websearch_live_fallback_cache_and_faults(box: Sandbox, tmp_path: 
 
 
 async def test_websearch_wrong_key_and_replay(box: Sandbox, tmp_path: Path) -> None:
-    comp = _search(box, tmp_path, api_key="wrong")
+    # (a key no other test's text holds: a component registers its key with redaction,
+    # process-wide, and a worker's later tests would see "wrong" masked in their messages)
+    comp = _search(box, tmp_path, api_key="wrong-key-4815162342")
     await comp.connect()
     try:
         with pytest.raises(InfraError) as info:
