@@ -317,6 +317,18 @@ class Component:
         await self.close()
         await self.connect()
 
+    @property
+    def can_reconnect(self) -> bool:
+        """Whether ``reconnect()`` does anything: the type overrides it, ``connect()`` or
+        ``close()``. The base class's are no-ops, so for a component with neither there is
+        no client to reopen, and the ``reconnect`` repair says it was skipped."""
+        cls = type(self)
+        return (
+            cls.reconnect is not Component.reconnect
+            or cls.connect is not Component.connect
+            or cls.close is not Component.close
+        )
+
     def tcp_endpoint(self) -> tuple[str, int]:
         """The TCP (host, port) of its server, for ``fault_proxy``; before connect."""
         from ..errors import ConfigError

@@ -100,7 +100,8 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
     incidents = rows.incidents  # in the order they were detected
     repairs: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in rows.repairs:
-        repairs[r["incident_id"]].append(r)
+        if r["result"] != "skipped":  # a strategy that had nothing to do repaired nothing
+            repairs[r["incident_id"]].append(r)
     attempts = rows.attempts
     verified = rows.verified_repairs
     final = {c["cycle"]: (c["verdict"], c["status"]) for c in rows.cycles}

@@ -30,6 +30,13 @@ def agent_section(
         # "Verified" is the agent's flag *and* the healthy probe that earned it (one
         # definition: NightRows.verified_repairs); a flag without the probe is not evidence.
         repairs = [{**r, "verified": r["id"] in verified_repairs} for r in repairs]
+    # A strategy that had nothing to do (reconnect on a component with no client) did not
+    # repair anything: listed apart with its reason, never counted as a repair performed.
+    skipped = [r for r in repairs if repair_result(r["result"]) == "skipped"]
+    repairs = [r for r in repairs if repair_result(r["result"]) != "skipped"]
+    skipped_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in skipped:
+        skipped_of[r["incident_id"]].append({"strategy": r["strategy"], "detail": r["detail"]})
     unmonitored = {e["component"] for e in events["unmonitored"]}
     last_probe: dict[str, dict[str, Any]] = {}
     first_probe: dict[str, dict[str, Any]] = {}
@@ -141,8 +148,13 @@ def agent_section(
                 "time_to_repair_s": time_to_healthy(i) if ours else None,
                 "repaired_by_us": ours,
                 "outcome": incident_outcome(
-                    i, repairs_of.get(i["id"], []), fallbacks_of.get(i["id"], []), ours
+                    i,
+                    repairs_of.get(i["id"], []),
+                    fallbacks_of.get(i["id"], []),
+                    ours,
+                    skipped_of.get(i["id"], []),
                 ),
+                "repairs_skipped": skipped_of.get(i["id"], []),
                 "repairs": [
                     {
                         k: row[k]
@@ -289,6 +301,16 @@ def agent_section(
             "repairs": repair_rows,
             "repairs_total": len(repair_rows),
             "repairs_verified": sum(1 for r in repair_rows if r["verified"]),
+            "repairs_skipped": [
+                {
+                    "incident_id": r["incident_id"],
+                    "component": r["component"],
+                    "strategy": r["strategy"],
+                    "at": iso(r["started_at"]),
+                    "detail": r["detail"],
+                }
+                for r in skipped
+            ],
             "loop_blocked": loop_blocked(events["loop_blocked"]),
             "loop_lag": loop_lag(events["loop_lag"]),
             "restarts": [
