@@ -113,3 +113,55 @@ async def test_a_repair_that_did_nothing_is_recorded_skipped_and_never_counted(t
     assert "Repairs Performed: 0 total" in md
     logs = (tmp_path / "nights").rglob("orchestrator.log")
     assert any("repair reconnect of bare: skipped, nothing done" in p.read_text() for p in logs)
+
+
+# -- an InfraError naming a component nobody declared -----------------------------------------
+
+
+async def test_an_infra_error_of_an_undeclared_component_is_reported_as_such(tmp_path: Path) -> None:
+    mod = _module(tmp_path, "import overnight\nclass Known(overnight.Component):\n    pass\n")
+    code = """
+    import overnight
+
+    async def cycle(ctx):
+        async with ctx.step("ask"):
+            if ctx.cycle == 2 and ctx.attempt == 1:
+                raise overnight.InfraError("api", "unavailable", "the answer service refused")
+            if ctx.cycle == 3 and ctx.attempt == 1:
+                raise overnight.InfraError("known", "timeout", "slow")
+    """
+    config = FAST + f'[components.known]\ntype = "{mod}:Known"\n'
+    night = await run_and_read(tmp_path, code, config, cycles=3, retry_attempts=1)
+    report = night.report
+    assert report["totals"]["passed"] == 3
+    # Only "api" is undeclared; "known" is declared (if unwatched: it has no probe).
+    assert report["agent"]["undeclared"] == [
+        {
+            "component": "api",
+            "fault_kinds": ["unavailable"],
+            "attempts": 1,
+            "cycles": [2],
+            "passed_later": [2],
+        }
+    ]
+    assert report["infra_retried_to_verdict"]["cycles"] == [
+        {"cycle": 2, "verdict": "passed", "faults": ["api/unavailable (not a declared component)"]},
+        {"cycle": 3, "verdict": "passed", "faults": ["known/timeout"]},
+    ]
+    (rec,) = [r for r in report["recommendations"] if r["text"].startswith("api:")]
+    assert rec["text"].startswith(
+        "api: 1 attempt ended in an InfraError naming a component the config does not declare: "
+        "nothing watched it, no incident was opened and no repair ran; cycle 2 passed on a retry, "
+        "not after a repair → declare it as [components.api] with a probe, or name a declared "
+        "component (known)"
+    ), rec
+    assert rec["evidence"] == "cycle 2: infra_error api/unavailable"
+    assert not [r for r in report["recommendations"] if r["text"].startswith("known:")]
+    assert not night.incidents and not night.repairs
+    md, html = render_markdown(report), visible_text(render_html(report))
+    for text in (md, html):
+        assert "naming a component the config does not declare" in text
+    assert "cycle 2 (api/unavailable (not a declared component)) → passed" in md
+    logs = [p.read_text() for p in (tmp_path / "nights").rglob("orchestrator.log")]
+    assert any("InfraError names 'api', which the config does not declare" in text for text in logs)
+    assert not any("InfraError names 'known'" in text for text in logs)

@@ -295,6 +295,25 @@ def agent_section(
             timeline[e["component"]].append({"ts": e["ts"], "state": data["to"]})
     for points in timeline.values():
         points.sort(key=lambda p: p["ts"])
+    # InfraErrors naming a component the config does not declare (a scenario's own
+    # ``InfraError("api", …)``): no probe watched it, no incident or repair could follow,
+    # and a later pass of those cycles is a retry's, not a repair's.
+    declared = {c["name"] for c in report.get("components") or []}
+    undeclared: dict[str, dict[str, Any]] = {}
+    for a in attempts:
+        name = a["fault_component"]
+        if not name or name in declared or a["verdict"] != "infra_error":
+            continue
+        row = undeclared.setdefault(name, {"component": name, "fault_kinds": [], "attempts": 0, "cycles": []})
+        row["attempts"] += 1
+        if a["fault_kind"] and a["fault_kind"] not in row["fault_kinds"]:
+            row["fault_kinds"].append(a["fault_kind"])
+        if a["cycle"] not in row["cycles"]:
+            row["cycles"].append(a["cycle"])
+    final = {c["cycle"]: c["verdict"] for c in cycles if c["status"] == "done"}
+    for row in undeclared.values():
+        row["cycles"].sort()
+        row["passed_later"] = [c for c in row["cycles"] if final.get(c) == "passed"]
     return {
         "agent": {
             "system_health": health,
@@ -323,6 +342,7 @@ def agent_section(
             "by_component": dict(by_component),
             "by_fault_kind": dict(by_kind),
             "unmonitored": sorted(unmonitored),
+            "undeclared": sorted(undeclared.values(), key=lambda r: str(r["component"])),
         },
         "incidents": incident_rows,
         "fallbacks": fallback_rows,
