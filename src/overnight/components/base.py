@@ -417,15 +417,16 @@ class Component:
             if not future.done():
                 scope = current_call.get()
                 log.warning(
-                    "%s: %s was stopped at its deadline while its thread was still in the client "
-                    "call; the thread cannot be killed and is left to finish on its own",
+                    "%s: %s was cancelled (its deadline, or the night stopping) while its thread "
+                    "was still in the client call; a thread cannot be killed: it is left to finish",
                     self.name,
                     op,
                 )
                 with contextlib.suppress(Exception):
                     self.recorder.event(
                         "call_abandoned",
-                        f"{op}: stopped at its deadline; its thread is still in the blocking call",
+                        f"{op}: cancelled (its deadline, or the night stopping) while its thread "
+                        "was still in the blocking call; left to finish on its own",
                         {"op": op, "step": scope.step if scope else None},
                         component=self.name,
                     )

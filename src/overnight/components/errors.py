@@ -215,9 +215,10 @@ def _grpc_details(exc: BaseException) -> str:
 
 def _body(exc: BaseException) -> str:
     """Whatever the error has already read of the answer's body (never read it now: that
-    could block), for the hints ``classify_status`` looks for (a quota)."""
+    could block), or its own message, for the hints ``classify_status`` looks for (a
+    quota). Not the error's text: that names the URL, which may say anything."""
     response = getattr(exc, "response", None)
-    for holder, attr in ((response, "_content"), (exc, "body"), (exc, "content")):
+    for holder, attr in ((response, "_content"), (exc, "body"), (exc, "content"), (exc, "message")):
         value = getattr(holder, attr, None) if holder is not None else None
         if isinstance(value, bytes):
             return value[:4000].decode("utf-8", "replace")
@@ -225,7 +226,7 @@ def _body(exc: BaseException) -> str:
             return value[:4000]
         if isinstance(value, dict):
             return str(value)[:4000]
-    return str(exc)[:4000]
+    return ""
 
 
 def _kind_of(exc: BaseException) -> str | None:
