@@ -23,7 +23,7 @@ from .loophold import LoopHold
 from .playbooks import playbook_for
 from .settings import MonitorSettings
 from .states import MonitorState
-from .strategies import RepairContext, RepairFailed, Strategy
+from .strategies import RepairContext, RepairFailed, RepairSkipped, Strategy
 
 if TYPE_CHECKING:
     from .agent import RepairAgent
@@ -93,16 +93,20 @@ class Repairs:
                 return False
             if attempt:
                 await asyncio.sleep(self.backoff(attempt))
-            attempt += 1
             kind = incident.kind
-            if await self._attempt(incident, strategy, ctx):
+            outcome = await self._attempt(incident, strategy, ctx)
+            if outcome == "verified":
                 return True
+            if outcome != "skipped":  # (nothing was done: nothing to back off from)
+                attempt += 1
             if incident.kind != kind:
                 # Re-diagnosed by the verifying probe: go on with the new kind's playbook.
                 strategies = list(playbook_for(self.comp.type_name, incident.kind, self.settings.repairs))
         return False
 
-    async def _attempt(self, incident: Incident, strategy: Strategy, ctx: RepairContext) -> bool:
+    async def _attempt(self, incident: Incident, strategy: Strategy, ctx: RepairContext) -> str:
+        """One strategy, recorded: ``verified`` (done, and a healthy probe followed),
+        ``skipped`` (it had nothing to do: not a repair, not verified), or ``unverified``."""
         self.watch.set_state(MonitorState.REPAIRING, strategy.name)
         self._times.append(time.time())
         started = time.time()
@@ -120,6 +124,8 @@ class Repairs:
                 detail = await hold
         except RepairFailed as exc:
             result, detail = "failed", str(exc)
+        except RepairSkipped as exc:
+            result, detail = "skipped", str(exc)
         except (KnobRefused, ProtectedSettingError) as exc:
             result, detail = "refused", str(exc)
         except TimeoutError:
@@ -146,11 +152,16 @@ class Repairs:
                 self.watch.note_hold(hold, "repair", time.perf_counter() - t0, strategy.name)
         duration = time.perf_counter() - t0
         await self.agent.write(ops.finish_repair, repair_id, duration, result, ctx.knobs_changed, detail)
+        if result == "skipped":
+            # Nothing was done: no repair to count, to verify or to charge to the budget.
+            self._times.pop()
+            log.info("repair %s of %s: skipped, nothing done (%s)", strategy.name, self.comp.name, detail)
+            return "skipped"
         incident.repairs += 1
         self.agent.repairs_done += 1
         if result != "done":
             log.info("repair %s of %s: %s (%s)", strategy.name, self.comp.name, result, detail)
-            return False
+            return "unverified"
         if await self._verify(incident):
             await self.agent.write(ops.verify_repair, repair_id)
             self.agent.repairs_verified += 1
@@ -159,14 +170,14 @@ class Repairs:
             await self.incidents.close(incident, "repaired", f"{strategy.name}: {detail}")
             self.watch.set_state(MonitorState.HEALTHY, f"verified after {strategy.name}")
             self.watch.open_gate()
-            return True
+            return "verified"
         log.info(
             "repair %s of %s: done, not verified: the component is still unhealthy (%s)",
             strategy.name,
             self.comp.name,
             detail,
         )
-        return False
+        return "unverified"
 
     async def _verify(self, incident: Incident) -> bool:
         for _ in range(self.settings.success_threshold):

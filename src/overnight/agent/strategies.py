@@ -23,6 +23,11 @@ class RepairFailed(Exception):
     """The strategy could not act (nothing to rotate to, command failed, …)."""
 
 
+class RepairSkipped(Exception):
+    """The strategy had nothing to do here (a component with no client to reopen): it did
+    not act, and the repair is recorded ``skipped`` with this reason, never as done."""
+
+
 @dataclass
 class RepairContext:
     component: Component
@@ -61,7 +66,12 @@ class Reconnect(Strategy):
     name = "reconnect"
 
     async def run(self, ctx: RepairContext) -> str:
-        await ctx.component.reconnect()
+        comp = ctx.component
+        if not comp.can_reconnect:
+            raise RepairSkipped(
+                f"{comp.name} ({comp.type_name}) has no connect() or close() of its own: no client to reopen"
+            )
+        await comp.reconnect()
         return "closed and reopened the client"
 
 
@@ -272,6 +282,7 @@ __all__ = [
     "RefreshToken",
     "RepairContext",
     "RepairFailed",
+    "RepairSkipped",
     "RestartCommand",
     "RotateKey",
     "Strategy",

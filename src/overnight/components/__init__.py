@@ -27,6 +27,7 @@ from .base import (
     classify_common,
     classify_status,
     describe_error,
+    fault_details_common,
 )
 from .capabilities import (
     DiskWatcher,
@@ -72,6 +73,7 @@ __all__ = [
     "classify_common",
     "classify_status",
     "describe_error",
+    "fault_details_common",
     "register_component_type",
     "registered_types",
     "resolve_factory",

@@ -10,12 +10,19 @@ dependency failure propagates unchanged: a bug stays a bug.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
+import functools
+import inspect
+import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -28,6 +35,7 @@ from .errors import (
     classify_common,
     classify_status,
     describe_error,
+    fault_details_common,
     type_name_of,
     url_endpoint,
     url_via,
@@ -62,12 +70,45 @@ __all__ = [
     "classify_common",
     "classify_status",
     "describe_error",
+    "fault_details_common",
     "url_endpoint",
     "url_via",
 ]
 
 T = TypeVar("T")
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+log = logging.getLogger("overnight.components")
+
+# Sync client calls (``Component.call`` with a plain function) run on threads of their
+# own, apart from the event loop's default executor (the night's own work: ledger reads,
+# the ownership check, sync scenarios). A thread cannot be killed: a call abandoned at its
+# deadline keeps its thread until the client returns, and must not starve anything else.
+# Threads are made on demand, so the bound costs nothing until calls need it.
+CALL_THREADS = 256
+_call_pool: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+_call_pool_lock = threading.Lock()
+
+
+def _call_threads() -> concurrent.futures.ThreadPoolExecutor:
+    """The pool of sync client calls; one per process (a forked worker makes its own)."""
+    global _call_pool
+    with _call_pool_lock:
+        if _call_pool is None or _call_pool[0] != os.getpid():
+            pool = concurrent.futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="overnight-call")
+            _call_pool = (os.getpid(), pool)
+        return _call_pool[1]
+
+
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` makes a coroutine: an ``async def`` function or method, a
+    ``functools.partial`` of one, or an object whose ``__call__`` is one."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isroutine(fn) or isinstance(fn, type) or not callable(fn):
+        return False
+    return inspect.iscoroutinefunction(type(fn).__call__)
+
 
 FAULT_KINDS: tuple[str, ...] = (
     "connection_lost",
@@ -244,12 +285,16 @@ class Component:
         return type(self).probe is not Component.probe
 
     def classify(self, exc: BaseException) -> str | None:
-        """The fault kind of a client exception, or None if it is not a dependency failure."""
+        """The fault kind of a client exception, or None if it is not a dependency failure.
+        By default ``classify_common``: the network errors of requests/urllib3, httpx,
+        aiohttp, grpc and the stdlib's urllib, socket and ssl, and HTTP statuses."""
         return classify_common(exc)
 
     def fault_details(self, exc: BaseException) -> dict[str, Any]:
-        """Extra facts a repair can use, e.g. ``{"retry_after_s": 30}`` from a 429."""
-        return {}
+        """Extra facts a repair can use, e.g. ``{"retry_after_s": 30}`` from a 429. By
+        default ``fault_details_common``: the ``Retry-After`` of the HTTP answer the
+        error carries (requests, httpx, aiohttp, urllib)."""
+        return fault_details_common(exc)
 
     def details_of(self, exc: BaseException) -> dict[str, Any]:
         """``fault_details`` of an error met here, or the details a remote one carries."""
@@ -271,6 +316,18 @@ class Component:
         """Drop clients and connect again (the simplest repair)."""
         await self.close()
         await self.connect()
+
+    @property
+    def can_reconnect(self) -> bool:
+        """Whether ``reconnect()`` does anything: the type overrides it, ``connect()`` or
+        ``close()``. The base class's are no-ops, so for a component with neither there is
+        no client to reopen, and the ``reconnect`` repair says it was skipped."""
+        cls = type(self)
+        return (
+            cls.reconnect is not Component.reconnect
+            or cls.connect is not Component.connect
+            or cls.close is not Component.close
+        )
 
     def tcp_endpoint(self) -> tuple[str, int]:
         """The TCP (host, port) of its server, for ``fault_proxy``; before connect."""
@@ -304,13 +361,39 @@ class Component:
             **({"fault_proxy": True} if self.fault_proxy else {}),
         }
 
-    async def call(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run one client call; classify its failure into an InfraError."""
+    @overload
+    async def call(self, op: str, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T: ...
+
+    @overload
+    async def call(self, op: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T: ...
+
+    async def call(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one client call, ``fn(*args, **kwargs)``; classify its failure into an
+        InfraError (``classify``) and tell the listeners (the repair agent) at once.
+
+        ``fn`` may be an async function (awaited here) or a plain, blocking one (a
+        ``requests`` call, a sync SDK): that one runs in a worker thread, so it never
+        blocks the event loop, and an awaitable it returns is then awaited here.
+
+        A call is bounded by the deadline around it, sync or async alike: the cycle's
+        ``cycle_timeout`` (the attempt ends ``timeout``), a probe's ``probe_timeout``, a
+        repair's ``repair_timeout``. At that deadline an async call is cancelled; a sync
+        one cannot be, since Python cannot kill a thread: the call still ends on time, and
+        its thread is abandoned, left to finish its blocking call in the background (a
+        ``call_abandoned`` event says so). Give a sync client a timeout of its own
+        (``requests.get(url, timeout=…)``): that frees the thread, and its timeout error
+        is classified ``timeout``, retried and signalled like any other fault.
+        """
         scope = current_call.get()
         if scope is not None:
             scope.count(self.name)
         try:
-            return await fn(*args, **kwargs)
+            if is_async_callable(fn):
+                return await fn(*args, **kwargs)
+            result = await self._in_thread(op, functools.partial(fn, *args, **kwargs))
+            if inspect.isawaitable(result):  # a plain function around an async call
+                return await result
+            return result
         except InfraError:
             raise
         except asyncio.CancelledError:
@@ -321,6 +404,33 @@ class Component:
                 raise
             self.report_fault(kind, exc, op)
             raise InfraError(self.name, kind, f"{op}: {describe_error(exc)}") from exc
+
+    async def _in_thread(self, op: str, fn: Callable[[], T]) -> T:
+        """``fn()`` on a call thread, in a copy of this context (``current_call`` included,
+        as ``asyncio.to_thread`` does)."""
+        context = contextvars.copy_context()
+        future = _call_threads().submit(context.run, fn)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            future.cancel()  # a call still queued never starts
+            if not future.done():
+                scope = current_call.get()
+                log.warning(
+                    "%s: %s was cancelled (its deadline, or the night stopping) while its thread "
+                    "was still in the client call; a thread cannot be killed: it is left to finish",
+                    self.name,
+                    op,
+                )
+                with contextlib.suppress(Exception):
+                    self.recorder.event(
+                        "call_abandoned",
+                        f"{op}: cancelled (its deadline, or the night stopping) while its thread "
+                        "was still in the blocking call; left to finish on its own",
+                        {"op": op, "step": scope.step if scope else None},
+                        component=self.name,
+                    )
+            raise
 
     def report_fault(self, kind: str, exc: BaseException, op: str = "") -> None:
         """Record a classified fault and tell the listeners (the repair agent)."""

@@ -106,6 +106,8 @@ class CycleRunner:
         self.attempts_used = attempts_used
         # Told of our own failure (most likely the ledger is unreachable): ends the night.
         self.fail = fail
+        # Names InfraErrors gave that the config does not declare (said once each).
+        self._undeclared: set[str] = set()
 
     async def work(self, source: CycleSource) -> None:
         """One worker: run the source's cycles one by one until none is left or the night
@@ -304,6 +306,15 @@ class CycleRunner:
             )
             if isinstance(exc, InfraError):
                 result.update(fault_component=exc.component, fault_kind=exc.kind)
+                if exc.component not in self.components and exc.component not in self._undeclared:
+                    self._undeclared.add(exc.component)
+                    log.warning(
+                        "cycle %d: InfraError names %r, which the config does not declare: no probe "
+                        "watches it and no repair can run; its retries only wait (declared: %s)",
+                        cycle,
+                        exc.component,
+                        ", ".join(self.components) or "none",
+                    )
         rerun_others = isinstance(exc, ProductFailure) and exc.rerun_others
         return verdict, result, message, meta, sorted(fallbacks), ctx.open_steps, rerun_others
 

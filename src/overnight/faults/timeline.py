@@ -5,8 +5,9 @@ injection (and before the fault ended, plus a grace period, and before the next 
 that component went in), with time to detect
 (injection → detection), time to diagnose (detection → diagnosis), time to repair
 (detection → verified healthy), the diagnosed kind against the injected kind, the cycles
-the fault hit and how they ended. A fault no incident answers is "not detected": shown,
-never hidden.
+the fault hit and how they ended (by time, per fault: an attempt's infra error is the
+fault's that was on when the attempt met it, ``_cycles_hit``). A fault no incident
+answers is "not detected": shown, never hidden.
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
     incidents = rows.incidents  # in the order they were detected
     repairs: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in rows.repairs:
-        repairs[r["incident_id"]].append(r)
+        if r["result"] != "skipped":  # a strategy that had nothing to do repaired nothing
+            repairs[r["incident_id"]].append(r)
     attempts = rows.attempts
     verified = rows.verified_repairs
     final = {c["cycle"]: (c["verdict"], c["status"]) for c in rows.cycles}
@@ -185,18 +187,10 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
                     for r in repairs.get(match["id"], [])
                 ],
             )
-        # Cycles the fault hit: an attempt that overlapped it failed on this component.
-        until = max(x for x in (row["cleared_at"], row["verified_at"], row["injected_at"]) if x is not None)
-        hit = sorted(
-            {
-                a["cycle"]
-                for a in attempts
-                if a["fault_component"] == row["component"]
-                and a["verdict"] in _INFRA
-                and a["started_at"] <= until + 1.0
-                and (a["ended_at"] or 0) >= row["injected_at"]
-            }
-        )
+    hits = _cycles_hit(injections, attempts, rows.events_of("component_fault"))
+    for i, row in enumerate(injections):
+        until = _until(row)
+        hit = hits[i]
         verdicts: dict[str, int] = defaultdict(int)
         for c in hit:
             verdict, status = final.get(c, (None, None))
@@ -223,6 +217,49 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
         "failed": failed,
         "summary": summarise(injections),
     }
+
+
+def _until(row: dict[str, Any]) -> float:
+    """The last moment a fault can have been on: its end, or the verified recovery of the
+    incident it caused, whichever is later (a one-shot fault is met after it "ended")."""
+    return float(max(x for x in (row["cleared_at"], row["verified_at"], row["injected_at"]) if x is not None))
+
+
+def _cycles_hit(
+    injections: list[dict[str, Any]], attempts: list[dict[str, Any]], faults_met: list[dict[str, Any]]
+) -> list[list[int]]:
+    """The cycles each fault hit, by attempt: an attempt that ended in an infra error (or a
+    timeout) on a component is credited to the fault on that component that was on when
+    the attempt met its error, preferring one of the kind the attempt was given (injected
+    or diagnosed), then the latest injected. So of two faults in sequence on one component
+    (a 429, then a timeout), each is credited only with the cycles that met it, however
+    long the first one's incident stayed open. When an attempt met its error is its first
+    ``component_fault`` on that component, else its end."""
+    met_at: dict[tuple[int, int, str], float] = {}
+    for ev in faults_met:
+        if ev["cycle"] is None or ev["attempt"] is None or not ev["component"]:
+            continue
+        met_at.setdefault((ev["cycle"], ev["attempt"], ev["component"]), ev["ts"])
+    hits: list[set[int]] = [set() for _ in injections]
+    for a in attempts:
+        component = a["fault_component"]
+        if not component or a["verdict"] not in _INFRA:
+            continue
+        met = met_at.get((a["cycle"], a["attempt"], component), a["ended_at"] or a["started_at"])
+        on = [
+            i
+            for i, row in enumerate(injections)
+            if row["component"] == component
+            and row["injected_at"] - 0.001 <= met <= _until(row) + 1.0  # (the old grace for a late record)
+        ]
+        same_kind = [
+            i
+            for i in on
+            if a["fault_kind"] in (injections[i]["injected_kind"], injections[i]["diagnosed_kind"])
+        ]
+        if on:
+            hits[max(same_kind or on, key=lambda i: injections[i]["injected_at"])].add(a["cycle"])
+    return [sorted(h) for h in hits]
 
 
 def summarise(injections: list[dict[str, Any]]) -> dict[str, Any]:

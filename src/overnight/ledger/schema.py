@@ -217,7 +217,8 @@ repairs = Table(
     Column("started_at", Float, nullable=False),
     Column("duration_s", Float),
     # done (the action ran to its end; ``verified`` says whether it restored the
-    # component; "ok" in older ledgers) | failed | refused (by the guard) | skipped (bounds)
+    # component; "ok" in older ledgers) | failed | refused (by the guard) | skipped (it had
+    # nothing to do, e.g. reconnect on a component with no client: not a repair)
     Column("result", String(16)),
     Column("verified", Boolean, nullable=False, default=False),
     Column("knobs_changed", Text),  # JSON {knob: [from, to]}

@@ -30,6 +30,13 @@ def agent_section(
         # "Verified" is the agent's flag *and* the healthy probe that earned it (one
         # definition: NightRows.verified_repairs); a flag without the probe is not evidence.
         repairs = [{**r, "verified": r["id"] in verified_repairs} for r in repairs]
+    # A strategy that had nothing to do (reconnect on a component with no client) did not
+    # repair anything: listed apart with its reason, never counted as a repair performed.
+    skipped = [r for r in repairs if repair_result(r["result"]) == "skipped"]
+    repairs = [r for r in repairs if repair_result(r["result"]) != "skipped"]
+    skipped_of: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in skipped:
+        skipped_of[r["incident_id"]].append({"strategy": r["strategy"], "detail": r["detail"]})
     unmonitored = {e["component"] for e in events["unmonitored"]}
     last_probe: dict[str, dict[str, Any]] = {}
     first_probe: dict[str, dict[str, Any]] = {}
@@ -141,8 +148,13 @@ def agent_section(
                 "time_to_repair_s": time_to_healthy(i) if ours else None,
                 "repaired_by_us": ours,
                 "outcome": incident_outcome(
-                    i, repairs_of.get(i["id"], []), fallbacks_of.get(i["id"], []), ours
+                    i,
+                    repairs_of.get(i["id"], []),
+                    fallbacks_of.get(i["id"], []),
+                    ours,
+                    skipped_of.get(i["id"], []),
                 ),
+                "repairs_skipped": skipped_of.get(i["id"], []),
                 "repairs": [
                     {
                         k: row[k]
@@ -283,12 +295,41 @@ def agent_section(
             timeline[e["component"]].append({"ts": e["ts"], "state": data["to"]})
     for points in timeline.values():
         points.sort(key=lambda p: p["ts"])
+    # InfraErrors naming a component the config does not declare (a scenario's own
+    # ``InfraError("api", …)``): no probe watched it, no incident or repair could follow,
+    # and a later pass of those cycles is a retry's, not a repair's.
+    declared = {c["name"] for c in report.get("components") or []}
+    undeclared: dict[str, dict[str, Any]] = {}
+    for a in attempts:
+        name = a["fault_component"]
+        if not name or name in declared or a["verdict"] != "infra_error":
+            continue
+        row = undeclared.setdefault(name, {"component": name, "fault_kinds": [], "attempts": 0, "cycles": []})
+        row["attempts"] += 1
+        if a["fault_kind"] and a["fault_kind"] not in row["fault_kinds"]:
+            row["fault_kinds"].append(a["fault_kind"])
+        if a["cycle"] not in row["cycles"]:
+            row["cycles"].append(a["cycle"])
+    final = {c["cycle"]: c["verdict"] for c in cycles if c["status"] == "done"}
+    for row in undeclared.values():
+        row["cycles"].sort()
+        row["passed_later"] = [c for c in row["cycles"] if final.get(c) == "passed"]
     return {
         "agent": {
             "system_health": health,
             "repairs": repair_rows,
             "repairs_total": len(repair_rows),
             "repairs_verified": sum(1 for r in repair_rows if r["verified"]),
+            "repairs_skipped": [
+                {
+                    "incident_id": r["incident_id"],
+                    "component": r["component"],
+                    "strategy": r["strategy"],
+                    "at": iso(r["started_at"]),
+                    "detail": r["detail"],
+                }
+                for r in skipped
+            ],
             "loop_blocked": loop_blocked(events["loop_blocked"]),
             "loop_lag": loop_lag(events["loop_lag"]),
             "restarts": [
@@ -301,6 +342,7 @@ def agent_section(
             "by_component": dict(by_component),
             "by_fault_kind": dict(by_kind),
             "unmonitored": sorted(unmonitored),
+            "undeclared": sorted(undeclared.values(), key=lambda r: str(r["component"])),
         },
         "incidents": incident_rows,
         "fallbacks": fallback_rows,

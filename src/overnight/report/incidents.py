@@ -14,13 +14,21 @@ from .settings import json_field
 
 
 def incident_outcome(
-    i: dict[str, Any], repairs: list[dict[str, Any]], fallbacks: list[dict[str, Any]], ours: bool
+    i: dict[str, Any],
+    repairs: list[dict[str, Any]],
+    fallbacks: list[dict[str, Any]],
+    ours: bool,
+    skipped: list[dict[str, Any]] | None = None,
 ) -> str:
-    """How an incident ended, in one sentence, from its rows alone."""
+    """How an incident ended, in one sentence, from its rows alone (``skipped``: the
+    strategies that had nothing to do, with why)."""
     healthy = i["verified_at"]
     down = span(max(healthy - i["detected_at"], 0.0)) if healthy is not None else None
     failed = [r for r in repairs if not r["verified"]]
     tried = f"{plural(len(failed), 'repair attempt')} did not restore it" if failed else "no repair was tried"
+    if skipped:
+        why = "; ".join(f"{r['strategy']} skipped: {r['detail']}" for r in skipped)
+        tried += f" ({why})"
     served = [
         f"served by its {f['kind']} fallback from {hhmmss(f['started_at'])} to "
         + (hhmmss(f["ended_at"]) if f["ended_at"] else "the end of the night")

@@ -78,6 +78,13 @@ def assemble(rows: queries.NightRows) -> dict[str, Any]:
     report = _assemble(rows, held)
     report["components"] = _components(declared)
     report["sandbox_components"] = [c["name"] for c in report["components"] if c["sandbox"]]
+    names = {c["name"] for c in report["components"]}
+    for met in report["infra_retried_to_verdict"]["cycles"]:
+        # A fault of a component the config does not declare: nothing watched or repaired
+        # it, so a later verdict is a retry's, and the list says so where it names it.
+        met["faults"] = [
+            f if f.partition("/")[0] in names else f"{f} (not a declared component)" for f in met["faults"]
+        ]
     return report
 
 

@@ -200,6 +200,20 @@ def recommendations(
                 "evidence": _cycles(cs),
             }
         )
+    declared = [c["name"] for c in report.get("components") or []]
+    for u in sections["agent"].get("undeclared") or []:
+        passed = u["passed_later"]
+        later = f"; {_cycles(passed)} passed on a retry, not after a repair" if passed else ""
+        out.append(
+            {
+                "text": f"{u['component']}: {plural(u['attempts'], 'attempt')} ended in an InfraError "
+                "naming a component the config does not declare: nothing watched it, no incident was "
+                f"opened and no repair ran{later} → declare it as [components.{u['component']}] with a "
+                f"probe, or name a declared component ({', '.join(declared) or 'none is declared'})",
+                "evidence": f"{_cycles(u['cycles'])}: infra_error {u['component']}/"
+                + "/".join(u["fault_kinds"]),
+            }
+        )
     unrepaired = [f for f in report["failures"] if f["verdict"] in ("infra_error", "timeout")]
     if unrepaired:
         out.append(

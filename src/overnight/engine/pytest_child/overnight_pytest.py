@@ -343,7 +343,7 @@ class Session:
         process from its config; ``classify_common`` if it cannot be."""
         if name in self._classifiers:
             return self._classifiers[name]
-        from overnight.components import ComponentSpec, classify_common
+        from overnight.components import ComponentSpec, classify_common, fault_details_common
         from overnight.components.registry import resolve_factory
 
         class Common:
@@ -353,7 +353,7 @@ class Session:
 
             @staticmethod
             def fault_details(exc: BaseException) -> dict[str, Any]:
-                return {}
+                return fault_details_common(exc)
 
         built: Any = Common()
         spec = self.declared.get(name)
