@@ -30,7 +30,7 @@ def sandbox(
         str,
         typer.Option(
             "--style",
-            help="how the chat APIs answer: neutral (from the prompt) or grant (grant prose)",
+            help='answer style of the chat APIs: "neutral" (from the prompt) or "grant" (prose)',
         ),
     ] = "neutral",
     replies: Annotated[
@@ -69,7 +69,7 @@ def sandbox_command(host: str, base_port: int, seed: int, style: str, replies: P
         for name, url in info["urls"].items():
             typer.echo(f"  {name:<9} {url}")
         script = f", after {len(rules)} scripted replies from {replies}" if rules else ""
-        other = "grant" if style == "neutral" else "neutral"
+        other = next(s for s in STYLES if s != style)
         typer.echo(
             f"chat answers: {style}{script} (the {other} style per request: "
             f"{box.chat_base_url('openai', other)})"

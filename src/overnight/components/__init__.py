@@ -27,6 +27,8 @@ from .base import (
     classify_common,
     classify_status,
     describe_error,
+    url_endpoint,
+    url_via,
 )
 from .capabilities import (
     DiskWatcher,
@@ -75,4 +77,6 @@ __all__ = [
     "register_component_type",
     "registered_types",
     "resolve_factory",
+    "url_endpoint",
+    "url_via",
 ]
