@@ -56,7 +56,7 @@ def fault_menu(config: Path | None, night_dir: Path | None, component: str) -> d
     for injector in registered_injectors():
         kinds += [k for k in injector.kinds if k not in kinds]
     try:
-        endpoints = [str(e) for e in endpoints_of(comp)]
+        endpoints = [str(e) for e in endpoints_of(comp) if not e.where.startswith("(")]  # a file: none
     except ValueError:
         endpoints = []
     rows = []
