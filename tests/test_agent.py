@@ -88,7 +88,9 @@ async def test_llm_rate_limit_waits_retry_after_and_retries_the_cycle(tmp_path: 
         if not first.text.startswith("Score:"):
             ctx.fail("no score")
     """
-    config = FAST_AGENT + '[components.llm]\ntype = "llm"\nprovider = "gigachat"\nsandbox = true\n'
+    config = FAST_AGENT + (
+        '[components.llm]\ntype = "llm"\nprovider = "gigachat"\nsandbox = true\nsandbox_style = "grant"\n'
+    )
     outcome, report, ledger = await run_night(tmp_path, code, config, cycles=5, retry_attempts=2)
     try:
         atts = attempts_by_cycle(ledger, outcome.night_id)
@@ -523,7 +525,7 @@ async def test_revoked_llm_key_is_rotated_and_a_product_bug_stays_failed(
     """
     config = FAST_AGENT + (
         '[components.llm]\ntype = "llm"\nprovider = "gigachat"\n'
-        f'base_url = "{box.gigachat_url}"\nauth_url = "{box.gigachat_auth_url}"\nverify_ssl = false\n'
+        f'base_url = "{box.chat_base_url("gigachat", "grant")}"\nauth_url = "{box.gigachat_auth_url}"\nverify_ssl = false\n'
         'api_key_envs = ["OVN_GC_KEY_A", "OVN_GC_KEY_B"]\n'
         # The first key stays revoked: the rotated key stays in use within this night.
         "knob_quiet_period = 600\n"

@@ -219,8 +219,12 @@ def test_user_injectors_are_asked_first_and_say_why_not(tmp_path: Path, registri
     # Named by its method, a kind it does not make: its own refusal.
     with pytest.raises(ValueError, match=r"^spool_unplug makes unavailable, not timeout$"):
         choose(_spec("spool:timeout@cycle=1,method=unplug,duration=1s"), spool, settings)
-    # Neither named nor its kind: the injectors after it are asked, and none serves a spool.
-    with pytest.raises(ValueError, match=r"^no injector for spool components; set fault_proxy = true"):
+    # Neither named nor its kind: the injectors after it are asked, and none serves a spool;
+    # the answer says what would make one (the fault proxy's hooks).
+    with pytest.raises(
+        ValueError,
+        match=r"^no injector makes timeout for spool \(spool\): the component has no tcp_endpoint\(\) and route_via\(\)",
+    ):
         choose(_spec("spool:timeout@cycle=1,duration=1s"), spool, settings)
     # ... except the TCP proxy, for any component put behind it.
     proxied = Spool(ComponentSpec("spool", {"path": "s.log", "fault_proxy": True}, tmp_path))
@@ -289,6 +293,7 @@ def test_register_injector_refuses_what_choose_could_not_use(registries: None) -
         register_injector(injector(inject=Injector.inject))
     assert [i.mechanism for i in registered_injectors()] == [
         "tcp_proxy",
+        "http_proxy",
         "sandbox_switch",
         "http_layer",
         "postgresql",
@@ -299,7 +304,7 @@ def test_register_injector_refuses_what_choose_could_not_use(registries: None) -
     first, second = injector(), injector(kinds=("unavailable",))
     register_injector(first)
     register_injector(second)
-    assert registered_injectors()[0] is second and len(registered_injectors()) == 7
+    assert registered_injectors()[0] is second and len(registered_injectors()) == 8
 
 
 # -- repairs ----------------------------------------------------------------------------------

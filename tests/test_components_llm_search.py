@@ -35,7 +35,7 @@ class ListRecorder:
 
 @pytest.fixture
 def box() -> Iterator[Sandbox]:
-    with Sandbox(control=False) as sandbox:
+    with Sandbox(control=False, style="grant") as sandbox:  # FORMAT: score is the grant style's
         yield sandbox
 
 

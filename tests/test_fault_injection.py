@@ -78,6 +78,7 @@ url = "{pg_url}"
 type = "llm"
 provider = "gigachat"
 sandbox = true
+sandbox_style = "grant"
 {llm}
 [components.search]
 type = "websearch"

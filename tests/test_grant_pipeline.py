@@ -119,9 +119,10 @@ def test_sandbox_product_bug_fails_the_cycle_with_a_precise_message(tmp_path: Pa
     failure, final, never retried, saying exactly what is wrong."""
     from overnight.sandbox import Sandbox
 
-    with Sandbox(control=False) as sb:
+    with Sandbox(control=False, style="grant") as sb:
         sb.gigachat.switches.bug_rate = 1.0
-        config = CONFIG.read_text().replace(
+        # sandbox_style applies to sandbox = true only: this server is the grant style's itself.
+        config = re.sub(r"^sandbox_style = .*\n", "", CONFIG.read_text(), count=1, flags=re.M).replace(
             'provider = "gigachat"\nsandbox = true',
             f'provider = "gigachat"\nsandbox = false\nbase_url = "{sb.gigachat.base_url}"\n'
             f'auth_url = "{sb.gigachat.auth_url}"\napi_key = "{sb.gigachat_credentials[0]}"\n'

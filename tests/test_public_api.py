@@ -28,6 +28,9 @@ EXPECTED = {
     "WebSearchHandle",
     "__version__",
     "register_component_type",
+    # A component's fault proxy hooks: tcp_endpoint() and route_via() from its URL.
+    "url_endpoint",
+    "url_via",
 }
 
 

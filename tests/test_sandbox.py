@@ -59,13 +59,15 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def giga(clock: FakeClock) -> Iterator[GigaChatServer]:
-    with GigaChatServer(credentials=[CREDS, CREDS_2], clock=clock) as server:
+    # The grant style: these tests read the grant generator through the servers
+    # (the neutral style and scripted replies: tests/test_sandbox_styles.py).
+    with GigaChatServer(credentials=[CREDS, CREDS_2], clock=clock, style="grant") as server:
         yield server
 
 
 @pytest.fixture
 def oai(clock: FakeClock) -> Iterator[OpenAIServer]:
-    with OpenAIServer(api_keys=[KEY, KEY_2], clock=clock) as server:
+    with OpenAIServer(api_keys=[KEY, KEY_2], clock=clock, style="grant") as server:
         yield server
 
 

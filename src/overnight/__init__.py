@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .components import Component, ComponentSpec, register_component_type
+from .components import Component, ComponentSpec, register_component_type, url_endpoint, url_via
 from .config import ProtectedSettings
 from .engine.context import CycleContext, CycleInput, NightContext
 from .errors import ConfigError, InfraError, ProductFailure, ProtectedSettingError
@@ -72,4 +72,6 @@ __all__ = [
     "WebSearchHandle",
     "__version__",
     "register_component_type",
+    "url_endpoint",
+    "url_via",
 ]

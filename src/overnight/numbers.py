@@ -44,6 +44,19 @@ def duration_stats(values: list[float]) -> dict[str, Any]:
     }
 
 
+def value_stats(values: list[float]) -> dict[str, Any]:
+    """n, mean, p50, p95, min and max of measured values (a metric), sorted once."""
+    data = sorted(values)
+    return {
+        "n": len(data),
+        "mean": rnd(sum(data) / len(data)) if data else None,
+        "p50": rnd(_percentile_of_sorted(data, 50)),
+        "p95": rnd(_percentile_of_sorted(data, 95)),
+        "min": data[0] if data else None,
+        "max": data[-1] if data else None,
+    }
+
+
 def spread(values: list[float]) -> dict[str, Any]:
     """n, p50 and p95: how the report gives times to detect and to repair."""
     return {"n": len(values), "p50": rnd(percentile(values, 50)), "p95": rnd(percentile(values, 95))}

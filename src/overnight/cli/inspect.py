@@ -143,11 +143,64 @@ def faults(
     night_dir: NightDirOpt = None,
     ledger: LedgerOpt = None,
     as_json: JsonOpt = False,
+    kinds: Annotated[
+        str | None,
+        typer.Option(
+            "--kinds",
+            metavar="COMPONENT",
+            help="what can be injected into this component of the config, and why not the rest",
+        ),
+    ] = None,
 ) -> None:
-    """Each injected fault against the incident it caused: detection, diagnosis, repair."""
+    """Each injected fault against the incident it caused: detection, diagnosis, repair.
+
+    With --kinds COMPONENT: the fault kinds the config's component can get, how each is
+    made (with an --inject example), and why the others cannot be."""
+    if kinds is not None:
+        guarded(
+            kinds_command,
+            component=kinds,
+            night_id=night_id,
+            config=config,
+            night_dir=night_dir,
+            as_json=as_json,
+        )
+        return
     guarded(
         faults_command, night_id=night_id, config=config, night_dir=night_dir, ledger=ledger, as_json=as_json
     )
+
+
+def kinds_command(
+    component: str, night_id: str | None, config: Path | None, night_dir: Path | None, as_json: bool
+) -> None:
+    from ..engine.fault_menu import fault_menu
+
+    if night_id is not None:
+        raise UsageError("--kinds reads the config, not a night: give no NIGHT_ID with it")
+    result = fault_menu(config, night_dir, component)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    out = Console(highlight=False, width=max(Console().width, 140))
+    proxy = result["fault_proxy"]
+    behind = {None: "no fault proxy", "tcp": "fault_proxy = true (TCP)", "http": 'fault_proxy = "http"'}[
+        proxy
+    ]
+    where = f", at {', '.join(result['endpoints'])}" if result["endpoints"] else ""
+    table = Table(
+        title=f"Fault kinds for {component} ({result['type']}; {behind}{where})", title_justify="left"
+    )
+    for col in ("kind", "injectable", "how", "example / why not"):
+        table.add_column(col, overflow="fold")
+    for row in result["kinds"]:
+        if row["injectable"]:
+            table.add_row(
+                row["kind"], "[green]yes[/]", escape(row["how"]), escape(f"--inject {row['example']}")
+            )
+        else:
+            table.add_row(row["kind"], "[red]no[/]", "—", escape(row["why"]))
+    out.print(table)
 
 
 def faults_command(

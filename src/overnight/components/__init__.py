@@ -28,6 +28,8 @@ from .base import (
     classify_status,
     describe_error,
     fault_details_common,
+    url_endpoint,
+    url_via,
 )
 from .capabilities import (
     DiskWatcher,
@@ -77,4 +79,6 @@ __all__ = [
     "register_component_type",
     "registered_types",
     "resolve_factory",
+    "url_endpoint",
+    "url_via",
 ]

@@ -75,11 +75,12 @@ class Sandboxed(Protocol):
 
 @runtime_checkable
 class TcpProxyable(Protocol):
-    """Can be put behind overnight's TCP fault proxy when ``fault_proxy`` is true: its
-    server's (host, port) before it connects, and a way to talk to the proxy instead."""
+    """Can be put behind overnight's fault proxy when ``fault_proxy`` is set (true or
+    ``"tcp"``; ``"http"`` for the proxy in HTTP mode): its server's (host, port) before it
+    connects, and a way to talk to the proxy instead."""
 
     @property
-    def fault_proxy(self) -> bool: ...
+    def fault_proxy(self) -> bool | str: ...
 
     def tcp_endpoint(self) -> tuple[str, int]: ...
 

@@ -17,6 +17,8 @@ Config::
     embeddings_model = "Embeddings"
     verify_ssl = true
     # sandbox = true                       # talk to overnight's own GigaChat/OpenAI sandbox
+    # sandbox_style = "neutral"            # its answers: "neutral" (from the prompt) or "grant"
+    # sandbox_replies = "replies.toml"     # scripted answers first (components.replies)
 
 The key is never a knob value: knobs hold the *name* of an allowed environment variable
 (``api_key_env``), so rotating keys is recorded without recording a secret. For GigaChat
@@ -32,7 +34,7 @@ import contextlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -43,6 +45,7 @@ from .base import (
     ComponentSpec,
     Knob,
     NonEmptyStr,
+    OptionError,
     ProbeResult,
     TimeoutOptions,
     classify_common,
@@ -52,6 +55,7 @@ from .base import (
     url_via,
 )
 from .options import listed_in, not_both
+from .replies import load_replies
 
 if TYPE_CHECKING:
     from ..chaos.http import HttpFaults
@@ -62,9 +66,20 @@ DEFAULT_KEY_ENVS = {"gigachat": ["GIGACHAT_CREDENTIALS"], "openai": ["OPENAI_API
 DEFAULT_EMBEDDINGS = {"gigachat": "Embeddings", "openai": "text-embedding-3-small"}
 
 
+@runtime_checkable
+class _StyledSandbox(Protocol):
+    """A sandbox whose chat APIs answer in a style chosen per base URL (overnight's own)."""
+
+    def chat_base_url(
+        self, provider: str, style: str | None = None, replies: list[dict[str, Any]] | None = None
+    ) -> str: ...
+
+
 class LLMOptions(TimeoutOptions):
     provider: Literal["gigachat", "openai"] = "gigachat"
     sandbox: bool = False
+    sandbox_style: Literal["neutral", "grant"] | None = None  # default "neutral"
+    sandbox_replies: NonEmptyStr | None = None  # a file, relative to the config's folder
     base_url: NonEmptyStr | None = None
     auth_url: NonEmptyStr | None = None
     scope: NonEmptyStr | None = None
@@ -141,6 +156,18 @@ class LLMComponent(Component):
         opts = self.options(LLMOptions)
         self.provider = opts.provider
         self.sandbox = opts.sandbox
+        # How the sandbox answers this component: its own style and script, on the sandbox
+        # every sandbox component of the night shares.
+        self.sandbox_style: str = opts.sandbox_style or "neutral"
+        self.sandbox_replies: list[dict[str, Any]] | None = None
+        for key in ("sandbox_style", "sandbox_replies"):
+            if getattr(opts, key) is not None and not self.sandbox:
+                raise OptionError(self.name, key, "needs sandbox = true (a real endpoint answers as it does)")
+        if opts.sandbox_replies is not None:
+            try:
+                self.sandbox_replies = load_replies(spec.resolve(opts.sandbox_replies))
+            except ValueError as exc:
+                raise OptionError(self.name, "sandbox_replies", str(exc)) from None
         self.base_url = opts.base_url
         self.auth_url = opts.auth_url
         self.scope = opts.scope
@@ -204,6 +231,8 @@ class LLMComponent(Component):
             self.base_url, self.auth_url = box.gigachat_url, box.gigachat_auth_url
         else:
             self.base_url = box.openai_url
+        if isinstance(box, _StyledSandbox):  # overnight's own: the chat API in this one's style
+            self.base_url = box.chat_base_url(self.provider, self.sandbox_style, self.sandbox_replies)
         self._literal_key = box.credentials if self.provider == "gigachat" else box.api_key
         self.verify_ssl = False
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
@@ -74,4 +74,13 @@ class TimeoutOptions(Options):
 class _BaseOptions(Options):
     model_config = ConfigDict(extra="ignore")  # the rest belongs to the type and the agent
 
-    fault_proxy: bool = False
+    # true (or "tcp"): the TCP fault proxy in front of the component's server; "http": the
+    # same proxy in HTTP mode (HTTP faults on plain-HTTP traffic too; chaos.http_proxy).
+    fault_proxy: bool | Literal["tcp", "http"] = False
+
+    @field_validator("fault_proxy", mode="before")
+    @classmethod
+    def _proxy_mode(cls, value: object) -> object:
+        if isinstance(value, bool) or value in ("tcp", "http"):
+            return value
+        raise ValueError('expected true, false, "tcp" or "http"')

@@ -257,7 +257,9 @@ class CycleContext:
         """Record a measurement of this cycle for the morning report: a number (a quality
         score, a count) or a short text (a reviewer's weakness). The report's Quality
         section reads ``[report] score_metric`` (default "score") and ``weakness_metric``
-        (default "weakness"); every metric is in report.json."""
+        (default "weakness"); every metric is in the report's Metrics table (n, mean,
+        p50, p95, min, max overall and per step; a text's most frequent values) and in
+        report.json."""
         if not isinstance(name, str) or not name:
             raise ValueError("metric name must be a non-empty string")
         if isinstance(value, bool) or not isinstance(value, int | float | str):

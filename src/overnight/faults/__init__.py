@@ -12,6 +12,7 @@ component type without any change to overnight.
 """
 
 from ..chaos.http import HttpFault, HttpFaults, fault_transport
+from ..chaos.http_proxy import HttpFaultProxy
 from ..chaos.proxy import FaultProxy, FaultProxyStats, is_loopback
 from .injectors import FaultsSettings, InjectEnv, Injector, register_injector, registered_injectors
 from .plan import FaultSpec, collect, load_plan, parse_inject
@@ -23,6 +24,7 @@ __all__ = [
     "FaultSpec",
     "FaultsSettings",
     "HttpFault",
+    "HttpFaultProxy",
     "HttpFaults",
     "InjectEnv",
     "Injector",

@@ -22,11 +22,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..chaos.http_proxy import HttpFaultProxy
 from ..chaos.proxy import FaultProxy
 from ..components import Component
+from ..errors import ConfigError
 from ..ledger import Ledger, ops, queries
 from ..redaction import redact
-from .injectors import FaultsSettings, InjectEnv, Injector, default_duration, injector_class, make
+from .injectors import (
+    FaultsSettings,
+    InjectEnv,
+    Injector,
+    default_duration,
+    has_tcp_endpoint,
+    injector_class,
+    make,
+    proxy_mode,
+)
 from .plan import FaultSpec
 from .timeline import event_data
 
@@ -83,16 +94,23 @@ class FaultDriver:
         for spec in self.specs:
             injector_class(self.mechanisms[spec.id]).prepare(spec, self.components[spec.target])
         for name, comp in self.components.items():
-            if not comp.fault_proxy:
+            mode = proxy_mode(comp)
+            if mode is None:
                 continue
+            if not has_tcp_endpoint(comp):
+                raise ConfigError(
+                    f"components.{name}: fault_proxy: a {comp.type_name} component has no tcp_endpoint() "
+                    "and route_via() (README: Your own component type)"
+                )
             host, port = comp.tcp_endpoint()
-            proxy = FaultProxy(
-                target_host=host, target_port=port, allowed_hosts=self.env.settings.allowed_hosts
-            )
+            kind = HttpFaultProxy if mode == "http" else FaultProxy
+            proxy = kind(target_host=host, target_port=port, allowed_hosts=self.env.settings.allowed_hosts)
             await proxy.start()
             comp.route_via("127.0.0.1", proxy.port)
             self.env.proxies[name] = proxy
-            log.info("component %s goes through the fault proxy on 127.0.0.1:%d", name, proxy.port)
+            log.info(
+                "component %s goes through the fault proxy (%s mode) on 127.0.0.1:%d", name, mode, proxy.port
+            )
 
     # -- the night ----------------------------------------------------------------------
 

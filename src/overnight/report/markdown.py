@@ -10,7 +10,7 @@ from typing import Any
 
 from .markdown_agent import _agent
 from .markdown_common import _ICON, _esc, _s
-from .markdown_results import _failures, _flaky, _quality, _recommendations, _tests, _tokens, _trend
+from .markdown_results import _failures, _flaky, _metrics, _quality, _recommendations, _tests, _tokens, _trend
 from .markdown_weakening import _weakening
 
 
@@ -21,6 +21,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     _summary(w, r)
     _agent(w, r)
     _quality(w, r)
+    _metrics(w, r)
     _failures(w, r)
     _tests(w, r)
     _flaky(w, r)

@@ -37,6 +37,56 @@ def _quality(w: Any, r: dict[str, Any]) -> None:
         w("")
 
 
+def _num(x: Any) -> str:
+    return "–" if not isinstance(x, int | float) or isinstance(x, bool) else f"{x:.6g}"
+
+
+def _metrics(w: Any, r: dict[str, Any]) -> None:
+    """Every metric the final attempts recorded: numbers with their spread, texts with
+    their most frequent values; per step where a step was recorded."""
+    numeric: dict[str, Any] = r.get("metrics") or {}
+    texts: dict[str, Any] = r.get("text_metrics") or {}
+    w("### Metrics")
+    w("")
+    if not numeric and not texts:
+        w('No metric was recorded (a scenario records one with `ctx.metric("name", value)`).')
+        w("")
+        return
+    if numeric:
+        w("| metric | step | n | mean | p50 | p95 | min | max |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|")
+        for name, m in numeric.items():
+            steps = m.get("steps") or {}
+            # One row per step too, unless every value was recorded in the one step shown.
+            single = len(steps) == 1 and next(iter(steps.values())).get("n") == m.get("n")
+            rows = [(_step(steps) if single or not steps else "all", m)]
+            if steps and not single:
+                rows += [(f"`{_esc(step)}`", st) for step, st in steps.items()]
+            for i, (where, st) in enumerate(rows):
+                first = f"`{_esc(name)}`" if i == 0 else ""
+                figures = " | ".join(_num(st.get(k)) for k in ("mean", "p50", "p95", "min", "max"))
+                w(f"| {first} | {where} | {st.get('n', 0)} | {figures} |")
+        w("")
+    if texts:
+        w("| metric (text) | step | n | distinct | most frequent |")
+        w("|---|---|---:|---:|---|")
+        for name, m in texts.items():
+            steps = m.get("steps") or {}
+            where = (
+                ", ".join(f"`{_esc(step)}` ({n})" for step, n in steps.items())
+                if len(steps) > 1
+                else _step(steps)
+            )
+            top = ", ".join(f"{_esc(t['text'])} ({t['count']})" for t in m.get("top") or [])
+            w(f"| `{_esc(name)}` | {where} | {m.get('n', 0)} | {m.get('distinct', 0)} | {top} |")
+        w("")
+
+
+def _step(steps: dict[str, Any]) -> str:
+    """The one step a metric was recorded in, or – when outside any step."""
+    return f"`{_esc(next(iter(steps)))}`" if steps else "–"
+
+
 def _failures(w: Any, r: dict[str, Any]) -> None:
     w("## Failures")
     w("")

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 from ..ledger.queries import CallEvent
 from ..numbers import rnd as _round
+from ..numbers import value_stats
 from .settings import json_field
 
 # Metric values repeat (a score with one decimal, a weakness from a short list): each
@@ -31,41 +33,64 @@ def quality_section(
     return quality_and_metrics(metric_events, final, settings)[0]
 
 
+# One recorded metric, as the loop below needs it: ((name, step), value) with a number as a
+# float and a text stripped; (None, None) for anything else.
+_Entry = tuple[tuple[str, str | None] | None, float | str | None]
+_NOTHING: _Entry = (None, None)
+
+
+def _entry(data: dict[str, Any]) -> _Entry:
+    name, value, step = data.get("name"), data.get("value"), data.get("step")
+    if not isinstance(name, str):
+        return _NOTHING
+    key = (name, step if isinstance(step, str) else None)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return key, float(value)
+    if isinstance(value, str):
+        return key, value.strip()
+    return _NOTHING
+
+
 def quality_and_metrics(
     metric_events: Iterable[CallEvent], final: dict[int, int], settings: dict[str, Any] | None
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The quality section (None without ``settings``, or without scores and weaknesses)
-    and the numeric metrics (n, mean, min, max per name), each event's data parsed once.
-    Only what a cycle's final attempt measured counts (``final``: cycle → its final
-    attempt, as ``final_attempts`` gives it)."""
+) -> tuple[dict[str, Any] | None, dict[str, Any], dict[str, Any]]:
+    """The quality section (None without ``settings``, or without scores and weaknesses),
+    the numeric metrics (per name: n, mean, p50, p95, min, max, and the same per step
+    where a step was recorded) and the text metrics (per name: n, distinct values, the
+    most frequent ones, counts per step), each event's data parsed once. Only what a
+    cycle's final attempt measured counts (``final``: cycle → its final attempt, as
+    ``final_attempts`` gives it)."""
     score_metric = settings["score_metric"] if settings else None
     weakness_metric = settings["weakness_metric"] if settings else None
-    values: dict[str, list[float]] = defaultdict(list)
+    numbers: dict[tuple[str, str | None], list[float]] = defaultdict(list)
+    texts: dict[tuple[str, str | None], Counter[str]] = defaultdict(Counter)
     scores: dict[int, float] = {}
     weaknesses: Counter[str] = Counter()
-    parsed: dict[Any, Any] = {}  # the same recorded JSON, parsed once (up to _PARSED_MAX kinds)
+    parsed: dict[Any, _Entry] = {}  # the same recorded JSON, read once (up to _PARSED_MAX kinds)
     for e in metric_events:
         if (final.get(e.cycle) if e.cycle is not None else None) != e.attempt:
             continue  # an attempt that was retried: its measurements do not count
         raw = e.data
-        data = parsed.get(raw) if raw.__class__ is str else None
-        if data is None:
-            data = json_field(raw) or {}
+        entry = parsed.get(raw) if raw.__class__ is str else None
+        if entry is None:
+            entry = _entry(json_field(raw) or {})
             if raw.__class__ is str and len(parsed) < _PARSED_MAX:
-                parsed[raw] = data
-        name, value = data.get("name"), data.get("value")
-        if isinstance(value, int | float):
-            values[data["name"]].append(float(value))
-            if name == score_metric and settings and e.cycle is not None:
-                scores[e.cycle] = float(value)
-        elif name == weakness_metric and settings and isinstance(value, str):
-            weaknesses[value.strip()] += 1
-    metrics = {
-        name: {"n": len(v), "mean": _round(sum(v) / len(v)), "min": min(v), "max": max(v)}
-        for name, v in sorted(values.items())
-    }
+                parsed[raw] = entry
+        key, value = entry
+        if key is None:
+            continue
+        if isinstance(value, float):
+            numbers[key].append(value)
+            if key[0] == score_metric and e.cycle is not None:
+                scores[e.cycle] = value
+        elif value is not None:
+            texts[key][value] += 1
+            if key[0] == weakness_metric:
+                weaknesses[value] += 1
+    metrics = _numeric_metrics(numbers)
+    text_metrics = _text_metrics(texts)
     if settings is None or (not scores and not weaknesses):
-        return None, metrics
+        return None, metrics, text_metrics
     buckets = {name: 0 for name, _, _ in BUCKETS}
     for v in scores.values():
         for name, lo, hi in BUCKETS:
@@ -83,7 +108,45 @@ def quality_and_metrics(
         "worst": [{"cycle": c, "score": v} for c, v in reversed(ranked[len(ranked) - k :])] if k else [],
         "weaknesses": [{"text": t, "count": n} for t, n in weaknesses.most_common(5)],
     }
-    return quality, metrics
+    return quality, metrics, text_metrics
+
+
+def _numeric_metrics(numbers: dict[tuple[str, str | None], list[float]]) -> dict[str, Any]:
+    """name → its figures over every final attempt, and per step (in the order the steps
+    were first seen) when the metric was recorded inside one."""
+    by_name: dict[str, dict[str | None, list[float]]] = defaultdict(dict)
+    for (name, step), values in numbers.items():
+        by_name[name][step] = values
+    out: dict[str, Any] = {}
+    for name in sorted(by_name):
+        per_step = by_name[name]
+        every = next(iter(per_step.values())) if len(per_step) == 1 else list(chain(*per_step.values()))
+        out[name] = {
+            **value_stats(every),
+            "steps": {step: value_stats(v) for step, v in per_step.items() if step is not None},
+        }
+    return out
+
+
+def _text_metrics(texts: dict[tuple[str, str | None], Counter[str]]) -> dict[str, Any]:
+    """name → how often it was recorded, how many distinct texts, the 5 most frequent, and
+    how often per step."""
+    by_name: dict[str, dict[str | None, Counter[str]]] = defaultdict(dict)
+    for (name, step), counts in texts.items():
+        by_name[name][step] = counts
+    out: dict[str, Any] = {}
+    for name in sorted(by_name):
+        per_step = by_name[name]
+        every: Counter[str] = Counter()
+        for counts in per_step.values():
+            every.update(counts)
+        out[name] = {
+            "n": every.total(),
+            "distinct": len(every),
+            "top": [{"text": t, "count": n} for t, n in every.most_common(5)],
+            "steps": {step: c.total() for step, c in per_step.items() if step is not None},
+        }
+    return out
 
 
 # -- tokens and cost ---------------------------------------------------------------------------

@@ -15,6 +15,11 @@ Everything binds loopback only::
 Out of process, ``serve_forever()`` runs the same bundle until stopped, and another
 process flips switches over HTTP through the control server:
 ``POST {control}/_sandbox/servers/gigachat/switches {"latency_s": 5}``.
+
+The chat servers answer in the ``neutral`` style by default (answers built from the
+prompt: its ids, its question, its instructions; ``sandbox.neutral``), or in ``grant``
+prose (``sandbox.textgen``, the reference pipeline's), after scripted replies when given;
+a request picks another with its path (``chat_base_url``, ``sandbox.styles``).
 """
 
 from __future__ import annotations
@@ -25,15 +30,17 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
 from .bugs import ProductBugs
 from .gigachat import GigaChatServer
+from .neutral import STYLES, Replies, ReplyRule
 from .openai_api import OpenAIServer
 from .search import SearchServer
 from .server import LOOPBACK_HOSTS, ControlServer, SandboxServer, Switches
+from .styles import style_path
 
 __all__ = [
     "DEFAULT_API_KEYS",
@@ -41,10 +48,13 @@ __all__ = [
     "DEFAULT_PORTS",
     "DEFAULT_SEARCH_KEYS",
     "LOOPBACK_HOSTS",
+    "STYLES",
     "ControlServer",
     "GigaChatServer",
     "OpenAIServer",
     "ProductBugs",
+    "Replies",
+    "ReplyRule",
     "Sandbox",
     "SandboxServer",
     "SearchServer",
@@ -95,6 +105,8 @@ class Sandbox:
         search_keys: Sequence[str] = DEFAULT_SEARCH_KEYS,
         control: bool = True,
         clock: Callable[[], float] = time.time,
+        style: str = "neutral",
+        replies: Replies | Iterable[Mapping[str, Any]] | None = None,
     ) -> None:
         if host not in LOOPBACK_HOSTS:
             raise ValueError(f"the sandbox binds loopback only ({' or '.join(LOOPBACK_HOSTS)}), not {host!r}")
@@ -105,6 +117,8 @@ class Sandbox:
                 f"unknown sandbox server(s) {sorted(unknown)} (known: {', '.join(SERVER_NAMES)}, control)"
             )
         common: dict[str, Any] = {"host": host, "seed": seed, "clock": clock}
+        # How the chat servers answer by default: neutral, grant, or a script first.
+        script = _script(replies, style)
         self.gigachat_credentials = tuple(gigachat_credentials)
         self.api_keys = tuple(api_keys)
         self.search_keys = tuple(search_keys)
@@ -112,9 +126,15 @@ class Sandbox:
             credentials=_labelled(self.gigachat_credentials, "gigachat"),
             port=ports.get("gigachat", 0),
             **common,
+            style=style,
+            replies=script,
         )
         self.openai = OpenAIServer(
-            api_keys=_labelled(self.api_keys, "openai"), port=ports.get("openai", 0), **common
+            api_keys=_labelled(self.api_keys, "openai"),
+            port=ports.get("openai", 0),
+            **common,
+            style=style,
+            replies=script,
         )
         self.search = SearchServer(
             api_keys=_labelled(self.search_keys, "search"), port=ports.get("search", 0), **common
@@ -189,6 +209,27 @@ class Sandbox:
     def search_url(self) -> str:
         return f"{self.search.url}/search"
 
+    def chat_base_url(
+        self,
+        provider: str,
+        style: str | None = None,
+        replies: Replies | Iterable[Mapping[str, Any]] | None = None,
+    ) -> str:
+        """The base URL of the ``provider``'s chat API (``gigachat`` or ``openai``) that
+        answers in ``style`` (None: the server's default), after the scripted ``replies``
+        when given (rules as ``Replies`` takes them): ``{url}/style/NAME/...``
+        (``sandbox.styles``)."""
+        server: GigaChatServer | OpenAIServer = self.gigachat if provider == "gigachat" else self.openai
+        name = style
+        if replies is not None:
+            script = _script(replies, style or server.styles.default)
+            assert script is not None
+            name = server.styles.register(script)
+        elif style is not None and style not in STYLES:
+            raise ValueError(f"unknown sandbox style {style!r} (known: {', '.join(STYLES)})")
+        base = server.base_url
+        return base if name is None else server.url + style_path(name) + base[len(server.url) :]
+
     @property
     def credentials(self) -> str:
         return self.gigachat_credentials[0]
@@ -226,6 +267,12 @@ class Sandbox:
         }
 
 
+def _script(replies: Replies | Iterable[Mapping[str, Any]] | None, then: str) -> Replies | None:
+    if replies is None or isinstance(replies, Replies):
+        return replies
+    return Replies(replies, then=then)
+
+
 _shared: Sandbox | None = None
 _shared_lock = threading.Lock()
 
@@ -249,6 +296,8 @@ def serve_forever(
     ports: Mapping[str, int] | None = None,
     *,
     seed: int = 0,
+    style: str = "neutral",
+    replies: Replies | Iterable[Mapping[str, Any]] | None = None,
     on_ready: Callable[[Sandbox], None] | None = None,
     stop: threading.Event | None = None,
 ) -> None:
@@ -259,7 +308,9 @@ def serve_forever(
     when called from the main thread, and restored on return.
     """
     stop = stop or threading.Event()
-    sandbox = Sandbox(host, DEFAULT_PORTS if ports is None else ports, seed=seed)
+    sandbox = Sandbox(
+        host, DEFAULT_PORTS if ports is None else ports, seed=seed, style=style, replies=replies
+    )
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

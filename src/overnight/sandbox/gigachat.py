@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .bugs import ProductBugs
+from .neutral import Replies
 from .server import (
     HTTPError,
     Request,
@@ -45,7 +46,8 @@ from .server import (
     client_label,
     iter_sse,
 )
-from .textgen import Completion, complete, count_tokens, embed
+from .styles import ChatStyles
+from .textgen import Completion, count_tokens, embed
 
 __all__ = ["CHAT_MODELS", "EMBEDDING_MODELS", "SCOPES", "GigaChatServer"]
 
@@ -89,8 +91,11 @@ class GigaChatServer(SandboxServer):
         users: Mapping[str, str] | None = None,
         chat_models: Iterable[str] = CHAT_MODELS,
         embedding_models: Mapping[str, int] | None = None,
+        style: str = "neutral",
+        replies: Replies | None = None,
         **kwargs: Any,
     ) -> None:
+        self.styles = ChatStyles(style, replies)  # how chats are answered (sandbox.styles)
         self.credentials = accepted_secrets(credentials)
         self.users = dict(users) if users is not None else None
         self.chat_models = tuple(chat_models)
@@ -200,10 +205,11 @@ class GigaChatServer(SandboxServer):
         return messages
 
     def _complete(
-        self, body: Mapping[str, Any], messages: list[dict[str, Any]], max_tokens: Any
+        self, req: Request, body: Mapping[str, Any], messages: list[dict[str, Any]], max_tokens: Any
     ) -> Completion:
         sw = self.switches
-        return complete(
+        return self.styles.complete(
+            req,
             messages,
             self._seed(body),
             max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,
@@ -223,7 +229,7 @@ class GigaChatServer(SandboxServer):
     def _chat(self, req: Request) -> Response:
         body = req.json_object()
         model = self._chat_model(body)
-        c = self._complete(body, self._messages(body), body.get("max_tokens"))
+        c = self._complete(req, body, self._messages(body), body.get("max_tokens"))
         created = int(time.time())
         if body.get("stream"):
             return Response(
@@ -270,7 +276,7 @@ class GigaChatServer(SandboxServer):
         model = self._chat_model(body)
         raw_options = body.get("model_options")
         options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
-        c = self._complete(body, self._messages(body), options.get("max_tokens"))
+        c = self._complete(req, body, self._messages(body), options.get("max_tokens"))
         return Response.json(
             {
                 "model": model,

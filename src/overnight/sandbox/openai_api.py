@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from .bugs import ProductBugs
+from .neutral import Replies
 from .server import (
     HTTPError,
     Request,
@@ -37,7 +38,8 @@ from .server import (
     client_label,
     iter_sse,
 )
-from .textgen import Completion, complete, count_tokens, embed
+from .styles import ChatStyles
+from .textgen import Completion, count_tokens, embed
 
 __all__ = ["CHAT_MODELS", "EMBEDDING_MODELS", "OpenAIServer"]
 
@@ -69,8 +71,11 @@ class OpenAIServer(SandboxServer):
         api_keys: Mapping[str, str] | Iterable[str] | None = None,
         chat_models: Iterable[str] = CHAT_MODELS,
         embedding_models: Mapping[str, int] | None = None,
+        style: str = "neutral",
+        replies: Replies | None = None,
         **kwargs: Any,
     ) -> None:
+        self.styles = ChatStyles(style, replies)  # how chats are answered (sandbox.styles)
         self.api_keys = accepted_secrets(api_keys)
         self.chat_models = tuple(chat_models)
         self.embedding_models = dict(EMBEDDING_MODELS if embedding_models is None else embedding_models)
@@ -136,7 +141,8 @@ class OpenAIServer(SandboxServer):
         max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
         fmt = body.get("response_format")
         sw = self.switches
-        c = complete(
+        c = self.styles.complete(
+            req,
             messages,
             seed,
             max_tokens=max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else None,

@@ -34,6 +34,7 @@ class Request:
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
     client: str | None = None  # who is calling (a label, never the secret)
+    style: str | None = None  # the answer style its path asked for (/style/NAME/...), if any
     _conn: socket.socket | None = field(default=None, repr=False)
 
     def header(self, name: str) -> str | None:

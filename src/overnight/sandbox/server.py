@@ -52,6 +52,7 @@ log = logging.getLogger("overnight.sandbox")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1")
 ADMIN_PREFIX = "/_sandbox/"
+STYLE_PREFIX = "/style/"  # the chat servers' answer style, per request (sandbox.styles)
 
 __all__ = [
     "LOOPBACK_HOSTS",
@@ -220,6 +221,10 @@ class SandboxServer:
     # the request gate
 
     def _dispatch(self, req: Request, generation: int) -> Response | None:
+        if req.path.startswith(STYLE_PREFIX):
+            # /style/NAME/rest: the chat servers answer in that style (sandbox.styles).
+            name, _, rest = req.path[len(STYLE_PREFIX) :].partition("/")
+            req.style, req.path = name, "/" + rest
         if req.path.startswith(ADMIN_PREFIX):
             return self._admin(req)
         started = time.perf_counter()

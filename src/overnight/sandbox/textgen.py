@@ -1,6 +1,8 @@
-"""Deterministic text for the sandbox LLM servers: the same prompt and seed always give the
-same answer, a different seed a different one. No model, no network, no randomness from
-the process (a keyed BLAKE2 stream, so the output is stable across Python versions).
+"""The sandbox LLM's grant style: deterministic grant-application prose (the reference
+pipeline's choice; the default style is ``neutral``, in ``sandbox.neutral``). The same
+prompt and seed always give the same answer, a different seed a different one. No model,
+no network, no randomness from the process (a keyed BLAKE2 stream, so the output is
+stable across Python versions).
 
 Conventions the reference pipeline relies on (a directive is a line of a system or user
 message; when there are several, the last one wins):
@@ -54,7 +56,10 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from .neutral import Replies
 
 __all__ = [
     "DEFAULT_MIN_CHARS",
@@ -511,11 +516,29 @@ def complete(
     bug_seed: int = 0,
     intermittent: bool = False,
     json_mode: bool = False,
+    style: str = "grant",
+    replies: Replies | None = None,
 ) -> Completion:
-    """``generate`` plus what a chat API reports: usage and why the answer ended."""
-    text = generate(
-        messages, seed, bug_rate=bug_rate, bug_seed=bug_seed, intermittent=intermittent, json_mode=json_mode
-    )
+    """The answer in ``style`` (``generate`` for ``"grant"``; ``"neutral"`` and scripted
+    ``replies``: ``sandbox.neutral``) plus what a chat API reports: usage and why the
+    answer ended."""
+
+    def grant() -> str:
+        return generate(
+            messages,
+            seed,
+            bug_rate=bug_rate,
+            bug_seed=bug_seed,
+            intermittent=intermittent,
+            json_mode=json_mode,
+        )
+
+    if style == "grant" and replies is None:
+        text = grant()
+    else:
+        from .neutral import answer  # it imports this module: here, not at the top
+
+        text = answer(messages, seed, style=style, replies=replies, json_mode=json_mode, grant=grant)
     finish = "stop"
     if max_tokens is not None and count_tokens(text) > max_tokens:
         kept, used = [], 0

@@ -11,6 +11,11 @@ mechanism       component                         fault kinds and how they are m
 tcp_proxy       any, with ``fault_proxy``         through the TCP proxy: connection_lost
                 (TcpProxyable)                    (reset), unavailable (down), timeout (black
                                                   hole or ``latency``)
+http_proxy      any, with ``fault_proxy =         the same proxy in HTTP mode (chaos.http_proxy):
+                "http"`` (TcpProxyable)           rate_limited, quota_exceeded (429 with
+                                                  Retry-After), auth_expired (401/403),
+                                                  server_error (5xx); timeout with
+                                                  ``method = "http"``
 sandbox_switch  llm / websearch, sandbox          the sandbox server's switches: rate_limited
                 (Sandboxed)                       and quota_exceeded (a zero quota with
                                                   Retry-After), auth_expired (the key in use
@@ -45,9 +50,9 @@ http_layer), ``postgresql`` and ``local`` (qdrant_local, disk_fill).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ...components import Component
 from ...errors import ConfigError
@@ -55,6 +60,7 @@ from ..plan import FaultSpec
 from .base import (
     GB,
     HTTP_KINDS,
+    HTTP_PROXY_KINDS,
     PROXY_KINDS,
     Endpoint,
     FaultsSettings,
@@ -62,20 +68,24 @@ from .base import (
     Injector,
     default_duration,
     endpoints_of,
+    has_tcp_endpoint,
     libpq_endpoints,
+    proxy_mode,
 )
 from .local import DiskFill, QdrantLocalFault
-from .network import HttpLayer, ProxyFault, SandboxSwitch
+from .network import HttpLayer, HttpProxyFault, ProxyFault, SandboxSwitch
 from .postgresql import PostgresFault
 
 __all__ = [
     "GB",
     "HTTP_KINDS",
+    "HTTP_PROXY_KINDS",
     "PROXY_KINDS",
     "DiskFill",
     "Endpoint",
     "FaultsSettings",
     "HttpLayer",
+    "HttpProxyFault",
     "InjectEnv",
     "Injector",
     "InjectorT",
@@ -87,9 +97,12 @@ __all__ = [
     "choose",
     "default_duration",
     "endpoints_of",
+    "has_tcp_endpoint",
     "injector_class",
     "libpq_endpoints",
     "make",
+    "menu",
+    "proxy_mode",
     "register_injector",
     "registered_injectors",
 ]
@@ -99,6 +112,7 @@ __all__ = [
 # Asked in this order, after the user's own.
 _BUILTIN: tuple[type[Injector], ...] = (
     ProxyFault,
+    HttpProxyFault,
     SandboxSwitch,
     HttpLayer,
     PostgresFault,
@@ -164,9 +178,26 @@ def choose(spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str:
             if reason is not None:
                 raise ValueError(reason)
             return injector.mechanism
-    raise ValueError(
-        f"no injector for {comp.type_name} components; set fault_proxy = true for TCP-level faults"
-    )
+    raise ValueError(_unserved(spec, comp))
+
+
+def _unserved(spec: FaultSpec, comp: Component) -> str:
+    """Why no injector takes ``spec`` on ``comp``, and what would make one take it."""
+    kind, name = spec.kind, comp.name
+    where = f"[components.{name}]"
+    if kind in PROXY_KINDS or kind in HTTP_PROXY_KINDS:
+        if not has_tcp_endpoint(comp):
+            return (
+                f"no injector makes {kind} for {name} ({comp.type_name}): the component has no "
+                "tcp_endpoint() and route_via() for the fault proxy, and no injector of its own "
+                "(README: Your own component type)"
+            )
+        mode = proxy_mode(comp)
+        if kind in HTTP_PROXY_KINDS and mode != "http":
+            return f'{kind} is an HTTP answer: set fault_proxy = "http" on {where} (the proxy in HTTP mode)'
+        if mode is None:
+            return f"set fault_proxy = true on {where} for {kind} (the TCP fault proxy)"
+    return f"no injector makes {kind} for {name} ({comp.type_name} components)"
 
 
 def check(
@@ -184,25 +215,8 @@ def check(
             if comp is None:
                 known = ", ".join(sorted(components)) or "none"
                 raise ValueError(f"no component named {spec.target!r} (components: {known})")
-            mechanism = choose(spec, comp, settings)
-            injector = injector_class(mechanism)
-            endpoints: list[Endpoint] = []
-            if injector.networked:
-                try:
-                    endpoints = endpoints_of(comp)
-                except ValueError as exc:
-                    raise ValueError(f"{comp.name}: cannot tell where it connects ({exc})") from None
-            away = [str(e) for e in endpoints if not e.at_home(settings)]
-            if away:
-                raise ValueError(
-                    f"{comp.name} talks to {', '.join(away)}: faults stay on loopback or "
-                    "the project's test hosts ([faults] allowed_hosts)"
-                )
-            reason = injector.endpoint_refusal(spec, comp, endpoints)
-            if reason is not None:
-                raise ValueError(reason)
-            # Constructing an injector has no side effect; it knows whether it is one action.
-            instant = injector(spec, comp, _NO_ENV).instant
+            mechanism = _check_one(spec, comp, settings)
+            instant = injector_class(mechanism)(spec, comp, _NO_ENV).instant
             lasting = spec.duration_s is not None or spec.until_repaired
             if instant and lasting:
                 raise ValueError(f"{spec.kind} here is a single action; drop duration/until")
@@ -213,6 +227,45 @@ def check(
         except ValueError as exc:
             raise ConfigError(f"{spec.where}: {exc}") from None
         out[spec.id] = mechanism
+    return out
+
+
+def _check_one(spec: FaultSpec, comp: Component, settings: FaultsSettings) -> str:
+    """The mechanism that would make ``spec`` on ``comp``, its target at home; ValueError
+    says why none would (the plan's timing aside)."""
+    mechanism = choose(spec, comp, settings)
+    injector = injector_class(mechanism)
+    endpoints: list[Endpoint] = []
+    if injector.networked:
+        try:
+            endpoints = endpoints_of(comp)
+        except ValueError as exc:
+            raise ValueError(f"{comp.name}: cannot tell where it connects ({exc})") from None
+    away = [str(e) for e in endpoints if not e.at_home(settings)]
+    if away:
+        raise ValueError(
+            f"{comp.name} talks to {', '.join(away)}: faults stay on loopback or "
+            "the project's test hosts ([faults] allowed_hosts)"
+        )
+    reason = injector.endpoint_refusal(spec, comp, endpoints)
+    if reason is not None:
+        raise ValueError(reason)
+    return mechanism
+
+
+def menu(comp: Component, settings: FaultsSettings, kinds: Iterable[str]) -> list[dict[str, Any]]:
+    """What can be injected into ``comp``: per fault kind, ``{kind, mechanism, injectable,
+    why}`` — the mechanism that would make it (with ``method`` names it also takes), or
+    why none would (``overnight faults --kinds``). Nothing is built or connected."""
+    out: list[dict[str, Any]] = []
+    for kind in kinds:
+        spec = FaultSpec(source="--kinds", target=comp.name, kind=kind)
+        try:
+            mechanism = _check_one(spec, comp, settings)
+        except ValueError as exc:
+            out.append({"kind": kind, "mechanism": None, "injectable": False, "why": str(exc)})
+            continue
+        out.append({"kind": kind, "mechanism": mechanism, "injectable": True, "why": None})
     return out
 
 

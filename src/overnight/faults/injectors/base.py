@@ -22,6 +22,23 @@ from ..plan import DEFAULT_MAX_DURATION_S, FaultSpec
 GB = 1024**3
 HTTP_KINDS = ("rate_limited", "quota_exceeded", "auth_expired", "server_error", "timeout", "unavailable")
 PROXY_KINDS = ("connection_lost", "unavailable", "timeout")
+# What the fault proxy in HTTP mode adds to PROXY_KINDS: answers of a failing API.
+HTTP_PROXY_KINDS = ("rate_limited", "quota_exceeded", "auth_expired", "server_error")
+
+
+def proxy_mode(comp: Component) -> str | None:
+    """How ``comp`` is put behind the fault proxy: ``"tcp"``, ``"http"``, or None (not)."""
+    mode = comp.fault_proxy
+    if mode is False:
+        return None
+    return "http" if mode == "http" else "tcp"
+
+
+def has_tcp_endpoint(comp: Component) -> bool:
+    """Whether its type says where its server is (overrides ``tcp_endpoint`` and
+    ``route_via``), so the fault proxy can stand in front of it."""
+    cls = type(comp)
+    return cls.tcp_endpoint is not Component.tcp_endpoint and cls.route_via is not Component.route_via
 
 
 @dataclass(frozen=True)
@@ -220,7 +237,13 @@ def endpoints_of(comp: Component) -> list[Endpoint]:
         if not host:
             raise ValueError(f"its {attr} names no host")
         return [Endpoint(host)]
-    raise ValueError("it has no url to tell where it connects")
+    if has_tcp_endpoint(comp):
+        try:
+            host, _port = comp.tcp_endpoint()
+        except Exception as exc:  # a user's tcp_endpoint() may raise anything
+            raise ValueError(f"its tcp_endpoint() failed: {redact(str(exc))}") from None
+        return [Endpoint(host)]
+    raise ValueError("it has no url, and no tcp_endpoint(), to tell where it connects")
 
 
 def default_duration(spec: FaultSpec) -> float | None:

@@ -1,5 +1,6 @@
-"""The network injectors: the TCP fault proxy (``tcp_proxy``), the sandbox server's
-switches (``sandbox_switch``) and the HTTP fault layer inside the client (``http_layer``).
+"""The network injectors: the TCP fault proxy (``tcp_proxy``) and its HTTP mode
+(``http_proxy``), the sandbox server's switches (``sandbox_switch``) and the HTTP fault
+layer inside the client (``http_layer``).
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import os
 from typing import Any
 
 from ...chaos.http import HttpFault, HttpFaults
+from ...chaos.http_proxy import HttpFaultProxy
 from ...chaos.proxy import FaultProxy
 from ...components import Component, HttpFaultable, Replaying, Sandboxed, TcpProxyable
 from ..plan import FaultSpec
-from .base import HTTP_KINDS, PROXY_KINDS, FaultsSettings, InjectEnv, Injector
+from .base import HTTP_KINDS, HTTP_PROXY_KINDS, PROXY_KINDS, FaultsSettings, InjectEnv, Injector, proxy_mode
 
 # -- sandbox switches ---------------------------------------------------------------------
 
@@ -125,6 +127,20 @@ def _key_in_use(comp: Component) -> str | None:
 # -- the HTTP fault layer -----------------------------------------------------------------
 
 
+def _http_fault(spec: FaultSpec, instant: bool) -> HttpFault:
+    """The HTTP fault a plan entry asks for (a burst of ``count`` when ``instant``)."""
+    p, kind = spec.params, spec.kind
+    if kind == "timeout" and "bytes_per_s" in p:
+        return HttpFault("slow_body", bytes_per_s=p["bytes_per_s"])
+    return HttpFault(
+        kind,
+        status=p.get("status"),
+        retry_after_s=p.get("retry_after"),
+        count=int(p.get("count", 3)) if instant else None,
+        latency_s=p.get("latency"),
+    )
+
+
 class HttpLayer(Injector):
     """Answer the component's requests with the fault inside its own HTTP client."""
 
@@ -158,17 +174,7 @@ class HttpLayer(Injector):
         self._token: int | None = None
 
     def _fault(self) -> HttpFault:
-        p, kind = self.spec.params, self.spec.kind
-        if kind == "timeout" and "bytes_per_s" in p:
-            return HttpFault("slow_body", bytes_per_s=p["bytes_per_s"])
-        count = int(p.get("count", 3)) if self.instant else None
-        return HttpFault(
-            kind,
-            status=p.get("status"),
-            retry_after_s=p.get("retry_after"),
-            count=count,
-            latency_s=p.get("latency"),
-        )
+        return _http_fault(self.spec, self.instant)
 
     def _layer(self) -> HttpFaults:
         comp = self.comp
@@ -240,3 +246,53 @@ class ProxyFault(Injector):
     async def undo(self) -> dict[str, Any]:
         await self.proxy.clear()
         return {"proxy": "clear"}
+
+
+# -- the fault proxy in HTTP mode ---------------------------------------------------------
+
+
+class HttpProxyFault(Injector):
+    """Answer the component's HTTP requests like a failing API, in the fault proxy before it.
+
+    With ``fault_proxy = "http"``: 429 with Retry-After, 401/403, 5xx (a burst, or for a
+    duration), and with ``method = "http"`` a stall, a late answer (``latency``) or a
+    slow body (``bytes_per_s``). The wire's own faults stay the TCP proxy's."""
+
+    mechanism = "http_proxy"
+    capability = TcpProxyable
+    kinds = (*HTTP_PROXY_KINDS, "timeout")
+    methods = ("http",)
+
+    @classmethod
+    def claims(cls, spec: FaultSpec, comp: Component) -> bool:
+        if proxy_mode(comp) != "http":
+            return False
+        method = spec.params.get("method")
+        return method == "http" or (method is None and spec.kind in HTTP_PROXY_KINDS)
+
+    def __init__(self, spec: FaultSpec, comp: Component, env: InjectEnv) -> None:
+        super().__init__(spec, comp, env)
+        self.instant = spec.kind == "server_error" and spec.duration_s is None and not spec.until_repaired
+        self._token: int | None = None
+
+    def _faults(self) -> HttpFaults:
+        proxy = self.env.proxies.get(self.comp.name)
+        if not isinstance(proxy, HttpFaultProxy):
+            raise RuntimeError(f"{self.comp.name} is not behind the fault proxy in HTTP mode")
+        return proxy.http_faults
+
+    async def inject(self) -> dict[str, Any]:
+        fault = _http_fault(self.spec, self.instant)
+        self._token = self._faults().activate(fault)
+        detail: dict[str, Any] = {"http_fault": fault.kind, "status": fault.status_code}
+        if fault.kind in ("rate_limited", "quota_exceeded"):
+            detail["retry_after_s"] = fault.retry_after
+        if fault.count:
+            detail["count"] = fault.count
+        return detail
+
+    async def undo(self) -> dict[str, Any]:
+        if self._token is not None:
+            self._faults().deactivate(self._token)
+            self._token = None
+        return {}
