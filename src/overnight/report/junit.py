@@ -343,6 +343,59 @@ def _why_not_run(report: dict[str, Any]) -> str:
     return str(report.get("status") or "unknown")
 
 
+# The night's properties in the suite's <properties>, in this order.
+_NIGHT_PROPERTIES = (
+    "night_id",
+    "scenario",
+    "status",
+    "end_reason",
+    "verdict",
+    "exit_code",
+    "seed",
+    "dry_run",
+    "started_at",
+    "ended_at",
+    "planned_cycles",
+    "cycles_run",
+    "cycles_not_run",
+    "success_rate",
+    "retried_cycles",
+    "passed_with_fallback",
+    "interrupted_attempts",
+)
+
+
+def _document_head(report: dict[str, Any], counts: dict[str, int], keys: tuple[str, ...]) -> str:
+    """The XML declaration, ``<testsuites>``, ``<testsuite>`` with the totals of
+    ``counts`` and the night's ``keys`` as its properties: what precedes the testcases."""
+    props = []
+    for key in keys:
+        value = report.get(key)
+        if value is not None:
+            props.append(_property(key, ("true" if value else "false") if isinstance(value, bool) else value))
+    duration = report.get("duration_s")
+    totals = {
+        "tests": sum(counts.values()),
+        "failures": counts["failure"],
+        "errors": counts["error"],
+        "skipped": counts["skipped"],
+        "time": _secs(report.get("active_s") if duration is None else duration),
+    }
+    suite_attrs = {"name": f"overnight.{report.get('scenario')}", **totals}
+    stamp = _local_timestamp(report.get("started_at"))
+    if stamp:
+        suite_attrs["timestamp"] = stamp
+    if report.get("hostname"):
+        suite_attrs["hostname"] = report["hostname"]
+    root_attrs = {"name": f"overnight {report.get('night_id')}", **totals}
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<testsuites{_attrs(root_attrs)}>"
+        f"\n{_INDENT}<testsuite{_attrs(suite_attrs)}>"
+        f"\n{_INDENT * 2}{_parent('properties', '', props, 2)}"
+    )
+
+
 class JunitWriter:
     """junit.xml, a testcase at a time: ``add`` each cycle that started, in cycle order;
     ``finish`` writes the document. The testcases go to ``spool`` first (a temporary
@@ -438,54 +491,7 @@ class JunitWriter:
                 )
             )
 
-        suite_props = []
-        for key in (
-            "night_id",
-            "scenario",
-            "status",
-            "end_reason",
-            "verdict",
-            "exit_code",
-            "seed",
-            "dry_run",
-            "started_at",
-            "ended_at",
-            "planned_cycles",
-            "cycles_run",
-            "cycles_not_run",
-            "success_rate",
-            "retried_cycles",
-            "passed_with_fallback",
-            "interrupted_attempts",
-        ):
-            value = report.get(key)
-            if value is not None:
-                if isinstance(value, bool):
-                    value = "true" if value else "false"
-                suite_props.append(_property(key, value))
-
-        duration = report.get("duration_s")
-        if duration is None:
-            duration = report.get("active_s")
-        totals = {
-            "tests": sum(counts.values()),
-            "failures": counts["failure"],
-            "errors": counts["error"],
-            "skipped": counts["skipped"],
-            "time": _secs(duration),
-        }
-        suite_attrs = {"name": f"overnight.{report.get('scenario')}", **totals}
-        stamp = _local_timestamp(report.get("started_at"))
-        if stamp:
-            suite_attrs["timestamp"] = stamp
-        if report.get("hostname"):
-            suite_attrs["hostname"] = report["hostname"]
-
-        out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
-        root_attrs = {"name": f"overnight {report.get('night_id')}", **totals}
-        out.write(f"<testsuites{_attrs(root_attrs)}>")
-        out.write(f"\n{_INDENT}<testsuite{_attrs(suite_attrs)}>")
-        out.write(f"\n{_INDENT * 2}{_parent('properties', '', suite_props, 2)}")
+        out.write(_document_head(report, counts, _NIGHT_PROPERTIES))
         self.spool.seek(0)
         shutil.copyfileobj(self.spool, out)
         out.write(f"\n{_INDENT}</testsuite>\n</testsuites>\n")
@@ -519,25 +525,8 @@ def render_junit(report: dict[str, Any]) -> str:
 # -- a pytest suite's night: one testcase per node id ----------------------------------------
 
 SESSION_CLASSNAME = "overnight.pytest"
-# The night's properties a suite's document carries, as the cycles' one does.
-_SUITE_PROPERTIES = (
-    "night_id",
-    "scenario",
-    "status",
-    "end_reason",
-    "verdict",
-    "exit_code",
-    "seed",
-    "dry_run",
-    "started_at",
-    "ended_at",
-    "planned_cycles",
-    "cycles_run",
-    "cycles_not_run",
-    "success_rate",
-    "retried_cycles",
-    "interrupted_attempts",
-)
+# The night's properties a suite's document carries: the cycles' ones but the fallback count.
+_SUITE_PROPERTIES = tuple(k for k in _NIGHT_PROPERTIES if k != "passed_with_fallback")
 
 
 class PytestJunitWriter:
@@ -585,30 +574,7 @@ def write_pytest_junit(report: dict[str, Any], out: TextIO) -> None:
     if session:
         counts["error"] += 1
         cases.append(_session_testcase(session))
-    props = []
-    for key in _SUITE_PROPERTIES:
-        value = report.get(key)
-        if value is not None:
-            props.append(_property(key, ("true" if value else "false") if isinstance(value, bool) else value))
-    duration = report.get("duration_s")
-    totals = {
-        "tests": sum(counts.values()),
-        "failures": counts["failure"],
-        "errors": counts["error"],
-        "skipped": counts["skipped"],
-        "time": _secs(report.get("active_s") if duration is None else duration),
-    }
-    suite_attrs = {"name": f"overnight.{report.get('scenario')}", **totals}
-    stamp = _local_timestamp(report.get("started_at"))
-    if stamp:
-        suite_attrs["timestamp"] = stamp
-    if report.get("hostname"):
-        suite_attrs["hostname"] = report["hostname"]
-    out.write('<?xml version="1.0" encoding="UTF-8"?>\n')
-    root_attrs = {"name": f"overnight {report.get('night_id')}", **totals}
-    out.write(f"<testsuites{_attrs(root_attrs)}>")
-    out.write(f"\n{_INDENT}<testsuite{_attrs(suite_attrs)}>")
-    out.write(f"\n{_INDENT * 2}{_parent('properties', '', props, 2)}")
+    out.write(_document_head(report, counts, _SUITE_PROPERTIES))
     for case in cases:
         out.write(f"\n{_INDENT * 2}{case}")
     out.write(f"\n{_INDENT}</testsuite>\n</testsuites>\n")
