@@ -10,7 +10,7 @@ from ..redaction import MASK
 from ..weakening.settings import show
 from .markdown_common import _esc, _s
 from .markdown_results import _figure, _v
-from .markdown_weakening import _code, classification
+from .markdown_weakening import classification, code_and_notes
 
 
 def render_diff_markdown(d: dict[str, Any]) -> str:
@@ -106,25 +106,7 @@ def _weakening(w: Any, d: dict[str, Any]) -> None:
         for change in acknowledged:
             w(f"- {_esc(change.get('text'))} — acknowledged: {_esc(change.get('acknowledged'))}")
         w("")
-    code = wk.get("code") or {}
-    text = str(code.get("text") or "code checks: not compared")
-    w(f"{_esc(text[:1].upper() + text[1:])}.")
-    if code.get("note"):
-        w(f"({_esc(code['note'])})")
-    w("")
-    findings = code.get("findings") or []
-    for f in findings:
-        commit = f" (commit `{str(f.get('commit'))[:12]}`)" if f.get("commit") else ""
-        before = f.get("before_text")
-        was = f" (was {_code(before)})" if before is not None else ""
-        change = str(f.get("change") or "?").replace("_", " ")
-        where = _code(f"{f.get('file')}:{f.get('line')}")
-        w(f"- {where}{commit}: {change}: {_code(f.get('text') or '')}{was}")
-    if findings:
-        w("")
-    for note in wk.get("notes") or []:
-        w(f"_Note: {_esc(note)}._")
-        w("")
+    code_and_notes(w, wk, "code checks: not compared")
 
 
 def _verdicts(w: Any, d: dict[str, Any]) -> None:

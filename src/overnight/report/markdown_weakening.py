@@ -59,21 +59,27 @@ def _weakening(w: Any, r: dict[str, Any]) -> None:
         for change in settings:
             w(f"| `{_esc(change['key'])}` | {_esc(change['text'])} | {_esc(classification(change))} |")
         w("")
+    code_and_notes(w, wk, "code checks: not recorded for this night")
+
+
+def code_and_notes(w: Any, wk: dict[str, Any], missing: str) -> None:
+    """The code check's line (``missing`` when none was recorded), its findings one per
+    line with file:line and commit, then the comparison's notes."""
     code = wk.get("code") or {}
-    text = str(code.get("text") or "code checks: not recorded for this night")
+    text = str(code.get("text") or missing)
     w(f"{_esc(text[:1].upper() + text[1:])}.")
     if code.get("note"):
         w(f"({_esc(code['note'])})")
     w("")
     findings = code.get("findings") or []
+    for f in findings:
+        commit = f" (commit `{str(f.get('commit'))[:12]}`)" if f.get("commit") else ""
+        before = f.get("before_text")
+        was = f" (was {_code(before)})" if before is not None else ""
+        change = str(f.get("change") or "?").replace("_", " ")
+        where = _code(f"{f.get('file')}:{f.get('line')}")
+        w(f"- {where}{commit}: {change}: {_code(f.get('text') or '')}{was}")
     if findings:
-        for f in findings:
-            commit = f" (commit `{str(f.get('commit'))[:12]}`)" if f.get("commit") else ""
-            before = f.get("before_text")
-            was = f" (was {_code(before)})" if before is not None else ""
-            change = str(f.get("change") or "?").replace("_", " ")
-            where = _code(f"{f.get('file')}:{f.get('line')}")
-            w(f"- {where}{commit}: {change}: {_code(f.get('text') or '')}{was}")
         w("")
     for note in wk.get("notes") or []:
         w(f"_Note: {_esc(note)}._")
