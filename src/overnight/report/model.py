@@ -552,6 +552,8 @@ def _cycles_verdict(report: dict[str, Any]) -> tuple[str, int]:
         parts.append(plural(t["timeout"], "timeout"))
     if t.get("harness_error"):
         parts.append(plural(t["harness_error"], "harness error"))
+    if t.get("crashed"):
+        parts.append(f"{plural(t['crashed'], 'crash')} (a worker died twice on the same input)")
     if on_fallback_failed:
         parts.append(no_verdict)
     return f"FAILED: {', '.join(parts)} in {plural(run, 'cycle')}{tail}", 1
