@@ -68,6 +68,11 @@ class _Actor:
             lost = not _node_alive(self.node)
             first = str(exc).strip().splitlines()
             cause = next((line.strip() for line in first if "dead because" in line or "died" in line), "")
+            from .workers import signal_in_output
+
+            sig = signal_in_output(self.stderr_tail())
+            if sig is not None and not lost:
+                return False, f"worker died: {sig} (Ray: {cause or type(exc).__name__})"
             return lost, f"actor died: {cause or type(exc).__name__}"
         except Exception as exc:  # the actor's own error: it raised out of serve()
             return False, f"worker failed: {type(exc).__name__}"

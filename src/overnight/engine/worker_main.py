@@ -219,7 +219,7 @@ async def _work(conn: Connection, spec: WorkerSpec) -> None:
     try:
         while (item := await requests.get()) is not None:
             request, state = item
-            await _sync(components, state, repaired)
+            await _sync(components, state, repaired, journal)
             try:
                 outcome = await execute_attempt(env, request, canceller)
             except BaseException as exc:
@@ -254,7 +254,9 @@ async def _connect(components: Mapping[str, Component]) -> None:
     await asyncio.gather(*(one(n, c) for n, c in components.items()))
 
 
-async def _sync(components: Mapping[str, Component], state: dict[str, Any], repaired: dict[str, int]) -> None:
+async def _sync(
+    components: Mapping[str, Component], state: dict[str, Any], repaired: dict[str, int], journal: Journal
+) -> None:
     """Take the night's component state before an attempt: its knob values and
     fallbacks, and repeat the client repairs this worker has not made yet."""
     log = logging.getLogger("overnight")
@@ -269,11 +271,21 @@ async def _sync(components: Mapping[str, Component], state: dict[str, Any], repa
             comp.fallback_active = st["fallback"]
         actions: list[str] = st["repairs"]
         for action in actions[repaired.get(name, 0) :]:
+            pid = os.getpid()
             try:
                 async with asyncio.timeout(REPAIR_S):
                     await getattr(comp, action)()
             except Exception as exc:  # the next call fails, is classified and signalled
-                log.warning("worker %d: %s.%s() failed: %s", os.getpid(), name, action, redact(str(exc)))
+                log.warning("worker %d: %s.%s() failed: %s", pid, name, action, redact(str(exc)))
+                outcome = f"failed: {type(exc).__name__}"
+            else:
+                outcome = "done"
+            journal.submit(
+                "client_repair_repeated",
+                f"worker {pid}: {name}.{action}() {outcome}",
+                {"action": action, "worker_pid": pid, "outcome": outcome},
+                component=name,
+            )
         repaired[name] = len(actions)
 
 

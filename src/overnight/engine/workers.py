@@ -145,6 +145,24 @@ class ProcessLauncher:
         return None
 
 
+# What faulthandler writes for the signals a native crash raises.
+_FAULTHANDLER = {
+    "Segmentation fault": "SIGSEGV",
+    "Aborted": "SIGABRT",
+    "Bus error": "SIGBUS",
+    "Floating-point exception": "SIGFPE",
+    "Illegal instruction": "SIGILL",
+}
+
+
+def signal_in_output(tail: str) -> str | None:
+    """The signal a worker's faulthandler named in its last output, if any."""
+    for line in reversed(tail.splitlines()):
+        if line.startswith("Fatal Python error: "):
+            return _FAULTHANDLER.get(line.removeprefix("Fatal Python error: ").strip())
+    return None
+
+
 def read_tail(path: Path, size: int = STDERR_TAIL) -> str:
     """The last ``size`` characters of a worker's output, redacted."""
     try:
