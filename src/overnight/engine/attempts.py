@@ -113,6 +113,8 @@ class CycleRunner:
                 return
             for service in self.services:
                 await service.before_cycle(cycle)  # once per cycle: it meets its faults
+            if not slot.is_ready() and not await self._slot_ready(slot):
+                return  # the night was interrupted while a worker started: still pending
             attempt = last_no = last_no + 1
             verdict, result, error, meta, fallbacks, open_steps, outcome = await self._run_attempt(
                 slot, cycle, attempt, cycle_input
@@ -280,6 +282,14 @@ class CycleRunner:
             component,
             ", ".join(self.components) or "none",
         )
+
+    async def _slot_ready(self, slot: AttemptSlot) -> bool:
+        """Let the slot's worker start outside the attempt's time; False when the night
+        was interrupted meanwhile."""
+        task = asyncio.create_task(slot.ready(), name="slot-ready")
+        with self.stopping.cancellable(task):
+            await asyncio.wait({task})
+        return not task.cancelled() and not self.stopping.interrupted
 
     async def _wait_gate(self) -> None:
         if not self.gate.is_open:

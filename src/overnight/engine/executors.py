@@ -81,6 +81,14 @@ class Canceller(Protocol):
 class AttemptSlot(Protocol):
     """One parallel slot of an executor: runs one attempt at a time."""
 
+    def is_ready(self) -> bool:
+        """Whether ``run`` can start an attempt at once (no worker to start first)."""
+
+    async def ready(self) -> None:
+        """Be ready to run an attempt now (a worker started), before the attempt is
+        recorded as started: a worker's start is not its attempt's time. Never raises
+        for a worker that cannot start: the next ``run`` says so as its outcome."""
+
     async def run(self, request: AttemptRequest) -> AttemptOutcome:
         """Run the attempt; a cancellation (the night interrupted) ends it ``interrupted``.
         Raises only on our own failure (the ledger)."""
@@ -222,6 +230,12 @@ class InlineExecutor:
 
     def slot(self, index: int) -> AttemptSlot:
         return self
+
+    def is_ready(self) -> bool:
+        return True
+
+    async def ready(self) -> None:
+        return None
 
     async def run(self, request: AttemptRequest) -> AttemptOutcome:
         return await execute_attempt(self.env, request, self.canceller)

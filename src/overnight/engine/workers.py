@@ -39,7 +39,7 @@ from ..redaction import redact
 from ..verdicts import Verdict
 from .executors import AttemptOutcome, AttemptRequest
 from .journal import TRACEBACK_MAX
-from .worker_main import KEY_ENV, RemoteLedger, WorkerSpec, component_state
+from .worker_main import KEY_ENV, RemoteLedger, WorkerSpec, component_state, no_delay
 
 if TYPE_CHECKING:
     from ..agent import RepairAgent
@@ -196,20 +196,31 @@ class WorkerSlot:
         self.current: _Current | None = None
         self._hello: asyncio.Future[Connection] | None = None
         self._ready: asyncio.Future[None] | None = None
+        self._start_error: str | None = None
 
     # -- an attempt ------------------------------------------------------------------
 
-    async def run(self, request: AttemptRequest) -> AttemptOutcome:
-        t0 = time.perf_counter()
+    def is_ready(self) -> bool:
+        return self.conn is not None and self.launched is not None and self.launched.alive()
+
+    async def ready(self) -> None:
         try:
             await self._ensure_worker()
+            self._start_error = None
         except WorkerStartFailed as exc:
+            self._start_error = str(exc)
+
+    async def run(self, request: AttemptRequest) -> AttemptOutcome:
+        if self._start_error is None and not self.is_ready():
+            await self.ready()  # not made ready, or its worker died since
+        if self._start_error is not None or self.conn is None:
+            message = self._start_error or "its worker is gone"
+            self._start_error = None  # the next attempt tries a fresh worker
             return AttemptOutcome(
                 Verdict.HARNESS_ERROR,
-                time.perf_counter() - t0,
-                error={"error_type": "WorkerStartFailed", "error_message": str(exc)},
+                0.0,
+                error={"error_type": "WorkerStartFailed", "error_message": message},
             )
-        assert self.conn is not None
         loop = asyncio.get_running_loop()
         current = _Current(request, loop.create_future(), {}, time.perf_counter())
         self.current = current
@@ -454,6 +465,7 @@ class WorkerPool:
         while True:
             try:
                 conn = listener.accept()  # the HMAC handshake: only our workers get in
+                no_delay(conn)
             except OSError:
                 return  # closed: the night ends
             except Exception:  # a peer without the key, or one that hung up mid-handshake
