@@ -230,7 +230,8 @@ allow_service_control = true
 async def test_a_ray_actor_killed_mid_cycle_reruns_it_on_the_same_input(tmp_path: Path) -> None:
     """On a local Ray cluster (this machine's 2 CPUs): the actor's process killed with
     kill -9 under cycle 2; the cycle runs again on a fresh actor."""
-    pytest.importorskip("ray", reason="Ray is the optional extra overnight[ray]")
+    if not os.environ.get("CI"):  # in CI the test extra has it: missing, the test fails
+        pytest.importorskip("ray", reason="Ray is the optional extra overnight[ray] (and the test extra)")
     await _kill_a_worker_mid_cycle(tmp_path, "ray", 180)
 
 
