@@ -340,3 +340,39 @@ def test_an_executor_the_night_cannot_use_is_one_line_and_exit_2(tmp_path: Path)
     (project / "test_x.py").write_text("def test_x():\n    pass\n")
     suite = _cli(["run", "--pytest", "test_x.py", "--executor", "process"], project)
     assert suite.returncode == 2 and "a pytest suite already runs each attempt" in suite.stderr, suite.stderr
+
+
+LEAKY = """
+import ctypes, sys
+
+def cycle(ctx):
+    key = ctx.settings["api_key"]
+    print(f"connecting with {key}", flush=True)
+    print(f"stderr: {key}", file=sys.stderr, flush=True)
+    with ctx.step("call"):
+        if ctx.cycle == 2:
+            ctypes.string_at(0)
+        raise RuntimeError(f"the service refused {key}")
+"""
+
+
+async def test_a_workers_output_and_crash_never_hold_a_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "sk-worker-" + "7f3a9c2e5b1d4e8a"
+    monkeypatch.setenv("NIGHT_API_KEY", secret)
+    config = '[settings]\napi_key = "${NIGHT_API_KEY}"\n'
+    outcome, report, ledger = await run_night(
+        tmp_path, LEAKY, config, cycles=2, parallel=1, executor="process", retry_attempts=0
+    )
+    ledger.close()
+    atts = report["cycles"]
+    assert [c["verdict"] for c in atts] == ["harness_error", "crashed"]
+    logs = sorted((outcome.night_path / "workers").iterdir())
+    assert logs, "no worker output kept"
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    assert "connecting with ***" in text and "stderr: ***" in text  # the lines are kept, masked
+    assert "Fatal Python error: Segmentation fault" in text
+    for path in [*outcome.night_path.rglob("*"), *(tmp_path / "nights").glob("overnight.db*")]:
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path

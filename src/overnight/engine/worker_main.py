@@ -34,7 +34,7 @@ from typing import Any
 
 from ..components import Component
 from ..config import LoadedConfig, ProtectedSettings
-from ..redaction import redact
+from ..redaction import redact, register_secret
 from ..verdicts import Verdict
 from .executors import AttemptEnv, AttemptOutcome, AttemptRequest, LocalCanceller, execute_attempt
 from .journal import TRACEBACK_MAX, EventKind, Journal
@@ -59,6 +59,9 @@ class WorkerSpec:
     sandbox: Any = None  # the night's sandbox endpoints (``sandbox.SandboxView``), if any
     routes: dict[str, tuple[str, int]] = field(default_factory=dict)  # fault proxies
     log_level: int = logging.INFO
+    # The night's registered secrets: the worker masks them as the night does (its own
+    # environment may not hold them: a Ray node's). Never logged, never written.
+    secrets: list[str] = field(default_factory=list, repr=False)
 
 
 class Channel:
@@ -132,35 +135,65 @@ def _die_with_parent() -> None:
 
 
 def main() -> None:
-    """``python -m overnight.engine.worker_main HOST PORT SLOT``, started by the night."""
+    """``python -c "…main()" HOST PORT SLOT OUTPUT``, started by the night."""
     _die_with_parent()
     parent = os.getppid()
-    host, port, slot = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    host, port, slot, output = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     key = bytes.fromhex(os.environ.pop(KEY_ENV, ""))
     if os.getppid() != parent:
         os._exit(3)
-    serve((host, port), key, slot)
+    serve((host, port), key, slot, None, output)
     os._exit(0)
+
+
+def crash_file(output: str | Path) -> Path:
+    """Where a worker's faulthandler writes a native crash's stacks (names and line
+    numbers only: no values, so nothing to redact), beside its output."""
+    return Path(output).with_suffix(".crash")
+
+
+def _capture_output(output: str) -> None:
+    """This worker's stdout and stderr, redacted line by line, appended to ``output``; a
+    native crash's stacks straight to its crash file (a thread cannot write them after a
+    segfault)."""
+    crash = open(crash_file(output), "w")  # noqa: SIM115 — kept open for faulthandler until exit
+    faulthandler.enable(file=crash, all_threads=True)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 1)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def pump() -> None:
+        with open(read_fd, "rb", buffering=0) as pipe, open(output, "ab", buffering=0) as out:
+            pending = b""
+            while chunk := pipe.read(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    text = redact(line.decode("utf-8", errors="replace")) or ""
+                    out.write(text.encode() + b"\n")
+            if pending:
+                out.write((redact(pending.decode("utf-8", errors="replace")) or "").encode())
+
+    threading.Thread(target=pump, name="worker-output", daemon=True).start()
 
 
 def serve(
     address: tuple[str, int], key: bytes, slot: int, node: str | None = None, output: str | None = None
 ) -> None:
     """Connect to the night's process and run its attempts until it says stop or goes away.
-    ``output``: a file for this worker's stdout and stderr (a Ray actor's), where the night
-    reads the tail of a crash."""
+    ``output``: the file for this worker's stdout and stderr (redacted) and, beside it,
+    its crash file: where the night reads the tail of a crash."""
     if output is not None:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
+        _capture_output(output)
     # Ctrl-C on a terminal is the night's to handle: it cancels the attempt through us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.enable(all_threads=True)  # a native crash leaves its Python stack on stderr
     conn = Client(address, authkey=key)
     no_delay(conn)
     conn.send(("hello", slot, os.getpid(), socket.gethostname(), node))
     spec: WorkerSpec = conn.recv()
+    for secret in spec.secrets:
+        register_secret(secret)
     from .runner import run_loop
 
     run_loop(_work(conn, spec))

@@ -35,11 +35,11 @@ from ..components import Component
 from ..config import LoadedConfig
 from ..errors import ConfigError, UsageError
 from ..ledger import ops
-from ..redaction import redact
+from ..redaction import redact, registered_secrets
 from ..verdicts import Verdict
 from .executors import AttemptOutcome, AttemptRequest
 from .journal import TRACEBACK_MAX
-from .worker_main import KEY_ENV, RemoteLedger, WorkerSpec, component_state, no_delay
+from .worker_main import KEY_ENV, RemoteLedger, WorkerSpec, component_state, crash_file, no_delay
 
 if TYPE_CHECKING:
     from ..agent import RepairAgent
@@ -130,6 +130,7 @@ class ProcessLauncher:
                     address[0],
                     str(address[1]),
                     str(slot),
+                    str(log_path),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -164,15 +165,18 @@ def signal_in_output(tail: str) -> str | None:
 
 
 def read_tail(path: Path, size: int = STDERR_TAIL) -> str:
-    """The last ``size`` characters of a worker's output, redacted."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(f.tell() - size, 0))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return redact(text) or ""
+    """The last ``size`` characters of a worker's output, then its crash file (a native
+    crash's stacks), redacted."""
+    parts = []
+    for file in (path, crash_file(path)):
+        try:
+            with open(file, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(f.tell() - size, 0))
+                parts.append(f.read().decode("utf-8", errors="replace"))
+        except OSError:
+            continue
+    return redact("".join(p if p.endswith("\n") or not p else p + "\n" for p in parts)) or ""
 
 
 @dataclass
@@ -287,8 +291,8 @@ class WorkerSlot:
             raise WorkerStartFailed(
                 f"a worker did not start within {START_S:g} s {tail[0]}".rstrip()
             ) from None
-        except WorkerStartFailed:
-            await self._discard()
+        except (WorkerStartFailed, asyncio.CancelledError):
+            await self._discard()  # interrupted while it started: it goes too
             raise
         log.debug("slot %d: %s ready", self.index, self.launched.description)
 
@@ -535,6 +539,7 @@ def worker_pool(
         sandbox=box.view() if box is not None else None,
         routes={n: r for n, c in components.items() if (r := getattr(c, "routed_via", None)) is not None},
         log_level=logging.getLogger("overnight").getEffectiveLevel(),
+        secrets=registered_secrets(),
     )
     launcher: Launcher
     host = "127.0.0.1"
