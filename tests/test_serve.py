@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -36,11 +37,12 @@ import pytest
 from sqlalchemy import text
 from starlette.testclient import TestClient
 
-from overnight.errors import UsageError
+from overnight.errors import LedgerUnreadable, UsageError
 from overnight.ledger import Ledger, ReadOnlyLedger, ops
 from overnight.ledger import schema as s
 from overnight.serve import bind, create_app, serve, url_of
-from overnight.serve.app import REPORT_CSP, TICK_S
+from overnight.serve.app import REPORT_CSP, TICK_S, _stream, _tick
+from overnight.serve.live import NightView
 
 from .conftest import run_cli
 from .helpers import FAST_AGENT
@@ -290,6 +292,83 @@ def test_a_postgresql_ledger_is_read_in_read_only_sessions(pg_url: str, tmp_path
             conn.execute(text("DELETE FROM nights"))
     finally:
         reader.close()
+
+
+def test_the_counts_of_a_night_whose_cycles_end_out_of_order(tmp_path: Path) -> None:
+    """The view counts the cycles done without a gap once and reads only those after:
+    whatever order cycles end in, its counts are a full count's."""
+    led = Ledger(str(tmp_path / "l.db"))
+    reader = ReadOnlyLedger(str(tmp_path / "l.db"))
+    try:
+        led.write_sync(ops.create_night, _night_row("n", T0, 6, tmp_path))
+        view = NightView("n")
+        verdicts = {1: "passed", 2: "failed", 3: "passed", 4: "infra_error", 5: "passed", 6: "passed"}
+        begun: list[int] = []
+        for step in ([1, 2, 3], [3], [1], [4, 5], [5], [2], [4], [6], [6]):
+            for cycle in step:
+                if cycle not in begun:
+                    begun.append(cycle)
+                    led.write_sync(ops.attempt_begin, "n", cycle, 1, 1, T0 + cycle, str(cycle), "p")
+                elif step.count(cycle) == 1:
+                    result = {"ended_at": T0 + 9, "duration_s": 0.5, "verdict": verdicts[cycle]}
+                    led.write_sync(ops.attempt_finished, "n", cycle, 1, result, True)
+            with reader.read() as conn:
+                view.poll(conn)
+                rows = conn.execute(s.cycles.select().where(s.cycles.c.night_id == "n")).all()
+            done = [r for r in rows if r.status == "done"]
+            expected: dict[str, int] = {}
+            for r in done:
+                expected[r.verdict] = expected.get(r.verdict, 0) + 1
+            assert view.progress["done"] == len(done) and view.progress["verdicts"] == expected, step
+            assert view.progress["running"] == len(rows) - len(done)
+        assert view._settled == 6 and view.progress["verdicts"] == {
+            "passed": 4,
+            "failed": 1,
+            "infra_error": 1,
+        }
+    finally:
+        led.close()
+        reader.close()
+
+
+async def test_the_stream_says_when_the_ledger_cannot_be_read(tmp_path: Path) -> None:
+    """A read that fails (a PostgreSQL ledger restarting) is said on the page, tried again,
+    and the page is told when the ledger answers again."""
+    led = Ledger(str(tmp_path / "l.db"))
+    led.write_sync(_fill, tmp_path)
+    led.close()
+    reader = ReadOnlyLedger(str(tmp_path / "l.db"))
+    calls = 0
+
+    async def read(fn: Callable[..., Any], *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls in (2, 3):
+            raise LedgerUnreadable(f"the ledger at {reader.display_url} is not readable: server closed")
+
+        def run() -> Any:
+            with reader.read() as conn:
+                return fn(conn, *args)
+
+        return await asyncio.to_thread(run)
+
+    stop = threading.Event()
+    view = NightView(LIVE)
+    seen: list[tuple[str, str]] = []
+    try:
+        stream = _stream(view, await read(_tick, view, True), read, stop)
+        async with asyncio.timeout(20):
+            async for chunk in stream:
+                if chunk.startswith("event: "):
+                    name, data = chunk.split("\n")[:2]
+                    seen.append((name.removeprefix("event: "), data))
+                if seen and seen[-1][0] == "recovered":
+                    stop.set()
+    finally:
+        reader.close()
+    kinds = [k for k, _ in seen]
+    assert kinds.count("trouble") == 2 and kinds[-1] == "recovered", kinds
+    assert "server closed; trying again" in seen[kinds.index("trouble")][1]
 
 
 # -- the server for real -----------------------------------------------------------------------

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any, TypeVar
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -95,10 +96,16 @@ def create_app(ledger: Readable, stopping: threading.Event | None = None) -> Sta
 
     async def night(request: Request) -> Response:
         night_id = request.path_params["night_id"]
-        view = NightView(night_id)
-        if await read(view.poll) is None:
+
+        def draw(conn: Connection) -> str | None:
+            view = NightView(night_id)
+            if view.poll(conn) is None:
+                return None
+            return render.night_page(view, ledger.display_url, live=view.running)
+
+        html = await read(draw)
+        if html is None:
             return await _unknown_night(night_id)
-        html = render.night_page(view, ledger.display_url, live=view.running)
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     async def _unknown_night(night_id: str, tail: str = "") -> Response:
@@ -131,11 +138,11 @@ def create_app(ledger: Readable, stopping: threading.Event | None = None) -> Sta
     async def events(request: Request) -> Response:
         night_id = request.path_params["night_id"]
         view = NightView(night_id)
-        first = await read(view.poll)
+        first = await read(_tick, view, True)
         if first is None:
             raise HTTPException(404, f"There is no night {night_id!r} in this ledger.")
         return StreamingResponse(
-            _stream(view, read, stop),
+            _stream(view, first, read, stop),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -232,7 +239,7 @@ def _sse(event: str, data: dict[str, Any]) -> str:
 def _messages(view: NightView, changes: Changes, everything: bool = False) -> list[str]:
     """The events for what changed (``everything``: every section and row, as a page that
     connects or reconnects needs them, with nothing announced)."""
-    out = []
+    out: list[str] = []
     if everything or changes.summary:
         out.append(_sse("section", {"id": "summary-body", "html": render.section(view, "summary")}))
     if everything or changes.health:
@@ -266,15 +273,25 @@ def _messages(view: NightView, changes: Changes, everything: bool = False) -> li
     return out
 
 
+def _tick(conn: Connection, view: NightView, everything: bool = False) -> list[str] | None:
+    """One poll of the view and the events for what changed (drawn here, in the worker
+    thread, not on the event loop); None when the night is gone."""
+    changes = view.poll(conn)
+    if changes is None:
+        return None
+    return _messages(view, changes, everything) if changes or everything else []
+
+
 async def _stream(
     view: NightView,
-    read: Callable[[Callable[..., Any]], Any],
+    first: list[str],
+    read: Callable[..., Any],
     stop: threading.Event,
 ) -> AsyncIterator[str]:
     """The night's events: everything once, then what changes, until the night is no
     longer running, the client leaves (Starlette cancels this) or the server stops."""
     yield "retry: 2000\n\n"
-    for message in _messages(view, Changes(), everything=True):
+    for message in first:
         yield message
     last_sent = time.monotonic()
     wait = TICK_S
@@ -283,18 +300,19 @@ async def _stream(
         if stop.is_set():
             break
         try:
-            changes = await read(view.poll)
+            out = await read(_tick, view)
         except (LedgerUnreadable, DBAPIError) as exc:
             note = str(exc) if isinstance(exc, LedgerUnreadable) else "the ledger is not readable now"
             yield _sse("trouble", {"note": redact(f"{note}; trying again")})
             wait = min(TROUBLE_BACKOFF_S, wait * 2)
             last_sent = time.monotonic()
             continue
-        wait = TICK_S
-        if changes is None:  # the night's row is gone (the ledger was replaced)
+        if wait != TICK_S:
+            yield _sse("recovered", {"note": "Live: the ledger is readable again."})
+            wait = TICK_S
+        if out is None:  # the night's row is gone (the ledger was replaced)
             yield _sse("ended", {"note": "This night is no longer in the ledger."})
             return
-        out = _messages(view, changes) if changes else []
         for message in out:
             yield message
         if out:

@@ -29,9 +29,6 @@ EVENT_KINDS = (
     "fault_cleared",
     "fault_undo_failed",
     "fault_failed",
-    "night_started",
-    "night_resumed",
-    "night_ended",
 )
 
 _NIGHT_COLUMNS = (
@@ -81,6 +78,9 @@ class NightView:
     # Injected faults by (fault, occurrence); ``id`` is its fault_injected event's.
     faults: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
     polls: int = 0
+    # Cycles 1.._settled are done (final), with their counts.
+    _settled: int = 0
+    _settled_counts: dict[str, int] = field(default_factory=dict)
     _event_id: int = 0
     _probe_id: int = 0
     _incident_id: int = 0
@@ -107,7 +107,7 @@ class NightView:
         # A night that is not running changes no more (unless it is resumed): its counts
         # are read once, not every tick.
         if first or self.running or was_running:
-            progress = _progress(conn, self.night_id)
+            progress = self._read_progress(conn)
             if progress != self.progress:
                 self.progress = progress
                 changes.summary = True
@@ -123,16 +123,65 @@ class NightView:
 
     # -- each table ------------------------------------------------------------------
 
+    def _read_progress(self, conn: Connection) -> dict[str, Any]:
+        """Cycles done and running, and the count of each final verdict. A done cycle never
+        changes again: the cycles done from 1 up without a gap are counted once and kept
+        (``_settled``), and each poll reads only the cycles after them (a 100,000-cycle
+        night's whole table, read every tick, took 0.1 s)."""
+        c = s.cycles.c
+        rows = conn.execute(
+            select(c.cycle, c.status, c.verdict, c.fallback)
+            .where(c.night_id == self.night_id, c.cycle > self._settled)
+            .order_by(c.cycle)
+        ).all()
+        tail: dict[str, int] = {}
+        running = 0
+        for cycle, status, verdict, fallback in rows:
+            if status != "done":
+                running += 1
+                continue
+            counts = self._settled_counts if cycle == self._settled + 1 and not tail and not running else tail
+            counts["done"] = counts.get("done", 0) + 1
+            if verdict:
+                counts[verdict] = counts.get(verdict, 0) + 1
+            if verdict == "passed" and fallback:
+                counts["passed_on_fallback"] = counts.get("passed_on_fallback", 0) + 1
+            if counts is self._settled_counts:
+                self._settled = cycle
+        total = {k: self._settled_counts.get(k, 0) + tail.get(k, 0) for k in {*self._settled_counts, *tail}}
+        verdicts = {k: v for k, v in total.items() if k not in ("done", "passed_on_fallback")}
+        return {
+            "done": total.get("done", 0),
+            "running": running,
+            "verdicts": verdicts,
+            "passed_on_fallback": total.get("passed_on_fallback", 0),
+        }
+
+    def _after(self, conn: Connection, table: Any, cursor: int) -> Any:
+        """This night's rows of ``table`` past ``cursor`` (its id). Past the first poll
+        SQLite is steered to the id's range (``night_id || ''`` cannot use the night's
+        index, which would walk every row of the night each tick); ids only grow, and a
+        night's rows are committed in id order (one writer per night)."""
+        night = table.c.night_id
+        if cursor and conn.dialect.name == "sqlite":
+            night = night.op("||")("")
+        return and_(night == self.night_id, table.c.id > cursor)
+
     def _read_events(self, conn: Connection, changes: Changes, quiet: bool) -> bool:
         e = s.events.c
+        after = self._after(conn, s.events, self._event_id)
+        # How far this night's events go (of every kind: the cursor passes the per-call ones too).
+        top = conn.execute(select(func.max(e.id)).where(after)).scalar()
+        if top is None:
+            return False
         rows = conn.execute(
             select(e.id, e.ts, e.kind, e.component, e.message, e.data)
-            .where(e.night_id == self.night_id, e.id > self._event_id, e.kind.in_(EVENT_KINDS))
+            .where(after, e.id <= top, e.kind.in_(EVENT_KINDS))
             .order_by(e.id)
         ).all()
+        self._event_id = top
         health = False
         for row in rows:
-            self._event_id = row.id
             data = event_data(row.data)
             if row.kind == "component_declared" and row.component:
                 # A resumed session declares them again: the latest stands.
@@ -216,7 +265,7 @@ class NightView:
             ids = select(ends.c.lo).union(select(ends.c.hi))
             query = select(*columns).where(p.id.in_(ids))
         else:
-            query = select(*columns).where(p.night_id == self.night_id, p.id > self._probe_id)
+            query = select(*columns).where(self._after(conn, s.probes, self._probe_id))
         rows = conn.execute(query.order_by(p.id)).all()
         for row in rows:
             probe = dict(row._mapping)
@@ -318,28 +367,6 @@ def _night(conn: Connection, night_id: str) -> dict[str, Any] | None:
     n = s.nights.c
     row = conn.execute(select(*(n[c] for c in _NIGHT_COLUMNS)).where(n.id == night_id)).first()
     return dict(row._mapping) if row is not None else None
-
-
-def _progress(conn: Connection, night_id: str) -> dict[str, Any]:
-    """Cycles done and running, and the count of each final verdict."""
-    c = s.cycles.c
-    rows = conn.execute(
-        select(c.status, c.verdict, c.fallback, func.count())
-        .where(c.night_id == night_id)
-        .group_by(c.status, c.verdict, c.fallback)
-    ).all()
-    done = running = on_fallback = 0
-    verdicts: dict[str, int] = {}
-    for status, verdict, fallback, count in rows:
-        if status == "done":
-            done += count
-            if verdict:
-                verdicts[verdict] = verdicts.get(verdict, 0) + count
-            if verdict == "passed" and fallback:
-                on_fallback += count
-        else:
-            running += count
-    return {"done": done, "running": running, "verdicts": verdicts, "passed_on_fallback": on_fallback}
 
 
 def _changed_rows(conn: Connection, table: Any, where: Any, order: Any) -> list[dict[str, Any]]:

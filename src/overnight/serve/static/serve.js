@@ -93,6 +93,9 @@
   source.addEventListener("trouble", function (event) {
     setStatus("trouble", JSON.parse(event.data).note);
   });
+  source.addEventListener("recovered", function (event) {
+    setStatus("live", JSON.parse(event.data).note);
+  });
   source.addEventListener("ended", function (event) {
     const message = JSON.parse(event.data);
     source.close();
