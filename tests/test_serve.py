@@ -35,6 +35,7 @@ import httpx
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from overnight.errors import LedgerUnreadable, UsageError
@@ -274,10 +275,11 @@ def test_serving_leaves_the_ledger_as_it_was(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_a_postgresql_ledger_is_read_in_read_only_sessions(pg_url: str, tmp_path: Path) -> None:
-    """Another machine's view of a PostgreSQL ledger: the pages, and the server refusing
-    a write in the reader's sessions; an empty database gets no schema."""
+    """Another machine's view of a PostgreSQL ledger: an empty database gets no schema; the
+    pages; the server refusing a write in the reader's sessions; and a role granted only
+    SELECT (the README's recipe) is enough to serve it."""
     with pytest.raises(UsageError, match="it is empty, not an overnight ledger"):
-        ReadOnlyLedger(pg_url)  # a fresh database: nothing is created in it
+        ReadOnlyLedger(pg_url)
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone() == (0,)
     led = Ledger(pg_url)
@@ -285,13 +287,35 @@ def test_a_postgresql_ledger_is_read_in_read_only_sessions(pg_url: str, tmp_path
     led.close()
     reader = ReadOnlyLedger(pg_url)
     try:
-        with TestClient(create_app(reader)) as c:
-            assert f'data-night-id="{PAST}"' in c.get("/").text
-            assert "3 of 3 done" in c.get(f"/nights/{PAST}").text
         with reader.read() as conn, pytest.raises(Exception, match="read-only transaction"):
             conn.execute(text("DELETE FROM nights"))
     finally:
         reader.close()
+    url = make_url(pg_url)
+    viewer = f"viewer_{os.getpid()}_{int(time.time() * 1000) % 100000}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {viewer} LOGIN PASSWORD 'look-only'")
+        conn.execute(f'GRANT CONNECT ON DATABASE "{url.database}" TO {viewer}')
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {viewer}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {viewer}")
+    try:
+        as_viewer = url.set(username=viewer, password="look-only").render_as_string(hide_password=False)
+        reader = ReadOnlyLedger(as_viewer)
+        try:
+            assert "look-only" not in reader.display_url
+            with TestClient(create_app(reader)) as c:
+                index = c.get("/").text
+                assert f'data-night-id="{PAST}"' in index and "look-only" not in index
+                assert "3 of 3 done" in c.get(f"/nights/{PAST}").text
+                assert c.get(f"/nights/{PAST}/report").status_code == 200
+        finally:
+            reader.close()
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {viewer}")
+            conn.execute(f"REVOKE ALL ON SCHEMA public FROM {viewer}")
+            conn.execute(f'REVOKE ALL ON DATABASE "{url.database}" FROM {viewer}')
+            conn.execute(f"DROP ROLE {viewer}")
 
 
 def test_the_counts_of_a_night_whose_cycles_end_out_of_order(tmp_path: Path) -> None:

@@ -23,9 +23,11 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port (0: a free one)")] = 8765,
 ) -> None:
-    """Serve the ledger's nights as web pages until Ctrl-C: each night's progress, verdicts,
-    component health, incidents, repairs and fallbacks (pushed live while it runs) and its
-    morning report. Read-only: the ledger is never written."""
+    """Serve the ledger's nights as web pages, the running one live, until Ctrl-C (read-only).
+
+    Each night's progress, verdicts, component health, incidents, repairs and fallbacks
+    (pushed as they happen while it runs) and its morning report. The ledger is never
+    written, so a PostgreSQL ledger can be served from another machine."""
     guarded(serve_command, config=config, night_dir=night_dir, ledger=ledger, host=host, port=port)
 
 

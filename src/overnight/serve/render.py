@@ -132,7 +132,13 @@ def _timeline_svg(view: NightView) -> Markup:
         "ended_ts": night.get("ended_at"),
         "health_timeline": view.timeline(),
         "incidents": [{**i, "escalation": clean(i["escalation"]) or None} for i in view.incidents.values()],
-        "faults": {"injections": [f for f in view.faults.values() if f["injected_at"] is not None]},
+        "faults": {
+            "injections": [
+                {**f, "fault": clean(f["fault"]), "spec": clean(f["spec"]) or None}
+                for f in view.faults.values()
+                if f["injected_at"] is not None
+            ]
+        },
     }
     return health_timeline_svg(report)
 
