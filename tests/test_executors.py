@@ -336,6 +336,13 @@ def test_an_executor_the_night_cannot_use_is_one_line_and_exit_2(tmp_path: Path)
     no_ray = _cli(["run", "--executor", "ray"], project, "import sys; sys.modules['ray'] = None")
     assert no_ray.returncode == 2 and "Traceback" not in no_ray.stderr
     assert "pip install 'overnight[ray]'" in no_ray.stderr and len(no_ray.stderr.strip().splitlines()) == 1
+    # A component one process holds (Qdrant's local mode locks its folder).
+    (project / "overnight.toml").write_text(
+        'scenario = "scenario:cycle"\n[run]\ncycles = 1\n[components.vectors]\ntype = "vectorstore"\n'
+    )
+    local = _cli(["run", "--executor", "process"], project)
+    assert local.returncode == 2 and "Traceback" not in local.stderr, local.stderr
+    assert "components.vectors: Qdrant's local mode is one process's" in local.stderr
     # A pytest suite already runs each attempt in a process of its own.
     (project / "test_x.py").write_text("def test_x():\n    pass\n")
     suite = _cli(["run", "--pytest", "test_x.py", "--executor", "process"], project)

@@ -348,6 +348,12 @@ class Component:
 
     # -- wiring --------------------------------------------------------------------
 
+    def worker_conflict(self) -> str | None:
+        """Why this component cannot also be built in worker processes of the night
+        (``executor = "process"`` or ``"ray"``): a store one process holds locked, say.
+        None when it can (each worker builds its own)."""
+        return None
+
     def note_client_repair(self, action: str) -> None:
         """A repair remade this component's client by calling its method ``action`` (no
         arguments): workers with their own clients call it too. A custom strategy that

@@ -53,7 +53,7 @@ from .pytest_suite import PytestSuite, pytest_path, suite_files
 from .resume import reopen
 from .services import AGENT_STOP, EXECUTOR_STOP, FAULTS_STOP, NightService, stop_within
 from .stopping import Stopping
-from .workers import check_executor, worker_pool
+from .workers import check_executor, check_worker_components, worker_pool
 
 if TYPE_CHECKING:
     from ..agent import RepairAgent
@@ -117,6 +117,7 @@ class Orchestrator:
         self.night_dir = Path(plan.night_dir)
         check_executor(plan, self.suite is not None, where)
         self.components = build_components(self.loaded, self.night_dir)
+        check_worker_components(plan, self.components, where, self.loaded.key_prefix)
         check_agent_settings(self.loaded, self.components)
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         if self.suite is not None:

@@ -514,6 +514,20 @@ def check_executor(plan: Any, pytest_suite: bool, where: str) -> None:
         raise UsageError("executor = \"ray\" needs Ray, which is not installed: pip install 'overnight[ray]'")
 
 
+def check_worker_components(
+    plan: Any, components: Mapping[str, Component], where: str, key_prefix: str = ""
+) -> None:
+    """A component that cannot be built in every worker as well is a config error (exit 2)."""
+    if plan.executor == "inline":
+        return
+    for name, comp in components.items():
+        why = comp.worker_conflict()
+        if why:
+            raise ConfigError(
+                f"{where}: {key_prefix}components.{name}: {why} (run.executor = {plan.executor!r})"
+            )
+
+
 def worker_pool(
     plan: Any,
     loaded: LoadedConfig,
