@@ -71,7 +71,9 @@ def _time_loop(n: int) -> float:
     return time.perf_counter() - t0
 
 
-def night(executor: str, workload: str, cycles: int, parallel: int, loops: int, folder: Path) -> dict[str, Any]:
+def night(
+    executor: str, workload: str, cycles: int, parallel: int, loops: int, folder: Path
+) -> dict[str, Any]:
     folder.mkdir(parents=True)
     if workload == "cpu":
         (folder / "cpu_cycle.py").write_text(CPU_SCENARIO.format(loops=loops))
@@ -107,10 +109,10 @@ async def _signal_night(count: int, folder: Path) -> list[float]:
     """Latencies (s) of worker faults reaching the agent, in a night of ``count`` cycles."""
     sys.path.insert(0, str(SRC))
     from overnight.agent import RepairAgent
+    from overnight.config import load_config
     from overnight.engine.orchestrator import Orchestrator
     from overnight.engine.plan import Plan
     from overnight.engine.progress import LogProgress
-    from overnight.config import load_config
     from overnight.ledger import Ledger
 
     folder.mkdir(parents=True)
@@ -146,7 +148,9 @@ async def _signal_night(count: int, folder: Path) -> list[float]:
 
     RepairAgent.remote_signal = timed  # type: ignore[method-assign]
     loaded = load_config(folder / "overnight.toml")
-    plan = Plan.from_config(loaded, folder / "night_tests", {"cycles": count, "parallel": 2, "executor": "process", "seed": 1})
+    plan = Plan.from_config(
+        loaded, folder / "night_tests", {"cycles": count, "parallel": 2, "executor": "process", "seed": 1}
+    )
     ledger = Ledger(str(folder / "night_tests" / "overnight.db"))
     try:
         await Orchestrator(plan, ledger, progress=LogProgress(), handle_signals=False).run()
@@ -175,7 +179,9 @@ def main() -> None:
     executors = args.executors.split(",")
     loops = calibrate(args.cpu_ms)
     log(f"calibrated: {loops:,} loop iterations ≈ {args.cpu_ms:g} ms")
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {w: {e: [] for e in executors} for w in ("noop", "cpu")}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        w: {e: [] for e in executors} for w in ("noop", "cpu")
+    }
     with tempfile.TemporaryDirectory(prefix="overnight-executors-") as tmp:
         for r in range(args.repeat):
             order = executors if r % 2 == 0 else list(reversed(executors))
@@ -206,20 +212,36 @@ def main() -> None:
         f"Executors side by side, {args.repeat} rounds in alternating order, --parallel {args.parallel}, "
         f"{result['when']} ({os.cpu_count()} CPUs). Steady-state cycles/s, median of the rounds.",
         "",
-        "| workload | " + " | ".join(executors) + " | " + " | ".join(f"{e} ÷ inline" for e in executors[1:]) + " |",
+        "| workload | "
+        + " | ".join(executors)
+        + " | "
+        + " | ".join(f"{e} ÷ inline" for e in executors[1:])
+        + " |",
         "|---|" + "---:|" * (2 * len(executors) - 1),
     ]
     for w, cycles in (("noop", args.noop), ("cpu", args.cpu)):
         row = table[w]
-        ratios = [f"×{row[e] / row['inline']:.2f}" if "inline" in row and row["inline"] else "–" for e in executors[1:]]
+        ratios = [
+            f"×{row[e] / row['inline']:.2f}" if row.get("inline") else "–"
+            for e in executors[1:]
+        ]
         label = f"{w} × {cycles}" + (f" (~{args.cpu_ms:g} ms each)" if w == "cpu" else "")
-        lines.append(f"| {label} | " + " | ".join(f"{row[e]:,.1f}" for e in executors) + " | " + " | ".join(ratios) + " |")
+        lines.append(
+            f"| {label} | "
+            + " | ".join(f"{row[e]:,.1f}" for e in executors)
+            + " | "
+            + " | ".join(ratios)
+            + " |"
+        )
     if "ray" in table["cpu"] and "process" in table["cpu"]:
         lines += ["", f"Ray ÷ process (cpu): ×{table['cpu']['ray'] / table['cpu']['process']:.2f}"]
     lat = result["signal_latency_s"]
     if lat["n"]:
-        lines += ["", f"A worker's classified fault to the repair agent: p50 {lat['p50'] * 1000:.1f} ms, "
-                  f"p95 {lat['p95'] * 1000:.1f} ms, max {lat['max'] * 1000:.1f} ms over {lat['n']} signals."]
+        lines += [
+            "",
+            f"A worker's classified fault to the repair agent: p50 {lat['p50'] * 1000:.1f} ms, "
+            f"p95 {lat['p95'] * 1000:.1f} ms, max {lat['max'] * 1000:.1f} ms over {lat['n']} signals.",
+        ]
     save(args.json, result, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -53,7 +53,7 @@ from .pytest_suite import PytestSuite, pytest_path, suite_files
 from .resume import reopen
 from .services import AGENT_STOP, EXECUTOR_STOP, FAULTS_STOP, NightService, stop_within
 from .stopping import Stopping
-from .workers import check_executor, check_worker_components, worker_pool
+from .workers import WorkerStartFailed, check_executor, check_worker_components, worker_pool
 
 if TYPE_CHECKING:
     from ..agent import RepairAgent
@@ -244,7 +244,19 @@ class Orchestrator:
             )
             executor = self._executor()
             try:
-                await executor.start()
+                starting = asyncio.create_task(executor.start(), name="executor-start")
+                with self.stopping.cancellable(starting):  # joining a cluster may take long
+                    await asyncio.wait({starting})
+                try:
+                    if starting.cancelled():
+                        return
+                    starting.result()
+                except WorkerStartFailed as exc:
+                    # No cycle can run: the night ends aborted, saying why (as a failed setup).
+                    log.error("%s", exc)
+                    self.setup_error = str(exc)
+                    self.stopping.fail_start(str(exc))
+                    return
                 slots = [executor.slot(i) for i in range(self.plan.parallel)]
                 await asyncio.gather(*(runner.work(self._cycles, slot) for slot in slots))
             finally:

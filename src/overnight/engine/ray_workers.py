@@ -101,6 +101,9 @@ class RayLauncher:
         self._started_here = False
         self._actors: list[_Actor] = []
 
+    def start(self) -> None:
+        self._init()
+
     def _init(self) -> None:
         with _init_lock:
             if ray.is_initialized():

@@ -77,6 +77,9 @@ class Launched(Protocol):
 
 
 class Launcher(Protocol):
+    def start(self) -> None:
+        """Be ready to launch (join the cluster); raises, naming why, when it cannot."""
+
     def launch(self, address: tuple[str, int], key: bytes, slot: int, log_path: Path) -> Launched: ...
 
     def close(self) -> None: ...
@@ -116,6 +119,9 @@ class ProcessLauncher:
     """Workers as processes of this machine: ``python -c`` the worker's main, in a
     session of their own (a terminal's Ctrl-C reaches the night, which stops them), its
     output in ``workers/`` of the night's folder."""
+
+    def start(self) -> None:
+        return None
 
     def launch(self, address: tuple[str, int], key: bytes, slot: int, log_path: Path) -> Launched:
         env = dict(os.environ)
@@ -453,6 +459,16 @@ class WorkerPool:
         self.address: tuple[str, int] = (host, 0)
 
     async def start(self) -> None:
+        """Ready to launch workers, or ``WorkerStartFailed`` saying why not (the night
+        then ends aborted, before any cycle)."""
+        try:
+            async with asyncio.timeout(START_S):
+                await asyncio.to_thread(self.launcher.start)
+        except TimeoutError:
+            raise WorkerStartFailed(f"{self.name} workers: not ready within {START_S:g} s") from None
+        except Exception as exc:
+            detail = redact(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise WorkerStartFailed(f"{self.name} workers cannot start: {detail}") from None
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._listener = Listener((self.host, 0), authkey=self.key)
         self.address = self._listener.address
