@@ -221,10 +221,7 @@ def main() -> None:
     ]
     for w, cycles in (("noop", args.noop), ("cpu", args.cpu)):
         row = table[w]
-        ratios = [
-            f"×{row[e] / row['inline']:.2f}" if row.get("inline") else "–"
-            for e in executors[1:]
-        ]
+        ratios = [f"×{row[e] / row['inline']:.2f}" if row.get("inline") else "–" for e in executors[1:]]
         label = f"{w} × {cycles}" + (f" (~{args.cpu_ms:g} ms each)" if w == "cpu" else "")
         lines.append(
             f"| {label} | "
