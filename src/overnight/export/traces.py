@@ -106,7 +106,8 @@ class TraceWriter:
                     "overnight.fault_component": row["fault_component"] if infra else None,
                     "overnight.fault_kind": row["fault_kind"] if infra else None,
                     "error.type": (row["error_type"] or verdict) if verdict != "passed" else None,
-                    # Langfuse (and others) group a night's traces by it.
+                    # Langfuse (and others) group a night's traces by it; on every span, as
+                    # Langfuse's current ingestion reads it.
                     "session.id": self.night_id,
                 }
             ),
@@ -137,6 +138,7 @@ class TraceWriter:
                         "overnight.outcome": outcome,
                         "overnight.error_type": step["error_type"],
                         "overnight.error_message": step["error_message"],
+                        "session.id": self.night_id,
                     }
                 ),
             )
@@ -223,6 +225,7 @@ class TraceWriter:
                     "gen_ai.usage.input_tokens": _int(data.get("prompt_tokens")),
                     "gen_ai.usage.output_tokens": _int(data.get("completion_tokens")),
                     "overnight.component": event["component"],
+                    "session.id": self.night_id,
                 }
             ),
         )
