@@ -10,14 +10,16 @@ and with ``[export] otlp_endpoint`` pointing at a real OTLP/HTTP receiver on loo
 The two alternate, and their order flips every round, so a machine that gets busier or
 quieter during the run weighs on both alike. For each night: cycles/s from the ledger
 (cycles ÷ (last cycle's end − first cycle's start): the engine's steady rate), the
-process's wall time (start, the final flush and the report included), and for the
-exported nights the spans the receiver decoded. The medians are compared.
+process's wall time (start, the final flush and the report included) and its CPU time
+(user + system: what a busy machine's other work does not change); the receiver's CPU
+per span, and the spans it decoded. The medians are compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import sqlite3
 import statistics
@@ -28,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from benchutil import machine, save
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,6 +56,11 @@ class ReceiverProcess:
             time.sleep(0.05)
         self.url = f"http://127.0.0.1:{port_file.read_text().strip()}"
 
+    def cpu_s(self) -> float:
+        """The CPU seconds it has used so far."""
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
+
     def stop(self) -> int:
         """Stop it; the spans it decoded in all."""
         self.proc.send_signal(signal.SIGTERM)
@@ -70,6 +78,7 @@ def run_night(
     (folder / "overnight.toml").write_text(toml, encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "COLUMNS"}
     with open(folder / "console.log", "wb") as console:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "overnight", "run", "--cycles", str(cycles), "--parallel", str(parallel)],
@@ -81,6 +90,8 @@ def run_night(
             check=False,
         )
         wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         tail = (folder / "console.log").read_text(errors="replace")[-2000:]
         raise SystemExit(f"night exited {proc.returncode}:\n{tail}")
@@ -94,6 +105,7 @@ def run_night(
         "cycles_done": done,
         "cycles_per_s": round(done / (last - first), 1),
         "process_wall_s": round(wall, 3),
+        "process_cpu_s": round(cpu, 3),
         "export_warnings": console_text.count("OTLP export to"),
     }
 
@@ -120,29 +132,30 @@ def main() -> None:
                     nights.append(night)
                     print(
                         f"round {r + 1} {'otlp' if endpoint else 'none'}: {night['cycles_per_s']} cycles/s, "
-                        f"{night['process_wall_s']} s",
+                        f"{night['process_wall_s']} s wall, {night['process_cpu_s']} s CPU",
                         file=sys.stderr,
                         flush=True,
                     )
         finally:
+            receiver_cpu = receiver.cpu_s()
             spans = receiver.stop()
 
     def median(export: bool, key: str) -> float:
         return round(statistics.median(n[key] for n in nights if n["export"] == export), 3)
 
+    keys = ("cycles_per_s", "process_wall_s", "process_cpu_s")
     rows = {
-        label: {
-            "cycles_per_s": median(export, "cycles_per_s"),
-            "process_wall_s": median(export, "process_wall_s"),
-        }
-        for label, export in (("none", False), ("otlp", True))
+        label: {k: median(export, k) for k in keys} for label, export in (("none", False), ("otlp", True))
     }
     exported = args.rounds * args.cycles
+    none, otlp = rows["none"], rows["otlp"]
     cost = {
-        "cycles_per_s_change_pct": round(
-            (rows["otlp"]["cycles_per_s"] / rows["none"]["cycles_per_s"] - 1) * 100, 1
-        ),
-        "wall_s_added": round(rows["otlp"]["process_wall_s"] - rows["none"]["process_wall_s"], 3),
+        "cycles_per_s_change_pct": round((otlp["cycles_per_s"] / none["cycles_per_s"] - 1) * 100, 1),
+        "wall_s_added": round(otlp["process_wall_s"] - none["process_wall_s"], 3),
+        "cpu_s_added": round(otlp["process_cpu_s"] - none["process_cpu_s"], 3),
+        "cpu_us_added_per_cycle": round((otlp["process_cpu_s"] - none["process_cpu_s"]) / args.cycles * 1e6),
+        "cpu_pct_added": round((otlp["process_cpu_s"] / none["process_cpu_s"] - 1) * 100, 1),
+        "receiver_cpu_us_per_span": round(receiver_cpu / spans * 1e6) if spans else None,
     }
     result = {
         "what": "no-op night without export and with OTLP/HTTP trace export to a loopback receiver",
@@ -151,6 +164,7 @@ def main() -> None:
         "parallel": args.parallel,
         "rounds": args.rounds,
         "machine": machine(),
+        "load_average_at_end": os.getloadavg(),
         "medians": rows,
         "cost": cost,
         "spans_received": spans,
@@ -159,13 +173,17 @@ def main() -> None:
     }
     table = (
         f"`{args.scenario}`, {args.cycles} cycles, `--parallel {args.parallel}`, SQLite ledger, "
-        f"median of {args.rounds} rounds (order alternating); {machine()['summary']}.\n\n"
-        "| export | cycles/s (ledger) | process wall s |\n|---|---:|---:|\n"
+        f"median of {args.rounds} rounds (order alternating); {machine()['summary']}; "
+        f"load average at the end {os.getloadavg()[0]:.1f}.\n\n"
+        "| export | cycles/s (ledger) | process wall s | process CPU s |\n|---|---:|---:|---:|\n"
         + "".join(
-            f"| {label} | {row['cycles_per_s']} | {row['process_wall_s']} |\n" for label, row in rows.items()
+            f"| {label} | {row['cycles_per_s']} | {row['process_wall_s']} | {row['process_cpu_s']} |\n"
+            for label, row in rows.items()
         )
-        + f"\nOTLP: {cost['cycles_per_s_change_pct']:+}% cycles/s, {cost['wall_s_added']:+} s wall time "
-        f"a night; the receiver decoded {spans} spans ({exported} attempts exported).\n"
+        + f"\nOTLP: {cost['cycles_per_s_change_pct']:+}% cycles/s, {cost['wall_s_added']:+} s wall time and "
+        f"{cost['cpu_s_added']:+} s CPU ({cost['cpu_pct_added']:+}%, {cost['cpu_us_added_per_cycle']} µs a "
+        f"cycle) a night; the receiver decoded {spans} spans ({exported} attempts exported) with "
+        f"{cost['receiver_cpu_us_per_span']} µs of CPU a span (on the same cores).\n"
     )
     save(args.json, result, table)
     print(table)

@@ -346,3 +346,88 @@ async def test_a_dead_collector_never_holds_the_night(
     assert any("failed" in r.getMessage() for r in warnings), [r.getMessage() for r in caplog.records]
     assert len([r for r in warnings if "OTLP export to" in r.getMessage()]) <= 1  # said once
     assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
+
+
+def test_the_tail_reads_each_ended_attempt_once_holds_it_for_an_open_incident_and_catches_late_rows(
+    tmp_path: Path,
+) -> None:
+    """The ledger read on its own, rows written by hand: attempts of this session only,
+    each handed out once; one an open incident overlaps waits for its repair (bounded);
+    a fallback that overlaps an attempt goes with it; a row committed long after its end
+    is caught by the final read."""
+    from overnight.export.tail import HOLD_S, LedgerTail
+    from overnight.ledger import Ledger, ops
+
+    night = "n1"
+    ledger = Ledger(str(tmp_path / "l.db"))
+
+    def w(op: object, *args: object) -> object:
+        return ledger.write_sync(op, *args)  # type: ignore[arg-type]
+
+    def attempt(
+        cycle: int, n: int, start: float, end: float, verdict: str = "passed", final: bool = True
+    ) -> None:
+        w(ops.attempt_begin, night, cycle, n, 2, start, f"seed{cycle}", "f" * 64)
+        result = {"started_at": start, "ended_at": end, "duration_s": end - start, "verdict": verdict}
+        w(ops.attempt_finished, night, cycle, n, result, final)
+
+    try:
+        row = {
+            "id": night, "scenario": "s:cycle", "started_at": 0.0, "status": "running", "seed": 1,
+            "planned_cycles": 9, "parallel": 1, "deadline": None, "plan": "{}", "config_path": None,
+            "config_fingerprint": "c" * 64, "protected_fingerprint": "p" * 64, "night_dir": str(tmp_path),
+            "hostname": "h", "dry_run": False,
+        }  # fmt: skip
+        w(ops.create_night, row)
+        w(ops.start_session, night, 0.0, 1, "h")
+        w(ops.attempt_begin, night, 9, 1, 1, 1.0, "seed9", "f" * 64)  # the earlier session's: not ours
+        w(
+            ops.attempt_finished,
+            night,
+            9,
+            1,
+            {"started_at": 1.0, "ended_at": 2.0, "duration_s": 1.0, "verdict": "passed"},
+            True,
+        )
+        w(ops.start_session, night, 5.0, 2, "h")
+        tail = LedgerTail(night, 2)
+
+        attempt(1, 1, 10.0, 11.0)
+        incident = w(ops.open_incident, night, "llm", "server_error", "signal", 11.5, "500")
+        attempt(2, 1, 11.0, 12.0, "infra_error", final=False)
+        with ledger.read() as conn:
+            first = tail.read(conn, now=12.5)
+        assert [r.key for r in first] == [(1, 1)]  # 2/1 waits: its incident is still open
+        repair = w(ops.start_repair, night, incident, "llm", "reconnect", 12.2)
+        w(ops.finish_repair, repair, 0.3, "done", None, "reopened")
+        w(ops.update_incident, incident, {"state": "repaired", "verified_at": 12.6})
+        fallback = w(ops.start_fallback, night, "search", None, "cached", 12.8)
+        attempt(2, 2, 13.0, 14.0)
+        with ledger.read() as conn:
+            second = tail.read(conn, now=14.5)
+        assert [r.key for r in second] == [(2, 1), (2, 2)]
+        touched = {(h.kind, h.row["id"]) for h in second[0].happenings}
+        assert touched == {("incident", incident), ("repair", repair)}
+        assert [h.kind for h in second[1].happenings] == ["fallback"]  # still on: it overlaps 2/2
+        assert (second[0].final, second[1].final, second[1].row["input_seed"]) == (False, True, "seed2")
+
+        # A new incident never closes: the attempt waits HOLD_S at most.
+        down = w(ops.open_incident, night, "db", "unavailable", "probe", 14.8, "down")
+        w(ops.end_fallback, fallback, 14.9)
+        attempt(3, 1, 15.0, 16.0, "infra_error")
+        with ledger.read() as conn:
+            assert tail.read(conn, now=16.5) == []
+            held = tail.read(conn, now=16.0 + HOLD_S + 1)
+        assert [r.key for r in held] == [(3, 1)] and held[0].incident_open
+        w(ops.update_incident, down, {"state": "escalated", "escalation": "pause: repairs failed"})
+        # A row committed long after its end: not in the window, caught by the final read.
+        attempt(4, 1, 30.0, 31.0)
+        with ledger.read() as conn:
+            assert [r.key for r in tail.read(conn, now=31.5)] == [(4, 1)]
+        attempt(5, 1, 20.0, 21.0)
+        with ledger.read() as conn:
+            assert tail.read(conn, now=32.0) == []
+            assert [r.key for r in tail.read(conn, everything=True)] == [(5, 1)]
+            assert tail.read(conn, everything=True) == []
+    finally:
+        ledger.close()

@@ -19,8 +19,9 @@ from sqlalchemy import Connection, and_, func, or_, select
 from ..ledger import schema as s
 
 # Rows are picked up by the time their attempt ended; one committed this much later than
-# that (a busy writer queue) is left to the final read at the night's end.
-LATE_COMMIT_S = 5.0
+# the latest end already read (a busy writer queue) is left to the final read at the
+# night's end. Every read reads this much again: small, since a long night reads often.
+LATE_COMMIT_S = 1.0
 # An attempt an open incident overlaps waits for the incident's repairs this long at most.
 HOLD_S = 60.0
 # Events of an attempt that become spans or span events.
@@ -135,11 +136,10 @@ class LedgerTail:
         latest: float | None = None
         candidates: list[AttemptRecord] = []
         for row in conn.execute(q.order_by(a.ended_at, a.cycle, a.attempt)):
-            values = dict(row._mapping)
-            ended = float(values["ended_at"])
+            cycle, attempt, _, ended = row[:4]
             latest = ended if latest is None else max(latest, ended)
-            if _key(values["cycle"], values["attempt"]) not in self._read:
-                candidates.append(AttemptRecord(values))
+            if _key(cycle, attempt) not in self._read:  # a dict only for the new ones
+                candidates.append(AttemptRecord(dict(row._mapping)))
         if candidates:
             self._attach(conn, candidates)
         records: list[AttemptRecord] = []
