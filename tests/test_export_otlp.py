@@ -314,9 +314,9 @@ def test_nothing_is_exported_or_even_loaded_unless_configured(tmp_path: Path, re
     quiet = _fresh_cli(["-X", "importtime", "-m", "overnight", "run", "--cycles", "2"], proj, {})
     assert quiet.returncode == 0, quiet.stderr[-2000:]
     assert "opentelemetry" not in quiet.stderr  # -X importtime lists every module imported
-    # The standard variable alone is enough (the CLI, a fresh process, the SDK's headers).
+    # The standard variable alone is enough (through the CLI, with the SDK's headers).
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_EXPORTER_OTLP_HEADERS": "x-team=nightly"}
-    sent = _fresh_cli(["-m", "overnight", "run", "--cycles", "2"], proj, env)
+    sent = run_cli(["run", "--cycles", "2"], cwd=proj, env=env)
     assert sent.returncode == 0, sent.stderr[-2000:]
     spans = receiver.wait(lambda s: len(s) >= 4)
     assert sorted(s.name for s in spans) == ["cycle 1 attempt 1", "cycle 2 attempt 1", "s", "s"]
@@ -431,3 +431,17 @@ def test_the_tail_reads_each_ended_attempt_once_holds_it_for_an_open_incident_an
             assert tail.read(conn, everything=True) == []
     finally:
         ledger.close()
+
+
+async def test_cycles_in_worker_processes_are_exported_alike(tmp_path: Path, receiver: Receiver) -> None:
+    # The export reads the ledger, so where the attempts ran does not matter.
+    code = "async def cycle(ctx):\n    async with ctx.step('work'):\n        ctx.metric('score', 0.5)\n"
+    config = f'[run]\nexecutor = "process"\n[export]\notlp_endpoint = "{receiver.url}"\n'
+    outcome, _, ledger = await run_night(tmp_path, code, config, cycles=2)
+    ledger.close()
+    assert outcome.status == "completed"
+    roots = _roots(receiver.spans)
+    assert sorted(roots) == [(1, 1), (2, 1)]
+    steps = [s for s in receiver.spans if s.parent_id]
+    assert sorted(s.parent_id for s in steps) == sorted(r.span_id for r in roots.values())
+    assert all(s.events[0][2]["gen_ai.evaluation.score.value"] == 0.5 for s in steps)
