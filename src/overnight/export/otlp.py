@@ -314,7 +314,8 @@ class OtlpExport:
         from .traces import TraceWriter
 
         version = _version()
-        resource_attrs = {"service.version": version}
+        # What every span of the night shares goes once per request, in the resource.
+        resource_attrs = {"service.version": version, "overnight.scenario": redact(self.scenario)}
         if not os.environ.get("OTEL_SERVICE_NAME"):
             resource_attrs["service.name"] = "overnight"
         # Not the global provider: the night's spans only, and no exit hook that could
@@ -328,7 +329,7 @@ class OtlpExport:
         processor = BatchSpanProcessor(self._exporter, max_queue_size=queue, schedule_delay_millis=every)
         provider.add_span_processor(processor)
         self._provider = provider
-        self._writer = TraceWriter(provider.get_tracer("overnight", version), self.night_id, self.scenario)
+        self._writer = TraceWriter(provider.get_tracer("overnight", version), self.night_id)
 
     async def _poll_loop(self) -> None:
         while True:

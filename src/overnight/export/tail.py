@@ -135,7 +135,7 @@ class LedgerTail:
             q = q.where(a.ended_at >= self._since)
         latest: float | None = None
         candidates: list[AttemptRecord] = []
-        for row in conn.execute(q.order_by(a.ended_at, a.cycle, a.attempt)):
+        for row in conn.execute(q.order_by(a.ended_at, a.cycle, a.attempt)).all():  # one fetch, not one a row
             cycle, attempt, _, ended = row[:4]
             latest = ended if latest is None else max(latest, ended)
             if _key(cycle, attempt) not in self._read:  # a dict only for the new ones
@@ -164,7 +164,7 @@ class LedgerTail:
         t, e = s.steps.c, s.events.c
         for chunk in _chunks(cycles):
             steps = select(s.steps).where(t.night_id == self.night_id, t.cycle.in_(chunk))
-            for row in conn.execute(steps.order_by(t.cycle, t.attempt, t.seq)):
+            for row in conn.execute(steps.order_by(t.cycle, t.attempt, t.seq)).all():
                 record = by_key.get((row.cycle, row.attempt))
                 if record is not None:
                     record.steps.append(dict(row._mapping))
@@ -174,7 +174,7 @@ class LedgerTail:
                 e.ts >= start - 1.0,  # the (night_id, ts) index; events carry the wall clock
                 e.cycle.in_(chunk),
             )
-            for row in conn.execute(events.order_by(e.ts, e.id)):
+            for row in conn.execute(events.order_by(e.ts, e.id)).all():
                 record = by_key.get((row.cycle, row.attempt))
                 if record is not None:
                     record.events.append(dict(row._mapping))

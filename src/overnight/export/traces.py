@@ -64,10 +64,9 @@ class TraceWriter:
     """Turns ``AttemptRecord``s into spans on ``tracer``. Remembers the root span of each
     attempt that was not its cycle's last, so the next attempt links to it."""
 
-    def __init__(self, tracer: Tracer, night_id: str, scenario: str) -> None:
+    def __init__(self, tracer: Tracer, night_id: str) -> None:
         self.tracer = tracer
         self.night_id = night_id
-        self.scenario = scenario
         self._earlier: dict[int, tuple[int, SpanContext]] = {}  # cycle -> (attempt, its root)
         self.spans = 0
 
@@ -76,6 +75,7 @@ class TraceWriter:
         cycle, attempt = record.key
         start, end = float(row["started_at"]), float(row["ended_at"])
         verdict = str(row["verdict"])
+        cycle_verdict = row["cycle_verdict"] if record.final else None
         links = []
         earlier = self._earlier.pop(cycle, None)
         if earlier is not None and earlier[0] < attempt:
@@ -90,15 +90,15 @@ class TraceWriter:
             attributes=attributes(
                 {
                     "overnight.night_id": self.night_id,
-                    "overnight.scenario": self.scenario,
                     "overnight.cycle": cycle,
                     "overnight.attempt": attempt,
                     "overnight.input_seed": row["input_seed"],
                     "overnight.verdict": verdict,
                     "overnight.final": record.final,
-                    # The cycle's own verdict (failed_on_fallback is the cycle's, not an attempt's).
-                    "overnight.cycle_verdict": row["cycle_verdict"] if record.final else None,
-                    "overnight.fallback": row["fallback"],
+                    # The cycle's own verdict where it is not its last attempt's
+                    # (failed_on_fallback is a cycle's, never an attempt's).
+                    "overnight.cycle_verdict": cycle_verdict if cycle_verdict != verdict else None,
+                    "overnight.fallback": True if row["fallback"] else None,
                     "overnight.knobs_off": row["knobs_off"],
                     "overnight.step": row["step"] if verdict != "passed" else None,
                     "overnight.error_type": row["error_type"],
