@@ -259,6 +259,11 @@ def test_endpoints_from_the_config_or_the_standard_variables() -> None:
     both = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://b/t"}
     assert traces_endpoint(none, both) == ("http://b/t", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     assert traces_endpoint(ExportConfig(otlp_endpoint="http://c"), {"OTEL_SDK_DISABLED": "true"}) is None
+    grpc = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://a:4317", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    with pytest.raises(
+        ConfigError, match=r"^OTEL_EXPORTER_OTLP_PROTOCOL: overnight exports traces as OTLP over HTTP"
+    ):
+        traces_endpoint(none, grpc)
     with pytest.raises(ConfigError, match=r"^OTEL_EXPORTER_OTLP_ENDPOINT: expected an http"):
         traces_endpoint(none, {"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4318"})
     with pytest.raises(ValueError, match=r"expected an http:// or https:// URL"):

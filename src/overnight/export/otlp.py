@@ -70,6 +70,7 @@ QUEUE_SPANS = 16_384
 # How often the batch processor sends what it holds (the SDK's default is 5 s).
 SEND_EVERY_MS = 1_000
 ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+PROTOCOL_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
 HEADERS_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
 _HTTP_URL = re.compile(r"^https?://[^/\s?#]+\S*$")
 INSTALL_HINT = "pip install 'overnight[otel]'"
@@ -84,6 +85,13 @@ def traces_endpoint(config: ExportConfig, env: Mapping[str, str]) -> tuple[str, 
         return None
     if config.otlp_endpoint:
         return _under(config.otlp_endpoint), "export.otlp_endpoint"
+    for name in PROTOCOL_ENVS:  # the variables describe another exporter: say so, not fail later
+        protocol = env.get(name, "").strip()
+        if protocol and protocol != "http/protobuf" and any(env.get(e, "").strip() for e in ENDPOINT_ENVS):
+            raise ConfigError(
+                f"{name}: overnight exports traces as OTLP over HTTP (http/protobuf), "
+                f"not {redact(protocol)!r}; unset it, or set it to http/protobuf"
+            )
     for name in ENDPOINT_ENVS:
         value = env.get(name, "").strip()
         if not value:
@@ -157,6 +165,13 @@ def _version() -> str:
         return "unknown"
 
 
+# The SDK's loggers are taken while any night of this process exports: their propagation
+# as it was before the first took them, and how many hold them now.
+_taken_lock = threading.Lock()
+_taken_propagate: dict[str, bool] = {}
+_taken_by = 0
+
+
 class _SdkLog(logging.Handler):
     """Takes in the SDK's export log lines while the night runs: the reason a request
     failed is what our one warning says."""
@@ -164,8 +179,7 @@ class _SdkLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.reason: str | None = None
-        self._saved: list[tuple[logging.Logger, bool]] = []
-        self._saved_lock = threading.Lock()
+        self._installed = False
 
     def emit(self, record: logging.LogRecord) -> None:
         # The first line since the exporter last read it: it names the error (a refused
@@ -175,20 +189,33 @@ class _SdkLog(logging.Handler):
                 self.reason = record.getMessage().splitlines()[0][:500]
 
     def install(self) -> None:
-        with self._saved_lock:
+        global _taken_by
+        with _taken_lock:
+            if self._installed:
+                return
+            self._installed = True
             for name in SDK_LOGGERS:
                 logger = logging.getLogger(name)
-                self._saved.append((logger, logger.propagate))
+                if _taken_by == 0:
+                    _taken_propagate[name] = logger.propagate
+                    logger.propagate = False
                 logger.addHandler(self)
-                logger.propagate = False
+            _taken_by += 1
 
     def remove(self) -> None:
-        """Give the loggers back (once, from whichever thread is last to be done)."""
-        with self._saved_lock:
-            saved, self._saved = self._saved, []
-        for logger, propagate in saved:
-            logger.removeHandler(self)
-            logger.propagate = propagate
+        """Give the loggers back (once, from whichever thread is last to be done; their
+        propagation once no night of the process holds them)."""
+        global _taken_by
+        with _taken_lock:
+            if not self._installed:
+                return
+            self._installed = False
+            _taken_by -= 1
+            for name in SDK_LOGGERS:
+                logger = logging.getLogger(name)
+                logger.removeHandler(self)
+                if _taken_by == 0:
+                    logger.propagate = _taken_propagate.pop(name, True)
 
 
 async def _in_daemon_thread(fn: Callable[[], T]) -> T:
