@@ -355,7 +355,7 @@ async def test_a_dead_collector_never_holds_the_night(
 
 
 def test_the_tail_reads_each_ended_attempt_once_holds_it_for_an_open_incident_and_catches_late_rows(
-    tmp_path: Path,
+    tmp_path: Path, ledger_url: str
 ) -> None:
     """The ledger read on its own, rows written by hand: attempts of this session only,
     each handed out once; one an open incident overlaps waits for its repair (bounded);
@@ -365,7 +365,7 @@ def test_the_tail_reads_each_ended_attempt_once_holds_it_for_an_open_incident_an
     from overnight.ledger import Ledger, ops
 
     night = "n1"
-    ledger = Ledger(str(tmp_path / "l.db"))
+    ledger = Ledger(ledger_url)  # SQLite and PostgreSQL: the same queries
 
     def w(op: object, *args: object) -> object:
         return ledger.write_sync(op, *args)  # type: ignore[arg-type]
