@@ -26,6 +26,7 @@ RANKS: dict[str, int] = {
     "config": 1,
     "ledger": 2,
     "components": 3,
+    "export": 3,  # traces from the ledger: ledger, config, redaction, never the engine
     "agent": 4,
     "faults": 4,
     "engine": 5,

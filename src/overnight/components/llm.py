@@ -386,11 +386,23 @@ class LLMComponent(Component):
             "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
             "total_tokens": int(getattr(usage, "total_tokens", 0) or 0),
         }
-        self.record_usage({"op": "chat", "model": result_model, "latency_s": round(latency, 4), **counts})
+        self.record_usage(
+            {
+                "op": "chat",
+                "model": result_model,
+                # What was asked for (a provider may answer with another version) and who
+                # answered: the GenAI spans of a trace export (overnight.export) say both.
+                "request_model": model,
+                "provider": self.provider,
+                "latency_s": round(latency, 4),
+                **counts,
+            }
+        )
         return ChatResult(text=text, model=result_model, usage=counts, latency_s=latency)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         client = self._current_client()
+        t0 = time.perf_counter()
         if self.provider == "gigachat":
             response = await client.aembeddings(texts, model=self.embeddings_model)
             vectors = [list(d.embedding) for d in response.data]
@@ -401,10 +413,13 @@ class LLMComponent(Component):
             response = await client.embeddings.create(model=self.embeddings_model, input=texts)
             vectors = [list(d.embedding) for d in response.data]
             tokens = int(getattr(response.usage, "prompt_tokens", 0) or 0)
+        latency = time.perf_counter() - t0
         self.record_usage(
             {
                 "op": "embed",
                 "model": self.embeddings_model,
+                "provider": self.provider,
+                "latency_s": round(latency, 4),
                 "prompt_tokens": tokens,
                 "completion_tokens": 0,
                 "total_tokens": tokens,

@@ -215,6 +215,35 @@ class ReportConfig(ConfigModel):
     )
 
 
+_HTTP_URL = re.compile(r"^https?://[^/\s?#]+[^\s]*$")
+
+
+class ExportConfig(ConfigModel):
+    """Where the night's traces go while it runs (OpenTelemetry, OTLP over HTTP). Nothing
+    is exported unless ``otlp_endpoint`` or the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` /
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` variables say where."""
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP base URL (the traces go to <url>/v1/traces), e.g. "
+        "'http://localhost:4318'; headers (auth) from OTEL_EXPORTER_OTLP_HEADERS",
+    )
+    otlp_timeout: float = Field(
+        5.0,
+        gt=0,
+        le=60,
+        description="seconds one export request may take (its retries included); the night's "
+        "final flush waits this and 2 s more at most",
+    )
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not _HTTP_URL.match(value):
+            raise ValueError("expected an http:// or https:// URL, e.g. 'http://localhost:4318'")
+        return value
+
+
 # The tables inside [settings] that describe the protected settings without being any:
 # taken out of ctx.settings and the protected fingerprint when the config is loaded.
 SETTINGS_DECLARATIONS = ("meta", "acknowledged")
@@ -326,6 +355,7 @@ class Config(ConfigModel):
     faults: FaultsConfig = Field(default_factory=FaultsConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     @field_validator("settings")
     @classmethod

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ProtectedSettings
 from ..errors import LedgerUnavailable, UsageError
+from ..export import OtlpExport, otlp_export
 from ..ledger import Ledger, ops, queries
 from ..ledger.ownership import NightClaim
 from ..runtime import current_call
@@ -51,7 +52,7 @@ from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
 from .pytest_suite import PytestSuite, pytest_path, suite_files
 from .resume import reopen
-from .services import AGENT_STOP, EXECUTOR_STOP, FAULTS_STOP, NightService, stop_within
+from .services import AGENT_STOP, EXECUTOR_STOP, EXPORT_STOP, FAULTS_STOP, NightService, stop_within
 from .stopping import Stopping
 from .workers import WorkerStartFailed, check_executor, check_worker_components, worker_pool
 
@@ -130,6 +131,10 @@ class Orchestrator:
             self.faults = build_fault_driver(
                 plan, self.loaded, self.components, ledger, self.night_id, self.night_path, clock
             )
+        # Traces to an OpenTelemetry collector, when configured (it reads the ledger).
+        self.export: OtlpExport | None = otlp_export(
+            self.loaded.config.export, ledger, self.night_id, plan.scenario
+        )
         self._cycles = CycleSource(0, frozenset())
         self.keep_claim = keep_claim
         self.claim: NightClaim | None = None
@@ -208,6 +213,8 @@ class Orchestrator:
             await self.faults.prepare()
         await connect_components(self.components, self.journal)
         await self._start_agent()
+        if self.export is not None:
+            await self.export.start(self.started_at, bool(self.resume))
         if not await self._run_setup():
             return False
         if self.faults is not None:
@@ -498,11 +505,13 @@ class Orchestrator:
         await self.agent.start(self.started_at, bool(self.resume))
 
     async def _stop_services(self) -> None:
-        """Stop every service, each within its bound. The agent is stopped once (it is
-        dropped first); undoing faults is idempotent and tried again on the way out."""
+        """Stop every service, each within its bound. The agent and the export are
+        stopped once (they are dropped first), the export last, so it sends what the others
+        recorded; undoing faults is idempotent and tried again on the way out."""
         reason = self.stopping.reason or "the night ended"
         agent, self.agent = self.agent, None
-        for service, bound in ((self.faults, FAULTS_STOP), (agent, AGENT_STOP)):
+        export, self.export = self.export, None
+        for service, bound in ((self.faults, FAULTS_STOP), (agent, AGENT_STOP), (export, EXPORT_STOP)):
             if service is not None:
                 await stop_within(service, reason, bound)
 

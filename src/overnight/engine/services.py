@@ -68,3 +68,8 @@ EXECUTOR_STOP = StopBound(
 AGENT_STOP = StopBound(
     5.0, "the repair agent took over %.0f s to stop; left behind", "stopping the repair agent failed: %s"
 )
+# Exporting traces bounds its own final flush (``[export] otlp_timeout`` + 2 s); this is the
+# net under it.
+EXPORT_STOP = StopBound(
+    70.0, "the trace export took over %.0f s to stop; left behind", "stopping the trace export failed: %s"
+)
