@@ -60,3 +60,8 @@ FAULTS_STOP = StopBound(
 AGENT_STOP = StopBound(
     5.0, "the repair agent took over %.0f s to stop; left behind", "stopping the repair agent failed: %s"
 )
+METRICS_STOP = StopBound(
+    5.0,
+    "closing the metrics endpoint took over %.0f s; its port may stay open until exit",
+    "closing the metrics endpoint failed: %s",
+)
