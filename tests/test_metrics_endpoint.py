@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -291,6 +292,68 @@ async def test_a_resumed_night_counts_from_its_ledger(tmp_path: Path) -> None:
     finally:
         ledger.close()
     assert _port_is_free(second.port)
+
+
+BLOCKING = """
+import pathlib, time
+
+FOLDER = pathlib.Path({folder!r})
+
+async def cycle(ctx):
+    if ctx.cycle == 2:
+        # A blocking call in async code: the whole loop stops until the test has seen it.
+        (FOLDER / "blocking").touch()
+        deadline = time.monotonic() + 10
+        while not (FOLDER / "seen").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+"""
+
+
+async def test_a_blocked_loop_shows_as_growing_lag(tmp_path: Path) -> None:
+    """A loop that cannot run cannot refresh anything: the scrape (in the server's thread)
+    still shows the stall growing, and the time since the last pass growing with it."""
+    folder = tmp_path / "switches"
+    folder.mkdir()
+    cfg, _ = write_project(tmp_path / "project", BLOCKING.format(folder=str(folder)))
+    ledger = Ledger(str(tmp_path / "nights" / "overnight.db"))
+    endpoint = MetricsEndpoint("127.0.0.1", 0)
+    orch = Orchestrator(
+        make_plan(cfg, tmp_path / "nights", cycles=2),
+        ledger,
+        progress=LogProgress(),
+        handle_signals=False,
+        metrics=endpoint,
+    )
+    seen: list[Samples] = []
+
+    def watch() -> None:
+        # A thread of its own: the loop it would otherwise run on is the one blocked.
+        deadline = time.monotonic() + 20
+        try:
+            while not (folder / "blocking").exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            while time.monotonic() < deadline:
+                s = _samples(httpx.get(endpoint.url, timeout=5).text, orch.night_id)
+                seen.append(s)
+                if s[key("overnight_loop_lag_seconds")] >= 0.5:
+                    return
+                time.sleep(0.05)
+        finally:
+            (folder / "seen").touch()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        async with asyncio.timeout(30):
+            outcome = await orch.run()
+    finally:
+        (folder / "seen").touch()
+        watcher.join(30)
+        ledger.close()
+    assert outcome.status == "completed"
+    assert seen and seen[-1][key("overnight_loop_lag_seconds")] >= 0.5, seen[-1:]
+    since = [s[key("overnight_seconds_since_last_passed_cycle")] for s in seen]
+    assert since == sorted(since) and since[-1] - since[0] >= 0.3, since
 
 
 NOOP = "async def cycle(ctx):\n    pass\n"

@@ -110,14 +110,10 @@ class _Collector(Collector):
                 cycles.add_metric([night, verdict], n)
             yield cycles
         yield _gauge("overnight_attempts_in_flight", "cycle attempts running now", night, s.in_flight)
-        yield _gauge(
-            "overnight_gate_open", "1 while new attempts may start, 0 while the gate holds them", night,
-            1 if s.gate_open else 0,
-        )  # fmt: skip
-        yield _gauge(
-            "overnight_gate_hold_reasons", "reasons the gate holds new attempts for (one per component)",
-            night, s.gate_reasons,
-        )  # fmt: skip
+        gate = "1 while new attempts may start, 0 while the gate holds them"
+        yield _gauge("overnight_gate_open", gate, night, 1 if s.gate_open else 0)
+        reasons = "reasons the gate holds new attempts for (one per component that closed it)"
+        yield _gauge("overnight_gate_hold_reasons", reasons, night, s.gate_reasons)
         probed = GaugeMetricFamily(
             "overnight_component_probed",
             "1 once the component has been probed this session, 0 before (or without a probe)",
@@ -270,8 +266,12 @@ class MetricsEndpoint:
         if view is None:
             return
         now = time.monotonic()
+        # The window's maximum, kept in O(1) a tick: a delay no larger than a later one
+        # can never be the maximum again, so only decreasing delays are kept.
+        while self._lags and self._lags[-1][1] <= lag:
+            self._lags.pop()
         self._lags.append((now, lag))
-        while self._lags and self._lags[0][0] < now - LAG_WINDOW_S:
+        while self._lags[0][0] < now - LAG_WINDOW_S:
             self._lags.popleft()
         try:
             self.snapshot = self._take(view, now)
@@ -314,7 +314,7 @@ class MetricsEndpoint:
             incidents=tuple(incidents),
             repairs=repairs,
             passed_ref=self._passed_ref,
-            lag_max=max(lag for _, lag in self._lags),
+            lag_max=self._lags[0][1],
             tick_at=now,
         )
 
