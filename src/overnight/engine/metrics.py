@@ -181,8 +181,9 @@ class MetricsEndpoint:
     ``close``) whatever ended the night: the port is free afterwards.
     """
 
-    def __init__(self, host: str, port: int, clock: Callable[[], float] = time.time) -> None:
-        self.clock = clock
+    def __init__(self, host: str, port: int) -> None:
+        # The night's clock once watching (read in the server's thread: a plain call).
+        self.clock: Callable[[], float] = time.time
         self.snapshot = _Snapshot("")
         self._view: NightView | None = None
         self._task: asyncio.Task[None] | None = None
