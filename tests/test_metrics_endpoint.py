@@ -26,6 +26,7 @@ from overnight.ledger import Ledger
 
 from .conftest import make_project, run_cli
 from .helpers import make_plan, write_project
+from .test_bad_input import one_line_exit_2
 
 # (metric sample name, labels other than night) -> value
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -359,15 +360,6 @@ async def test_a_blocked_loop_shows_as_growing_lag(tmp_path: Path) -> None:
 NOOP = "async def cycle(ctx):\n    pass\n"
 
 
-def _one_line_exit_2(res: object) -> str:
-    assert getattr(res, "returncode", None) == 2, res
-    stderr = str(getattr(res, "stderr", ""))
-    assert "Traceback" not in stderr
-    lines = [ln for ln in stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("overnight: error: "), stderr
-    return lines[0]
-
-
 def _nights_in(ledger: Path) -> list[str]:
     if not ledger.exists():
         return []
@@ -401,7 +393,7 @@ def test_bad_metrics_options_are_one_line_before_the_night(
         taken.listen()
         port = str(taken.getsockname()[1])
         args = [a.replace("IN_USE", port) for a in args]
-        line = _one_line_exit_2(run_cli(["run", "--cycles", "1", *args], cwd=proj))
+        line = one_line_exit_2(run_cli(["run", "--cycles", "1", *args], cwd=proj))
     assert expect.replace("IN_USE", port) in line, line
     assert _nights_in(proj / "night_tests" / "overnight.db") == []
 
