@@ -62,6 +62,7 @@ def test_user_scenario_in_a_fresh_folder(tmp_path: Path) -> None:
         "timeout": 0,
         "harness_error": 0,
         "failed_on_fallback": 0,
+        "crashed": 0,
     }
     by_cycle = {c["cycle"]: c for c in report["cycles"]}
     assert len(by_cycle) == 20

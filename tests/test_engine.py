@@ -44,6 +44,7 @@ VERDICT_TOTALS = {
     "timeout": 0,
     "harness_error": 1,
     "failed_on_fallback": 0,
+    "crashed": 0,
 }
 
 
@@ -562,7 +563,7 @@ def test_error_types_are_bare_for_ours_and_builtins_dotted_otherwise() -> None:
     import json as json_module
 
     from overnight.components import KnobRefused
-    from overnight.engine.attempts import CycleTimeout
+    from overnight.engine.executors import CycleTimeout
     from overnight.verdicts import error_type_name
 
     assert error_type_name(KnobRefused("x")) == "KnobRefused"

@@ -33,6 +33,7 @@ RANKS: dict[str, int] = {
     "report": 6,
     "notify": 6,
     "aftercare": 7,
+    "serve": 7,  # the live pages: they read the ledger and render with the report's code
     "cli": 8,
     "__main__": 9,
     "__init__": 9,  # the public API re-exports from below

@@ -317,7 +317,7 @@ def _passed_report(
     weakened: list[dict[str, Any]], mode: str, on_fallback: int = 0, failed: int = 0
 ) -> dict[str, Any]:
     totals = {"passed": 10 - failed, "failed": failed, "infra_error": 0, "timeout": 0, "harness_error": 0,
-              "failed_on_fallback": 0}  # fmt: skip
+              "failed_on_fallback": 0, "crashed": 0}  # fmt: skip
     return {
         "status": "completed",
         "end_reason": "all planned cycles ran",

@@ -146,6 +146,13 @@ def register_secret(value: str | None) -> None:
         _ordered[:] = sorted(set(_ordered) | _forms(value), key=len, reverse=True)
 
 
+def registered_secrets() -> list[str]:
+    """The secret values registered so far (for a worker process of the night, which
+    masks them in what it writes as this process does). Never log or write the list."""
+    with _lock:
+        return sorted(_secrets)
+
+
 def secrets_in(text: str) -> list[str]:
     """The secrets in a config value: URL passwords, and values assigned with ``=`` to a
     secret-looking key (``host=db password=x`` DSNs, ``PGPASSWORD=x`` commands). Not

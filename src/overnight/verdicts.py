@@ -19,6 +19,10 @@ class Verdict(StrEnum):
     # before the night stopped, or the retry budget ran out). Not a product failure: the
     # night has no trustworthy product verdict for that cycle.
     FAILED_ON_FALLBACK = "failed_on_fallback"
+    # A worker process or Ray actor died under the attempt (a segfault, os._exit, an OOM
+    # kill). Tried once more on a fresh worker; the same input crashing again is final:
+    # the scenario's or the product's, never the infrastructure's.
+    CRASHED = "crashed"
     # Attempt-only: the process stopped (signal or crash) before the attempt ended.
     # An interrupted attempt does not end its cycle; the cycle reruns on resume.
     INTERRUPTED = "interrupted"
@@ -31,6 +35,7 @@ CYCLE_VERDICTS: tuple[Verdict, ...] = (
     Verdict.TIMEOUT,
     Verdict.HARNESS_ERROR,
     Verdict.FAILED_ON_FALLBACK,
+    Verdict.CRASHED,
 )
 
 # Only dependency trouble earns another attempt. A product failure is final (promise 1),

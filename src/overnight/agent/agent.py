@@ -322,6 +322,13 @@ class RepairAgent:
         else:
             self._loop.call_soon_threadsafe(monitor.signal, kind, ts, details)
 
+    def remote_signal(self, component: str, kind: str, details: dict[str, Any], ts: float) -> None:
+        """A worker's component met a classified fault (``ts``: when, by the worker's clock):
+        the same signal as one of ours. Called on the loop."""
+        monitor = self.monitors.get(component)
+        if monitor is not None and self._loop is not None:
+            monitor.signal(kind, min(ts, self.clock()), details)
+
     # -- recording ---------------------------------------------------------------------
 
     async def write(self, op: Any, *args: Any) -> Any:

@@ -72,6 +72,7 @@ class Reconnect(Strategy):
                 f"{comp.name} ({comp.type_name}) has no connect() or close() of its own: no client to reopen"
             )
         await comp.reconnect()
+        comp.note_client_repair("reconnect")
         return "closed and reopened the client"
 
 
@@ -86,6 +87,7 @@ class RebuildPool(Strategy):
         if not isinstance(comp, PoolRebuildable):
             raise RepairFailed(f"{comp.name} has no connection pool")
         await comp.rebuild_pool()
+        comp.note_client_repair("rebuild_pool")
         return "disposed of every pooled connection and built a fresh pool"
 
 
@@ -119,6 +121,7 @@ class RestartCommand(Strategy):
             raise RepairFailed(f"restart command exited {proc.returncode}: {tail[0]}")
         if isinstance(comp, PoolRebuildable):
             await comp.rebuild_pool()
+            comp.note_client_repair("rebuild_pool")
             return f"ran restart command ({command.split()[0]}…) and rebuilt the pool"
         return f"ran restart command ({command.split()[0]}…)"
 
@@ -134,6 +137,7 @@ class RefreshToken(Strategy):
         if not isinstance(comp, TokenRefreshable):
             raise RepairFailed(f"{comp.name} has no access token to refresh")
         await comp.refresh_token()
+        comp.note_client_repair("refresh_token")
         return "dropped the access token and authenticated again"
 
 

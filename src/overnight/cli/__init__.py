@@ -1,4 +1,5 @@
-"""The command line: ``overnight run | demo | init | nights | report | diff | faults | doctor | sandbox``.
+"""The command line: ``overnight run | demo | init | nights | report | diff | faults | serve | doctor |
+sandbox``.
 
 Exit codes: 0 every cycle that ran passed; 1 a product failure, an unrepaired infra
 error, a timeout or a harness error (or no cycle finished); 2 a usage or config error;

@@ -14,11 +14,11 @@ from sqlalchemy.exc import DBAPIError
 from ..engine.runner import exit_now
 from ..errors import ConfigError, LedgerUnavailable, UsageError
 from ..redaction import RedactingStream
-from . import diff, doctor, examples, inspect, run, sandbox  # noqa: F401 - each registers its commands
+from . import diff, doctor, examples, inspect, run, sandbox, serve  # noqa: F401 - each registers its commands
 from .app import app, say
 
 # The help lists the commands in the order a user meets them.
-_ORDER = ("run", "demo", "init", "nights", "report", "diff", "faults", "doctor", "sandbox")
+_ORDER = ("run", "demo", "init", "nights", "report", "diff", "faults", "serve", "doctor", "sandbox")
 app.registered_commands.sort(key=lambda c: _ORDER.index(c.callback.__name__ if c.callback else ""))
 
 

@@ -12,6 +12,17 @@ ConfigOpt = Annotated[
     typer.Option("--config", "-c", help="overnight.toml or pyproject.toml (default: ./overnight.toml)"),
 ]
 CyclesOpt = Annotated[int | None, typer.Option("--cycles", help="cycles in the night \\[default: 100]")]
+ExecutorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--executor",
+        help="where cycles run: inline (this process), process (worker processes) or ray \\[default: inline]",
+    ),
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option("--ray-address", help="with --executor ray: the cluster (default: a local one)"),
+]
 ParallelOpt = Annotated[
     int | None,
     typer.Option("--parallel", "-p", help="cycles run at once (1-512) \\[default: 1]"),

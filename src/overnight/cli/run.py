@@ -40,12 +40,14 @@ from .options import (
     ConfigOpt,
     CyclesOpt,
     DryRunOpt,
+    ExecutorOpt,
     LedgerOpt,
     MaxHoursOpt,
     MetricsHostOpt,
     MetricsPortOpt,
     NightDirOpt,
     ParallelOpt,
+    RayAddressOpt,
     RetryOpt,
     SeedOpt,
     SetOpt,
@@ -79,6 +81,8 @@ class RunArgs:
     resume: bool = False
     cycles: int | None = None
     parallel: int | None = None
+    executor: str | None = None
+    ray_address: str | None = None
     max_hours: float | None = None
     until: str | None = None
     retry_attempts: int | None = None
@@ -102,6 +106,8 @@ class RunArgs:
         return {
             "cycles": self.cycles,
             "parallel": self.parallel,
+            "executor": self.executor,
+            "ray_address": self.ray_address,
             "max_hours": self.max_hours,
             "until": self.until,
             "retry_attempts": self.retry_attempts,
@@ -129,6 +135,8 @@ def run(
     config: ConfigOpt = None,
     cycles: CyclesOpt = None,
     parallel: ParallelOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     max_hours: MaxHoursOpt = None,
     until: UntilOpt = None,
     retry_attempts: RetryOpt = None,
@@ -182,6 +190,8 @@ def demo(
         int | None, typer.Option("--cycles", help="cycles in the demo night \\[default: 3]")
     ] = None,
     parallel: ParallelOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     max_hours: MaxHoursOpt = None,
     until: UntilOpt = None,
     retry_attempts: RetryOpt = None,
@@ -252,7 +262,8 @@ def run_command(args: RunArgs) -> None:
 
 
 def resume_night(args: RunArgs, sink: ProgressSink) -> None:
-    """A night keeps its plan; only --parallel, --max-hours and --until may change."""
+    """A night keeps its plan; only --parallel, --executor (--ray-address), --max-hours and
+    --until may change."""
     if args.sets:
         raise UsageError("--set: a resumed night keeps its original plan choices")
     if args.fault_plans or args.injects:
@@ -268,7 +279,7 @@ def resume_night(args: RunArgs, sink: ProgressSink) -> None:
     if given:
         raise UsageError(
             f"{', '.join(given)}: a resumed night keeps its original plan; "
-            "only --parallel, --max-hours and --until may change"
+            "only --parallel, --executor, --ray-address, --max-hours and --until may change"
         )
     led = existing_ledger(args.config, args.night_dir, args.ledger)
     try:
@@ -277,6 +288,12 @@ def resume_night(args: RunArgs, sink: ProgressSink) -> None:
         plan = Plan.from_json(night["plan"])
         if args.parallel is not None:
             plan.parallel = args.parallel
+        if args.executor is not None:
+            # A night whose process died under a native crash continues in workers.
+            plan.executor = args.executor
+            plan.ray_address = args.ray_address
+        elif args.ray_address is not None:
+            plan.ray_address = args.ray_address
         bound = (args.max_hours, args.until)
         override = bound if (args.max_hours is not None or args.until is not None) else None
         with _metrics(args) as metrics:

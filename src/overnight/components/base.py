@@ -215,6 +215,11 @@ class Component:
         self.sandbox = False  # True when it talks to overnight's own sandbox services
         self.peers: dict[str, Component] = {}  # the night's other components, by name
         self._listeners: list[ErrorListener] = []
+        # The client repairs made on it (``reconnect``, ``rebuild_pool``, ``refresh_token``),
+        # in order: a worker process repeats them on its own clients before its next attempt.
+        self.client_repairs: list[str] = []
+        # Where the fault proxy stands in front of it (``route_via``), for workers to follow.
+        self.routed_via: tuple[str, int] | None = None
         # Put overnight's TCP fault proxy between it and its server (fault injection).
         self.fault_proxy = self._validate(_BaseOptions, spec.options).fault_proxy
 
@@ -342,6 +347,20 @@ class Component:
         raise NotImplementedError
 
     # -- wiring --------------------------------------------------------------------
+
+    def worker_conflict(self) -> str | None:
+        """Why this component cannot also be built in worker processes of the night
+        (``executor = "process"`` or ``"ray"``): a store one process holds locked, say.
+        None when it can (each worker builds its own)."""
+        return None
+
+    def note_client_repair(self, action: str) -> None:
+        """A repair remade this component's client by calling its method ``action`` (no
+        arguments): workers with their own clients call it too. A custom strategy that
+        rebuilds a client says so here."""
+        if not hasattr(self, "client_repairs"):  # a subclass that skipped __init__
+            self.client_repairs = []
+        self.client_repairs.append(action)
 
     def bind(self, recorder: Recorder) -> None:
         self.recorder = recorder

@@ -160,6 +160,14 @@ class VectorStoreComponent(Component):
     def target(self) -> str:
         return self.url or f"local:{self.path}"
 
+    def worker_conflict(self) -> str | None:
+        if self.path is None:
+            return None
+        return (
+            "Qdrant's local mode is one process's (it locks its folder): with worker processes "
+            'or Ray, point it at a Qdrant server (url = "http://…")'
+        )
+
     # -- lifecycle ----------------------------------------------------------------------
 
     def _open(self) -> QdrantClient:

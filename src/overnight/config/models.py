@@ -88,6 +88,12 @@ class RunConfig(ConfigModel):
         1.0, ge=0, le=600, description="seconds before the first retry of an infra error; doubles"
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="night seed; random when absent")
+    executor: Literal["inline", "process", "ray"] = Field(
+        "inline", description="where cycles run: this process, worker processes, or Ray actors"
+    )
+    ray_address: str | None = Field(
+        None, min_length=1, description="the Ray cluster of executor = 'ray' (default: a local one)"
+    )
 
     @field_validator("until")
     @classmethod

@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..components import Component
-from ..config import ProtectedSettings
-from ..errors import InfraError, LedgerUnavailable, ProductFailure
+from ..errors import LedgerUnavailable
 from ..ledger import Ledger, ops
 from ..redaction import redact
-from ..runtime import CallScope, current_call
-from ..verdicts import RETRYABLE, Verdict, classify, error_type_name
-from .context import CycleContext, CycleInput
+from ..verdicts import RETRYABLE, Verdict
+from .context import CycleInput
 from .cycles import CycleSource
+from .executors import AttemptOutcome, AttemptRequest, AttemptSlot
 from .gate import Gate
-from .journal import TRACEBACK_MAX
 from .plan import Plan
 from .progress import ProgressSink
 from .services import NightService
@@ -37,26 +32,8 @@ if TYPE_CHECKING:
     from ..agent import RepairAgent
 
 log = logging.getLogger("overnight")
-_scenario_log = logging.getLogger("overnight.scenario")
 ERROR_IN_LINE = 300  # characters of an error in its log line; the ledger keeps it whole
-
-
-def _cycle_logger(cycle: int) -> logging.Logger:
-    """``ctx.log``: named for its cycle, a child of ``overnight.scenario``, and not kept in
-    logging's registry (``getLogger`` would keep one logger per cycle for the whole
-    night: 100,000 of them in a long one)."""
-    logger = logging.Logger(f"{_scenario_log.name}.c{cycle}")
-    logger.parent = _scenario_log
-    return logger
-
-
-class ScenarioExited(RuntimeError):
-    """The scenario raised SystemExit or KeyboardInterrupt: a harness error of that
-    attempt, never the end of the night."""
-
-
-class CycleTimeout(TimeoutError):
-    """The cycle ran past its ``cycle_timeout`` and was cancelled."""
+CRASHES_FINAL = 2  # a cycle's crashes on fresh workers that make the crash its verdict
 
 
 class CycleRunner:
@@ -68,12 +45,8 @@ class CycleRunner:
         plan: Plan,
         ledger: Ledger,
         night_id: str,
-        night_path: Path,
         session: int,
-        scenario: Callable[..., Any],
-        settings: ProtectedSettings,
         fingerprint: str,
-        handles: Mapping[str, Any],
         components: Mapping[str, Component],
         gate: Gate,
         stopping: Stopping,
@@ -81,20 +54,15 @@ class CycleRunner:
         clock: Callable[[], float],
         agent: RepairAgent | None,
         services: Sequence[NightService],
-        attempts_used: Mapping[int, tuple[int, int]],
+        attempts_used: Mapping[int, tuple[int, int, int]],
         fail: Callable[[BaseException, str], None],
     ) -> None:
         self.plan = plan
         self.ledger = ledger
         self.night_id = night_id
-        self.night_path = night_path
         self.session = session
-        self.scenario = scenario
-        self.is_async = inspect.iscoroutinefunction(scenario)
-        self.settings = settings
         # The night's, from its start: stored with every cycle and attempt.
         self.fingerprint = fingerprint
-        self.handles = handles
         self.components = components
         self.gate = gate
         self.stopping = stopping
@@ -102,22 +70,22 @@ class CycleRunner:
         self.clock = clock
         self.agent = agent
         self.services = list(services)
-        # cycle -> (last attempt number, attempts that counted) from earlier sessions.
+        # cycle -> (last attempt number, attempts that counted, crashes) from earlier sessions.
         self.attempts_used = attempts_used
         # Told of our own failure (most likely the ledger is unreachable): ends the night.
         self.fail = fail
         # Names InfraErrors gave that the config does not declare (said once each).
         self._undeclared: set[str] = set()
 
-    async def work(self, source: CycleSource) -> None:
-        """One worker: run the source's cycles one by one until none is left or the night
-        stops starting work."""
+    async def work(self, source: CycleSource, slot: AttemptSlot) -> None:
+        """One parallel slot: run the source's cycles one by one on ``slot`` (the
+        executor's) until none is left or the night stops starting work."""
         while not self.stopping.stop_starting:
             cycle = source.next()
             if cycle is None:
                 return
             try:
-                await self.run_cycle(cycle)
+                await self.run_cycle(cycle, slot)
             except Exception as exc:
                 # Our own failure (most likely the ledger is unreachable). Stop cleanly:
                 # running cycles are cancelled and stay pending, so resume reruns them.
@@ -128,12 +96,12 @@ class CycleRunner:
                 self.fail(exc, f"internal error: {type(exc).__name__}: {redact(str(exc))}")
                 return
 
-    async def run_cycle(self, cycle: int) -> None:
+    async def run_cycle(self, cycle: int, slot: AttemptSlot) -> None:
         """Run ``cycle``'s attempts until one is final, the night stops, or its fallback
         outlives the night. Raises only on our own failure (the ledger)."""
         plan = self.plan
         cycle_input = CycleInput.derive(plan.seed, cycle)
-        last_no, counted = self.attempts_used.get(cycle, (0, 0))
+        last_no, counted, crashes = self.attempts_used.get(cycle, (0, 0, 0))
         budget = 1 + plan.retry_attempts
         while True:
             await self._wait_gate()
@@ -145,16 +113,36 @@ class CycleRunner:
                 return
             for service in self.services:
                 await service.before_cycle(cycle)  # once per cycle: it meets its faults
+            if not slot.is_ready() and not await self._slot_ready(slot):
+                return  # the night was interrupted while a worker started: still pending
             attempt = last_no = last_no + 1
-            verdict, result, error, meta, fallbacks, open_steps, rerun_others = await self._run_attempt(
-                cycle, attempt, cycle_input
+            verdict, result, error, meta, fallbacks, open_steps, outcome = await self._run_attempt(
+                slot, cycle, attempt, cycle_input
             )
+            rerun_others = outcome.rerun_others
             if verdict is Verdict.INTERRUPTED:
                 await self.ledger.write(
                     ops.attempt_finished, self.night_id, cycle, attempt, result, False, None, open_steps
                 )
-                self._attempt_line(cycle, attempt, verdict.value, False, result, "", None)
+                self._attempt_line(cycle, attempt, verdict.value, False, result, "", error)
+                if outcome.worker is not None and not self.stopping.stop_starting:
+                    continue  # its worker or node was lost: the cycle runs again elsewhere
                 return
+            if verdict is Verdict.CRASHED:
+                # A worker died under the attempt. Once may be the machine's; the same
+                # input crashing on a fresh worker is the scenario's or the product's:
+                # final. Apart from the retry budget, which is for the infrastructure.
+                crashes += 1
+                final = crashes >= CRASHES_FINAL or self.stopping.stop_starting
+                fields = {"protected_fingerprint": self.fingerprint, **meta, "verdict": verdict.value}
+                await self.ledger.write(
+                    ops.attempt_finished, self.night_id, cycle, attempt, result, final, fields, open_steps
+                )
+                why = "" if final else " (once more, on a fresh worker)"
+                self._attempt_line(cycle, attempt, verdict.value, final, result, why, error)
+                if final:
+                    return
+                continue
             counted += 1
             # A product check that failed while a declared fallback served the cycle says
             # nothing trustworthy about the product: rerun on the primary (promise 2).
@@ -224,12 +212,13 @@ class CycleRunner:
         )
 
     async def _run_attempt(
-        self, cycle: int, attempt: int, cycle_input: CycleInput
-    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str], bool, bool]:
-        """Run one attempt. Returns its verdict, its attempt row, its error message, the
-        cycle's fields should it be final, the components whose fallback touched it,
-        whether a step of it may still be recorded as running, and whether its product
-        failure asks for its other checks to run again (``ProductFailure.rerun_others``)."""
+        self, slot: AttemptSlot, cycle: int, attempt: int, cycle_input: CycleInput
+    ) -> tuple[Verdict, dict[str, Any], str | None, dict[str, Any], list[str], bool, AttemptOutcome]:
+        """Run one attempt on ``slot``. Returns its verdict, its attempt row, its error
+        message, the cycle's fields should it be final, the components whose fallback
+        touched it, whether a step of it may still be recorded as running, and the
+        outcome itself (``rerun_others``: its product failure asks for its other checks to
+        run again; ``worker``: where a crash happened)."""
         started = self.clock()
         # The knob values this attempt ran with, and whether any fallback touched it.
         knobs = {name: comp.knobs.values() for name, comp in self.components.items() if comp.knobs.values()}
@@ -245,103 +234,62 @@ class CycleRunner:
             str(cycle_input.seed),
             self.fingerprint,
         )
-        ctx = CycleContext(
-            night_id=self.night_id,
-            cycle=cycle,
-            attempt=attempt,
-            input=cycle_input,
-            settings=self.settings,
-            components=self.handles,
-            cycle_dir=self.night_path / "cycles" / f"{cycle:03d}",
-            ledger=self.ledger,
-            logger=_cycle_logger(cycle),
-            on_step=self.progress.step_changed,
-        )
         self.progress.attempt_started(cycle, attempt)
         t0 = time.perf_counter()
-        scope = CallScope(self.night_id, cycle, attempt, ctx._steps)
-        task = asyncio.create_task(self._call_scenario(ctx, scope), name=f"cycle-{cycle}-attempt-{attempt}")
-        try:
-            with self.stopping.cancellable(task):
-                await asyncio.wait({task})
-        finally:
-            ctx.close()
-        duration = time.perf_counter() - t0
+        request = AttemptRequest(cycle, attempt, self.plan.seed, started)
+        task = asyncio.create_task(slot.run(request), name=f"run-cycle-{cycle}-attempt-{attempt}")
+        with self.stopping.cancellable(task):
+            await asyncio.wait({task})
+        if task.cancelled():
+            outcome = AttemptOutcome(Verdict.INTERRUPTED, time.perf_counter() - t0, open_steps=True)
+        else:
+            outcome = task.result()  # raises our own failure (the ledger)
+        duration = outcome.duration
         if self.agent is not None:
             # Any fallback that was active, and any knob a repair had moved off its
             # configured value, at any moment of the attempt marks it (and the cycle).
             fallbacks |= set(self.agent.fallbacks_during(started, started + duration))
             knobs_off = self.agent.knobs_off_during(started, started + duration)
         meta: dict[str, Any] = {"knobs": knobs, "fallback": bool(fallbacks), "knobs_off": knobs_off}
-        exc: BaseException | None
-        if task.cancelled():
-            verdict, exc = Verdict.INTERRUPTED, None
-        else:
-            exc = task.exception()
-            if isinstance(exc, LedgerUnavailable):
-                # Our failure, not the scenario's: no verdict; the night ends (exit 3) and
-                # the attempt stays open for resume to close and rerun.
-                raise exc
-            verdict = Verdict.PASSED if exc is None else classify(exc)
+        verdict = outcome.verdict
         result: dict[str, Any] = {
             "ended_at": started + duration,
             "duration_s": duration,
             "verdict": verdict.value,
-            "step": ctx._step_for(exc)
-            if exc is not None
-            else (ctx._cancelled_step if task.cancelled() else None),
+            "step": outcome.step,
             "fallback": bool(fallbacks),
             "knobs_off": knobs_off,
-            "calls": scope.calls,
+            "calls": outcome.calls,
         }
         message = None
         if verdict is Verdict.INTERRUPTED:
-            result["error_message"] = f"stopped: {self.stopping.reason or 'interrupted'}"
-        elif exc is not None:
-            message = redact(str(exc)) or type(exc).__name__
-            result.update(
-                error_type=error_type_name(exc),
-                error_message=message,
-                traceback="".join(traceback.format_exception(exc))[-TRACEBACK_MAX:],
-            )
-            if isinstance(exc, InfraError):
-                result.update(fault_component=exc.component, fault_kind=exc.kind)
-                if exc.component not in self.components and exc.component not in self._undeclared:
-                    self._undeclared.add(exc.component)
-                    log.warning(
-                        "cycle %d: InfraError names %r, which the config does not declare: no probe "
-                        "watches it and no repair can run; its retries only wait (declared: %s)",
-                        cycle,
-                        exc.component,
-                        ", ".join(self.components) or "none",
-                    )
-        rerun_others = isinstance(exc, ProductFailure) and exc.rerun_others
-        return verdict, result, message, meta, sorted(fallbacks), ctx.open_steps, rerun_others
+            result["error_message"] = outcome.message or f"stopped: {self.stopping.reason or 'interrupted'}"
+        elif outcome.error:
+            message = outcome.message
+            result.update(outcome.error)
+            self._check_declared(cycle, outcome.error.get("fault_component"))
+        return verdict, result, message, meta, sorted(fallbacks), outcome.open_steps, outcome
 
-    async def _call_scenario(self, ctx: CycleContext, scope: CallScope) -> None:
-        # Component handles read this to attribute usage and faults to cycle and step;
-        # the list is ctx's own step stack, so it follows the scenario as it moves on.
-        current_call.set(scope)
-        timeout = self.plan.cycle_timeout
-        try:
-            async with asyncio.timeout(timeout) as cm:
-                if self.is_async:
-                    await self.scenario(ctx)
-                else:
-                    # A thread cannot be cancelled: on timeout the attempt ends here and
-                    # the thread is abandoned; ctx is closed so it records nothing more.
-                    result = await asyncio.to_thread(self.scenario, ctx)
-                    if inspect.isawaitable(result):
-                        await result
-        except TimeoutError:
-            if cm.expired():
-                raise CycleTimeout(f"cycle exceeded its timeout of {timeout:g} s") from None
-            raise
-        except (SystemExit, KeyboardInterrupt) as exc:
-            # Left alone, these would stop the event loop and the whole night: they are
-            # the scenario's doing (our own signals arrive through the loop's handlers).
-            what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else "KeyboardInterrupt"
-            raise ScenarioExited(f"the scenario raised {what}") from None
+    def _check_declared(self, cycle: int, component: object) -> None:
+        """Say once per name when an InfraError names a component the config does not declare."""
+        if not isinstance(component, str) or component in self.components or component in self._undeclared:
+            return
+        self._undeclared.add(component)
+        log.warning(
+            "cycle %d: InfraError names %r, which the config does not declare: no probe "
+            "watches it and no repair can run; its retries only wait (declared: %s)",
+            cycle,
+            component,
+            ", ".join(self.components) or "none",
+        )
+
+    async def _slot_ready(self, slot: AttemptSlot) -> bool:
+        """Let the slot's worker start outside the attempt's time; False when the night
+        was interrupted meanwhile."""
+        task = asyncio.create_task(slot.ready(), name="slot-ready")
+        with self.stopping.cancellable(task):
+            await asyncio.wait({task})
+        return not task.cancelled() and not self.stopping.interrupted
 
     async def _wait_gate(self) -> None:
         if not self.gate.is_open:

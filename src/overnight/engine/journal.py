@@ -102,7 +102,7 @@ class Journal:
         with self.ledger.read() as conn:
             return queries.done_cycles(conn, self.night_id)
 
-    def attempts_used(self) -> dict[int, tuple[int, int]]:
+    def attempts_used(self) -> dict[int, tuple[int, int, int]]:
         with self.ledger.read() as conn:
             return queries.attempts_used(conn, self.night_id)
 

@@ -139,8 +139,12 @@ def _shared_sandbox() -> SandboxEndpoints:
     return shared_sandbox()
 
 
-def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Component]:
-    """Instantiate every ``[components.NAME]``. Bad options are config errors (exit 2)."""
+def build_components(
+    loaded: LoadedConfig, night_dir: Path, sandbox: SandboxEndpoints | None = None
+) -> dict[str, Component]:
+    """Instantiate every ``[components.NAME]``. Bad options are config errors (exit 2).
+    ``sandbox``: the endpoints of a sandbox already running (a worker's, the night's);
+    by default this process's own, started on first use."""
     where = config_where(loaded)
     built: dict[str, Component] = {}
     folder = str(loaded.base_dir)
@@ -155,7 +159,7 @@ def build_components(loaded: LoadedConfig, night_dir: Path) -> dict[str, Compone
             night_dir=night_dir,
             critical=cc.critical,
             base_dir=loaded.base_dir,
-            sandbox=_shared_sandbox,
+            sandbox=_shared_sandbox if sandbox is None else (lambda: sandbox),
         )
         try:
             built[name] = factory(spec)

@@ -31,6 +31,7 @@ from ..weakening.code import compare_project, summary, unavailable
 from .attempts import CycleRunner
 from .context import NightContext
 from .cycles import CycleSource
+from .executors import AttemptEnv, Executor, InlineExecutor
 from .gate import Gate
 from .journal import EventKind, Journal, NightLog
 from .loading import (
@@ -50,8 +51,9 @@ from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
 from .pytest_suite import PytestSuite, pytest_path, suite_files
 from .resume import reopen
-from .services import AGENT_STOP, FAULTS_STOP, METRICS_STOP, NightService, stop_within
+from .services import AGENT_STOP, EXECUTOR_STOP, FAULTS_STOP, METRICS_STOP, NightService, stop_within
 from .stopping import Stopping
+from .workers import check_executor, check_worker_components, worker_pool
 
 if TYPE_CHECKING:
     from ..agent import RepairAgent
@@ -115,7 +117,9 @@ class Orchestrator:
         self.settings = ProtectedSettings(self.loaded.config.settings, on_write=self._settings_written)
         self.fingerprint = self.settings.fingerprint
         self.night_dir = Path(plan.night_dir)
+        check_executor(plan, self.suite is not None, where)
         self.components = build_components(self.loaded, self.night_dir)
+        check_worker_components(plan, self.components, where, self.loaded.key_prefix)
         check_agent_settings(self.loaded, self.components)
         self.handles: Mapping[str, Any] = MappingProxyType({n: c.handle for n, c in self.components.items()})
         if self.suite is not None:
@@ -132,7 +136,7 @@ class Orchestrator:
         self.keep_claim = keep_claim
         self.claim: NightClaim | None = None
         self.stopping = Stopping(self.progress, clock, handle_signals)
-        self._attempts_used: dict[int, tuple[int, int]] = {}
+        self._attempts_used: dict[int, tuple[int, int, int]] = {}
         self._session = 0
         self.night_log = NightLog()
         self.deadline: float | None = None
@@ -234,12 +238,8 @@ class Orchestrator:
                 plan=self.plan,
                 ledger=self.ledger,
                 night_id=self.night_id,
-                night_path=self.night_path,
                 session=self._session,
-                scenario=self.scenario,
-                settings=self.settings,
                 fingerprint=self.fingerprint,
-                handles=self.handles,
                 components=self.components,
                 gate=self.gate,
                 stopping=self.stopping,
@@ -250,12 +250,42 @@ class Orchestrator:
                 attempts_used=self._attempts_used,
                 fail=self._fail,
             )
-            workers = [asyncio.create_task(runner.work(self._cycles)) for _ in range(self.plan.parallel)]
-            await asyncio.gather(*workers)
+            executor = self._executor()
+            try:
+                await executor.start()
+                slots = [executor.slot(i) for i in range(self.plan.parallel)]
+                await asyncio.gather(*(runner.work(self._cycles, slot) for slot in slots))
+            finally:
+                await stop_within(executor, self.stopping.reason or "the night ended", EXECUTOR_STOP)
         finally:
             if deadline_handle is not None:
                 deadline_handle.cancel()
             self.progress.close()
+
+    def _executor(self) -> Executor:
+        env = AttemptEnv(
+            night_id=self.night_id,
+            night_path=self.night_path,
+            seed=self.plan.seed,
+            scenario=self.scenario,
+            settings=self.settings,
+            handles=self.handles,
+            ledger=self.ledger,
+            cycle_timeout=self.plan.cycle_timeout,
+            on_step=self.progress.step_changed,
+        )
+        if self.plan.executor == "inline":
+            return InlineExecutor(env, self.stopping)
+        return worker_pool(
+            self.plan,
+            self.loaded,
+            self.night_path,
+            self.components,
+            self.ledger,
+            lambda: self.agent,
+            self.progress,
+            self.stopping,
+        )
 
     def _fail(self, exc: BaseException, reason: str) -> None:
         """Our own failure (the ledger, a lost claim, a bug): the night ends (exit 3);

@@ -56,6 +56,9 @@ class Plan:
     # A pytest suite's arguments from the command line (``overnight run -- -k smoke``), after
     # the config's ``[pytest] args``: they choose what is tested, so they are the plan's.
     pytest_args: list[str] = field(default_factory=list)
+    # Where the cycles run (``executor``): the night's own process, or workers.
+    executor: str = "inline"
+    ray_address: str | None = None
 
     @classmethod
     def from_config(
@@ -91,6 +94,8 @@ class Plan:
             faults=list(faults or []),
             choices=dict(choices or {}),
             pytest_args=list(pytest_args or []),
+            executor=rc.executor,
+            ray_address=rc.ray_address,
         )
 
     def to_json(self) -> str:

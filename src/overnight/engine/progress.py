@@ -26,6 +26,7 @@ _COLOURS = {
     "timeout": "magenta",
     "harness_error": "bright_red",
     "failed_on_fallback": "dark_orange",
+    "crashed": "bright_magenta",
     "interrupted": "dim",
 }
 

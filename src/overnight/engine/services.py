@@ -37,7 +37,11 @@ class StopBound:
     failed: str
 
 
-async def stop_within(service: NightService, reason: str, bound: StopBound) -> None:
+class Stoppable(Protocol):
+    async def stop(self, reason: str) -> None: ...
+
+
+async def stop_within(service: Stoppable, reason: str, bound: StopBound) -> None:
     """Stop ``service``; never raises and never waits past the bound, so a night always
     ends within seconds of being told to."""
     try:
@@ -56,6 +60,10 @@ FAULTS_STOP = StopBound(
     60.0,
     "undoing injected faults took over %.0f s; see the fault events",
     "undoing injected faults failed: %s",
+)
+# Workers are asked to leave, then killed: each within its bound, all at once.
+EXECUTOR_STOP = StopBound(
+    30.0, "stopping the workers took over %.0f s; left behind", "stopping the workers failed: %s"
 )
 AGENT_STOP = StopBound(
     5.0, "the repair agent took over %.0f s to stop; left behind", "stopping the repair agent failed: %s"

@@ -107,6 +107,7 @@ class FaultDriver:
             proxy = kind(target_host=host, target_port=port, allowed_hosts=self.env.settings.allowed_hosts)
             await proxy.start()
             comp.route_via("127.0.0.1", proxy.port)
+            comp.routed_via = ("127.0.0.1", proxy.port)  # workers route their own clients too
             self.env.proxies[name] = proxy
             log.info(
                 "component %s goes through the fault proxy (%s mode) on 127.0.0.1:%d", name, mode, proxy.port

@@ -52,6 +52,7 @@ def list_nights(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
             func.sum(case((c.verdict == "timeout", 1), else_=0)).label("timeout"),
             func.sum(case((c.verdict == "harness_error", 1), else_=0)).label("harness_error"),
             func.sum(case((c.verdict == "failed_on_fallback", 1), else_=0)).label("failed_on_fallback"),
+            func.sum(case((c.verdict == "crashed", 1), else_=0)).label("crashed"),
         )
         .group_by(c.night_id)
         .subquery()
@@ -85,23 +86,26 @@ def passed_cycles(conn: Connection, night_id: str) -> tuple[int, float | None]:
     return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
 
-def attempts_used(conn: Connection, night_id: str) -> dict[int, tuple[int, int]]:
-    """cycle -> (highest attempt number, attempts that counted toward the retry budget).
+def attempts_used(conn: Connection, night_id: str) -> dict[int, tuple[int, int, int]]:
+    """cycle -> (highest attempt number, attempts that counted toward the retry budget,
+    attempts that crashed their worker).
 
     Interrupted attempts are kept but do not count: the cycle did not fail, the process
-    stopped under it.
+    stopped under it. Crashes have a bound of their own (``attempts.CRASHES_FINAL``).
     """
     a = s.attempts.c
     q = (
         select(
             a.cycle,
             func.max(a.attempt),
-            func.sum(case((a.verdict != "interrupted", 1), else_=0)),
+            # NULL (an attempt still open) counts as neither
+            func.sum(case((a.verdict.not_in(("interrupted", "crashed")), 1), else_=0)),
+            func.sum(case((a.verdict == "crashed", 1), else_=0)),
         )
         .where(a.night_id == night_id)
         .group_by(a.cycle)
     )
-    return {r[0]: (int(r[1]), int(r[2] or 0)) for r in conn.execute(q)}
+    return {r[0]: (int(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in conn.execute(q)}
 
 
 def cycle_steps(conn: Connection, night_id: str, cycle: int, before_attempt: int) -> list[dict[str, Any]]:

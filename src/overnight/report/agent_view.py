@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from ..numbers import iso, spread
@@ -280,21 +281,12 @@ def agent_section(
             counts["restored"] += 1
         if row["repaired_by_us"]:
             counts["repaired"] += 1
-    timeline: dict[str, list[dict[str, Any]]] = {}
-    for name in [c["name"] for c in report.get("components") or []]:
-        if name in unmonitored:
-            continue
-        points = []
-        if name in first_probe:
-            p = first_probe[name]
-            points.append({"ts": p["ts"], "state": "healthy" if p["healthy"] else "unhealthy"})
-        timeline[name] = points
-    for e in events["component_state"]:
-        data = json_field(e["data"]) or {}
-        if e["component"] in timeline and data.get("to"):
-            timeline[e["component"]].append({"ts": e["ts"], "state": data["to"]})
-    for points in timeline.values():
-        points.sort(key=lambda p: p["ts"])
+    timeline = health_timeline(
+        [c["name"] for c in report.get("components") or []],
+        unmonitored,
+        first_probe,
+        events["component_state"],
+    )
     # InfraErrors naming a component the config does not declare (a scenario's own
     # ``InfraError("api", …)``): no probe watched it, no incident or repair could follow,
     # and a later pass of those cycles is a retry's, not a repair's.
@@ -350,3 +342,30 @@ def agent_section(
         "blocked_attempts": blocked,
         "health_timeline": timeline,
     }
+
+
+def health_timeline(
+    names: Iterable[str],
+    unmonitored: Collection[str],
+    first_probe: Mapping[str, Mapping[str, Any]],
+    state_events: Iterable[Mapping[str, Any]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Each monitored component's states over the night, ``{name: [{ts, state}, …]}`` in
+    time order: its first probe's result, then each ``component_state`` change. The
+    report's timeline and the live page's (``overnight serve``) are this one."""
+    timeline: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        if name in unmonitored:
+            continue
+        points = []
+        if name in first_probe:
+            p = first_probe[name]
+            points.append({"ts": p["ts"], "state": "healthy" if p["healthy"] else "unhealthy"})
+        timeline[name] = points
+    for e in state_events:
+        data = json_field(e["data"]) or {}
+        if e["component"] in timeline and data.get("to"):
+            timeline[e["component"]].append({"ts": e["ts"], "state": data["to"]})
+    for points in timeline.values():
+        points.sort(key=lambda p: p["ts"])
+    return timeline

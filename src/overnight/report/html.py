@@ -54,8 +54,9 @@ def render_html(report: dict[str, Any]) -> str:
     other = [
         f
         for f in failures
-        if isinstance(f, dict) and f.get("verdict") not in ("failed", "failed_on_fallback")
+        if isinstance(f, dict) and f.get("verdict") not in ("failed", "failed_on_fallback", "crashed")
     ]
+    crashes = [f for f in failures if isinstance(f, dict) and f.get("verdict") == "crashed"]
     charts = {
         "cycle_timeline": cycle_timeline_svg(r),
         "health_timeline": health_timeline_svg(r),
@@ -85,6 +86,7 @@ def render_html(report: dict[str, Any]) -> str:
             fallback_failures=[f for f in _l(r.get("fallback_failures")) if isinstance(f, dict)],
             knob_changes=[k for k in _l(r.get("knob_changes")) if isinstance(k, dict)],
             infra_groups=_group_failures(other),
+            crashes=crashes,
             flaky=[f for f in _l(r.get("flaky")) if isinstance(f, dict)],
             input_dependent=[f for f in _l(r.get("input_dependent_steps")) if isinstance(f, dict)],
             settings=_d(r.get("protected_settings")),

@@ -37,7 +37,7 @@ _ILLEGAL_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]
 # never started are listed one by one up to this many; the rest share one testcase.
 MAX_NOT_STARTED = 1000
 
-_ERROR_VERDICTS = ("infra_error", "timeout", "harness_error")
+_ERROR_VERDICTS = ("infra_error", "timeout", "harness_error", "crashed")
 _NOT_FINAL = (None, "interrupted")
 _INDENT = "  "
 

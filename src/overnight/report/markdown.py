@@ -129,6 +129,8 @@ def _summary(w: Any, r: dict[str, Any]) -> None:
     w(f"| {_ICON['timeout']} Timeouts (final) | {t.get('timeout', 0)} |")
     if t.get("harness_error"):
         w(f"| {_ICON['harness_error']} Harness errors | {t['harness_error']} |")
+    if t.get("crashed"):
+        w(f"| {_ICON['crashed']} Crashed (a worker died twice on the same input) | {t['crashed']} |")
     if t.get("failed_on_fallback"):
         n = t["failed_on_fallback"]
         w(f"| {_ICON['failed_on_fallback']} Failed on a fallback (no product verdict) | {n} |")

@@ -14,6 +14,7 @@ _ICON = {
     "timeout": "⏱️",
     "harness_error": "🛠️",
     "failed_on_fallback": "🩹",
+    "crashed": "💥",
 }
 
 

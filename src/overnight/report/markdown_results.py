@@ -94,13 +94,27 @@ def _failures(w: Any, r: dict[str, Any]) -> None:
         w("None: every cycle that ran passed." if r["cycles_run"] else "No cycle finished.")
         w("")
     product = [f for f in r["failures"] if f["verdict"] == "failed"]
-    other = [f for f in r["failures"] if f["verdict"] not in ("failed", "failed_on_fallback")]
+    other = [f for f in r["failures"] if f["verdict"] not in ("failed", "failed_on_fallback", "crashed")]
+    crashes = [f for f in r["failures"] if f["verdict"] == "crashed"]
     on_fallback = r.get("fallback_failures") or []
     if product:
         w(f"### Product failures ({len(product)})")
         w("")
         for f in product:
             _failure(w, f)
+    if crashes:
+        # The scenario's or the product's (a native crash, an OOM kill), not the
+        # infrastructure's: the same input killed its worker twice, each time a fresh one.
+        w(f"### Crashes — a worker died twice on the same input ({len(crashes)})")
+        w("")
+        for f in crashes:
+            _failure(w, f)
+            if f.get("traceback_tail"):
+                w("  ```")
+                for line in str(f["traceback_tail"]).splitlines():
+                    w(f"  {line}")
+                w("  ```")
+                w("")
     if on_fallback:
         # Not product failures: a declared fallback served the final attempt, and no rerun
         # on the primary gave a verdict.

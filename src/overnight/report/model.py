@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, overload
 
-from ..ledger import Ledger, queries
+from ..ledger import Readable, queries
 from ..numbers import duration_stats, iso, noun, plural, rnd
 from ..verdicts import CYCLE_VERDICTS
 
@@ -41,7 +41,7 @@ def _knobs_off(text: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
+def build_report(ledger: Readable, night_id: str) -> dict[str, Any]:
     """The one read path: every table of the night read once (and the previous night's
     figures, for the trend), then every section computed from those rows. ``cycles`` is a
     list, one entry per cycle."""
@@ -50,7 +50,7 @@ def build_report(ledger: Ledger, night_id: str) -> dict[str, Any]:
     return report
 
 
-def build_report_lazily(ledger: Ledger, night_id: str) -> dict[str, Any]:
+def build_report_lazily(ledger: Readable, night_id: str) -> dict[str, Any]:
     """``build_report``, with ``cycles`` as a ``CycleEntries``: each cycle's entry is
     built when it is read, from the rows, so a long night's entries are never all in
     memory at once (``write_reports`` streams them into report.json and junit.xml)."""
@@ -552,6 +552,8 @@ def _cycles_verdict(report: dict[str, Any]) -> tuple[str, int]:
         parts.append(plural(t["timeout"], "timeout"))
     if t.get("harness_error"):
         parts.append(plural(t["harness_error"], "harness error"))
+    if t.get("crashed"):
+        parts.append(f"{plural(t['crashed'], 'crash')} (a worker died twice on the same input)")
     if on_fallback_failed:
         parts.append(no_verdict)
     return f"FAILED: {', '.join(parts)} in {plural(run, 'cycle')}{tail}", 1

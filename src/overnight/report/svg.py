@@ -21,6 +21,7 @@ VERDICT_COLORS = {
     "timeout": "#8e44ad",
     "harness_error": "#7f8c8d",
     "failed_on_fallback": "#c0813a",
+    "crashed": "#5b2c6f",
     None: "#d5d8dc",  # not done (pending)
 }
 VERDICT_LABELS = {
@@ -30,6 +31,7 @@ VERDICT_LABELS = {
     "timeout": "timeout",
     "harness_error": "harness error",
     "failed_on_fallback": "failed on a fallback (no product verdict)",
+    "crashed": "crashed (a worker died twice on the same input)",
     None: "not done",
 }
 HEALTH_COLORS = {

@@ -505,7 +505,8 @@ def health_timeline_svg(r: dict[str, Any]) -> Markup:
                 f"injected fault {_fault_name(f)}: {f.get('injected_kind') or 'kind not recorded'} "
                 f"on {comp} at {fmt_when(a, tz)}, "
                 + (f"cleared {fmt_when(b, tz)}" if b is not None else "not cleared")
-                + ("; detected" if f.get("detected") else "; not detected")
+                # (the live page draws faults before they are matched to an incident)
+                + (("; detected" if f.get("detected") else "; not detected") if "detected" in f else "")
             )
             xa = X(a)
             body.append(

@@ -27,10 +27,12 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import json
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -147,6 +149,7 @@ class Sandbox:
         self.control = (
             ControlServer(self.servers, host=host, port=ports.get("control", 0)) if control else None
         )
+        self._chat_urls: dict[tuple[str, str | None, str], str] = {}
 
     def start(self) -> Self:
         try:
@@ -219,6 +222,10 @@ class Sandbox:
         answers in ``style`` (None: the server's default), after the scripted ``replies``
         when given (rules as ``Replies`` takes them): ``{url}/style/NAME/...``
         (``sandbox.styles``)."""
+        key = _chat_key(provider, style, replies)
+        known = self._chat_urls.get(key)
+        if known is not None:  # the same script is registered once
+            return known
         server: GigaChatServer | OpenAIServer = self.gigachat if provider == "gigachat" else self.openai
         name = style
         if replies is not None:
@@ -228,7 +235,23 @@ class Sandbox:
         elif style is not None and style not in STYLES:
             raise ValueError(f"unknown sandbox style {style!r} (known: {', '.join(STYLES)})")
         base = server.base_url
-        return base if name is None else server.url + style_path(name) + base[len(server.url) :]
+        url = base if name is None else server.url + style_path(name) + base[len(server.url) :]
+        self._chat_urls[key] = url
+        return url
+
+    def view(self) -> SandboxView:
+        """What another process needs to talk to this sandbox (a worker of the night):
+        its URLs and keys, and the chat URLs of every style and script asked for so far."""
+        return SandboxView(
+            gigachat_url=self.gigachat_url,
+            gigachat_auth_url=self.gigachat_auth_url,
+            openai_url=self.openai_url,
+            search_url=self.search_url,
+            credentials=self.credentials,
+            api_key=self.api_key,
+            search_key=self.search_key,
+            chat_urls=dict(self._chat_urls),
+        )
 
     @property
     def credentials(self) -> str:
@@ -271,6 +294,40 @@ def _script(replies: Replies | Iterable[Mapping[str, Any]] | None, then: str) ->
     if replies is None or isinstance(replies, Replies):
         return replies
     return Replies(replies, then=then)
+
+
+def _chat_key(provider: str, style: str | None, replies: Any) -> tuple[str, str | None, str]:
+    return (provider, style, json.dumps(replies, sort_keys=True, default=str) if replies is not None else "")
+
+
+@dataclass(frozen=True)
+class SandboxView:
+    """A running sandbox as seen from another process: what ``SandboxEndpoints`` gives,
+    and the chat URLs its components asked for (a worker's components ask for the same)."""
+
+    gigachat_url: str
+    gigachat_auth_url: str
+    openai_url: str
+    search_url: str
+    credentials: str
+    api_key: str
+    search_key: str
+    chat_urls: dict[tuple[str, str | None, str], str]
+
+    def chat_base_url(self, provider: str, style: str | None = None, replies: Any = None) -> str:
+        url = self.chat_urls.get(_chat_key(provider, style, replies))
+        if url is None:
+            raise ValueError(
+                f"the night's sandbox has no {provider} chat API in style {style!r} with these replies: "
+                "a worker uses the styles the night's own components use"
+            )
+        return url
+
+
+def running_sandbox() -> Sandbox | None:
+    """The process-wide sandbox if it was started, else None (never starts it)."""
+    with _shared_lock:
+        return _shared
 
 
 _shared: Sandbox | None = None
