@@ -23,7 +23,7 @@ import logging
 import time
 import traceback
 from array import array
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,9 @@ class RepairAgent:
         self._knob_history: dict[tuple[str, str], list[tuple[float, Any]]] = {}
         self.repairs_done = 0
         self.repairs_verified = 0
+        # (component, strategy, result) -> repair attempts this session, for the metrics
+        # endpoint: the ledger's result, with "done" told apart as verified / not_verified.
+        self.repair_counts: Counter[tuple[str, str, str]] = Counter()
         # Without a probe nothing can be verified, so nothing is monitored or repaired:
         # such components are listed as unmonitored, never shown as healthy.
         self.monitors = {

@@ -135,6 +135,7 @@ class Repairs:
         except BaseException as exc:
             # A stray CancelledError (or SystemExit) from the strategy crashes the monitor,
             # which restarts; the repair's row is closed first, never left half-written.
+            self._count(strategy, "failed")
             with contextlib.suppress(Exception):
                 self.agent.ledger.submit(
                     ops.finish_repair,
@@ -155,22 +156,26 @@ class Repairs:
         if result == "skipped":
             # Nothing was done: no repair to count, to verify or to charge to the budget.
             self._times.pop()
+            self._count(strategy, "skipped")
             log.info("repair %s of %s: skipped, nothing done (%s)", strategy.name, self.comp.name, detail)
             return "skipped"
         incident.repairs += 1
         self.agent.repairs_done += 1
         if result != "done":
+            self._count(strategy, result)
             log.info("repair %s of %s: %s (%s)", strategy.name, self.comp.name, result, detail)
             return "unverified"
         if await self._verify(incident):
             await self.agent.write(ops.verify_repair, repair_id)
             self.agent.repairs_verified += 1
+            self._count(strategy, "verified")
             log.info("repair %s of %s: done, verified healthy (%s)", strategy.name, self.comp.name, detail)
             incident.verified_repair = True
             await self.incidents.close(incident, "repaired", f"{strategy.name}: {detail}")
             self.watch.set_state(MonitorState.HEALTHY, f"verified after {strategy.name}")
             self.watch.open_gate()
             return "verified"
+        self._count(strategy, "not_verified")
         log.info(
             "repair %s of %s: done, not verified: the component is still unhealthy (%s)",
             strategy.name,
@@ -178,6 +183,9 @@ class Repairs:
             detail,
         )
         return "unverified"
+
+    def _count(self, strategy: Strategy, result: str) -> None:
+        self.agent.repair_counts[(self.comp.name, strategy.name, result)] += 1
 
     async def _verify(self, incident: Incident) -> bool:
         for _ in range(self.settings.success_threshold):

@@ -68,6 +68,23 @@ SetOpt = Annotated[
         "(--set expert=false, --set min_length=500, --set 'model=\"GigaChat-Pro\"'); repeatable",
     ),
 ]
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        metavar="PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while the night runs "
+        "(0: any free port, printed)",
+    ),
+]
+MetricsHostOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metrics-host",
+        metavar="HOST",
+        help="address the metrics endpoint listens on \\[default: 127.0.0.1]",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 NightIdArg = Annotated[
     str | None, typer.Argument(help="night id (or a unique prefix); default: the last night")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -43,6 +43,8 @@ from .options import (
     ExecutorOpt,
     LedgerOpt,
     MaxHoursOpt,
+    MetricsHostOpt,
+    MetricsPortOpt,
     NightDirOpt,
     ParallelOpt,
     RayAddressOpt,
@@ -53,6 +55,9 @@ from .options import (
     UntilOpt,
     VerboseOpt,
 )
+
+if TYPE_CHECKING:
+    from ..engine.metrics import MetricsEndpoint
 
 log = logging.getLogger("overnight")
 
@@ -92,6 +97,8 @@ class RunArgs:
     injects: list[str] = field(default_factory=list)
     demo: bool = False
     pytest: str | None = None  # --pytest PATH
+    metrics_port: int | None = None
+    metrics_host: str | None = None
     extra: list[str] = field(default_factory=list)  # positional arguments after the night id
 
     def run_flags(self) -> dict[str, Any]:
@@ -168,6 +175,8 @@ def run(
             "go after --, e.g. --pytest tests/e2e -- -k smoke",
         ),
     ] = None,
+    metrics_port: MetricsPortOpt = None,
+    metrics_host: MetricsHostOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a night of cycles (or continue one with --resume)."""
@@ -192,6 +201,8 @@ def demo(
     seed: SeedOpt = None,
     dry_run: DryRunOpt = False,
     set_: SetOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    metrics_host: MetricsHostOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a 3-cycle night of the reference grant pipeline on embedded defaults: SQLite,
@@ -202,6 +213,7 @@ def demo(
 def run_command(args: RunArgs) -> None:
     # Every flag against the same bounds as its [run] key, before anything is opened.
     run_settings(None, args.run_flags())
+    _check_metrics(args)
     # Without --resume, positional arguments are a pytest suite's (after --), if any.
     positional = [] if args.resume else [a for a in (args.night_id, *args.extra) if a is not None]
     if args.resume and (args.pytest is not None or args.extra):
@@ -237,13 +249,14 @@ def run_command(args: RunArgs) -> None:
     led = Ledger(url)
     try:
         caught_up(led)
-        orch = Orchestrator(plan, led, progress=sink, keep_claim=True)
-        if args.dry_run:
-            say(
-                f"config OK: scenario {plan.scenario}, {plan.cycles} cycles planned; "
-                f"dry run: running {plan.cycles_to_run}"
-            )
-        execute(orch, led)
+        with _metrics(args) as metrics:
+            orch = Orchestrator(plan, led, progress=sink, keep_claim=True, metrics=metrics)
+            if args.dry_run:
+                say(
+                    f"config OK: scenario {plan.scenario}, {plan.cycles} cycles planned; "
+                    f"dry run: running {plan.cycles_to_run}"
+                )
+            execute(orch, led)
     finally:
         led.close()
 
@@ -283,12 +296,46 @@ def resume_night(args: RunArgs, sink: ProgressSink) -> None:
             plan.ray_address = args.ray_address
         bound = (args.max_hours, args.until)
         override = bound if (args.max_hours is not None or args.until is not None) else None
-        orch = Orchestrator(
-            plan, led, progress=sink, resume=night, deadline_override=override, keep_claim=True
-        )
-        execute(orch, led)
+        with _metrics(args) as metrics:
+            orch = Orchestrator(
+                plan,
+                led,
+                progress=sink,
+                resume=night,
+                deadline_override=override,
+                keep_claim=True,
+                metrics=metrics,
+            )
+            execute(orch, led)
     finally:
         led.close()
+
+
+def _check_metrics(args: RunArgs) -> None:
+    if args.metrics_port is None:
+        if args.metrics_host is not None:
+            raise UsageError("--metrics-host: only with --metrics-port")
+    elif not 0 <= args.metrics_port <= 65535:
+        raise UsageError(
+            f"--metrics-port: expected a port from 0 to 65535 (0: any free one), got {args.metrics_port}"
+        )
+
+
+@contextlib.contextmanager
+def _metrics(args: RunArgs) -> Iterator[MetricsEndpoint | None]:
+    """The night's /metrics, listening before the night starts (a port in use is a usage
+    error, said now); the night closes it as it ends, and so does leaving this block."""
+    if args.metrics_port is None:
+        yield None
+        return
+    from ..engine.metrics import DEFAULT_HOST, MetricsEndpoint
+
+    endpoint = MetricsEndpoint(args.metrics_host or DEFAULT_HOST, args.metrics_port)
+    say(f"overnight: metrics at {endpoint.url}")
+    try:
+        yield endpoint
+    finally:
+        endpoint.close()
 
 
 def _scenario_here(args: RunArgs) -> str:

@@ -52,13 +52,22 @@ from .plan import Plan, compute_deadline, new_night_id
 from .progress import LogProgress, ProgressSink
 from .pytest_suite import PytestSuite, pytest_path, suite_files
 from .resume import reopen
-from .services import AGENT_STOP, EXECUTOR_STOP, EXPORT_STOP, FAULTS_STOP, NightService, stop_within
+from .services import (
+    AGENT_STOP,
+    EXECUTOR_STOP,
+    EXPORT_STOP,
+    FAULTS_STOP,
+    METRICS_STOP,
+    NightService,
+    stop_within,
+)
 from .stopping import Stopping
 from .workers import WorkerStartFailed, check_executor, check_worker_components, worker_pool
 
 if TYPE_CHECKING:
     from ..agent import RepairAgent
     from ..faults.driver import FaultDriver
+    from .metrics import MetricsEndpoint
 
 log = logging.getLogger("overnight")
 
@@ -92,6 +101,7 @@ class Orchestrator:
         clock: Callable[[], float] = time.time,
         handle_signals: bool = True,
         keep_claim: bool = False,
+        metrics: MetricsEndpoint | None = None,
     ) -> None:
         self.plan = plan
         self.ledger = ledger
@@ -147,6 +157,9 @@ class Orchestrator:
         self.setup_error: str | None = None
         self.agent: RepairAgent | None = None
         self.started_at = 0.0
+        # /metrics, already listening (bound by the caller, so a port in use is said before
+        # the night starts); closed when run() returns, whatever ended the night.
+        self.metrics = metrics
 
     # -- the night --------------------------------------------------------------------
 
@@ -166,6 +179,8 @@ class Orchestrator:
             return await self._run_owned(loop)
         finally:
             self.stopping.remove_signals(loop)
+            if self.metrics is not None:
+                await stop_within(self.metrics, self.stopping.reason or "the night ended", METRICS_STOP)
 
     async def _run_owned(self, loop: asyncio.AbstractEventLoop) -> NightOutcome:
         # Own the night before touching it: a second process is refused here, naming us.
@@ -213,6 +228,7 @@ class Orchestrator:
             await self.faults.prepare()
         await connect_components(self.components, self.journal)
         await self._start_agent()
+        await self._start_metrics()
         if self.export is not None:
             await self.export.start(self.started_at, bool(self.resume))
         if not await self._run_setup():
@@ -503,6 +519,24 @@ class Orchestrator:
             shortcuts=self.shortcuts,
         )
         await self.agent.start(self.started_at, bool(self.resume))
+
+    async def _start_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        from .metrics import NightView
+
+        view = NightView(
+            self.night_id,
+            self.plan.cycles_to_run,
+            self.gate,
+            self.progress,
+            tuple(self.components),
+            self.agent,
+            self.ledger,
+            self.clock,
+        )
+        self.metrics.watch(view)
+        await self.metrics.start(self.started_at, bool(self.resume))
 
     async def _stop_services(self) -> None:
         """Stop every service, each within its bound. The agent and the export are

@@ -73,3 +73,8 @@ AGENT_STOP = StopBound(
 EXPORT_STOP = StopBound(
     70.0, "the trace export took over %.0f s to stop; left behind", "stopping the trace export failed: %s"
 )
+METRICS_STOP = StopBound(
+    5.0,
+    "closing the metrics endpoint took over %.0f s; its port may stay open until exit",
+    "closing the metrics endpoint failed: %s",
+)

@@ -75,6 +75,17 @@ def done_cycles(conn: Connection, night_id: str) -> set[int]:
     }
 
 
+def passed_cycles(conn: Connection, night_id: str) -> tuple[int, float | None]:
+    """How many of the night's cycles passed, and when the last of them ended (its clock;
+    None if none passed)."""
+    c = s.cycles.c
+    q = select(func.count(), func.max(c.ended_at)).where(
+        c.night_id == night_id, c.status == "done", c.verdict == "passed"
+    )
+    row = conn.execute(q).one()
+    return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+
 def attempts_used(conn: Connection, night_id: str) -> dict[int, tuple[int, int, int]]:
     """cycle -> (highest attempt number, attempts that counted toward the retry budget,
     attempts that crashed their worker).
