@@ -211,7 +211,9 @@ class WorkerSlot:
     # -- an attempt ------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        return self.conn is not None and self.launched is not None and self.launched.alive()
+        # A worker's death closes its connection (``_gone``): no question to the
+        # launcher per attempt (for Ray, a round trip to the cluster).
+        return self.conn is not None and self.launched is not None
 
     async def ready(self) -> None:
         try:
