@@ -12,8 +12,8 @@ import math
 import operator
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, overload
 
 from ..ledger import Ledger, queries
 from ..numbers import duration_stats, iso, noun, plural, rnd
@@ -195,11 +195,81 @@ def _iso_by_second() -> Callable[[float | None], str | None]:
     return text
 
 
+class StepEntry(NamedTuple):
+    """A step of an attempt's entry: ``{"name", "outcome", "duration_s"}`` in report.json."""
+
+    name: str
+    outcome: str
+    duration_s: float | None
+
+
+class AttemptEntry(NamedTuple):
+    """An attempt of a cycle's entry, its fields in report.json's order. Its values may be
+    shared with other entries (an empty ``knobs_off``, ``artifacts``): ``as_dict`` copies."""
+
+    attempt: int
+    session: int
+    verdict: str | None
+    started_at: str | None
+    ended_at: str | None
+    duration_s: float | None
+    step: str | None
+    error_type: str | None
+    error_message: str | None
+    fault_component: str | None
+    fault_kind: str | None
+    fallback: bool
+    knobs_off: Mapping[str, Any]
+    artifacts: Sequence[str]
+    steps: Sequence[StepEntry]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self._asdict()
+        d["knobs_off"] = dict(self.knobs_off)
+        d["artifacts"] = list(self.artifacts)
+        d["steps"] = [st._asdict() for st in self.steps]
+        return d
+
+
+class CycleEntry(NamedTuple):
+    """A cycle's entry in ``report["cycles"]`` (``as_dict``: the dict report.json holds,
+    its keys in this order): what the report says of a cycle, computed once from its rows
+    for report.json, junit.xml and the dict alike."""
+
+    cycle: int
+    status: str
+    verdict: str | None
+    input_seed: str
+    started_at: str | None
+    ended_at: str | None
+    started_ts: float | None
+    ended_ts: float | None
+    duration_s: float | None
+    fallback: bool
+    knobs_off: Mapping[str, Any]
+    artifacts_dir: str | None
+    attempts: Sequence[AttemptEntry]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self._asdict()
+        d["knobs_off"] = dict(self.knobs_off)
+        d["attempts"] = [a.as_dict() for a in self.attempts]
+        return d
+
+
+# A row's values as one of the entry types, without the Python-level ``__new__`` of a
+# named tuple (two or three hundred thousand of them in a long night's report).
+_make = tuple.__new__
+_NO_KNOBS: Mapping[str, Any] = {}
+_NOTHING: Sequence[Any] = ()
+
+
 class CycleEntries(Sequence[dict[str, Any]]):
     """``report["cycles"]``: one entry per cycle that started, in cycle order, built from
     the night's rows each time it is iterated (so report.json and junit.xml can stream a
-    long night's entries instead of holding them all). Indexing or comparing builds the
-    whole list once and keeps it."""
+    long night's entries instead of holding them all): ``typed`` gives each as a
+    ``CycleEntry``, iterating as its dict. Indexing or comparing builds the whole list of
+    dicts once and keeps it."""
 
     def __init__(self, rows: queries.NightRows) -> None:
         self._rows = rows
@@ -208,16 +278,18 @@ class CycleEntries(Sequence[dict[str, Any]]):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._list is not None:
-            yield from self._list
-            return
+            return iter(self._list)
+        return map(CycleEntry.as_dict, self.typed())
+
+    def typed(self) -> Iterator[CycleEntry]:
+        """Each cycle's entry, built from its rows."""
         # The hot path of a long night's report: written out, no call per value it can avoid.
         rows, iso_ = self._rows, self._iso
         steps, s, ns = rows.steps, 0, len(rows.steps)
         arts = _Runs(rows.artifacts, _attempt_key) if rows.artifacts else None
         for c, atts in with_attempts(rows.cycles, rows.attempts):
             number = c["cycle"]
-            entry = self._fields(c, atts)
-            attempts = entry["attempts"] = []
+            attempts = []
             for a in atts:
                 n = a["attempt"]
                 while s < ns and (
@@ -230,33 +302,52 @@ class CycleEntries(Sequence[dict[str, Any]]):
                     s += 1
                     d = st.duration_s
                     its_steps.append(
-                        {
-                            "name": st.name,
-                            "outcome": st.outcome,
-                            "duration_s": None if d is None else round(d, 4),
-                        }
+                        _make(StepEntry, (st.name, st.outcome, None if d is None else round(d, 4)))
                     )
                 d = a["duration_s"]
+                knobs = a["knobs_off"]
                 attempts.append(
-                    {
-                        "attempt": n,
-                        "session": a["session"],
-                        "verdict": a["verdict"],
-                        "started_at": iso_(a["started_at"]),
-                        "ended_at": iso_(a["ended_at"]),
-                        "duration_s": None if d is None else round(d, 4),
-                        "step": a["step"],
-                        "error_type": a["error_type"],
-                        "error_message": a["error_message"],
-                        "fault_component": a["fault_component"],
-                        "fault_kind": a["fault_kind"],
-                        "fallback": bool(a.get("fallback")),
-                        "knobs_off": _knobs_off(a.get("knobs_off")),
-                        "artifacts": [art["name"] for art in arts.take((number, n))] if arts else [],
-                        "steps": its_steps,
-                    }
+                    _make(
+                        AttemptEntry,
+                        (
+                            n,
+                            a["session"],
+                            a["verdict"],
+                            iso_(a["started_at"]),
+                            iso_(a["ended_at"]),
+                            None if d is None else round(d, 4),
+                            a["step"],
+                            a["error_type"],
+                            a["error_message"],
+                            a["fault_component"],
+                            a["fault_kind"],
+                            bool(a["fallback"]),
+                            _knobs_off(knobs) if knobs else _NO_KNOBS,
+                            [art["name"] for art in arts.take((number, n))] if arts else _NOTHING,
+                            its_steps,
+                        ),
+                    )
                 )
-            yield entry
+            d = c["duration_s"]
+            knobs = c["knobs_off"]
+            yield _make(
+                CycleEntry,
+                (
+                    number,
+                    c["status"],
+                    c["verdict"] if c["status"] == "done" else None,
+                    c["input_seed"],
+                    iso_(c["started_at"]),
+                    iso_(c["ended_at"]),
+                    c["started_at"],
+                    c["ended_at"],
+                    None if d is None else round(d, 4),
+                    bool(c["fallback"]),
+                    _knobs_off(knobs) if knobs else _NO_KNOBS,
+                    _artifacts_dir(number, _final(atts)),
+                    attempts,
+                ),
+            )
 
     def spans(self) -> list[tuple[float, float | None, int, str | None, bool, int]]:
         """Of each cycle what the sliced cycle timeline draws, as its entry has it: start
@@ -274,25 +365,6 @@ class CycleEntries(Sequence[dict[str, Any]]):
             verdict = c["verdict"] if c["status"] == "done" else None
             append((start, end, c["cycle"], verdict, bool(c["fallback"]), len(atts)))
         return out
-
-    def _fields(self, c: dict[str, Any], atts: list[dict[str, Any]]) -> dict[str, Any]:
-        """A cycle's entry up to its attempts."""
-        iso_ = self._iso
-        d = c["duration_s"]
-        return {
-            "cycle": c["cycle"],
-            "status": c["status"],
-            "verdict": c["verdict"] if c["status"] == "done" else None,
-            "input_seed": c["input_seed"],
-            "started_at": iso_(c["started_at"]),
-            "ended_at": iso_(c["ended_at"]),
-            "started_ts": c["started_at"],
-            "ended_ts": c["ended_at"],
-            "duration_s": None if d is None else round(d, 4),
-            "fallback": bool(c["fallback"]),
-            "knobs_off": _knobs_off(c.get("knobs_off")),
-            "artifacts_dir": _artifacts_dir(c["cycle"], _final(atts)),
-        }
 
     def __len__(self) -> int:
         return len(self._rows.cycles)
