@@ -105,11 +105,11 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
             repairs[r["incident_id"]].append(r)
     attempts = rows.attempts
     verified = rows.verified_repairs
-    final = {c["cycle"]: (c["verdict"], c["status"]) for c in rows.cycles}
-    last_attempt: dict[int, dict[str, Any]] = {}
+    final = {c.cycle: (c.verdict, c.status) for c in rows.cycles}
+    last_attempt: dict[int, queries.AttemptRow] = {}
     for a in attempts:
-        if a["cycle"] not in last_attempt or a["attempt"] > last_attempt[a["cycle"]]["attempt"]:
-            last_attempt[a["cycle"]] = a
+        if a.cycle not in last_attempt or a.attempt > last_attempt[a.cycle].attempt:
+            last_attempt[a.cycle] = a
     night = rows.night
     night_end = night.get("ended_at")
 
@@ -191,7 +191,7 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
     for i, row in enumerate(injections):
         until = _until(row)
         hit = hits[i]
-        verdicts: dict[str, int] = defaultdict(int)
+        verdicts: dict[str | None, int] = defaultdict(int)
         for c in hit:
             verdict, status = final.get(c, (None, None))
             verdicts[verdict if status == "done" else "unfinished"] += 1
@@ -201,8 +201,8 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
             c
             for c, a in last_attempt.items()
             if final.get(c, (None, None))[0] == "failed"
-            and a["started_at"] <= until
-            and (a["ended_at"] or 0) >= row["injected_at"]
+            and a.started_at <= until
+            and (a.ended_at or 0) >= row["injected_at"]
         )
         row.update(
             cycles_hit=hit,
@@ -226,7 +226,7 @@ def _until(row: dict[str, Any]) -> float:
 
 
 def _cycles_hit(
-    injections: list[dict[str, Any]], attempts: list[dict[str, Any]], faults_met: list[dict[str, Any]]
+    injections: list[dict[str, Any]], attempts: list[queries.AttemptRow], faults_met: list[dict[str, Any]]
 ) -> list[list[int]]:
     """The cycles each fault hit, by attempt: an attempt that ended in an infra error (or a
     timeout) on a component is credited to the fault on that component that was on when
@@ -242,10 +242,10 @@ def _cycles_hit(
         met_at.setdefault((ev["cycle"], ev["attempt"], ev["component"]), ev["ts"])
     hits: list[set[int]] = [set() for _ in injections]
     for a in attempts:
-        component = a["fault_component"]
-        if not component or a["verdict"] not in _INFRA:
+        component = a.fault_component
+        if not component or a.verdict not in _INFRA:
             continue
-        met = met_at.get((a["cycle"], a["attempt"], component), a["ended_at"] or a["started_at"])
+        met = met_at.get((a.cycle, a.attempt, component), a.ended_at or a.started_at)
         on = [
             i
             for i, row in enumerate(injections)
@@ -253,12 +253,10 @@ def _cycles_hit(
             and row["injected_at"] - 0.001 <= met <= _until(row) + 1.0  # (the old grace for a late record)
         ]
         same_kind = [
-            i
-            for i in on
-            if a["fault_kind"] in (injections[i]["injected_kind"], injections[i]["diagnosed_kind"])
+            i for i in on if a.fault_kind in (injections[i]["injected_kind"], injections[i]["diagnosed_kind"])
         ]
         if on:
-            hits[max(same_kind or on, key=lambda i: injections[i]["injected_at"])].add(a["cycle"])
+            hits[max(same_kind or on, key=lambda i: injections[i]["injected_at"])].add(a.cycle)
     return [sorted(h) for h in hits]
 
 

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from ..ledger.queries import StepRow
+from ..ledger.queries import AttemptRow, CycleRow, StepRow
 from ..numbers import wilson
 
 # Outcomes that say something about the product on that input. Infra errors are the
@@ -23,19 +23,19 @@ _OUTCOMES = ("passed", "failed", "timeout")
 MAX_INPUTS = 20
 
 
-def input_dependent_steps(steps: list[StepRow], cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def input_dependent_steps(steps: list[StepRow], cycles: list[CycleRow]) -> list[dict[str, Any]]:
     """Steps whose outcome (passed / failed) differs between cycles, on their final
     attempts, with the inputs they failed on."""
-    final = {c["cycle"]: c for c in cycles if c["status"] == "done"}
+    final = {c.cycle: c for c in cycles if c.status == "done"}
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     failed_on: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for st in steps:
         cycle = final.get(st.cycle)
-        if cycle is None or cycle["attempts"] != st.attempt or st.outcome not in ("passed", "failed"):
+        if cycle is None or cycle.attempts != st.attempt or st.outcome not in ("passed", "failed"):
             continue
         counts[st.name][st.outcome] += 1
         if st.outcome == "failed":
-            failed_on[st.name].append({"cycle": st.cycle, "input_seed": cycle["input_seed"]})
+            failed_on[st.name].append({"cycle": st.cycle, "input_seed": cycle.input_seed})
     out = []
     for name, c in counts.items():
         if c["passed"] and c["failed"]:
@@ -54,38 +54,38 @@ def input_dependent_steps(steps: list[StepRow], cycles: list[dict[str, Any]]) ->
     return sorted(out, key=lambda r: (r["pass_rate"], r["step"]))
 
 
-def differs_from(cycles: list[dict[str, Any]]) -> Callable[[dict[str, Any]], bool]:
+def differs_from(cycles: list[CycleRow]) -> Callable[[dict[str, Any]], bool]:
     """Whether an earlier night's finished cycle gave a different outcome than this night
     on the same input: the only rows of ``same_inputs`` that ``flaky_inputs`` uses."""
-    final: dict[str, dict[str, Any]] | None = None  # built at the first earlier cycle, if any
+    final: dict[str, CycleRow] | None = None  # built at the first earlier cycle, if any
 
     def differs(h: dict[str, Any]) -> bool:
         nonlocal final
         if final is None:
             final = _final_by_seed(cycles)
         ours = final.get(h["input_seed"])
-        return ours is not None and h["verdict"] in _OUTCOMES and h["verdict"] != ours["verdict"]
+        return ours is not None and h["verdict"] in _OUTCOMES and h["verdict"] != ours.verdict
 
     return differs
 
 
-def _final_by_seed(cycles: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _final_by_seed(cycles: list[CycleRow]) -> dict[str, CycleRow]:
     """This night's finished cycles with an outcome, by input seed."""
-    return {c["input_seed"]: c for c in cycles if c["status"] == "done" and c["verdict"] in _OUTCOMES}
+    return {c.input_seed: c for c in cycles if c.status == "done" and c.verdict in _OUTCOMES}
 
 
 def flaky_inputs(
-    cycles: list[dict[str, Any]], attempts: list[dict[str, Any]], history: list[dict[str, Any]], night_id: str
+    cycles: list[CycleRow], attempts: list[AttemptRow], history: list[dict[str, Any]], night_id: str
 ) -> list[dict[str, Any]]:
     """Inputs that gave different outcomes: within this night (attempts of one cycle) or
     across nights (the same input seed, the same protected settings). Each with the
     attempts or nights that disagree."""
     # The attempts with an outcome of each cycle that has two or more of them.
-    first: dict[int, dict[str, Any]] = {}
-    by_cycle: dict[int, list[dict[str, Any]]] = {}
+    first: dict[int, AttemptRow] = {}
+    by_cycle: dict[int, list[AttemptRow]] = {}
     for a in attempts:
-        if a["verdict"] in _OUTCOMES and not a.get("fallback"):
-            n = a["cycle"]
+        if a.verdict in _OUTCOMES and not a.fallback:
+            n = a.cycle
             if n in by_cycle:
                 by_cycle[n].append(a)
             elif n in first:
@@ -93,14 +93,14 @@ def flaky_inputs(
             else:
                 first[n] = a
     del first
-    seeds = {c["cycle"]: c["input_seed"] for c in cycles if c["cycle"] in by_cycle}
+    seeds = {c.cycle: c.input_seed for c in cycles if c.cycle in by_cycle}
     found: dict[str, dict[str, Any]] = {}
 
     def entry(seed: str, cycle: int) -> dict[str, Any]:
         return found.setdefault(seed, {"input_seed": seed, "cycle": cycle, "outcomes": [], "evidence": []})
 
     for cycle, atts in sorted(by_cycle.items()):
-        outcomes = {a["verdict"] for a in atts}
+        outcomes = {a.verdict for a in atts}
         if len(outcomes) > 1:
             row = entry(seeds[cycle], cycle)
             for a in atts:
@@ -108,24 +108,24 @@ def flaky_inputs(
                     {
                         "night_id": night_id,
                         "cycle": cycle,
-                        "attempt": a["attempt"],
-                        "verdict": a["verdict"],
-                        "step": a["step"],
+                        "attempt": a.attempt,
+                        "verdict": a.verdict,
+                        "step": a.step,
                     }
                 )
     final = _final_by_seed(cycles) if history else {}
     for h in history:
         ours = final.get(h["input_seed"])
-        if ours is None or h["verdict"] not in _OUTCOMES or h["verdict"] == ours["verdict"]:
+        if ours is None or h["verdict"] not in _OUTCOMES or h["verdict"] == ours.verdict:
             continue
-        row = entry(h["input_seed"], ours["cycle"])
+        row = entry(h["input_seed"], ours.cycle)
         if not any(e["night_id"] == night_id and e.get("attempt") is None for e in row["evidence"]):
             row["evidence"].append(
                 {
                     "night_id": night_id,
-                    "cycle": ours["cycle"],
+                    "cycle": ours.cycle,
                     "attempt": None,
-                    "verdict": ours["verdict"],
+                    "verdict": ours.verdict,
                     "step": None,
                 }
             )

@@ -147,31 +147,31 @@ _attempt_key = operator.itemgetter("cycle", "attempt")
 
 
 def with_attempts(
-    cycles: list[dict[str, Any]], attempts: list[dict[str, Any]]
-) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    cycles: list[queries.CycleRow], attempts: list[queries.AttemptRow]
+) -> Iterator[tuple[queries.CycleRow, list[queries.AttemptRow]]]:
     """Each cycle row with its attempt rows (both in cycle order, as read_night reads them)."""
     i, n = 0, len(attempts)
     for c in cycles:
-        number = c["cycle"]
-        while i < n and attempts[i]["cycle"] < number:
+        number = c.cycle
+        while i < n and attempts[i].cycle < number:
             i += 1  # (an attempt of no cycle row: passed over)
         first = i
-        while i < n and attempts[i]["cycle"] == number:
+        while i < n and attempts[i].cycle == number:
             i += 1
         yield c, attempts[first:i]
 
 
-def _final(atts: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _final(atts: list[queries.AttemptRow]) -> queries.AttemptRow | None:
     """The attempt that gave the cycle its verdict: the last that ended, not interrupted."""
-    return next((a for a in reversed(atts) if a["verdict"] not in _NOT_FINAL), None)
+    return next((a for a in reversed(atts) if a.verdict not in _NOT_FINAL), None)
 
 
-def _artifacts_dir(cycle: int, final: dict[str, Any] | None) -> str | None:
+def _artifacts_dir(cycle: int, final: queries.AttemptRow | None) -> str | None:
     """The final attempt's folder, relative to the night's."""
     if final is None:
         return None
     folder = f"cycles{os.sep}{cycle:03d}"
-    return folder if final["attempt"] == 1 else f"{folder}{os.sep}attempt-{final['attempt']}"
+    return folder if final.attempt == 1 else f"{folder}{os.sep}attempt-{final.attempt}"
 
 
 def _iso_by_second() -> Callable[[float | None], str | None]:
@@ -288,10 +288,10 @@ class CycleEntries(Sequence[dict[str, Any]]):
         steps, s, ns = rows.steps, 0, len(rows.steps)
         arts = _Runs(rows.artifacts, _attempt_key) if rows.artifacts else None
         for c, atts in with_attempts(rows.cycles, rows.attempts):
-            number = c["cycle"]
+            number = c.cycle
             attempts = []
             for a in atts:
-                n = a["attempt"]
+                n = a.attempt
                 while s < ns and (
                     steps[s].cycle < number or (steps[s].cycle == number and steps[s].attempt < n)
                 ):
@@ -304,45 +304,45 @@ class CycleEntries(Sequence[dict[str, Any]]):
                     its_steps.append(
                         _make(StepEntry, (st.name, st.outcome, None if d is None else round(d, 4)))
                     )
-                d = a["duration_s"]
-                knobs = a["knobs_off"]
+                d = a.duration_s
+                knobs = a.knobs_off
                 attempts.append(
                     _make(
                         AttemptEntry,
                         (
                             n,
-                            a["session"],
-                            a["verdict"],
-                            iso_(a["started_at"]),
-                            iso_(a["ended_at"]),
+                            a.session,
+                            a.verdict,
+                            iso_(a.started_at),
+                            iso_(a.ended_at),
                             None if d is None else round(d, 4),
-                            a["step"],
-                            a["error_type"],
-                            a["error_message"],
-                            a["fault_component"],
-                            a["fault_kind"],
-                            bool(a["fallback"]),
+                            a.step,
+                            a.error_type,
+                            a.error_message,
+                            a.fault_component,
+                            a.fault_kind,
+                            bool(a.fallback),
                             _knobs_off(knobs) if knobs else _NO_KNOBS,
                             [art["name"] for art in arts.take((number, n))] if arts else _NOTHING,
                             its_steps,
                         ),
                     )
                 )
-            d = c["duration_s"]
-            knobs = c["knobs_off"]
+            d = c.duration_s
+            knobs = c.knobs_off
             yield _make(
                 CycleEntry,
                 (
                     number,
-                    c["status"],
-                    c["verdict"] if c["status"] == "done" else None,
-                    c["input_seed"],
-                    iso_(c["started_at"]),
-                    iso_(c["ended_at"]),
-                    c["started_at"],
-                    c["ended_at"],
+                    c.status,
+                    c.verdict if c.status == "done" else None,
+                    c.input_seed,
+                    iso_(c.started_at),
+                    iso_(c.ended_at),
+                    c.started_at,
+                    c.ended_at,
                     None if d is None else round(d, 4),
-                    bool(c["fallback"]),
+                    bool(c.fallback),
                     _knobs_off(knobs) if knobs else _NO_KNOBS,
                     _artifacts_dir(number, _final(atts)),
                     attempts,
@@ -357,13 +357,13 @@ class CycleEntries(Sequence[dict[str, Any]]):
         out: list[tuple[float, float | None, int, str | None, bool, int]] = []
         append = out.append
         for c, atts in with_attempts(self._rows.cycles, self._rows.attempts):
-            start, end, d = c["started_at"], c["ended_at"], c["duration_s"]
+            start, end, d = c.started_at, c.ended_at, c.duration_s
             if start is None:
                 continue
             if end is None and d is not None:
                 end = start + round(d, 4)
-            verdict = c["verdict"] if c["status"] == "done" else None
-            append((start, end, c["cycle"], verdict, bool(c["fallback"]), len(atts)))
+            verdict = c.verdict if c.status == "done" else None
+            append((start, end, c.cycle, verdict, bool(c.fallback), len(atts)))
         return out
 
     def __len__(self) -> int:
@@ -372,7 +372,7 @@ class CycleEntries(Sequence[dict[str, Any]]):
     @property
     def largest_cycle(self) -> int:
         """The largest cycle number (0 for none)."""
-        return max((c["cycle"] for c in self._rows.cycles), default=0)
+        return max((c.cycle for c in self._rows.cycles), default=0)
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -421,40 +421,40 @@ def cycle_totals(done: Iterable[tuple[Any, float | None]]) -> dict[str, Any]:
 
 def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = None) -> dict[str, Any]:
     night, sessions, attempts = rows.night, rows.sessions, rows.attempts
-    counts = cycle_totals((c["verdict"], c["duration_s"]) for c in rows.cycles if c["status"] == "done")
+    counts = cycle_totals((c.verdict, c.duration_s) for c in rows.cycles if c.status == "done")
     failures = []
     retried = passed_with_fallback = passed_with_knobs_off = 0
     # Cycles that met an infra error and still got their final verdict on a later attempt,
     # whichever verdict that was: a count of retries, not of repairs (none may have run).
     infra_retried = []
     for c, atts in with_attempts(rows.cycles, attempts):
-        done = c["status"] == "done"
-        if sum(1 for a in atts if a["verdict"] != "interrupted") > 1:
+        done = c.status == "done"
+        if sum(1 for a in atts if a.verdict != "interrupted") > 1:
             retried += 1
         if not done:
             continue
-        verdict = c["verdict"]
+        verdict = c.verdict
         if verdict == "passed":
-            passed_with_fallback += bool(c["fallback"])
-            passed_with_knobs_off += bool(_knobs_off(c.get("knobs_off")))
-        met = [a for a in atts[:-1] if a["verdict"] == "infra_error"]
+            passed_with_fallback += bool(c.fallback)
+            passed_with_knobs_off += bool(_knobs_off(c.knobs_off))
+        met = [a for a in atts[:-1] if a.verdict == "infra_error"]
         if verdict != "infra_error" and met:
-            faults = sorted({f"{a['fault_component']}/{a['fault_kind']}" for a in met})
-            infra_retried.append({"cycle": c["cycle"], "verdict": verdict, "faults": faults})
+            faults = sorted({f"{a.fault_component}/{a.fault_kind}" for a in met})
+            infra_retried.append({"cycle": c.cycle, "verdict": verdict, "faults": faults})
         final = _final(atts) if verdict != "passed" else None
         if final is not None:
             failures.append(
                 {
-                    "cycle": c["cycle"],
+                    "cycle": c.cycle,
                     "verdict": verdict,
-                    "step": final["step"],
-                    "error_type": final["error_type"],
-                    "error_message": final["error_message"],
-                    "fault_component": final["fault_component"],
-                    "fault_kind": final["fault_kind"],
-                    "attempts": sum(1 for a in atts if a["verdict"] != "interrupted"),
-                    "artifacts_dir": _artifacts_dir(c["cycle"], final),
-                    "traceback_tail": _tail(final["traceback"]),
+                    "step": final.step,
+                    "error_type": final.error_type,
+                    "error_message": final.error_message,
+                    "fault_component": final.fault_component,
+                    "fault_kind": final.fault_kind,
+                    "attempts": sum(1 for a in atts if a.verdict != "interrupted"),
+                    "artifacts_dir": _artifacts_dir(c.cycle, final),
+                    "traceback_tail": _tail(final.traceback),
                 }
             )
 
@@ -466,7 +466,7 @@ def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = Non
             step_durations[st.name].append(st.duration_s)
         step_outcomes[st.name][st.outcome] += 1
 
-    interrupted_attempts = sum(1 for a in attempts if a["verdict"] == "interrupted")
+    interrupted_attempts = sum(1 for a in attempts if a.verdict == "interrupted")
     wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None
     busy = sum((s["ended_at"] - s["started_at"]) for s in sessions if s["ended_at"] is not None)
     fp_start, fp_end = night["protected_fingerprint"], night["protected_fingerprint_end"]

@@ -95,7 +95,7 @@ def component_use(rows: queries.NightRows, declared: list[str]) -> dict[str, Any
     by_step: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     known = False
     for a in rows.attempts:
-        raw = a.get("calls")
+        raw = a.calls
         if raw is None:
             continue
         known = True

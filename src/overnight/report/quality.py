@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from itertools import chain
 from typing import Any
 
-from ..ledger.queries import CallEvent
+from ..ledger.queries import CallEvent, CycleRow
 from ..numbers import rnd as _round
 from ..numbers import value_stats
 from .settings import json_field
@@ -23,8 +23,8 @@ BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.
 # -- quality, metrics, flaky steps --------------------------------------------------------------
 
 
-def final_attempts(cycles: list[dict[str, Any]]) -> dict[int, int]:
-    return {c["cycle"]: c["attempts"] for c in cycles if c["status"] == "done"}
+def final_attempts(cycles: list[CycleRow]) -> dict[int, int]:
+    return {c.cycle: c.attempts for c in cycles if c.status == "done"}
 
 
 def quality_section(
