@@ -187,6 +187,7 @@ def _property(name: str, value: Any) -> str:
 
 
 _PROPERTY_GAP = "\n" + _INDENT * 4
+_CASE_GAP = "\n" + _INDENT * 2
 # Testcases written to the spool at a time.
 _BATCH = 512
 
@@ -412,8 +413,10 @@ class JunitWriter:
         self._pending: list[str] = []
 
     def _write(self, testcase: str) -> None:
-        self._pending.append("\n" + _INDENT * 2 + testcase)
-        if len(self._pending) >= _BATCH:
+        pending = self._pending
+        pending.append(_CASE_GAP)
+        pending.append(testcase)
+        if len(pending) >= _BATCH:
             self._flush()
 
     def _flush(self) -> None:
@@ -444,19 +447,26 @@ class JunitWriter:
     def add(self, cycle: dict[str, Any] | CycleEntry) -> None:
         """The testcase of a cycle that started (after the planned ones before it that did not)."""
         if isinstance(cycle, CycleEntry):
-            self._never_started(cycle.cycle)
+            self._reached(cycle.cycle)
             text = self._passed_at_once(cycle)
             if text is not None:
                 self.counts["passed"] += 1
                 self._write(text)
                 return
             cycle = cycle.as_dict()
-        self._never_started(cycle.get("cycle") or 0)
+        else:
+            self._reached(cycle.get("cycle") or 0)
         text, result = _testcase(
             self.report, cycle, self.width, self.failure_tb, self.attr_classname, self.memo
         )
         self.counts[result] += 1
         self._write(text)
+
+    def _reached(self, number: int) -> None:
+        if number == self.gap_from:
+            self.gap_from += 1  # (the next one: no cycle left out before it)
+        else:
+            self._never_started(number)
 
     def _passed_at_once(self, cycle: CycleEntry) -> str | None:
         """The testcase of a cycle that passed on its one attempt (most of a long night's):

@@ -330,6 +330,8 @@ class CycleEntries(Sequence[dict[str, Any]]):
                 )
             d = c.duration_s
             knobs = c.knobs_off
+            last = atts[-1] if atts else None  # (the final attempt, but after an interruption)
+            final = last if last is not None and last.verdict not in _NOT_FINAL else _final(atts)
             yield _make(
                 CycleEntry,
                 (
@@ -344,7 +346,7 @@ class CycleEntries(Sequence[dict[str, Any]]):
                     None if d is None else round(d, 4),
                     bool(c.fallback),
                     _knobs_off(knobs) if knobs else _NO_KNOBS,
-                    _artifacts_dir(number, _final(atts)),
+                    _artifacts_dir(number, final),
                     attempts,
                 ),
             )
