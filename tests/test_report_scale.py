@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from overnight.ledger import Ledger
+from overnight.ledger import Ledger, queries
 from overnight.report import (
     REPORT_HTML,
     REPORT_JSON,
@@ -31,7 +31,7 @@ from overnight.report import (
 from overnight.report.html import render_html
 from overnight.report.jsonfile import EntryTexts, json_encoder
 from overnight.report.junit import JunitWriter, render_junit
-from overnight.report.model import AttemptEntry, CycleEntry, StepEntry
+from overnight.report.model import AttemptEntry, CycleEntries, CycleEntry, StepEntry
 from overnight.report.svg import VERDICT_COLORS, VERDICT_LABELS
 
 from .helpers import run_night
@@ -305,8 +305,8 @@ def test_entries_are_written_as_json_writes_their_dicts() -> None:
 
 # Both zeros, which compare equal, as the durations of cycles that passed at once.
 ZEROS = [
-    _cycle(8, [_attempt(1, "passed")], duration_s=0.0),
-    _cycle(9, [_attempt(1, "passed")], duration_s=-0.0),
+    _cycle(8, [_attempt(1, "passed", steps=[StepEntry("prepare", "passed", 0.0)])], duration_s=0.0),
+    _cycle(9, [_attempt(1, "passed", steps=[StepEntry("prepare", "passed", -0.0)])], duration_s=-0.0),
 ]
 
 
@@ -320,3 +320,41 @@ def test_a_testcase_is_the_same_from_an_entry_and_from_its_dict() -> None:
         writer.finish(io.StringIO())
     assert streamed.getvalue() == from_dicts.getvalue()
     assert 'name="cycle 9" classname="overnight.s.cycle" time="-0.000"' in streamed.getvalue()
+    assert 'value="passed -0.000s"' in streamed.getvalue()
+
+
+def _spans_one_by_one(rows: queries.NightRows) -> list[tuple[Any, ...]]:
+    """The definition, a cycle at a time: what CycleEntries.spans computes by columns."""
+    out = []
+    for c in rows.cycles:
+        atts = [a for a in rows.attempts if a.cycle == c.cycle]
+        start, end, d = c.started_at, c.ended_at, c.duration_s
+        if start is None:
+            continue
+        if end is None and d is not None:
+            end = start + round(d, 4)
+        verdict = c.verdict if c.status == "done" else None
+        out.append((start, end, c.cycle, verdict, bool(c.fallback), len(atts)))
+    return out
+
+
+def test_the_timeline_spans_are_each_cycle_s() -> None:
+    def cycle(
+        n: int, status: str, verdict: str | None, end: float | None, d: float | None
+    ) -> queries.CycleRow:
+        return queries.CycleRow(n, status, verdict, 1, str(n), 100.0 + n, end, d, n % 2 == 0, None)
+
+    def attempt(n: int, k: int) -> queries.AttemptRow:
+        return queries.AttemptRow(n, k, 1, 100.0 + n, None, None, "passed", *([None] * 6), False, None, None)
+
+    cycles = [
+        cycle(1, "done", "passed", 102.0, 1.0),
+        cycle(2, "running", "failed", None, 0.12345),  # not done: no verdict; no end: start + duration
+        cycle(3, "done", "failed", None, None),
+        cycle(4, "interrupted", None, None, 2.0),
+        cycle(5, "done", "passed", 106.5, 0.5),
+    ]
+    attempts = [attempt(1, 1), attempt(2, 1), attempt(2, 2), attempt(2, 3), attempt(5, 1), attempt(9, 1)]
+    rows = queries.NightRows({"id": "n"}, [], cycles, attempts, [], [], [], [], [], [], [])
+    assert CycleEntries(rows).spans() == _spans_one_by_one(rows)
+    assert [s[3] for s in CycleEntries(rows).spans()] == ["passed", None, "failed", None, "passed"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from itertools import compress
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -25,6 +26,12 @@ from ..numbers import percentile, rnd
 # one-shot fault is noticed at the next use of the component).
 MATCH_GRACE_S = 120.0
 _INFRA = ("infra_error", "timeout")
+
+_cycle = queries.column(queries.CycleRow, "cycle")
+_verdict = queries.column(queries.CycleRow, "verdict")
+_status = queries.column(queries.CycleRow, "status")
+_attempt_cycle = queries.column(queries.AttemptRow, "cycle")
+_fault_component = queries.column(queries.AttemptRow, "fault_component")
 
 
 def event_data(raw: Any) -> dict[str, Any]:
@@ -105,11 +112,13 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
             repairs[r["incident_id"]].append(r)
     attempts = rows.attempts
     verified = rows.verified_repairs
-    final = {c.cycle: (c.verdict, c.status) for c in rows.cycles}
-    last_attempt: dict[int, queries.AttemptRow] = {}
-    for a in attempts:
-        if a.cycle not in last_attempt or a.attempt > last_attempt[a.cycle].attempt:
-            last_attempt[a.cycle] = a
+    # (C code over the cycles and attempts: a long night has hundreds of thousands)
+    cycles = rows.cycles
+    final = dict(
+        zip(map(_cycle, cycles), zip(map(_verdict, cycles), map(_status, cycles), strict=True), strict=True)
+    )
+    # (attempts in order: a cycle's last one wins)
+    last_attempt = dict(zip(map(_attempt_cycle, attempts), attempts, strict=True))
     night = rows.night
     night_end = night.get("ended_at")
 
@@ -241,7 +250,7 @@ def _cycles_hit(
             continue
         met_at.setdefault((ev["cycle"], ev["attempt"], ev["component"]), ev["ts"])
     hits: list[set[int]] = [set() for _ in injections]
-    for a in attempts:
+    for a in compress(attempts, map(_fault_component, attempts)):
         component = a.fault_component
         if not component or a.verdict not in _INFRA:
             continue

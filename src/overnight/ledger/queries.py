@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import compress, islice
+from operator import eq, itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, case, func, select
@@ -245,6 +247,22 @@ class CallEvent(NamedTuple):
     attempt: int | None
     data: str | None
 
+
+def column(row: type[CycleRow | AttemptRow | StepRow | CallEvent], name: str) -> itemgetter[Any]:
+    """A function that reads a field of rows of this type by its position (C code, no
+    lookup by name: for a pass over hundreds of thousands of rows)."""
+    return itemgetter(row._fields.index(name))
+
+
+def of_retried(attempts: list[AttemptRow]) -> list[AttemptRow]:
+    """The attempts of the cycles that have more than one (``attempts`` in read_night's
+    order), found without a Python step per attempt: most cycles have one."""
+    numbers = list(map(_attempt_cycle, attempts))
+    again = set(compress(numbers, map(eq, numbers, islice(numbers, 1, None))))
+    return list(compress(attempts, map(again.__contains__, numbers))) if again else []
+
+
+_attempt_cycle = column(AttemptRow, "cycle")
 
 # Event kinds recorded per call or measurement, not per happening: read_night keeps them
 # apart (``NightRows.metrics``, ``NightRows.usage``), as ``CallEvent`` tuples.

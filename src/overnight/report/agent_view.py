@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from itertools import compress
 from typing import Any
 
-from ..ledger.queries import AttemptRow, CycleRow
+from ..ledger.queries import AttemptRow, CycleRow, column
 from ..numbers import iso, spread
 from ..numbers import rnd as _round
 from .incidents import health_notes, incident_outcome, loop_blocked, loop_lag, repair_result
 from .settings import json_field
+
+_fault_component = column(AttemptRow, "fault_component")
 
 
 def agent_section(
@@ -299,7 +302,7 @@ def agent_section(
     # and a later pass of those cycles is a retry's, not a repair's.
     declared = {c["name"] for c in report.get("components") or []}
     undeclared: dict[str, dict[str, Any]] = {}
-    for a in attempts:
+    for a in compress(attempts, map(_fault_component, attempts)):
         name = a.fault_component
         if not name or name in declared or a.verdict != "infra_error":
             continue

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from itertools import compress, repeat
+from operator import eq
 from typing import Any
 
-from ..ledger.queries import AttemptRow, CycleRow, StepRow
+from ..ledger.queries import AttemptRow, CycleRow, StepRow, column, of_retried
 from ..numbers import wilson
 
 # Outcomes that say something about the product on that input. Infra errors are the
@@ -21,21 +23,31 @@ from ..numbers import wilson
 # fallback ran against a substitute.
 _OUTCOMES = ("passed", "failed", "timeout")
 MAX_INPUTS = 20
+_step_cycle, _step_attempt = column(StepRow, "cycle"), column(StepRow, "attempt")
+_step_name, _step_outcome = column(StepRow, "name"), column(StepRow, "outcome")
 
 
-def input_dependent_steps(steps: list[StepRow], cycles: list[CycleRow]) -> list[dict[str, Any]]:
+def input_dependent_steps(
+    steps: list[StepRow], cycles: list[CycleRow], final: dict[int, int]
+) -> list[dict[str, Any]]:
     """Steps whose outcome (passed / failed) differs between cycles, on their final
-    attempts, with the inputs they failed on."""
-    final = {c.cycle: c for c in cycles if c.status == "done"}
+    attempts (``final``: each finished cycle's, as ``final_attempts`` gives them), with
+    the inputs they failed on."""
+    # (C code over the steps: a long night has hundreds of thousands of them)
+    on_final = list(
+        compress(steps, map(eq, map(final.get, map(_step_cycle, steps)), map(_step_attempt, steps)))
+    )
     counts: dict[str, Counter[str]] = defaultdict(Counter)
+    pairs = Counter(zip(map(_step_name, on_final), map(_step_outcome, on_final), strict=True))
+    for (name, outcome), n in pairs.items():  # (in the order first met)
+        if outcome in ("passed", "failed"):
+            counts[name][outcome] = n
     failed_on: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for st in steps:
-        cycle = final.get(st.cycle)
-        if cycle is None or cycle.attempts != st.attempt or st.outcome not in ("passed", "failed"):
-            continue
-        counts[st.name][st.outcome] += 1
-        if st.outcome == "failed":
-            failed_on[st.name].append({"cycle": st.cycle, "input_seed": cycle.input_seed})
+    if counts:
+        failed = list(compress(on_final, map(eq, map(_step_outcome, on_final), repeat("failed"))))
+        seeds = {c.cycle: c.input_seed for c in cycles} if failed else {}
+        for st in failed:
+            failed_on[st.name].append({"cycle": st.cycle, "input_seed": seeds[st.cycle]})
     out = []
     for name, c in counts.items():
         if c["passed"] and c["failed"]:
@@ -83,7 +95,7 @@ def flaky_inputs(
     # The attempts with an outcome of each cycle that has two or more of them.
     first: dict[int, AttemptRow] = {}
     by_cycle: dict[int, list[AttemptRow]] = {}
-    for a in attempts:
+    for a in of_retried(attempts):
         if a.verdict in _OUTCOMES and not a.fallback:
             n = a.cycle
             if n in by_cycle:

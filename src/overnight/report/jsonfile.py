@@ -10,9 +10,9 @@ time, a rounded duration) encoded once."""
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring
+from math import isfinite
 from typing import Any, TextIO
 
 from .model import AttemptEntry, CycleEntries, CycleEntry
@@ -57,46 +57,73 @@ class EntryTexts:
 
     def _number(self, x: float | None) -> str:
         """A float as the C encoder writes it (``repr``; NaN and the infinities by name)."""
-        if x.__class__ is float and math.isfinite(x):
+        if x.__class__ is float and isfinite(x):
             return float.__repr__(x)
         return self._encode(x)
 
-    def _string(self, x: str | None) -> str:
-        return encode_basestring(x) if x.__class__ is str else self._encode(x)
-
-    def _value(self, x: Any, empty: str) -> str:
-        """A dict or list: ``empty`` when it is."""
-        return self._encode(x) if x else empty
-
     def cycle(self, e: CycleEntry) -> str:
-        s, f = self._strings, self._durations
-        attempts = ", ".join([self._attempt(a) for a in e.attempts])
+        # The hot path of a long night's report.json: each entry unpacked at once, no
+        # call per value it can avoid.
+        s, f, encode = self._strings, self._durations, self._encode
+        (
+            number,
+            status,
+            verdict,
+            seed,
+            started,
+            ended,
+            started_ts,
+            ended_ts,
+            duration,
+            fallback,
+            knobs_off,
+            folder,
+            attempts,
+        ) = e
         return (
-            f'{{"cycle": {e.cycle}, "status": {s[e.status]}, "verdict": {s[e.verdict]}, '
-            f'"input_seed": {self._string(e.input_seed)}, "started_at": {s[e.started_at]}, '
-            f'"ended_at": {s[e.ended_at]}, "started_ts": {self._number(e.started_ts)}, '
-            f'"ended_ts": {self._number(e.ended_ts)}, "duration_s": {f[e.duration_s]}, '
-            f'"fallback": {"true" if e.fallback else "false"}, '
-            f'"knobs_off": {self._value(e.knobs_off, "{}")}, '
-            f'"artifacts_dir": {self._string(e.artifacts_dir)}, "attempts": [{attempts}]}}'
+            f'{{"cycle": {number}, "status": {s[status]}, "verdict": {s[verdict]}, '
+            f'"input_seed": {encode_basestring(seed) if seed.__class__ is str else encode(seed)}, '
+            f'"started_at": {s[started]}, "ended_at": {s[ended]}, '
+            f'"started_ts": {self._number(started_ts)}, "ended_ts": {self._number(ended_ts)}, '
+            f'"duration_s": {f[duration]}, "fallback": {"true" if fallback else "false"}, '
+            f'"knobs_off": {encode(knobs_off) if knobs_off else "{}"}, '
+            f'"artifacts_dir": {encode_basestring(folder) if folder.__class__ is str else encode(folder)}, '
+            f'"attempts": [{", ".join(map(self._attempt, attempts))}]}}'
         )
 
     def _attempt(self, a: AttemptEntry) -> str:
-        s, f = self._strings, self._durations
-        steps = ", ".join(
+        s, f, encode = self._strings, self._durations, self._encode
+        (
+            n,
+            session,
+            verdict,
+            started,
+            ended,
+            duration,
+            step,
+            error_type,
+            message,
+            component,
+            kind,
+            fallback,
+            knobs_off,
+            artifacts,
+            steps,
+        ) = a
+        steps_text = ", ".join(
             [
-                f'{{"name": {s[st.name]}, "outcome": {s[st.outcome]}, "duration_s": {f[st.duration_s]}}}'
-                for st in a.steps
+                f'{{"name": {s[name]}, "outcome": {s[outcome]}, "duration_s": {f[d]}}}'
+                for name, outcome, d in steps
             ]
         )
         return (
-            f'{{"attempt": {a.attempt}, "session": {a.session}, "verdict": {s[a.verdict]}, '
-            f'"started_at": {s[a.started_at]}, "ended_at": {s[a.ended_at]}, "duration_s": {f[a.duration_s]}, '
-            f'"step": {s[a.step]}, "error_type": {s[a.error_type]}, "error_message": {s[a.error_message]}, '
-            f'"fault_component": {s[a.fault_component]}, "fault_kind": {s[a.fault_kind]}, '
-            f'"fallback": {"true" if a.fallback else "false"}, '
-            f'"knobs_off": {self._value(a.knobs_off, "{}")}, '
-            f'"artifacts": {self._value(a.artifacts, "[]")}, "steps": [{steps}]}}'
+            f'{{"attempt": {n}, "session": {session}, "verdict": {s[verdict]}, '
+            f'"started_at": {s[started]}, "ended_at": {s[ended]}, "duration_s": {f[duration]}, '
+            f'"step": {s[step]}, "error_type": {s[error_type]}, "error_message": {s[message]}, '
+            f'"fault_component": {s[component]}, "fault_kind": {s[kind]}, '
+            f'"fallback": {"true" if fallback else "false"}, '
+            f'"knobs_off": {encode(knobs_off) if knobs_off else "{}"}, '
+            f'"artifacts": {encode(artifacts) if artifacts else "[]"}, "steps": [{steps_text}]}}'
         )
 
 
@@ -149,9 +176,11 @@ def _item_lines(
 def _write_lines(out: TextIO, lines: Iterable[str]) -> None:
     """``[`` and the array's elements, a line each (the caller closes it)."""
     batch = ["["]
+    append = batch.append
     inner = "\n    "
     for line in lines:
-        batch.append(inner + line)
+        append(inner)
+        append(line)
         inner = ",\n    "
         if len(batch) >= _BATCH:
             out.write("".join(batch))

@@ -29,7 +29,7 @@ import shutil
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from .model import CycleEntry
+from .model import CycleEntry, StepEntry
 
 # Characters XML 1.0 does not allow, even escaped: C0 controls except tab, LF, CR;
 # lone surrogates (possible in strings decoded from JSON); U+FFFE and U+FFFF.
@@ -74,7 +74,7 @@ def _escape_text(text: str) -> str:
 def _attr_value(value: Any) -> str:
     """``clean`` and escaped for an attribute (as ElementTree escapes one)."""
     text = value if value.__class__ is str else ("" if value is None else str(value))
-    if _ATTR_TROUBLE.search(text) is None:
+    if text.isalnum() or _ATTR_TROUBLE.search(text) is None:  # (letters and digits: never trouble)
         return text
     text = _escape_text(clean(text))
     if '"' in text:
@@ -188,6 +188,13 @@ def _property(name: str, value: Any) -> str:
 
 _PROPERTY_GAP = "\n" + _INDENT * 4
 _CASE_GAP = "\n" + _INDENT * 2
+# A passed testcase's constant parts (``_passed_at_once``).
+_PROPERTIES_OPEN = f">\n{_INDENT * 3}<properties>"
+_PROPERTIES_CLOSE = f"\n{_INDENT * 3}</properties>\n{_INDENT * 2}</testcase>"
+_NO_SEED = f'{_PROPERTY_GAP}<property name="input_seed" />'
+_ONE_ATTEMPT = f'{_PROPERTY_GAP}<property name="attempts" value="1" />'
+_ONE_ATTEMPT_ON_FALLBACK = f'{_ONE_ATTEMPT}{_PROPERTY_GAP}<property name="fallback" value="true" />'
+_ONE_ATTEMPT += f'{_PROPERTY_GAP}<property name="fallback" value="false" />'
 # Testcases written to the spool at a time.
 _BATCH = 512
 
@@ -408,8 +415,7 @@ class JunitWriter:
         self.last_unlisted: int | None = None
         self.memo = _Memo()
         self.secs = _Secs()
-        # (a step's name, its outcome) -> its property up to the duration
-        self.steps: dict[tuple[str, str], str] = {}
+        self.step_props: dict[StepEntry, str] = {}  # a step's property, once per name, outcome and time
         self._pending: list[str] = []
 
     def _write(self, testcase: str) -> None:
@@ -472,37 +478,43 @@ class JunitWriter:
         """The testcase of a cycle that passed on its one attempt (most of a long night's):
         what ``_testcase`` writes for its entry's dict, from the entry's fields; None for
         any other cycle."""
-        attempts = cycle.attempts
-        if (
-            cycle.status != "done"
-            or cycle.verdict != "passed"
-            or len(attempts) != 1
-            or attempts[0].verdict != "passed"
-        ):
+        number, status, verdict, seed, *_, duration, fallback, _knobs, folder, attempts = cycle
+        if status != "done" or verdict != "passed" or len(attempts) != 1 or attempts[0].verdict != "passed":
             return None
-        gap, secs, steps = _PROPERTY_GAP, self.secs, self.steps
+        secs, props = self.secs, self.step_props
         parts = []
         for step in attempts[0].steps:
-            dur = step.duration_s
-            head = steps.get((step.name, step.outcome))
-            if head is None:
-                name, outcome = self.memo[f"step.{step.name}"], self.memo[step.outcome or "running"]
-                head = f'{gap}<property name="{name}" value="{outcome}'
-                if len(steps) < _MEMO_MAX:
-                    steps[(step.name, step.outcome)] = head
-            parts.append(f'{head} {secs[dur]}s" />' if dur is not None else f'{head}" />')
-        seed = cycle.input_seed
-        seed_value = "" if seed is None else f' value="{_attr_value(seed)}"'
-        folder = cycle.artifacts_dir
+            text = props.get(step)
+            if text is None:
+                text = self._step_property(step)
+                d = step.duration_s
+                if len(props) < _MEMO_MAX and (d is None or (d and d == d)):  # (as _Secs: not ±0.0)
+                    props[step] = text
+            parts.append(text)
         return (
-            f'<testcase name="cycle {cycle.cycle:0{self.width}d}" classname="{self.attr_classname}" '
-            f'time="{secs[cycle.duration_s]}">\n{_INDENT * 3}<properties>{"".join(parts)}'
-            f'{gap}<property name="input_seed"{seed_value} />'
-            f'{gap}<property name="attempts" value="1" />'
-            f'{gap}<property name="fallback" value="{"true" if cycle.fallback else "false"}" />'
-            + (f'{gap}<property name="artifacts_dir" value="{_attr_value(folder)}" />' if folder else "")
-            + f"\n{_INDENT * 3}</properties>\n{_INDENT * 2}</testcase>"
+            f'<testcase name="cycle {number:0{self.width}d}" classname="{self.attr_classname}" '
+            f'time="{secs[duration]}"{_PROPERTIES_OPEN}{"".join(parts)}'
+            + (
+                _NO_SEED
+                if seed is None
+                else f'{_PROPERTY_GAP}<property name="input_seed" value="{_attr_value(seed)}" />'
+            )
+            + (_ONE_ATTEMPT_ON_FALLBACK if fallback else _ONE_ATTEMPT)
+            + (
+                f'{_PROPERTY_GAP}<property name="artifacts_dir" value="{_attr_value(folder)}" />'
+                if folder
+                else ""
+            )
+            + _PROPERTIES_CLOSE
         )
+
+    def _step_property(self, step: StepEntry) -> str:
+        """A step's property, as ``_properties`` writes it."""
+        name, outcome, duration = step
+        value = self.memo[outcome or "running"]
+        if duration is not None:
+            value = f"{value} {self.secs[duration]}s"
+        return f'{_PROPERTY_GAP}<property name="{self.memo[f"step.{name}"]}" value="{value}" />'
 
     def finish(self, out: TextIO) -> None:
         """The planned cycles after the last that started, then the whole document, to ``out``."""

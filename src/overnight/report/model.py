@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
-import math
 import operator
 import os
 from collections import Counter, defaultdict
@@ -144,6 +144,14 @@ class _Runs:
 
 
 _attempt_key = operator.itemgetter("cycle", "attempt")
+_c_number, _c_status, _c_verdict, _c_started, _c_ended, _c_fallback = (
+    queries.column(queries.CycleRow, k)
+    for k in ("cycle", "status", "verdict", "started_at", "ended_at", "fallback")
+)
+_a_cycle = queries.column(queries.AttemptRow, "cycle")
+_step_name = queries.column(queries.StepRow, "name")
+_step_outcome = queries.column(queries.StepRow, "outcome")
+_step_duration = queries.column(queries.StepRow, "duration_s")
 
 
 def with_attempts(
@@ -159,6 +167,15 @@ def with_attempts(
         while i < n and attempts[i].cycle == number:
             i += 1
         yield c, attempts[first:i]
+
+
+def _positions(values: list[Any], value: Any) -> Iterator[int]:
+    """Where ``value`` is in ``values`` (found by C code: it is rarely there)."""
+    i = -1
+    with contextlib.suppress(ValueError):  # (no more)
+        while True:
+            i = values.index(value, i + 1)
+            yield i
 
 
 def _final(atts: list[queries.AttemptRow]) -> queries.AttemptRow | None:
@@ -178,15 +195,15 @@ def _iso_by_second() -> Callable[[float | None], str | None]:
     """``numbers.iso``, remembered per whole second: a night's hundreds of thousands of
     timestamps fall in a few thousand seconds. A time within a microsecond of a whole
     second is converted afresh (its rounding may carry into the next second)."""
-    seen: dict[int, str | None] = {}
-    floor = math.floor
+    seen: dict[float, str | None] = {}
 
     def text(ts: float | None) -> str | None:
         if ts is None:
             return None
-        whole = floor(ts)
-        if not 1e-6 <= ts - whole <= 1 - 1e-6:
+        part = ts % 1.0  # (exact; float arithmetic: an int second is converted each time)
+        if not 1e-6 <= part <= 1 - 1e-6:
             return iso(ts)
+        whole = ts - part
         found = seen.get(whole)
         if found is None:
             found = seen[whole] = iso(ts)
@@ -283,68 +300,79 @@ class CycleEntries(Sequence[dict[str, Any]]):
 
     def typed(self) -> Iterator[CycleEntry]:
         """Each cycle's entry, built from its rows."""
-        # The hot path of a long night's report: written out, no call per value it can avoid.
+        # The hot path of a long night's report: written out, each row unpacked at once,
+        # no call per value it can avoid.
         rows, iso_ = self._rows, self._iso
         steps, s, ns = rows.steps, 0, len(rows.steps)
         arts = _Runs(rows.artifacts, _attempt_key) if rows.artifacts else None
         for c, atts in with_attempts(rows.cycles, rows.attempts):
-            number = c.cycle
+            number, status, verdict, _, seed, started, ended, duration, fallback, knobs = c  # (a CycleRow)
             attempts = []
             for a in atts:
-                n = a.attempt
-                while s < ns and (
-                    steps[s].cycle < number or (steps[s].cycle == number and steps[s].attempt < n)
-                ):
+                (
+                    _,
+                    n,
+                    session,
+                    a_start,
+                    a_end,
+                    a_dur,
+                    a_verdict,
+                    step,
+                    error,
+                    message,
+                    _,
+                    component,
+                    kind,
+                    a_fallback,
+                    a_knobs,
+                    _,
+                ) = a  # (an AttemptRow)
+                # (a step's cycle and attempt: its [0] and [1], read without a lookup by name)
+                while s < ns and (steps[s][0] < number or (steps[s][0] == number and steps[s][1] < n)):
                     s += 1  # (a step of no attempt row: passed over)
-                its_steps = []
-                while s < ns and steps[s].cycle == number and steps[s].attempt == n:
-                    st = steps[s]
+                first = s
+                while s < ns and steps[s][0] == number and steps[s][1] == n:
                     s += 1
-                    d = st.duration_s
-                    its_steps.append(
-                        _make(StepEntry, (st.name, st.outcome, None if d is None else round(d, 4)))
-                    )
-                d = a.duration_s
-                knobs = a.knobs_off
                 attempts.append(
                     _make(
                         AttemptEntry,
                         (
                             n,
-                            a.session,
-                            a.verdict,
-                            iso_(a.started_at),
-                            iso_(a.ended_at),
-                            None if d is None else round(d, 4),
-                            a.step,
-                            a.error_type,
-                            a.error_message,
-                            a.fault_component,
-                            a.fault_kind,
-                            bool(a.fallback),
-                            _knobs_off(knobs) if knobs else _NO_KNOBS,
+                            session,
+                            a_verdict,
+                            iso_(a_start),
+                            iso_(a_end),
+                            None if a_dur is None else round(a_dur, 4),
+                            step,
+                            error,
+                            message,
+                            component,
+                            kind,
+                            bool(a_fallback),
+                            _knobs_off(a_knobs) if a_knobs else _NO_KNOBS,
                             [art["name"] for art in arts.take((number, n))] if arts else _NOTHING,
-                            its_steps,
+                            [
+                                _make(StepEntry, (name, outcome, None if d is None else round(d, 4)))
+                                for _, _, name, outcome, d in steps[first:s]
+                            ],
                         ),
                     )
                 )
-            d = c.duration_s
-            knobs = c.knobs_off
             last = atts[-1] if atts else None  # (the final attempt, but after an interruption)
             final = last if last is not None and last.verdict not in _NOT_FINAL else _final(atts)
             yield _make(
                 CycleEntry,
                 (
                     number,
-                    c.status,
-                    c.verdict if c.status == "done" else None,
-                    c.input_seed,
-                    iso_(c.started_at),
-                    iso_(c.ended_at),
-                    c.started_at,
-                    c.ended_at,
-                    None if d is None else round(d, 4),
-                    bool(c.fallback),
+                    status,
+                    verdict if status == "done" else None,
+                    seed,
+                    iso_(started),
+                    iso_(ended),
+                    started,
+                    ended,
+                    None if duration is None else round(duration, 4),
+                    bool(fallback),
                     _knobs_off(knobs) if knobs else _NO_KNOBS,
                     _artifacts_dir(number, final),
                     attempts,
@@ -356,17 +384,31 @@ class CycleEntries(Sequence[dict[str, Any]]):
         and end (``started_ts``, ``ended_ts``; a cycle with no end: its start plus its
         ``duration_s``, if it has one), number, verdict, on a fallback, and its number of
         attempts; from the rows, without building the entries."""
-        out: list[tuple[float, float | None, int, str | None, bool, int]] = []
-        append = out.append
-        for c, atts in with_attempts(self._rows.cycles, self._rows.attempts):
-            start, end, d = c.started_at, c.ended_at, c.duration_s
-            if start is None:
-                continue
-            if end is None and d is not None:
-                end = start + round(d, 4)
-            verdict = c.verdict if c.status == "done" else None
-            append((start, end, c.cycle, verdict, bool(c.fallback), len(atts)))
-        return out
+        # Column by column (C code over a long night's hundreds of thousands of rows); the
+        # few cycles without an end, or not done, fixed after.
+        cycles = self._rows.cycles
+        starts, ends = list(map(_c_started, cycles)), list(map(_c_ended, cycles))
+        verdicts, statuses = list(map(_c_verdict, cycles)), list(map(_c_status, cycles))
+        for i in _positions(ends, None):
+            d = cycles[i].duration_s
+            if d is not None and starts[i] is not None:
+                ends[i] = starts[i] + round(d, 4)
+        if statuses.count("done") != len(statuses):
+            for i, status in enumerate(statuses):
+                if status != "done":
+                    verdicts[i] = None
+        numbers = list(map(_c_number, cycles))
+        attempts = Counter(map(_a_cycle, self._rows.attempts))  # attempt rows per cycle
+        spans = zip(
+            starts,
+            ends,
+            numbers,
+            verdicts,
+            map(bool, map(_c_fallback, cycles)),
+            map(attempts.__getitem__, numbers),
+            strict=True,
+        )
+        return [s for s in spans if s[0] is not None] if None in starts else list(spans)
 
     def __len__(self) -> int:
         return len(self._rows.cycles)
@@ -430,16 +472,16 @@ def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = Non
     # whichever verdict that was: a count of retries, not of repairs (none may have run).
     infra_retried = []
     for c, atts in with_attempts(rows.cycles, attempts):
-        done = c.status == "done"
-        if sum(1 for a in atts if a.verdict != "interrupted") > 1:
+        retry = len(atts) > 1  # (most cycles have one attempt: nothing more to look at)
+        if retry and sum(1 for a in atts if a.verdict != "interrupted") > 1:
             retried += 1
-        if not done:
+        if c.status != "done":
             continue
         verdict = c.verdict
         if verdict == "passed":
             passed_with_fallback += bool(c.fallback)
-            passed_with_knobs_off += bool(_knobs_off(c.knobs_off))
-        met = [a for a in atts[:-1] if a.verdict == "infra_error"]
+            passed_with_knobs_off += bool(c.knobs_off and _knobs_off(c.knobs_off))
+        met = [a for a in atts[:-1] if a.verdict == "infra_error"] if retry else None
         if verdict != "infra_error" and met:
             faults = sorted({f"{a.fault_component}/{a.fault_kind}" for a in met})
             infra_retried.append({"cycle": c.cycle, "verdict": verdict, "faults": faults})
@@ -463,10 +505,13 @@ def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = Non
     # Steps count every finished run (a cycle's time is its final attempt's: cycle_totals).
     step_durations: dict[str, list[float]] = defaultdict(list)
     step_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
-    for st in rows.steps:
-        if st.duration_s is not None:
-            step_durations[st.name].append(st.duration_s)
-        step_outcomes[st.name][st.outcome] += 1
+    names = list(map(_step_name, rows.steps))
+    for name, d in zip(names, map(_step_duration, rows.steps), strict=True):
+        if d is not None:
+            step_durations[name].append(d)
+    # (counted by pairs, each name and outcome in the order first met)
+    for (name, outcome), n in Counter(zip(names, map(_step_outcome, rows.steps), strict=True)).items():
+        step_outcomes[name][outcome] = n
 
     interrupted_attempts = sum(1 for a in attempts if a.verdict == "interrupted")
     wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from itertools import chain, compress, islice, repeat
-from operator import eq, itemgetter
+from operator import eq
 from typing import Any
 
-from ..ledger.queries import CallEvent, CycleRow
+from ..ledger.queries import CallEvent, CycleRow, column
 from ..numbers import rnd as _round
 from ..numbers import value_stats
 from .settings import json_field
@@ -19,7 +19,9 @@ from .settings import json_field
 _PARSED_MAX = 4096
 # Metric events handled at a time.
 _CHUNK = 4096
-_cycle_of, _attempt_of, _data_of = itemgetter(0), itemgetter(1), itemgetter(2)  # of a CallEvent
+_cycle_of = column(CallEvent, "cycle")
+_attempt_of = column(CallEvent, "attempt")
+_data_of = column(CallEvent, "data")
 
 
 def _chunks(events: Iterable[CallEvent]) -> Iterator[list[CallEvent]]:
@@ -35,7 +37,16 @@ BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.
 
 
 def final_attempts(cycles: list[CycleRow]) -> dict[int, int]:
-    return {c.cycle: c.attempts for c in cycles if c.status == "done"}
+    """Each finished cycle's final attempt."""
+    done = list(map(eq, map(_status, cycles), repeat("done")))
+    return dict(
+        zip(compress(map(_number, cycles), done), compress(map(_attempts, cycles), done), strict=True)
+    )
+
+
+_number = column(CycleRow, "cycle")
+_status = column(CycleRow, "status")
+_attempts = column(CycleRow, "attempts")
 
 
 def quality_section(

@@ -269,19 +269,25 @@ def _sliced_cycle_timeline(r: dict[str, Any], cycles: Sequence[Any]) -> Markup:
     # (slice, lane) -> {verdict: cycles}, and per (slice, lane): on a fallback, retried
     bins: dict[tuple[int, int], dict[str | None, int]] = {}
     extra: dict[tuple[int, int], list[int]] = {}
+    push, pop = heapq.heappush, heapq.heappop  # (once a cycle: written out)
+    last_slice = TIME_SLICES - 1
     for s, e, _number, verdict, fallback, attempts in items:
         while busy and busy[0][0] <= s + 1e-9:
-            heapq.heappush(free, heapq.heappop(busy)[1])
+            push(free, pop(busy)[1])
         if free:
-            lane = heapq.heappop(free)
+            lane = pop(free)
         else:
             lane, lanes = lanes, lanes + 1
         end = e if e is not None else (night_end if night_end and night_end > s else t1)
-        heapq.heappush(busy, (max(end, s), lane))
-        key = (min(int((s - t0) / slice_s), TIME_SLICES - 1), lane)
-        counts = bins.setdefault(key, {})
+        push(busy, (s if s > end else end, lane))
+        slot = int((s - t0) / slice_s)
+        key = (slot if slot < last_slice else last_slice, lane)
+        counts = bins.get(key)
+        if counts is None:
+            counts = bins[key] = {}
+            extra[key] = [0, 0]
         counts[verdict] = counts.get(verdict, 0) + 1
-        flags = extra.setdefault(key, [0, 0])
+        flags = extra[key]
         flags[0] += fallback
         flags[1] += attempts > 1
     lane_h = 20.0 if lanes <= 12 else max(6.0, 240.0 / lanes)
