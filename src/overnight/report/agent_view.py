@@ -312,7 +312,7 @@ def agent_section(
             row["fault_kinds"].append(a.fault_kind)
         if a.cycle not in row["cycles"]:
             row["cycles"].append(a.cycle)
-    final = {c.cycle: c.verdict for c in cycles if c.status == "done"}
+    final = {c.cycle: c.verdict for c in cycles if c.status == "done"} if undeclared else {}
     for row in undeclared.values():
         row["cycles"].sort()
         row["passed_later"] = [c for c in row["cycles"] if final.get(c) == "passed"]

@@ -24,6 +24,7 @@ from ..numbers import wilson
 _OUTCOMES = ("passed", "failed", "timeout")
 MAX_INPUTS = 20
 _step_cycle, _step_attempt = column(StepRow, "cycle"), column(StepRow, "attempt")
+_number, _seed = column(CycleRow, "cycle"), column(CycleRow, "input_seed")
 _step_name, _step_outcome = column(StepRow, "name"), column(StepRow, "outcome")
 
 
@@ -45,7 +46,7 @@ def input_dependent_steps(
     failed_on: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if counts:
         failed = list(compress(on_final, map(eq, map(_step_outcome, on_final), repeat("failed"))))
-        seeds = {c.cycle: c.input_seed for c in cycles} if failed else {}
+        seeds = dict(zip(map(_number, cycles), map(_seed, cycles), strict=True)) if failed else {}
         for st in failed:
             failed_on[st.name].append({"cycle": st.cycle, "input_seed": seeds[st.cycle]})
     out = []
@@ -105,7 +106,7 @@ def flaky_inputs(
             else:
                 first[n] = a
     del first
-    seeds = {c.cycle: c.input_seed for c in cycles if c.cycle in by_cycle}
+    seeds = {c.cycle: c.input_seed for c in cycles if c.cycle in by_cycle} if by_cycle else {}
     found: dict[str, dict[str, Any]] = {}
 
     def entry(seed: str, cycle: int) -> dict[str, Any]:

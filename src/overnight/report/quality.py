@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from itertools import chain, compress, islice, repeat
-from operator import eq
+from operator import eq, neg
 from typing import Any
 
 from ..ledger.queries import CallEvent, CycleRow, column
@@ -128,15 +128,16 @@ def quality_and_metrics(
             if lo <= v < hi or (hi == 10.0 and v == 10.0):
                 buckets[name] += 1
                 break
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    # Ranked by score, then cycle: (-score, cycle) pairs sorted by C code, no key per score.
+    ranked = sorted(zip(map(neg, scores.values()), scores.keys(), strict=True))
     k = min(3, len(ranked) // 2)  # best and worst never overlap
     quality = {
         "metric": settings["score_metric"],
         "n": len(scores),
         "mean": _round(sum(scores.values()) / len(scores)) if scores else None,
         "buckets": buckets,
-        "best": [{"cycle": c, "score": v} for c, v in ranked[:k]],
-        "worst": [{"cycle": c, "score": v} for c, v in reversed(ranked[len(ranked) - k :])] if k else [],
+        "best": [{"cycle": c, "score": -v} for v, c in ranked[:k]],
+        "worst": [{"cycle": c, "score": -v} for v, c in reversed(ranked[len(ranked) - k :])] if k else [],
         "weaknesses": [{"text": t, "count": n} for t, n in weaknesses.most_common(5)],
     }
     return quality, metrics, text_metrics
