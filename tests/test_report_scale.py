@@ -24,6 +24,7 @@ from overnight.report import (
     REPORT_JSON,
     REPORT_JUNIT,
     build_report,
+    model,
     timelines,
     write_json,
     write_reports,
@@ -358,3 +359,73 @@ def test_the_timeline_spans_are_each_cycle_s() -> None:
     rows = queries.NightRows({"id": "n"}, [], cycles, attempts, [], [], [], [], [], [], [])
     assert CycleEntries(rows).spans() == _spans_one_by_one(rows)
     assert [s[3] for s in CycleEntries(rows).spans()] == ["passed", None, "failed", None, "passed"]
+
+
+def test_the_counts_pass_over_plain_cycles_only() -> None:
+    """What _assemble counts, with the cycles that passed on one attempt (those it passes
+    over by columns) among the others."""
+
+    def cycle(n: int, verdict: str | None, **kw: Any) -> queries.CycleRow:
+        row = queries.CycleRow(n, "done", verdict, 1, str(n), 100.0 + n, 101.0 + n, 1.0, False, None)
+        return row._replace(**kw)
+
+    def attempt(n: int, k: int, verdict: str | None, **kw: Any) -> queries.AttemptRow:
+        row = queries.AttemptRow(
+            n, k, 1, 100.0 + n, 101.0 + n, 1.0, verdict, *([None] * 6), False, None, None
+        )
+        return row._replace(**kw)
+
+    infra = {"fault_component": "db", "fault_kind": "connection_lost"}
+    cycles = [
+        cycle(1, "passed"),
+        cycle(2, "passed", fallback=True),
+        cycle(3, "passed", knobs_off='{"db": ["timeout_s"]}'),
+        cycle(4, "passed", knobs_off="{}"),
+        cycle(5, "failed", attempts=2),  # retried after an infra error, then failed
+        cycle(6, "passed", attempts=3),  # interrupted, infra error, passed
+        cycle(7, None, status="running"),
+        cycle(8, "passed"),
+        cycle(9, "infra_error", attempts=2),
+    ]
+    attempts = [
+        attempt(1, 1, "passed"),
+        attempt(2, 1, "passed"),
+        attempt(3, 1, "passed"),
+        attempt(4, 1, "passed"),
+        attempt(5, 1, "infra_error", **infra),
+        attempt(5, 2, "failed", step="check", error_message="too short"),
+        attempt(6, 1, "interrupted"),
+        attempt(6, 2, "infra_error", **infra),
+        attempt(6, 3, "passed"),
+        attempt(7, 1, None),
+        attempt(8, 1, "passed"),
+        attempt(9, 1, "infra_error", **infra),
+        attempt(9, 2, "infra_error", **infra),
+    ]
+    night = {
+        "id": "n",
+        "status": "completed",
+        "ended_at": 200.0,
+        "started_at": 100.0,
+        "end_reason": None,
+        "scenario": "s",
+        "dry_run": False,
+        "seed": 1,
+        "planned_cycles": 9,
+        "protected_fingerprint": "f",
+        "protected_fingerprint_end": "f",
+        "config_fingerprint": "c",
+    }
+    rows = queries.NightRows(night, [], cycles, attempts, [], [], [], [], [], [], [])
+    report = model.assemble(rows)
+    assert report["retried_cycles"] == 3  # 5, 6 and 9 (6's interrupted attempt does not count)
+    assert (report["passed_with_fallback"], report["passed_with_knobs_off"]) == (1, 1)
+    assert report["infra_retried_to_verdict"]["cycles"] == [
+        {"cycle": 5, "verdict": "failed", "faults": ["db/connection_lost (not a declared component)"]},
+        {"cycle": 6, "verdict": "passed", "faults": ["db/connection_lost (not a declared component)"]},
+    ]
+    assert [(f["cycle"], f["verdict"], f["attempts"], f["step"]) for f in report["failures"]] == [
+        (5, "failed", 2, "check"),
+        (9, "infra_error", 2, None),
+    ]
+    assert report["totals"]["passed"] == 6 and report["cycles_run"] == 8

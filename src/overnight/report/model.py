@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import itertools
 import json
@@ -149,6 +150,7 @@ _c_number, _c_status, _c_verdict, _c_started, _c_ended, _c_fallback = (
     for k in ("cycle", "status", "verdict", "started_at", "ended_at", "fallback")
 )
 _c_duration = queries.column(queries.CycleRow, "duration_s")
+_c_knobs = queries.column(queries.CycleRow, "knobs_off")
 _a_cycle = queries.column(queries.AttemptRow, "cycle")
 _step_name = queries.column(queries.StepRow, "name")
 _step_outcome = queries.column(queries.StepRow, "outcome")
@@ -467,6 +469,27 @@ def cycle_totals(done: Iterable[tuple[Any, float | None]]) -> dict[str, Any]:
     }
 
 
+def _unlike_most(
+    cycles: list[queries.CycleRow], attempts: list[queries.AttemptRow]
+) -> Iterator[tuple[queries.CycleRow, list[queries.AttemptRow]]]:
+    """``with_attempts`` of the cycles with something to count beyond their verdict and
+    duration: more than one attempt, not done, not passed, on a fallback or with a knob
+    off. The rest, most of a long night's, are passed over by C code."""
+    numbers = list(map(_a_cycle, attempts))
+    retried = {a.cycle for a in queries.of_retried(attempts)}
+    marks = zip(
+        map(operator.ne, map(_c_status, cycles), itertools.repeat("done")),
+        map(operator.ne, map(_c_verdict, cycles), itertools.repeat("passed")),
+        map(_c_fallback, cycles),
+        map(_c_knobs, cycles),
+        map(retried.__contains__, map(_c_number, cycles)),
+        strict=True,
+    )
+    for c in itertools.compress(cycles, map(any, marks)):
+        first = bisect.bisect_left(numbers, c.cycle)
+        yield c, attempts[first : bisect.bisect_right(numbers, c.cycle, first)]
+
+
 def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = None) -> dict[str, Any]:
     night, sessions, attempts = rows.night, rows.sessions, rows.attempts
     cycles = rows.cycles
@@ -478,8 +501,8 @@ def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = Non
     # Cycles that met an infra error and still got their final verdict on a later attempt,
     # whichever verdict that was: a count of retries, not of repairs (none may have run).
     infra_retried = []
-    for c, atts in with_attempts(rows.cycles, attempts):
-        retry = len(atts) > 1  # (most cycles have one attempt: nothing more to look at)
+    for c, atts in _unlike_most(cycles, attempts):
+        retry = len(atts) > 1
         if retry and sum(1 for a in atts if a.verdict != "interrupted") > 1:
             retried += 1
         if c.status != "done":
