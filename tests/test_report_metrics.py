@@ -4,10 +4,17 @@ with their most frequent values; only final attempts count."""
 
 from __future__ import annotations
 
+import json
+import random
 import re
+from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from overnight.ledger.queries import CallEvent
+from overnight.report import quality
 from overnight.report.html import render_html
 from overnight.report.markdown import render_markdown
 from overnight.report.markdown_results import _metrics
@@ -101,3 +108,64 @@ def test_one_pass_reads_each_recorded_json_once() -> None:
         metrics["n"]["n"] == 2000 and metrics["n"]["p95"] == 3.0 and metrics["n"]["steps"]["s"]["n"] == 2000
     )
     assert texts["label"] == {"n": 1, "distinct": 1, "top": [{"text": "a", "count": 1}], "steps": {}}
+
+
+def _one_by_one(
+    events: list[CallEvent], final: dict[int, int], score: str, weakness: str
+) -> tuple[dict[Any, list[float]], dict[Any, Counter[str]], dict[int, float], Counter[str]]:
+    """The definition, an event at a time: what quality_and_metrics computes by chunks."""
+    numbers: dict[Any, list[float]] = defaultdict(list)
+    texts: dict[Any, Counter[str]] = defaultdict(Counter)
+    scores: dict[int, float] = {}
+    weaknesses: Counter[str] = Counter()
+    for e in events:
+        if (final.get(e.cycle) if e.cycle is not None else None) != e.attempt:
+            continue
+        data = (json.loads(e.data) if e.data else None) or {}
+        name, value, step = data.get("name"), data.get("value"), data.get("step")
+        if not isinstance(name, str):
+            continue
+        key = (name, step if isinstance(step, str) else None)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            numbers[key].append(float(value))
+            if name == score and e.cycle is not None:
+                scores[e.cycle] = float(value)
+        elif isinstance(value, str):
+            texts[key][value.strip()] += 1
+            if name == weakness:
+                weaknesses[value.strip()] += 1
+    return numbers, texts, scores, weaknesses
+
+
+def test_metrics_by_chunks_are_the_metrics_event_by_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quality, "_CHUNK", 7)  # many chunks, a JSON met again in later ones
+    rng = random.Random(5)
+    recorded = (
+        [f'{{"name": "score", "value": {v}, "step": "check"}}' for v in ("4.5", "9", "7.25", "true", '"x"')]
+        + [f'{{"name": "weakness", "value": "{w}"}}' for w in ("vague", " vague ", "long", "short")]
+        + ['{"name": "score", "value": 6}', '{"value": 1}', "null", '{"name": "n", "value": 2, "step": 3}']
+    )
+    final = {c: rng.choice((1, 2)) for c in range(1, 40)}
+    events = [
+        CallEvent(rng.choice([*range(1, 45), None]), rng.choice((1, 2, None)), rng.choice([*recorded, None]))
+        for _ in range(600)
+    ]
+    # Texts met as often as each other (the first met is listed first), a score of no cycle.
+    ties = [f'{{"name": "weakness", "value": "tie {k}"}}' for k in (2, 3, 1)]
+    events = (
+        [CallEvent(1, final[1], raw) for raw in ties * 40] + events + [CallEvent(None, None, recorded[0])]
+    )
+    settings = {"score_metric": "score", "weakness_metric": "weakness"}
+    got_quality, got_metrics, got_texts = quality_and_metrics(events, final, settings)
+    numbers, texts, scores, weaknesses = _one_by_one(events, final, "score", "weakness")
+    # (as report.json writes them: in the same order)
+    assert json.dumps(got_metrics) == json.dumps(quality._numeric_metrics(numbers))
+    assert json.dumps(got_texts) == json.dumps(quality._text_metrics(texts))
+    assert got_quality is not None and scores
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    assert got_quality["n"] == len(scores) and got_quality["mean"] == round(
+        sum(scores.values()) / len(scores), 4
+    )
+    assert got_quality["best"] == [{"cycle": c, "score": v} for c, v in ranked[:3]]
+    assert got_quality["weaknesses"] == [{"text": t, "count": n} for t, n in weaknesses.most_common(5)]
+    assert [w["text"] for w in got_quality["weaknesses"]][:3] == ["tie 2", "tie 3", "tie 1"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from itertools import compress
 from typing import Any
 
 from sqlalchemy.engine import Connection
@@ -25,6 +26,12 @@ from ..numbers import percentile, rnd
 # one-shot fault is noticed at the next use of the component).
 MATCH_GRACE_S = 120.0
 _INFRA = ("infra_error", "timeout")
+
+_cycle = queries.column(queries.CycleRow, "cycle")
+_verdict = queries.column(queries.CycleRow, "verdict")
+_status = queries.column(queries.CycleRow, "status")
+_attempt_cycle = queries.column(queries.AttemptRow, "cycle")
+_fault_component = queries.column(queries.AttemptRow, "fault_component")
 
 
 def event_data(raw: Any) -> dict[str, Any]:
@@ -105,11 +112,13 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
             repairs[r["incident_id"]].append(r)
     attempts = rows.attempts
     verified = rows.verified_repairs
-    final = {c["cycle"]: (c["verdict"], c["status"]) for c in rows.cycles}
-    last_attempt: dict[int, dict[str, Any]] = {}
-    for a in attempts:
-        if a["cycle"] not in last_attempt or a["attempt"] > last_attempt[a["cycle"]]["attempt"]:
-            last_attempt[a["cycle"]] = a
+    # (C code over the cycles and attempts: a long night has hundreds of thousands)
+    cycles = rows.cycles
+    final = dict(
+        zip(map(_cycle, cycles), zip(map(_verdict, cycles), map(_status, cycles), strict=True), strict=True)
+    )
+    # (attempts in order: a cycle's last one wins)
+    last_attempt = dict(zip(map(_attempt_cycle, attempts), attempts, strict=True))
     night = rows.night
     night_end = night.get("ended_at")
 
@@ -191,7 +200,7 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
     for i, row in enumerate(injections):
         until = _until(row)
         hit = hits[i]
-        verdicts: dict[str, int] = defaultdict(int)
+        verdicts: dict[str | None, int] = defaultdict(int)
         for c in hit:
             verdict, status = final.get(c, (None, None))
             verdicts[verdict if status == "done" else "unfinished"] += 1
@@ -201,8 +210,8 @@ def timeline_of(rows: queries.NightRows) -> dict[str, Any]:
             c
             for c, a in last_attempt.items()
             if final.get(c, (None, None))[0] == "failed"
-            and a["started_at"] <= until
-            and (a["ended_at"] or 0) >= row["injected_at"]
+            and a.started_at <= until
+            and (a.ended_at or 0) >= row["injected_at"]
         )
         row.update(
             cycles_hit=hit,
@@ -226,7 +235,7 @@ def _until(row: dict[str, Any]) -> float:
 
 
 def _cycles_hit(
-    injections: list[dict[str, Any]], attempts: list[dict[str, Any]], faults_met: list[dict[str, Any]]
+    injections: list[dict[str, Any]], attempts: list[queries.AttemptRow], faults_met: list[dict[str, Any]]
 ) -> list[list[int]]:
     """The cycles each fault hit, by attempt: an attempt that ended in an infra error (or a
     timeout) on a component is credited to the fault on that component that was on when
@@ -241,11 +250,11 @@ def _cycles_hit(
             continue
         met_at.setdefault((ev["cycle"], ev["attempt"], ev["component"]), ev["ts"])
     hits: list[set[int]] = [set() for _ in injections]
-    for a in attempts:
-        component = a["fault_component"]
-        if not component or a["verdict"] not in _INFRA:
+    for a in compress(attempts, map(_fault_component, attempts)):
+        component = a.fault_component
+        if not component or a.verdict not in _INFRA:
             continue
-        met = met_at.get((a["cycle"], a["attempt"], component), a["ended_at"] or a["started_at"])
+        met = met_at.get((a.cycle, a.attempt, component), a.ended_at or a.started_at)
         on = [
             i
             for i, row in enumerate(injections)
@@ -253,12 +262,10 @@ def _cycles_hit(
             and row["injected_at"] - 0.001 <= met <= _until(row) + 1.0  # (the old grace for a late record)
         ]
         same_kind = [
-            i
-            for i in on
-            if a["fault_kind"] in (injections[i]["injected_kind"], injections[i]["diagnosed_kind"])
+            i for i in on if a.fault_kind in (injections[i]["injected_kind"], injections[i]["diagnosed_kind"])
         ]
         if on:
-            hits[max(same_kind or on, key=lambda i: injections[i]["injected_at"])].add(a["cycle"])
+            hits[max(same_kind or on, key=lambda i: injections[i]["injected_at"])].add(a.cycle)
     return [sorted(h) for h in hits]
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import compress, islice
+from operator import eq, itemgetter
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, and_, case, func, select
@@ -184,7 +187,7 @@ def has_event(conn: Connection, night_id: str, kinds: tuple[str, ...]) -> bool:
 # per distinct value instead of one per row.
 _REPEATED = {
     "sessions": ("hostname", "end_reason"),
-    "cycles": ("cycle", "status", "verdict", "protected_fingerprint", "knobs", "knobs_off"),
+    "cycles": ("cycle", "status", "verdict", "knobs_off"),
     "attempts": (
         "cycle",
         "verdict",
@@ -204,9 +207,45 @@ _REPEATED = {
 }
 
 
+class CycleRow(NamedTuple):
+    """A cycle as the report reads it (the columns it reads; a night holds one a cycle)."""
+
+    cycle: int
+    status: str
+    verdict: str | None
+    attempts: int  # the number of its last attempt
+    input_seed: str
+    started_at: float
+    ended_at: float | None
+    duration_s: float | None  # its final attempt's
+    fallback: bool
+    knobs_off: str | None  # JSON
+
+
+class AttemptRow(NamedTuple):
+    """An attempt as the report reads it (a night holds one or more a cycle)."""
+
+    cycle: int
+    attempt: int
+    session: int
+    started_at: float
+    ended_at: float | None
+    duration_s: float | None
+    verdict: str | None
+    step: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    fault_component: str | None
+    fault_kind: str | None
+    fallback: bool | None
+    knobs_off: str | None  # JSON
+    calls: str | None  # JSON
+
+
 class StepRow(NamedTuple):
     """A step as the report reads it (its timestamps and error are in its attempt's row):
-    a night holds two or more a cycle, so a tuple, not a dict."""
+    a night holds two or more a cycle."""
 
     cycle: int
     attempt: int
@@ -224,15 +263,34 @@ class CallEvent(NamedTuple):
     data: str | None
 
 
+def column(row: type[CycleRow | AttemptRow | StepRow | CallEvent], name: str) -> itemgetter[Any]:
+    """A function that reads a field of rows of this type by its position (C code, no
+    lookup by name: for a pass over hundreds of thousands of rows)."""
+    return itemgetter(row._fields.index(name))
+
+
+def of_retried(attempts: list[AttemptRow]) -> list[AttemptRow]:
+    """The attempts of the cycles that have more than one (``attempts`` in read_night's
+    order), found without a Python step per attempt: most cycles have one."""
+    numbers = list(map(_attempt_cycle, attempts))
+    again = set(compress(numbers, map(eq, numbers, islice(numbers, 1, None))))
+    return list(compress(attempts, map(again.__contains__, numbers))) if again else []
+
+
+_attempt_cycle = column(AttemptRow, "cycle")
+
 # Event kinds recorded per call or measurement, not per happening: read_night keeps them
 # apart (``NightRows.metrics``, ``NightRows.usage``), as ``CallEvent`` tuples.
 PER_CALL_KINDS = ("metric", "usage")
 
 
-# Tables read_night reads only some columns of (every table: all but ``night_id``, the
-# same in every row), and the tuple type their rows are read as (the rest: dicts).
-_COLUMNS = {"steps": StepRow._fields}
-_TUPLES: dict[str, Callable[[Iterable[Any]], Any]] = {"steps": StepRow._make}
+# The tables read_night reads as named tuples, of the columns those name (the others: as
+# dicts of every column but ``night_id``, the same in every row).
+_TUPLES: dict[str, type[CycleRow | AttemptRow | StepRow]] = {
+    "cycles": CycleRow,
+    "attempts": AttemptRow,
+    "steps": StepRow,
+}
 
 # Rows fetched from the database cursor at a time.
 _FETCH = 2000
@@ -243,14 +301,14 @@ def _compact_rows(
     query: Any,
     repeated: tuple[str, ...] = (),
     seen: dict[str, dict[Any, Any]] | None = None,
-    make: Callable[[Iterable[Any]], Any] | None = None,
+    typed: type[tuple[Any, ...]] | None = None,
 ) -> list[Any]:
-    """The query's rows as dicts that share one key table (CPython's split dicts, the
-    kind an object's ``__dict__`` is: 176 bytes for a 13-column row where ``dict(row)``
-    takes 464), or as ``make`` builds them from each row's values (a named tuple's
-    ``_make``), each value of the ``repeated`` columns one object however many rows hold
-    it (``seen``: the values met so far, by column name, shared between the tables of a
-    night). A 100,000-cycle night holds about 600,000 rows while its report is written.
+    """The query's rows as ``typed`` named tuples of its columns, or as dicts that share
+    one key table (CPython's split dicts, the kind an object's ``__dict__`` is: 176 bytes
+    for a 13-column row where ``dict(row)`` takes 464), each value of the ``repeated``
+    columns one object however many rows hold it (``seen``: the values met so far, by
+    column name, shared between the tables of a night). A 100,000-cycle night holds about
+    600,000 rows while its report is written.
 
     Fetched from the DBAPI cursor in chunks, the chunk's columns passed through the
     column types' result processors (SQLite's 0/1 to bool) as SQLAlchemy's rows would
@@ -264,6 +322,8 @@ def _compact_rows(
     seen = {} if seen is None else seen
     memos = {i: seen.setdefault(k, {}) for i, k in enumerate(keys) if k in repeated}
     holder = type("LedgerRow", (), {})  # its instances' dicts share one key table
+    # (tuple.__new__ as a named tuple's _make is, without a Python call per row)
+    build = partial(tuple.__new__, typed) if typed is not None else None
     out: list[Any] = []
     append = out.append
     dbapi = conn.connection.dbapi_connection
@@ -287,8 +347,8 @@ def _compact_rows(
                 for i, memo in memos.items():
                     columns[i] = tuple(map(memo.setdefault, columns[i], columns[i]))
                 rows = zip(*columns, strict=True)
-            if make is not None:
-                out.extend(map(make, rows))
+            if build is not None:
+                out.extend(map(build, rows))
                 continue
             for values in rows:
                 d = holder().__dict__
@@ -305,15 +365,16 @@ class NightRows:
     report, the fault timeline and the agent's figures are computed from. Each list is in
     its table's order: cycles by cycle; attempts by (cycle, attempt); steps by (cycle,
     attempt, seq); artifacts by (cycle, attempt, name); events, probes, incidents, repairs
-    and fallbacks in time order. Every column but ``night_id`` (the night's, in every
-    row); steps as ``StepRow`` tuples, with only what the report reads of them; the
+    and fallbacks in time order. Cycles, attempts and steps as ``CycleRow``,
+    ``AttemptRow`` and ``StepRow`` tuples, with what the report reads of them; the other
+    tables as dicts of every column but ``night_id`` (the night's, in every row); the
     events of ``PER_CALL_KINDS`` not in ``events`` but in ``metrics`` and ``usage``, as
     ``CallEvent`` tuples, in time order."""
 
     night: dict[str, Any]
     sessions: list[dict[str, Any]]
-    cycles: list[dict[str, Any]]
-    attempts: list[dict[str, Any]]
+    cycles: list[CycleRow]
+    attempts: list[AttemptRow]
     steps: list[StepRow]
     artifacts: list[dict[str, Any]]
     events: list[dict[str, Any]]
@@ -391,21 +452,22 @@ def read_night(
         if name not in tables:
             return []
         table, order = _NIGHT_TABLES[name]
-        only = _COLUMNS.get(name)
-        columns = [table.c[k] for k in only] if only else [c for c in table.c if c.key != "night_id"]
+        typed = _TUPLES.get(name)
+        keys = typed._fields if typed else [c.key for c in table.c if c.key != "night_id"]
+        columns = [table.c[k] for k in keys]
         q = select(*columns).where(table.c.night_id == night_id)
         if name == "events":
             q = q.where(table.c.kind.not_in(PER_CALL_KINDS))
             if event_kinds is not None:
                 q = q.where(table.c.kind.in_(event_kinds))
-        return _compact_rows(conn, q.order_by(*order), _REPEATED.get(name, ()), seen, _TUPLES.get(name))
+        return _compact_rows(conn, q.order_by(*order), _REPEATED.get(name, ()), seen, typed)
 
     def per_call(kind: str) -> list[CallEvent]:
         if "events" not in tables or (event_kinds is not None and kind not in event_kinds):
             return []
         e = s.events.c
         q = select(e.cycle, e.attempt, e.data).where(e.night_id == night_id, e.kind == kind)
-        return _compact_rows(conn, q.order_by(e.ts, e.id), ("cycle", "data"), seen, CallEvent._make)
+        return _compact_rows(conn, q.order_by(e.ts, e.id), ("cycle", "data"), seen, CallEvent)
 
     return NightRows(
         night=night,

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
 from ..ledger import Ledger
+from .jsonfile import write_json
 from .markdown import render_markdown
-from .model import REPORT_VERSION, CycleEntries, build_report, build_report_lazily, night_verdict
+from .model import REPORT_VERSION, build_report, build_report_lazily, night_verdict
 from .stats import statistics
 
 REPORT_MD = "MORNING_REPORT.md"
@@ -64,37 +64,6 @@ def _write_reports(ledger: Ledger, night_id: str, out_dir: Path | None) -> tuple
     return report, out_dir
 
 
-def write_json(
-    report: dict[str, Any], out: TextIO, each_cycle: Callable[[dict[str, Any]], None] | None = None
-) -> None:
-    """report.json: each top-level key on a line of its own, and each element of a
-    top-level array (``cycles``: one per cycle) on a line of its own, every value encoded
-    by ``json``'s C encoder (``indent`` would force its pure-Python one, 3x slower), and
-    the cycles one at a time, never the whole document as one string. ``each_cycle`` is
-    given each cycle's entry once it is written."""
-    # (no check for circular references: the report is a tree)
-    encode: Callable[[Any], str] = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
-    out.write("{")
-    sep = "\n  "
-    for key, value in report.items():
-        out.write(f"{sep}{encode(key)}: ")
-        if isinstance(value, list | CycleEntries) and not len(value):
-            out.write("[]")
-        elif isinstance(value, list | CycleEntries):
-            out.write("[")
-            inner = "\n    "
-            for item in value:
-                out.write(inner + encode(item))
-                inner = ",\n    "
-                if each_cycle is not None and key == "cycles":
-                    each_cycle(item)
-            out.write("\n  ]")
-        else:
-            out.write(encode(value))
-        sep = ",\n  "
-    out.write("\n}\n")
-
-
 def report_paths(folder: Path) -> dict[str, str]:
     """Where write_reports put each file."""
     return {
@@ -116,6 +85,11 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:
+            # What was made meanwhile goes straight to the oldest generation (overnight
+            # freezes nothing else): the first young collection would walk all of it,
+            # half a second at 100,000 cycles, to free nothing; a full one still looks.
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping
+from itertools import compress
 from typing import Any
 
+from ..ledger.queries import AttemptRow, CycleRow, column
 from ..numbers import iso, spread
 from ..numbers import rnd as _round
 from .incidents import health_notes, incident_outcome, loop_blocked, loop_lag, repair_result
 from .settings import json_field
+
+_fault_component = column(AttemptRow, "fault_component")
 
 
 def agent_section(
@@ -22,8 +26,8 @@ def agent_section(
     fallbacks: list[dict[str, Any]],
     probes: list[dict[str, Any]],
     events: dict[str, list[dict[str, Any]]],
-    attempts: list[dict[str, Any]],
-    cycles: list[dict[str, Any]],
+    attempts: list[AttemptRow],
+    cycles: list[CycleRow],
     faults: dict[str, Any],
     verified_repairs: set[int] | None = None,
 ) -> dict[str, Any]:
@@ -73,15 +77,13 @@ def agent_section(
 
     def cycle_of(component: str, t0: float, t1: float | None) -> int | None:
         hit: list[int] = [
-            a["cycle"]
+            a.cycle
             for a in attempts
-            if a["fault_component"] == component
-            and a["ended_at"]
-            and t0 - 1 <= a["ended_at"] <= (t1 or math.inf)
+            if a.fault_component == component and a.ended_at and t0 - 1 <= a.ended_at <= (t1 or math.inf)
         ]
         if hit:
             return min(hit)
-        running = [a["cycle"] for a in attempts if a["started_at"] <= t0 <= (a["ended_at"] or math.inf)]
+        running = [a.cycle for a in attempts if a.started_at <= t0 <= (a.ended_at or math.inf)]
         return min(running) if running else None
 
     # "Repaired" is said of an incident only when a repair of ours was followed by a
@@ -222,11 +224,11 @@ def agent_section(
     for f in fallbacks:
         end = f["ended_at"]
         touched = [
-            c["cycle"]
+            c.cycle
             for c in cycles
-            if c["fallback"]
-            and c["started_at"] <= (end or math.inf)
-            and (c["ended_at"] or math.inf) >= f["started_at"]
+            if c.fallback
+            and c.started_at <= (end or math.inf)
+            and (c.ended_at or math.inf) >= f["started_at"]
         ]
         fallback_rows.append(
             {
@@ -292,17 +294,17 @@ def agent_section(
     # and a later pass of those cycles is a retry's, not a repair's.
     declared = {c["name"] for c in report.get("components") or []}
     undeclared: dict[str, dict[str, Any]] = {}
-    for a in attempts:
-        name = a["fault_component"]
-        if not name or name in declared or a["verdict"] != "infra_error":
+    for a in compress(attempts, map(_fault_component, attempts)):
+        name = a.fault_component
+        if not name or name in declared or a.verdict != "infra_error":
             continue
         row = undeclared.setdefault(name, {"component": name, "fault_kinds": [], "attempts": 0, "cycles": []})
         row["attempts"] += 1
-        if a["fault_kind"] and a["fault_kind"] not in row["fault_kinds"]:
-            row["fault_kinds"].append(a["fault_kind"])
-        if a["cycle"] not in row["cycles"]:
-            row["cycles"].append(a["cycle"])
-    final = {c["cycle"]: c["verdict"] for c in cycles if c["status"] == "done"}
+        if a.fault_kind and a.fault_kind not in row["fault_kinds"]:
+            row["fault_kinds"].append(a.fault_kind)
+        if a.cycle not in row["cycles"]:
+            row["cycles"].append(a.cycle)
+    final = {c.cycle: c.verdict for c in cycles if c.status == "done"} if undeclared else {}
     for row in undeclared.values():
         row["cycles"].sort()
         row["passed_later"] = [c for c in row["cycles"] if final.get(c) == "passed"]

@@ -119,7 +119,7 @@ class VerdictFlips:
 
     def __init__(
         self,
-        held: Mapping[str, tuple[int, str]],
+        held: Mapping[str, tuple[int, str | None]],
         held_is: str,
         names: tuple[str, str] = ("a", "b"),
         shown: int = FLIPS_SHOWN,

@@ -8,6 +8,7 @@ import math
 from collections import defaultdict
 from typing import Any
 
+from ..ledger.queries import AttemptRow
 from ..numbers import hhmmss, iso, plural, span
 from ..numbers import rnd as _round
 from .settings import json_field
@@ -72,7 +73,7 @@ def health_notes(incidents: list[dict[str, Any]]) -> list[str]:
 
 def knob_changes(
     events: dict[str, list[dict[str, Any]]],
-    attempts: list[dict[str, Any]],
+    attempts: list[AttemptRow],
     report: dict[str, Any],
     night_end: float | None,
 ) -> list[dict[str, Any]]:
@@ -85,7 +86,7 @@ def knob_changes(
         data = json_field(e["data"]) or {}
         if e["component"] and data.get("knob"):
             history[(e["component"], data["knob"])].append({**e, "data": data})
-    marks = [(a, json_field(a.get("knobs_off")) or {}) for a in attempts] if history else []
+    marks = [(a, json_field(a.knobs_off) or {}) for a in attempts] if history else []
     out = []
     for (component, knob), changes in history.items():
         for k, e in enumerate(changes):
@@ -96,11 +97,11 @@ def knob_changes(
             until = end["ts"] if end else night_end
             ran_off = sorted(
                 {
-                    a["cycle"]
+                    a.cycle
                     for a, off in marks
                     if knob in (off.get(component) or {})
-                    and a["started_at"] <= (until if until is not None else math.inf)
-                    and (a["ended_at"] or math.inf) >= e["ts"]
+                    and a.started_at <= (until if until is not None else math.inf)
+                    and (a.ended_at or math.inf) >= e["ts"]
                 }
             )
             out.append(
@@ -128,16 +129,16 @@ def knob_changes(
 
 
 def fallback_failures(
-    report: dict[str, Any], attempts: list[dict[str, Any]], fallbacks: list[dict[str, Any]]
+    report: dict[str, Any], attempts: list[AttemptRow], fallbacks: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Cycles that failed on a fallback (no product verdict), each with the fallback
     periods that served its final attempt: the evidence that it was not tested on the
     primary."""
-    final: dict[int, dict[str, Any]] = {}
+    final: dict[int, AttemptRow] = {}
     if any(f["verdict"] == "failed_on_fallback" for f in report["failures"]):
         for a in attempts:
-            if a["verdict"] not in (None, "interrupted"):
-                final[a["cycle"]] = a
+            if a.verdict not in (None, "interrupted"):
+                final[a.cycle] = a
     out = []
     for f in report["failures"]:
         if f["verdict"] != "failed_on_fallback" or f["cycle"] not in final:
@@ -152,8 +153,7 @@ def fallback_failures(
                 "ended_at": iso(fb["ended_at"]),
             }
             for fb in fallbacks
-            if fb["started_at"] <= (a["ended_at"] or math.inf)
-            and (fb["ended_at"] or math.inf) >= a["started_at"]
+            if fb["started_at"] <= (a.ended_at or math.inf) and (fb["ended_at"] or math.inf) >= a.started_at
         ]
         keys = ("cycle", "step", "error_type", "error_message", "attempts", "artifacts_dir")
         out.append({**{k: f[k] for k in keys}, "fallbacks": served})

@@ -29,6 +29,8 @@ import shutil
 from collections.abc import Iterable
 from typing import Any, TextIO
 
+from .model import CycleEntry, StepEntry
+
 # Characters XML 1.0 does not allow, even escaped: C0 controls except tab, LF, CR;
 # lone surrogates (possible in strings decoded from JSON); U+FFFE and U+FFFF.
 _ILLEGAL_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -72,7 +74,7 @@ def _escape_text(text: str) -> str:
 def _attr_value(value: Any) -> str:
     """``clean`` and escaped for an attribute (as ElementTree escapes one)."""
     text = value if value.__class__ is str else ("" if value is None else str(value))
-    if _ATTR_TROUBLE.search(text) is None:
+    if text.isalnum() or _ATTR_TROUBLE.search(text) is None:  # (letters and digits: never trouble)
         return text
     text = _escape_text(clean(text))
     if '"' in text:
@@ -185,6 +187,16 @@ def _property(name: str, value: Any) -> str:
 
 
 _PROPERTY_GAP = "\n" + _INDENT * 4
+_CASE_GAP = "\n" + _INDENT * 2
+# A passed testcase's constant parts (``_passed_at_once``).
+_PROPERTIES_OPEN = f">\n{_INDENT * 3}<properties>"
+_PROPERTIES_CLOSE = f"\n{_INDENT * 3}</properties>\n{_INDENT * 2}</testcase>"
+_NO_SEED = f'{_PROPERTY_GAP}<property name="input_seed" />'
+_ONE_ATTEMPT = f'{_PROPERTY_GAP}<property name="attempts" value="1" />'
+_ONE_ATTEMPT_ON_FALLBACK = f'{_ONE_ATTEMPT}{_PROPERTY_GAP}<property name="fallback" value="true" />'
+_ONE_ATTEMPT += f'{_PROPERTY_GAP}<property name="fallback" value="false" />'
+# Testcases written to the spool at a time.
+_BATCH = 512
 
 
 class _Memo(dict[Any, str]):
@@ -244,38 +256,19 @@ def _retry_element(tag_prefix: str, att: dict[str, Any]) -> str:
     )
 
 
-def _passed_at_once(cycle: dict[str, Any], width: int, classname: str, memo: _Memo) -> str | None:
-    """The testcase of a cycle that passed on its one attempt (most of a long night's):
-    what ``_testcase`` writes for it, in one step; None for any other cycle."""
-    attempts = cycle.get("attempts")
-    if (
-        cycle.get("status") != "done"
-        or cycle.get("verdict") != "passed"
-        or not attempts
-        or len(attempts) != 1
-        or attempts[0].get("verdict") != "passed"
-    ):
-        return None
-    gap = _PROPERTY_GAP
-    parts = []
-    for step in attempts[0].get("steps") or ():
-        dur = step.get("duration_s")
-        outcome = memo[step.get("outcome") or "running"]
-        value = f"{outcome} {_secs(dur)}s" if dur is not None else outcome
-        name = memo[f"step.{step.get('name')}"]
-        parts.append(f'{gap}<property name="{name}" value="{value}" />')
-    seed = cycle.get("input_seed")
-    seed_value = "" if seed is None else f' value="{_attr_value(seed)}"'
-    folder = cycle.get("artifacts_dir")
-    return (
-        f'<testcase name="cycle {cycle["cycle"]:0{width}d}" classname="{classname}" '
-        f'time="{_secs(cycle.get("duration_s"))}">\n{_INDENT * 3}<properties>{"".join(parts)}'
-        f'{gap}<property name="input_seed"{seed_value} />'
-        f'{gap}<property name="attempts" value="1" />'
-        f'{gap}<property name="fallback" value="{"true" if cycle.get("fallback") else "false"}" />'
-        + (f'{gap}<property name="artifacts_dir" value="{_attr_value(folder)}" />' if folder else "")
-        + f"\n{_INDENT * 3}</properties>\n{_INDENT * 2}</testcase>"
-    )
+class _Secs(dict[Any, str]):
+    """``_secs`` of each duration once (not of ±0.0, which compare equal but are written
+    apart): a night's rounded durations repeat."""
+
+    def __missing__(self, key: Any) -> str:
+        text = _secs(key)
+        if key and key == key and len(self) < _MEMO_MAX:
+            self[key] = text
+        return text
+
+
+# Texts remembered per kind (escaped values, step properties, durations), up to this many.
+_MEMO_MAX = 1 << 16
 
 
 def _testcase(
@@ -421,9 +414,20 @@ class JunitWriter:
         self.first_unlisted: int | None = None
         self.last_unlisted: int | None = None
         self.memo = _Memo()
+        self.secs = _Secs()
+        self.step_props: dict[StepEntry, str] = {}  # a step's property, once per name, outcome and time
+        self._pending: list[str] = []
 
     def _write(self, testcase: str) -> None:
-        self.spool.write("\n" + _INDENT * 2 + testcase)
+        pending = self._pending
+        pending.append(_CASE_GAP)
+        pending.append(testcase)
+        if len(pending) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.spool.write("".join(self._pending))
+        self._pending.clear()
 
     def _never_started(self, upto: int) -> None:
         """The planned cycles from gap_from to upto (excluded): none of them started (the
@@ -446,19 +450,71 @@ class JunitWriter:
             self.last_unlisted = end - 1
         self.gap_from = max(self.gap_from, upto + 1)
 
-    def add(self, cycle: dict[str, Any]) -> None:
+    def add(self, cycle: dict[str, Any] | CycleEntry) -> None:
         """The testcase of a cycle that started (after the planned ones before it that did not)."""
-        self._never_started(cycle.get("cycle") or 0)
-        text = _passed_at_once(cycle, self.width, self.attr_classname, self.memo)
-        if text is not None:
-            self.counts["passed"] += 1
-            self._write(text)
-            return
+        if isinstance(cycle, CycleEntry):
+            self._reached(cycle.cycle)
+            text = self._passed_at_once(cycle)
+            if text is not None:
+                self.counts["passed"] += 1
+                self._write(text)
+                return
+            cycle = cycle.as_dict()
+        else:
+            self._reached(cycle.get("cycle") or 0)
         text, result = _testcase(
             self.report, cycle, self.width, self.failure_tb, self.attr_classname, self.memo
         )
         self.counts[result] += 1
         self._write(text)
+
+    def _reached(self, number: int) -> None:
+        if number == self.gap_from:
+            self.gap_from += 1  # (the next one: no cycle left out before it)
+        else:
+            self._never_started(number)
+
+    def _passed_at_once(self, cycle: CycleEntry) -> str | None:
+        """The testcase of a cycle that passed on its one attempt (most of a long night's):
+        what ``_testcase`` writes for its entry's dict, from the entry's fields; None for
+        any other cycle."""
+        number, status, verdict, seed, *_, duration, fallback, _knobs, folder, attempts = cycle
+        if status != "done" or verdict != "passed" or len(attempts) != 1 or attempts[0].verdict != "passed":
+            return None
+        secs, props = self.secs, self.step_props
+        parts = []
+        for step in attempts[0].steps:
+            text = props.get(step)
+            if text is None:
+                text = self._step_property(step)
+                d = step.duration_s
+                if len(props) < _MEMO_MAX and (d is None or (d and d == d)):  # (as _Secs: not ±0.0)
+                    props[step] = text
+            parts.append(text)
+        return (
+            f'<testcase name="cycle {number:0{self.width}d}" classname="{self.attr_classname}" '
+            f'time="{secs[duration]}"{_PROPERTIES_OPEN}{"".join(parts)}'
+            + (
+                _NO_SEED
+                if seed is None
+                else f'{_PROPERTY_GAP}<property name="input_seed" value="{_attr_value(seed)}" />'
+            )
+            + (_ONE_ATTEMPT_ON_FALLBACK if fallback else _ONE_ATTEMPT)
+            + (
+                f'{_PROPERTY_GAP}<property name="artifacts_dir" value="{_attr_value(folder)}" />'
+                if folder
+                else ""
+            )
+            + _PROPERTIES_CLOSE
+        )
+
+    def _step_property(self, step: StepEntry) -> str:
+        """A step's property, as ``_properties`` writes it."""
+        name, outcome, duration = step
+        value = self.memo[outcome or "running"]
+        if duration is not None:
+            value = f"{value} {self.secs[duration]}s"
+        return f'{_PROPERTY_GAP}<property name="{self.memo[f"step.{name}"]}" value="{value}" />'
 
     def finish(self, out: TextIO) -> None:
         """The planned cycles after the last that started, then the whole document, to ``out``."""
@@ -491,6 +547,7 @@ class JunitWriter:
                 )
             )
 
+        self._flush()
         out.write(_document_head(report, counts, _NIGHT_PROPERTIES))
         self.spool.seek(0)
         shutil.copyfileobj(self.spool, out)
@@ -554,7 +611,7 @@ class PytestJunitWriter:
     def __init__(self, report: dict[str, Any], spool: TextIO | None = None, largest_cycle: int = 0) -> None:
         self.report = report
 
-    def add(self, cycle: dict[str, Any]) -> None:
+    def add(self, cycle: dict[str, Any] | CycleEntry) -> None:
         """(Each cycle's tests are in the report's ``tests`` section already.)"""
 
     def finish(self, out: TextIO) -> None:

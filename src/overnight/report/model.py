@@ -6,14 +6,15 @@
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import itertools
 import json
-import math
 import operator
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple, overload
 
 from ..ledger import Readable, queries
 from ..numbers import duration_stats, iso, noun, plural, rnd
@@ -144,49 +145,68 @@ class _Runs:
 
 
 _attempt_key = operator.itemgetter("cycle", "attempt")
+_c_number, _c_status, _c_verdict, _c_started, _c_ended, _c_fallback = (
+    queries.column(queries.CycleRow, k)
+    for k in ("cycle", "status", "verdict", "started_at", "ended_at", "fallback")
+)
+_c_duration = queries.column(queries.CycleRow, "duration_s")
+_c_knobs = queries.column(queries.CycleRow, "knobs_off")
+_a_cycle = queries.column(queries.AttemptRow, "cycle")
+_step_name = queries.column(queries.StepRow, "name")
+_step_outcome = queries.column(queries.StepRow, "outcome")
+_step_duration = queries.column(queries.StepRow, "duration_s")
 
 
 def with_attempts(
-    cycles: list[dict[str, Any]], attempts: list[dict[str, Any]]
-) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    cycles: list[queries.CycleRow], attempts: list[queries.AttemptRow]
+) -> Iterator[tuple[queries.CycleRow, list[queries.AttemptRow]]]:
     """Each cycle row with its attempt rows (both in cycle order, as read_night reads them)."""
     i, n = 0, len(attempts)
     for c in cycles:
-        number = c["cycle"]
-        while i < n and attempts[i]["cycle"] < number:
+        number = c.cycle
+        while i < n and attempts[i].cycle < number:
             i += 1  # (an attempt of no cycle row: passed over)
         first = i
-        while i < n and attempts[i]["cycle"] == number:
+        while i < n and attempts[i].cycle == number:
             i += 1
         yield c, attempts[first:i]
 
 
-def _final(atts: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _positions(values: list[Any], value: Any) -> Iterator[int]:
+    """Where ``value`` is in ``values`` (found by C code: it is rarely there)."""
+    i = -1
+    with contextlib.suppress(ValueError):  # (no more)
+        while True:
+            i = values.index(value, i + 1)
+            yield i
+
+
+def _final(atts: list[queries.AttemptRow]) -> queries.AttemptRow | None:
     """The attempt that gave the cycle its verdict: the last that ended, not interrupted."""
-    return next((a for a in reversed(atts) if a["verdict"] not in _NOT_FINAL), None)
+    return next((a for a in reversed(atts) if a.verdict not in _NOT_FINAL), None)
 
 
-def _artifacts_dir(cycle: int, final: dict[str, Any] | None) -> str | None:
+def _artifacts_dir(cycle: int, final: queries.AttemptRow | None) -> str | None:
     """The final attempt's folder, relative to the night's."""
     if final is None:
         return None
     folder = f"cycles{os.sep}{cycle:03d}"
-    return folder if final["attempt"] == 1 else f"{folder}{os.sep}attempt-{final['attempt']}"
+    return folder if final.attempt == 1 else f"{folder}{os.sep}attempt-{final.attempt}"
 
 
 def _iso_by_second() -> Callable[[float | None], str | None]:
     """``numbers.iso``, remembered per whole second: a night's hundreds of thousands of
     timestamps fall in a few thousand seconds. A time within a microsecond of a whole
     second is converted afresh (its rounding may carry into the next second)."""
-    seen: dict[int, str | None] = {}
-    floor = math.floor
+    seen: dict[float, str | None] = {}
 
     def text(ts: float | None) -> str | None:
         if ts is None:
             return None
-        whole = floor(ts)
-        if not 1e-6 <= ts - whole <= 1 - 1e-6:
+        part = ts % 1.0  # (exact; float arithmetic: an int second is converted each time)
+        if not 1e-6 <= part <= 1 - 1e-6:
             return iso(ts)
+        whole = ts - part
         found = seen.get(whole)
         if found is None:
             found = seen[whole] = iso(ts)
@@ -195,11 +215,81 @@ def _iso_by_second() -> Callable[[float | None], str | None]:
     return text
 
 
+class StepEntry(NamedTuple):
+    """A step of an attempt's entry: ``{"name", "outcome", "duration_s"}`` in report.json."""
+
+    name: str
+    outcome: str
+    duration_s: float | None
+
+
+class AttemptEntry(NamedTuple):
+    """An attempt of a cycle's entry, its fields in report.json's order. Its values may be
+    shared with other entries (an empty ``knobs_off``, ``artifacts``): ``as_dict`` copies."""
+
+    attempt: int
+    session: int
+    verdict: str | None
+    started_at: str | None
+    ended_at: str | None
+    duration_s: float | None
+    step: str | None
+    error_type: str | None
+    error_message: str | None
+    fault_component: str | None
+    fault_kind: str | None
+    fallback: bool
+    knobs_off: Mapping[str, Any]
+    artifacts: Sequence[str]
+    steps: Sequence[StepEntry]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self._asdict()
+        d["knobs_off"] = dict(self.knobs_off)
+        d["artifacts"] = list(self.artifacts)
+        d["steps"] = [st._asdict() for st in self.steps]
+        return d
+
+
+class CycleEntry(NamedTuple):
+    """A cycle's entry in ``report["cycles"]`` (``as_dict``: the dict report.json holds,
+    its keys in this order): what the report says of a cycle, computed once from its rows
+    for report.json, junit.xml and the dict alike."""
+
+    cycle: int
+    status: str
+    verdict: str | None
+    input_seed: str
+    started_at: str | None
+    ended_at: str | None
+    started_ts: float | None
+    ended_ts: float | None
+    duration_s: float | None
+    fallback: bool
+    knobs_off: Mapping[str, Any]
+    artifacts_dir: str | None
+    attempts: Sequence[AttemptEntry]
+
+    def as_dict(self) -> dict[str, Any]:
+        d = self._asdict()
+        d["knobs_off"] = dict(self.knobs_off)
+        d["attempts"] = [a.as_dict() for a in self.attempts]
+        return d
+
+
+# A row's values as one of the entry types, without the Python-level ``__new__`` of a
+# named tuple (two or three hundred thousand of them in a long night's report).
+_make = tuple.__new__
+_NO_KNOBS: Mapping[str, Any] = {}
+_NOTHING: Sequence[Any] = ()
+
+
 class CycleEntries(Sequence[dict[str, Any]]):
     """``report["cycles"]``: one entry per cycle that started, in cycle order, built from
     the night's rows each time it is iterated (so report.json and junit.xml can stream a
-    long night's entries instead of holding them all). Indexing or comparing builds the
-    whole list once and keeps it."""
+    long night's entries instead of holding them all): ``typed`` gives each as a
+    ``CycleEntry``, iterating as its dict. Indexing or comparing builds the whole list of
+    dicts once and keeps it."""
 
     def __init__(self, rows: queries.NightRows) -> None:
         self._rows = rows
@@ -208,91 +298,120 @@ class CycleEntries(Sequence[dict[str, Any]]):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         if self._list is not None:
-            yield from self._list
-            return
-        # The hot path of a long night's report: written out, no call per value it can avoid.
+            return iter(self._list)
+        return map(CycleEntry.as_dict, self.typed())
+
+    def typed(self) -> Iterator[CycleEntry]:
+        """Each cycle's entry, built from its rows."""
+        # The hot path of a long night's report: written out, each row unpacked at once,
+        # no call per value it can avoid.
         rows, iso_ = self._rows, self._iso
         steps, s, ns = rows.steps, 0, len(rows.steps)
         arts = _Runs(rows.artifacts, _attempt_key) if rows.artifacts else None
         for c, atts in with_attempts(rows.cycles, rows.attempts):
-            number = c["cycle"]
-            entry = self._fields(c, atts)
-            attempts = entry["attempts"] = []
+            number, status, verdict, _, seed, started, ended, duration, fallback, knobs = c  # (a CycleRow)
+            attempts = []
             for a in atts:
-                n = a["attempt"]
-                while s < ns and (
-                    steps[s].cycle < number or (steps[s].cycle == number and steps[s].attempt < n)
-                ):
+                (
+                    _,
+                    n,
+                    session,
+                    a_start,
+                    a_end,
+                    a_dur,
+                    a_verdict,
+                    step,
+                    error,
+                    message,
+                    _,
+                    component,
+                    kind,
+                    a_fallback,
+                    a_knobs,
+                    _,
+                ) = a  # (an AttemptRow)
+                # (a step's cycle and attempt: its [0] and [1], read without a lookup by name)
+                while s < ns and (steps[s][0] < number or (steps[s][0] == number and steps[s][1] < n)):
                     s += 1  # (a step of no attempt row: passed over)
-                its_steps = []
-                while s < ns and steps[s].cycle == number and steps[s].attempt == n:
-                    st = steps[s]
+                first = s
+                while s < ns and steps[s][0] == number and steps[s][1] == n:
                     s += 1
-                    d = st.duration_s
-                    its_steps.append(
-                        {
-                            "name": st.name,
-                            "outcome": st.outcome,
-                            "duration_s": None if d is None else round(d, 4),
-                        }
-                    )
-                d = a["duration_s"]
                 attempts.append(
-                    {
-                        "attempt": n,
-                        "session": a["session"],
-                        "verdict": a["verdict"],
-                        "started_at": iso_(a["started_at"]),
-                        "ended_at": iso_(a["ended_at"]),
-                        "duration_s": None if d is None else round(d, 4),
-                        "step": a["step"],
-                        "error_type": a["error_type"],
-                        "error_message": a["error_message"],
-                        "fault_component": a["fault_component"],
-                        "fault_kind": a["fault_kind"],
-                        "fallback": bool(a.get("fallback")),
-                        "knobs_off": _knobs_off(a.get("knobs_off")),
-                        "artifacts": [art["name"] for art in arts.take((number, n))] if arts else [],
-                        "steps": its_steps,
-                    }
+                    _make(
+                        AttemptEntry,
+                        (
+                            n,
+                            session,
+                            a_verdict,
+                            iso_(a_start),
+                            iso_(a_end),
+                            None if a_dur is None else round(a_dur, 4),
+                            step,
+                            error,
+                            message,
+                            component,
+                            kind,
+                            bool(a_fallback),
+                            _knobs_off(a_knobs) if a_knobs else _NO_KNOBS,
+                            [art["name"] for art in arts.take((number, n))] if arts else _NOTHING,
+                            [
+                                _make(StepEntry, (name, outcome, None if d is None else round(d, 4)))
+                                for _, _, name, outcome, d in steps[first:s]
+                            ],
+                        ),
+                    )
                 )
-            yield entry
+            last = atts[-1] if atts else None  # (the final attempt, but after an interruption)
+            final = last if last is not None and last.verdict not in _NOT_FINAL else _final(atts)
+            yield _make(
+                CycleEntry,
+                (
+                    number,
+                    status,
+                    verdict if status == "done" else None,
+                    seed,
+                    iso_(started),
+                    iso_(ended),
+                    started,
+                    ended,
+                    None if duration is None else round(duration, 4),
+                    bool(fallback),
+                    _knobs_off(knobs) if knobs else _NO_KNOBS,
+                    _artifacts_dir(number, final),
+                    attempts,
+                ),
+            )
 
     def spans(self) -> list[tuple[float, float | None, int, str | None, bool, int]]:
         """Of each cycle what the sliced cycle timeline draws, as its entry has it: start
         and end (``started_ts``, ``ended_ts``; a cycle with no end: its start plus its
         ``duration_s``, if it has one), number, verdict, on a fallback, and its number of
         attempts; from the rows, without building the entries."""
-        out: list[tuple[float, float | None, int, str | None, bool, int]] = []
-        append = out.append
-        for c, atts in with_attempts(self._rows.cycles, self._rows.attempts):
-            start, end, d = c["started_at"], c["ended_at"], c["duration_s"]
-            if start is None:
-                continue
-            if end is None and d is not None:
-                end = start + round(d, 4)
-            verdict = c["verdict"] if c["status"] == "done" else None
-            append((start, end, c["cycle"], verdict, bool(c["fallback"]), len(atts)))
-        return out
-
-    def _fields(self, c: dict[str, Any], atts: list[dict[str, Any]]) -> dict[str, Any]:
-        """A cycle's entry up to its attempts."""
-        iso_ = self._iso
-        d = c["duration_s"]
-        return {
-            "cycle": c["cycle"],
-            "status": c["status"],
-            "verdict": c["verdict"] if c["status"] == "done" else None,
-            "input_seed": c["input_seed"],
-            "started_at": iso_(c["started_at"]),
-            "ended_at": iso_(c["ended_at"]),
-            "started_ts": c["started_at"],
-            "ended_ts": c["ended_at"],
-            "duration_s": None if d is None else round(d, 4),
-            "fallback": bool(c["fallback"]),
-            "knobs_off": _knobs_off(c.get("knobs_off")),
-            "artifacts_dir": _artifacts_dir(c["cycle"], _final(atts)),
-        }
+        # Column by column (C code over a long night's hundreds of thousands of rows); the
+        # few cycles without an end, or not done, fixed after.
+        cycles = self._rows.cycles
+        starts, ends = list(map(_c_started, cycles)), list(map(_c_ended, cycles))
+        verdicts, statuses = list(map(_c_verdict, cycles)), list(map(_c_status, cycles))
+        for i in _positions(ends, None):
+            d = cycles[i].duration_s
+            if d is not None and starts[i] is not None:
+                ends[i] = starts[i] + round(d, 4)
+        if statuses.count("done") != len(statuses):
+            for i, status in enumerate(statuses):
+                if status != "done":
+                    verdicts[i] = None
+        numbers = list(map(_c_number, cycles))
+        attempts = Counter(map(_a_cycle, self._rows.attempts))  # attempt rows per cycle
+        spans = zip(
+            starts,
+            ends,
+            numbers,
+            verdicts,
+            map(bool, map(_c_fallback, cycles)),
+            map(attempts.__getitem__, numbers),
+            strict=True,
+        )
+        return [s for s in spans if s[0] is not None] if None in starts else list(spans)
 
     def __len__(self) -> int:
         return len(self._rows.cycles)
@@ -300,7 +419,7 @@ class CycleEntries(Sequence[dict[str, Any]]):
     @property
     def largest_cycle(self) -> int:
         """The largest cycle number (0 for none)."""
-        return max((c["cycle"] for c in self._rows.cycles), default=0)
+        return max((c.cycle for c in self._rows.cycles), default=0)
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -334,11 +453,14 @@ def cycle_totals(done: Iterable[tuple[Any, float | None]]) -> dict[str, Any]:
     totals = Counter({v.value: 0 for v in CYCLE_VERDICTS})
     durations: list[float] = []
     run = 0
-    for verdict, duration in done:
-        run += 1
-        totals[verdict] += 1
-        if duration is not None:
-            durations.append(duration)
+    it = iter(done)
+    # A chunk at a time, counted by C code (each verdict in the order first met, the
+    # durations in the cycles' order).
+    while chunk := list(itertools.islice(it, 4096)):
+        run += len(chunk)
+        verdicts, took = zip(*chunk, strict=True)
+        totals.update(verdicts)
+        durations += itertools.compress(took, map(operator.is_not, took, itertools.repeat(None)))
     return {
         "cycles_run": run,
         "totals": dict(totals),
@@ -347,54 +469,81 @@ def cycle_totals(done: Iterable[tuple[Any, float | None]]) -> dict[str, Any]:
     }
 
 
+def _unlike_most(
+    cycles: list[queries.CycleRow], attempts: list[queries.AttemptRow]
+) -> Iterator[tuple[queries.CycleRow, list[queries.AttemptRow]]]:
+    """``with_attempts`` of the cycles with something to count beyond their verdict and
+    duration: more than one attempt, not done, not passed, on a fallback or with a knob
+    off. The rest, most of a long night's, are passed over by C code."""
+    numbers = list(map(_a_cycle, attempts))
+    retried = {a.cycle for a in queries.of_retried(attempts)}
+    marks = zip(
+        map(operator.ne, map(_c_status, cycles), itertools.repeat("done")),
+        map(operator.ne, map(_c_verdict, cycles), itertools.repeat("passed")),
+        map(_c_fallback, cycles),
+        map(_c_knobs, cycles),
+        map(retried.__contains__, map(_c_number, cycles)),
+        strict=True,
+    )
+    for c in itertools.compress(cycles, map(any, marks)):
+        first = bisect.bisect_left(numbers, c.cycle)
+        yield c, attempts[first : bisect.bisect_right(numbers, c.cycle, first)]
+
+
 def _assemble(rows: queries.NightRows, held_at_gate: dict[str, str] | None = None) -> dict[str, Any]:
     night, sessions, attempts = rows.night, rows.sessions, rows.attempts
-    counts = cycle_totals((c["verdict"], c["duration_s"]) for c in rows.cycles if c["status"] == "done")
+    cycles = rows.cycles
+    done = map(operator.eq, map(_c_status, cycles), itertools.repeat("done"))
+    finished = zip(map(_c_verdict, cycles), map(_c_duration, cycles), strict=True)
+    counts = cycle_totals(itertools.compress(finished, done))
     failures = []
     retried = passed_with_fallback = passed_with_knobs_off = 0
     # Cycles that met an infra error and still got their final verdict on a later attempt,
     # whichever verdict that was: a count of retries, not of repairs (none may have run).
     infra_retried = []
-    for c, atts in with_attempts(rows.cycles, attempts):
-        done = c["status"] == "done"
-        if sum(1 for a in atts if a["verdict"] != "interrupted") > 1:
+    for c, atts in _unlike_most(cycles, attempts):
+        retry = len(atts) > 1
+        if retry and sum(1 for a in atts if a.verdict != "interrupted") > 1:
             retried += 1
-        if not done:
+        if c.status != "done":
             continue
-        verdict = c["verdict"]
+        verdict = c.verdict
         if verdict == "passed":
-            passed_with_fallback += bool(c["fallback"])
-            passed_with_knobs_off += bool(_knobs_off(c.get("knobs_off")))
-        met = [a for a in atts[:-1] if a["verdict"] == "infra_error"]
+            passed_with_fallback += bool(c.fallback)
+            passed_with_knobs_off += bool(c.knobs_off and _knobs_off(c.knobs_off))
+        met = [a for a in atts[:-1] if a.verdict == "infra_error"] if retry else None
         if verdict != "infra_error" and met:
-            faults = sorted({f"{a['fault_component']}/{a['fault_kind']}" for a in met})
-            infra_retried.append({"cycle": c["cycle"], "verdict": verdict, "faults": faults})
+            faults = sorted({f"{a.fault_component}/{a.fault_kind}" for a in met})
+            infra_retried.append({"cycle": c.cycle, "verdict": verdict, "faults": faults})
         final = _final(atts) if verdict != "passed" else None
         if final is not None:
             failures.append(
                 {
-                    "cycle": c["cycle"],
+                    "cycle": c.cycle,
                     "verdict": verdict,
-                    "step": final["step"],
-                    "error_type": final["error_type"],
-                    "error_message": final["error_message"],
-                    "fault_component": final["fault_component"],
-                    "fault_kind": final["fault_kind"],
-                    "attempts": sum(1 for a in atts if a["verdict"] != "interrupted"),
-                    "artifacts_dir": _artifacts_dir(c["cycle"], final),
-                    "traceback_tail": _tail(final["traceback"]),
+                    "step": final.step,
+                    "error_type": final.error_type,
+                    "error_message": final.error_message,
+                    "fault_component": final.fault_component,
+                    "fault_kind": final.fault_kind,
+                    "attempts": sum(1 for a in atts if a.verdict != "interrupted"),
+                    "artifacts_dir": _artifacts_dir(c.cycle, final),
+                    "traceback_tail": _tail(final.traceback),
                 }
             )
 
     # Steps count every finished run (a cycle's time is its final attempt's: cycle_totals).
     step_durations: dict[str, list[float]] = defaultdict(list)
     step_outcomes: dict[str, Counter[str]] = defaultdict(Counter)
-    for st in rows.steps:
-        if st.duration_s is not None:
-            step_durations[st.name].append(st.duration_s)
-        step_outcomes[st.name][st.outcome] += 1
+    names = list(map(_step_name, rows.steps))
+    for name, d in zip(names, map(_step_duration, rows.steps), strict=True):
+        if d is not None:
+            step_durations[name].append(d)
+    # (counted by pairs, each name and outcome in the order first met)
+    for (name, outcome), n in Counter(zip(names, map(_step_outcome, rows.steps), strict=True)).items():
+        step_outcomes[name][outcome] = n
 
-    interrupted_attempts = sum(1 for a in attempts if a["verdict"] == "interrupted")
+    interrupted_attempts = sum(1 for a in attempts if a.verdict == "interrupted")
     wall = (night["ended_at"] - night["started_at"]) if night["ended_at"] else None
     busy = sum((s["ended_at"] - s["started_at"]) for s in sessions if s["ended_at"] is not None)
     fp_start, fp_end = night["protected_fingerprint"], night["protected_fingerprint_end"]

@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any
 
 from ..config import SETTINGS_DECLARATIONS
 from ..faults.plan import FaultSpec
 from ..ledger import queries
 from ..redaction import MASK, is_secret_key
+
+_calls = queries.column(queries.AttemptRow, "calls")
 
 
 def _data(event: dict[str, Any] | None) -> dict[str, Any]:
@@ -94,10 +98,9 @@ def component_use(rows: queries.NightRows, declared: list[str]) -> dict[str, Any
     ``known`` is False for nights recorded before calls were (nothing is claimed then)."""
     by_step: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     known = False
-    for a in rows.attempts:
-        raw = a.get("calls")
-        if raw is None:
-            continue
+    attempts = rows.attempts
+    for a in compress(attempts, map(is_not, map(_calls, attempts), repeat(None))):
+        raw = a.calls
         known = True
         try:
             calls = json.loads(raw) if isinstance(raw, str) else raw

@@ -4,11 +4,12 @@ attempts, numeric metrics, and tokens with their cost at the night's prices."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
-from itertools import chain
+from collections.abc import Iterable, Iterator
+from itertools import chain, compress, islice, repeat
+from operator import eq, neg
 from typing import Any
 
-from ..ledger.queries import CallEvent
+from ..ledger.queries import CallEvent, CycleRow, column
 from ..numbers import rnd as _round
 from ..numbers import value_stats
 from .settings import json_field
@@ -16,6 +17,18 @@ from .settings import json_field
 # Metric values repeat (a score with one decimal, a weakness from a short list): each
 # distinct recorded JSON is parsed once, up to this many of them.
 _PARSED_MAX = 4096
+# Metric events handled at a time.
+_CHUNK = 4096
+_cycle_of = column(CallEvent, "cycle")
+_attempt_of = column(CallEvent, "attempt")
+_data_of = column(CallEvent, "data")
+
+
+def _chunks(events: Iterable[CallEvent]) -> Iterator[list[CallEvent]]:
+    it = iter(events)
+    while chunk := list(islice(it, _CHUNK)):
+        yield chunk
+
 
 BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.9", 0.0, 5.0))
 
@@ -23,8 +36,17 @@ BUCKETS = (("9-10", 9.0, 10.0), ("7-8.9", 7.0, 9.0), ("5-6.9", 5.0, 7.0), ("0-4.
 # -- quality, metrics, flaky steps --------------------------------------------------------------
 
 
-def final_attempts(cycles: list[dict[str, Any]]) -> dict[int, int]:
-    return {c["cycle"]: c["attempts"] for c in cycles if c["status"] == "done"}
+def final_attempts(cycles: list[CycleRow]) -> dict[int, int]:
+    """Each finished cycle's final attempt."""
+    done = list(map(eq, map(_status, cycles), repeat("done")))
+    return dict(
+        zip(compress(map(_number, cycles), done), compress(map(_attempts, cycles), done), strict=True)
+    )
+
+
+_number = column(CycleRow, "cycle")
+_status = column(CycleRow, "status")
+_attempts = column(CycleRow, "attempts")
 
 
 def quality_section(
@@ -64,29 +86,38 @@ def quality_and_metrics(
     weakness_metric = settings["weakness_metric"] if settings else None
     numbers: dict[tuple[str, str | None], list[float]] = defaultdict(list)
     texts: dict[tuple[str, str | None], Counter[str]] = defaultdict(Counter)
-    scores: dict[int, float] = {}
+    scores: dict[int | None, float] = {}
     weaknesses: Counter[str] = Counter()
     parsed: dict[Any, _Entry] = {}  # the same recorded JSON, read once (up to _PARSED_MAX kinds)
-    for e in metric_events:
-        if (final.get(e.cycle) if e.cycle is not None else None) != e.attempt:
-            continue  # an attempt that was retried: its measurements do not count
-        raw = e.data
-        entry = parsed.get(raw) if raw.__class__ is str else None
-        if entry is None:
-            entry = _entry(json_field(raw) or {})
-            if raw.__class__ is str and len(parsed) < _PARSED_MAX:
-                parsed[raw] = entry
-        key, value = entry
-        if key is None:
-            continue
-        if isinstance(value, float):
-            numbers[key].append(value)
-            if key[0] == score_metric and e.cycle is not None:
-                scores[e.cycle] = value
-        elif value is not None:
-            texts[key][value] += 1
-            if key[0] == weakness_metric:
-                weaknesses[value] += 1
+    # A chunk of events at a time, each distinct recorded JSON of it handled once with its
+    # count (the order a value or text was first met kept; the figures' values are sorted).
+    for chunk in _chunks(metric_events):
+        # Only the final attempts' events count: a retried attempt's measurements do not.
+        kept = list(compress(chunk, map(eq, map(final.get, map(_cycle_of, chunk)), map(_attempt_of, chunk))))
+        recorded = list(map(_data_of, kept))
+        score_of: dict[Any, float] = {}  # the recorded JSON of a score, and its value
+        for raw, n in Counter(recorded).items():
+            entry = parsed.get(raw) if raw.__class__ is str else None
+            if entry is None:
+                entry = _entry(json_field(raw) or {})
+                if raw.__class__ is str and len(parsed) < _PARSED_MAX:
+                    parsed[raw] = entry
+            key, value = entry
+            if key is None:
+                continue
+            if isinstance(value, float):
+                numbers[key].extend(repeat(value, n))
+                if key[0] == score_metric:
+                    score_of[raw] = value
+            elif value is not None:
+                texts[key][value] += n
+                if key[0] == weakness_metric:
+                    weaknesses[value] += n
+        if score_of:
+            # Each cycle's score: its last (an event of no cycle is dropped below).
+            pairs = zip(map(_cycle_of, kept), map(score_of.get, recorded, repeat(0.0)), strict=True)
+            scores.update(compress(pairs, map(score_of.__contains__, recorded)))
+    scores.pop(None, None)
     metrics = _numeric_metrics(numbers)
     text_metrics = _text_metrics(texts)
     if settings is None or (not scores and not weaknesses):
@@ -97,15 +128,16 @@ def quality_and_metrics(
             if lo <= v < hi or (hi == 10.0 and v == 10.0):
                 buckets[name] += 1
                 break
-    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    # Ranked by score, then cycle: (-score, cycle) pairs sorted by C code, no key per score.
+    ranked = sorted(zip(map(neg, scores.values()), scores.keys(), strict=True))
     k = min(3, len(ranked) // 2)  # best and worst never overlap
     quality = {
         "metric": settings["score_metric"],
         "n": len(scores),
         "mean": _round(sum(scores.values()) / len(scores)) if scores else None,
         "buckets": buckets,
-        "best": [{"cycle": c, "score": v} for c, v in ranked[:k]],
-        "worst": [{"cycle": c, "score": v} for c, v in reversed(ranked[len(ranked) - k :])] if k else [],
+        "best": [{"cycle": c, "score": -v} for v, c in ranked[:k]],
+        "worst": [{"cycle": c, "score": -v} for v, c in reversed(ranked[len(ranked) - k :])] if k else [],
         "weaknesses": [{"text": t, "count": n} for t, n in weaknesses.most_common(5)],
     }
     return quality, metrics, text_metrics

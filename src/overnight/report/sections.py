@@ -82,10 +82,9 @@ def build_sections(
     )
     out["knob_changes"] = knob_changes(by_kind, attempts, report, night["ended_at"])
     out["fallback_failures"] = fallback_failures(report, attempts, fallbacks)
-    out["quality"], out["metrics"], out["text_metrics"] = quality_and_metrics(
-        rows.metrics, final_attempts(cycles), settings
-    )
-    out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles)
+    final = final_attempts(cycles)
+    out["quality"], out["metrics"], out["text_metrics"] = quality_and_metrics(rows.metrics, final, settings)
+    out["input_dependent_steps"] = input_dependent_steps(rows.steps, cycles, final)
     out["flaky"] = flaky_inputs(cycles, attempts, history or [], rows.id)
     out["tests"] = tests_section(rows)  # a pytest suite's tests, by node id (else None)
     out["tokens"] = tokens_section(rows.usage, settings)

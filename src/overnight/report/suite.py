@@ -54,8 +54,8 @@ def tests_section(rows: queries.NightRows) -> dict[str, Any] | None:
     scenario = str(rows.night.get("scenario") or "")
     if not scenario.startswith(PYTEST_SCENARIO):
         return None
-    cycles = {c["cycle"]: c for c in rows.cycles}
-    done = {n for n, c in cycles.items() if c["status"] == "done"}
+    cycles = {c.cycle: c for c in rows.cycles}
+    done = {n for n, c in cycles.items() if c.status == "done"}
     reports: dict[tuple[int, int, str], tuple[str | None, dict[str, Any]]] = {}
     for event in rows.events_of("test_report"):
         data = json.loads(event["data"]) if event["data"] else {}
@@ -78,7 +78,7 @@ def tests_section(rows: queries.NightRows) -> dict[str, Any] | None:
 def _test(
     name: str,
     per_cycle: dict[int, list[tuple[int, str, float | None]]],
-    cycles: dict[int, dict[str, Any]],
+    cycles: dict[int, queries.CycleRow],
     done: set[int],
     reports: dict[tuple[int, int, str], tuple[str | None, dict[str, Any]]],
 ) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def _test(
         if index is None:
             continue
         attempt, outcome, duration = seq[index]
-        seed = cycles[cycle]["input_seed"]
+        seed = cycles[cycle].input_seed
         counts[outcome] += 1
         if duration is not None:
             durations.append(duration)
@@ -149,23 +149,23 @@ def _test(
 def _session_errors(rows: queries.NightRows, done: set[int], named: set[str]) -> list[dict[str, Any]]:
     """Finished cycles whose verdict no test explains: the pytest session itself failed
     (a crash outside any test, wrong arguments, nothing collected, nothing passed)."""
-    final: dict[int, dict[str, Any]] = {}
+    final: dict[int, queries.AttemptRow] = {}
     for a in rows.attempts:
-        if a["verdict"] not in (None, "interrupted"):
-            final[a["cycle"]] = a
-    seeds = {c["cycle"]: c["input_seed"] for c in rows.cycles}
+        if a.verdict not in (None, "interrupted"):
+            final[a.cycle] = a
+    seeds = {c.cycle: c.input_seed for c in rows.cycles}
     out = []
     for cycle in sorted(done):
         last = final.get(cycle)
-        if last is None or last["verdict"] == "passed" or last["step"] in named:
+        if last is None or last.verdict == "passed" or last.step in named:
             continue
         out.append(
             {
                 "cycle": cycle,
                 "input_seed": seeds.get(cycle),
-                "attempt": last["attempt"],
-                "verdict": last["verdict"],
-                "message": last["error_message"],
+                "attempt": last.attempt,
+                "verdict": last.verdict,
+                "message": last.error_message,
             }
         )
     return out[:MAX_LISTED]

@@ -42,7 +42,7 @@ class PreviousNight:
 
 
 def previous_night(
-    conn: Connection, night: dict[str, Any], cycles: Sequence[dict[str, Any]] | None = None
+    conn: Connection, night: dict[str, Any], cycles: Sequence[queries.CycleRow] | None = None
 ) -> PreviousNight | None:
     """The previous ended night of the same scenario (the trend's baseline). ``cycles``:
     the reported night's cycle rows, to compare the final verdicts of the inputs both
@@ -69,7 +69,7 @@ def previous_night(
     final: dict[int, int] = {}
     flips = None
     if cycles is not None:
-        held = {r["input_seed"]: (r["cycle"], r["verdict"]) for r in cycles if r["status"] == "done"}
+        held = {r.input_seed: (r.cycle, r.verdict) for r in cycles if r.status == "done"}
         flips = VerdictFlips(held, "now", ("before", "now"), shown=TREND_FLIPS_SHOWN)
 
     def done() -> Iterator[tuple[Any, float | None]]:
