@@ -102,17 +102,17 @@ async def test_a_night_is_one_trace_per_attempt_with_steps_llm_calls_and_inciden
     roots = _roots(spans)
     assert sorted(roots) == [(1, 1), (2, 1), (2, 2), (3, 1)]
     assert len({s.trace_id for s in roots.values()}) == 4  # a trace per attempt
-    seeds = {c["cycle"]: c["input_seed"] for c in night.cycles}
+    seeds = {c.cycle: c.input_seed for c in night.cycles}
     for (cycle, attempt), root in roots.items():
-        row = next(a for a in night.attempts if (a["cycle"], a["attempt"]) == (cycle, attempt))
+        row = next(a for a in night.attempts if (a.cycle, a.attempt) == (cycle, attempt))
         assert root.name == f"cycle {cycle} attempt {attempt}"
         assert root.attributes["overnight.night_id"] == outcome.night_id
         assert root.attributes["overnight.input_seed"] == seeds[cycle]
-        assert root.attributes["overnight.verdict"] == row["verdict"]
+        assert root.attributes["overnight.verdict"] == row.verdict
         assert root.attributes["session.id"] == outcome.night_id
         assert (
-            abs(root.start_ns - _ns(row["started_at"])) < 2_000
-            and abs(root.end_ns - _ns(row["ended_at"])) < 2_000
+            abs(root.start_ns - _ns(row.started_at)) < 2_000
+            and abs(root.end_ns - _ns(row.ended_at or 0.0)) < 2_000
         )
         assert root.resource["service.name"] == "overnight"
         assert root.resource["overnight.scenario"].endswith(":cycle")
