@@ -61,6 +61,7 @@ async def cycle(ctx):
             ctypes.string_at(0)  # a native crash: SIGSEGV
     async with ctx.step("answer"):
         ctx.metric("score", 1.0)
+        ctx.log.warning("answered cycle %d", ctx.cycle)
 """
 
 
@@ -91,6 +92,9 @@ async def test_a_segfault_is_the_crashed_inputs_verdict_and_the_night_goes_on(tm
     # The crashed cycles' steps are settled; no step of a passed attempt is left running.
     assert report["step_outcomes"]["load_model"] == {"passed": 5, "crashed": 3}
     assert report["step_outcomes"]["answer"] == {"passed": 5}
+    # A worker's ctx.log lines reach the night's log, under the cycle's logger name.
+    night_log = (outcome.night_path / "orchestrator.log").read_text()
+    assert "overnight.scenario.c6: answered cycle 6" in night_log
 
 
 KILLED = """

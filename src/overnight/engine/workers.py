@@ -37,7 +37,7 @@ from ..errors import ConfigError, UsageError
 from ..ledger import ops
 from ..redaction import redact, registered_secrets
 from ..verdicts import Verdict
-from .executors import AttemptOutcome, AttemptRequest
+from .executors import AttemptOutcome, AttemptRequest, cycle_logger
 from .journal import TRACEBACK_MAX
 from .worker_main import KEY_ENV, RemoteLedger, WorkerSpec, component_state, crash_file, no_delay
 
@@ -341,7 +341,14 @@ class WorkerSlot:
             if agent is not None:
                 agent.remote_signal(message[1], message[2], message[3], message[4])
         elif kind == "log":
-            logging.getLogger(message[2]).log(message[1], "%s", message[3])
+            name, cycle = message[2], message[2].removeprefix("overnight.scenario.c")
+            if cycle != name and cycle.isdigit():
+                # A cycle's ``ctx.log``: as inline, a logger kept out of logging's registry
+                # (one a cycle would stay for the whole night).
+                logger = cycle_logger(int(cycle))
+            else:
+                logger = logging.getLogger(name)
+            logger.log(message[1], "%s", message[3])
         elif kind == "done":
             if cur is not None and not cur.future.done():
                 cur.future.set_result(message[1])
