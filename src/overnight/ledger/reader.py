@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 
 from ..errors import LedgerUnreadable, UsageError
-from ..redaction import redact_url, register_secrets_in
 from . import schema
-from .store import _first_line, normalize_url
+from .store import _first_line, parse_ledger_url
 
 # A read waits this long for a writer's lock (SQLite), or to connect (PostgreSQL): a page
 # answers in seconds, or says the ledger is busy or unreachable.
@@ -45,18 +43,8 @@ class ReadOnlyLedger:
     """An existing ledger, opened read-only. Safe from any thread; ``close()`` when done."""
 
     def __init__(self, url: str) -> None:
-        self.url = normalize_url(url)
-        register_secrets_in(self.url)  # a driver's error may show the password decoded
-        self.display_url = redact_url(self.url)
-        try:
-            parsed = make_url(self.url)
-        except ArgumentError as exc:
-            raise UsageError(f"--ledger: not a database URL or path: {self.display_url}") from exc
+        self.url, self.display_url, parsed = parse_ledger_url(url)
         self.dialect = parsed.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise UsageError(
-                f"--ledger: unsupported database {self.dialect!r} (use a SQLite path or postgresql://…)"
-            )
         if self.dialect == "sqlite":
             if not parsed.database or parsed.database == ":memory:":
                 raise UsageError("--ledger: an in-memory SQLite database holds no ledger")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from ..errors import LedgerUnavailable, LedgerUnreadable, UsageError
@@ -74,6 +74,22 @@ def normalize_url(url_or_path: str) -> str:
     return text
 
 
+def parse_ledger_url(url_or_path: str) -> tuple[str, str, URL]:
+    """A ledger's URL (normalised), its redacted form for messages, and its parsed form;
+    one clear line (exit 2) for what is no SQLite or PostgreSQL URL or path."""
+    url = normalize_url(url_or_path)
+    register_secrets_in(url)  # a driver's error may show the password decoded
+    display = redact_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise UsageError(f"--ledger: not a database URL or path: {display}") from exc
+    dialect = parsed.get_backend_name()
+    if dialect not in ("sqlite", "postgresql"):
+        raise UsageError(f"--ledger: unsupported database {dialect!r} (use a SQLite path or postgresql://…)")
+    return url, display, parsed
+
+
 class Ledger:
     """Open (and create or upgrade) a ledger; write through the writer thread.
 
@@ -82,18 +98,8 @@ class Ledger:
     """
 
     def __init__(self, url: str, *, create: bool = True) -> None:
-        self.url = normalize_url(url)
-        register_secrets_in(self.url)  # a driver's error may show the password decoded
-        self.display_url = redact_url(self.url)
-        try:
-            parsed = make_url(self.url)
-        except ArgumentError as exc:
-            raise UsageError(f"--ledger: not a database URL or path: {self.display_url}") from exc
+        self.url, self.display_url, parsed = parse_ledger_url(url)
         self.dialect = parsed.get_backend_name()
-        if self.dialect not in ("sqlite", "postgresql"):
-            raise UsageError(
-                f"--ledger: unsupported database {self.dialect!r} (use a SQLite path or postgresql://…)"
-            )
         self.path: Path | None = None
         if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
             self.path = Path(parsed.database)
